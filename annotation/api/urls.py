@@ -1,0 +1,19 @@
+from django.urls import path
+
+from annotation.api import views
+
+urlpatterns = [
+    path("projects/", views.ProjectListView.as_view(), name="api-projects"),
+    path("projects/<slug:slug>/", views.ProjectDetailView.as_view(), name="api-project"),
+    path("projects/<slug:slug>/stats/", views.ProjectStatsView.as_view(), name="api-project-stats"),
+    path("projects/<slug:slug>/next/", views.NextTaskView.as_view(), name="api-next-task"),
+    path("projects/<slug:slug>/rankings/", views.RankingListView.as_view(), name="api-rankings"),
+    path("projects/<slug:slug>/images/<int:image_id>/", views.ImageView.as_view(), name="api-image"),
+    path("projects/<slug:slug>/imports/", views.ImportView.as_view(), name="api-import"),
+    path("projects/<slug:slug>/export/", views.ExportView.as_view(), name="api-export"),
+    path("projects/<slug:slug>/members/", views.MemberListView.as_view(), name="api-members"),
+    path("projects/<slug:slug>/members/<str:username>/", views.MemberDetailView.as_view(), name="api-member"),
+    path("tasks/<int:task_id>/submit/", views.SubmitView.as_view(), name="api-submit"),
+    path("tasks/<int:task_id>/skip/", views.SkipView.as_view(), name="api-skip"),
+    path("tasks/<int:task_id>/release/", views.ReleaseView.as_view(), name="api-release"),
+]

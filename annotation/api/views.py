@@ -1,0 +1,240 @@
+"""The annotation REST API. Views validate, check the role, call one service, serialize."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.http import FileResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import generics, status
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotation.api.permissions import project_for
+from annotation.api.serializers import (
+    ExportQuerySerializer,
+    ImportSerializer,
+    MembershipSerializer,
+    ProjectSerializer,
+    RankingSerializer,
+    SkipSerializer,
+    SubmitSerializer,
+    TaskSerializer,
+)
+from annotation.exceptions import ImportRejected
+from annotation.images import media_path
+from annotation.models import Image, Membership, RankingTask
+from annotation.selectors import (
+    annotator_progress,
+    image_in_project,
+    projects_for,
+    queue_stats,
+    rankings_visible_to,
+    task_payload,
+)
+from annotation.services import exports, imports, projects, queue
+
+
+class ProjectListView(generics.ListCreateAPIView):
+    serializer_class = ProjectSerializer
+
+    def get_queryset(self):
+        return projects_for(self.request.user).order_by("id")
+
+    def perform_create(self, serializer):
+        if not self.request.user.is_staff:
+            raise PermissionDenied("only staff users may create projects")
+        serializer.instance = projects.project_create(created_by=self.request.user, **serializer.validated_data)
+
+
+class ProjectDetailView(APIView):
+    @extend_schema(responses=ProjectSerializer)
+    def get(self, request, slug):
+        project = project_for(request, slug)
+        return Response(ProjectSerializer(project).data)
+
+    @extend_schema(request=ProjectSerializer, responses=ProjectSerializer)
+    def patch(self, request, slug):
+        project = project_for(request, slug, admin=True)
+        serializer = ProjectSerializer(project, data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        serializer.save()
+        return Response(serializer.data)
+
+
+class ProjectStatsView(APIView):
+    @extend_schema(responses={200: OpenApiResponse(description="Queue and progress figures")})
+    def get(self, request, slug):
+        project = project_for(request, slug)
+        return Response({"queue": queue_stats(project), "me": annotator_progress(request.user, project)})
+
+
+class NextTaskView(APIView):
+    @extend_schema(request=None, responses={200: TaskSerializer, 204: OpenApiResponse(description="Queue empty")})
+    def post(self, request, slug):
+        """Your current task in this project, or a new lease on the best open one."""
+        project = project_for(request, slug)
+        assignment = queue.next_task(annotator=request.user, project=project)
+        if assignment is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(task_payload(assignment))
+
+
+def _task_in_member_project(request, task_id: int) -> RankingTask:
+    task = get_object_or_404(RankingTask.objects.select_related("project"), pk=task_id)
+    project_for(request, task.project.slug)
+    return task
+
+
+class SubmitView(APIView):
+    @extend_schema(
+        request=SubmitSerializer,
+        responses={
+            201: RankingSerializer,
+            200: OpenApiResponse(RankingSerializer, description="Repeat of an earlier submit (same client_uuid)"),
+            400: OpenApiResponse(description="The ordering does not cover exactly the task's candidates"),
+            409: OpenApiResponse(description="Lease lost: the task went to someone else; nothing was saved"),
+        },
+    )
+    def post(self, request, task_id):
+        task = _task_in_member_project(request, task_id)
+        data = SubmitSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        result = queue.submit_ranking(annotator=request.user, task_id=task.pk, **data.validated_data)
+        return Response(
+            RankingSerializer(result.ranking).data,
+            status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
+        )
+
+
+class SkipView(APIView):
+    @extend_schema(request=SkipSerializer, responses={204: None, 409: OpenApiResponse(description="Not yours")})
+    def post(self, request, task_id):
+        task = _task_in_member_project(request, task_id)
+        data = SkipSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        queue.skip_task(annotator=request.user, task_id=task.pk, reason=data.validated_data["reason"])
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ReleaseView(APIView):
+    @extend_schema(request=None, responses={204: None, 409: OpenApiResponse(description="Not yours")})
+    def post(self, request, task_id):
+        task = _task_in_member_project(request, task_id)
+        queue.release_task(annotator=request.user, task_id=task.pk)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class RankingListView(generics.ListAPIView):
+    """Your rankings in the project; project admins see everyone's."""
+
+    serializer_class = RankingSerializer
+
+    def get_queryset(self):
+        project = project_for(self.request, self.kwargs["slug"])
+        return rankings_visible_to(self.request.user, project)
+
+
+class ImageView(APIView):
+    @extend_schema(responses={(200, "image/*"): bytes})
+    def get(self, request, slug, image_id):
+        project = project_for(request, slug)
+        if not image_in_project(project, image_id):
+            raise PermissionDenied("this image is not part of the project")
+        image = get_object_or_404(Image, pk=image_id)
+        response = FileResponse(media_path(image.file).open("rb"), content_type=f"image/{image.format.lower()}")
+        response["Cache-Control"] = "private, max-age=86400, immutable"
+        return response
+
+
+class ImportView(APIView):
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(
+        request={"multipart/form-data": ImportSerializer},
+        responses={
+            201: OpenApiResponse(description="Import report"),
+            400: OpenApiResponse(description="Refused; the report names file and line of each problem"),
+        },
+    )
+    def post(self, request, slug):
+        project = project_for(request, slug, admin=True)
+        data = ImportSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        upload = data.validated_data["file"]
+        if upload.size > settings.LENSLOOP_MAX_UPLOAD_BYTES:
+            return Response(
+                {"error": "too_large", "detail": f"upload is over {settings.LENSLOOP_MAX_UPLOAD_BYTES:,} bytes"},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        Path(settings.IMPORT_ROOT).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=settings.IMPORT_ROOT, suffix=".zip") as tmp:
+            for chunk in upload.chunks():
+                tmp.write(chunk)
+            tmp.flush()
+            try:
+                report = imports.import_bundle(
+                    project=project,
+                    path=Path(tmp.name),
+                    manifest=data.validated_data["manifest"] or None,
+                    mode=data.validated_data["mode"],
+                )
+            except ImportRejected:
+                raise  # 400 with the report; nothing was written
+        body = report.as_dict()
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class ExportView(APIView):
+    @extend_schema(
+        parameters=[ExportQuerySerializer],
+        responses={(200, "application/zip"): bytes, (200, "application/vnd.apache.parquet"): bytes},
+    )
+    def get(self, request, slug):
+        """Stream an export: records/trl/rankings as a zip (JSONL + images/), parquet as one file."""
+        project = project_for(request, slug, admin=True)
+        query = ExportQuerySerializer(data={**request.query_params.dict(), "source": request.query_params.getlist("source")})
+        query.is_valid(raise_exception=True)
+        q = query.validated_data
+        flt = exports.ExportFilter(
+            project=project, since=q.get("since"), until=q.get("until"), sources=tuple(q.get("source") or ())
+        )
+        chunks, filename, content_type = exports.stream_export(flt, q["format"])
+        response = StreamingHttpResponse(chunks, content_type=content_type)
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response
+
+
+class MemberListView(APIView):
+    @extend_schema(responses=MembershipSerializer(many=True))
+    def get(self, request, slug):
+        project = project_for(request, slug, admin=True)
+        members = Membership.objects.filter(project=project).select_related("user").order_by("user__username")
+        return Response(MembershipSerializer(members, many=True).data)
+
+    @extend_schema(request=MembershipSerializer, responses={201: MembershipSerializer})
+    def post(self, request, slug):
+        project = project_for(request, slug, admin=True)
+        data = MembershipSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        membership = projects.member_set(
+            project=project, user=data.validated_data["user"], role=data.validated_data["role"]
+        )
+        return Response(MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
+
+
+class MemberDetailView(APIView):
+    @extend_schema(request=None, responses={204: None})
+    def delete(self, request, slug, username):
+        project = project_for(request, slug, admin=True)
+        user = get_object_or_404(get_user_model(), username=username)
+        if not projects.member_remove(project=project, user=user):
+            return Response({"error": "not_found", "detail": f"{username} is not a member"}, status=404)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+

@@ -1,0 +1,238 @@
+"""The human side of lensloop: projects, images, prompts, candidates, the ranking queue and its output.
+
+Counters on ``RankingTask`` (``leased_count``, ``completed_count``) and its ``state`` are only changed
+by ``annotation.services.queue`` while it holds the task row's lock; see the comments there.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+
+class Project(models.Model):
+    class TaskType(models.TextChoices):
+        CAPTION = "caption", "Caption"
+        VQA = "vqa", "Visual question answering"
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    task_type = models.CharField(max_length=16, choices=TaskType.choices, default=TaskType.CAPTION)
+    instructions = models.TextField(blank=True, help_text="Markdown shown to annotators beside each task.")
+    candidates_per_task = models.PositiveSmallIntegerField(
+        default=4, validators=[MinValueValidator(2), MaxValueValidator(9)], help_text="K, from 2 to 9."
+    )
+    overlap = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(50)], help_text="Annotators per task."
+    )
+    lease_minutes = models.PositiveIntegerField(
+        default=30, validators=[MinValueValidator(1)], help_text="How long a taken task stays reserved."
+    )
+    base_model = models.CharField(
+        max_length=500, blank=True, help_text="Base policy: a local model folder or hub id; empty = demo model."
+    )
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(candidates_per_task__gte=2, candidates_per_task__lte=9), name="project_k_2_to_9"
+            ),
+            models.CheckConstraint(condition=Q(overlap__gte=1), name="project_overlap_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        ANNOTATOR = "annotator", "Annotator"
+        ADMIN = "admin", "Project admin"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.ANNOTATOR)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="membership_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.project} as {self.role}"
+
+
+class Image(models.Model):
+    """An image stored once, content-addressed by the sha256 of its stored bytes."""
+
+    sha256 = models.CharField(max_length=64, unique=True)
+    file = models.CharField(max_length=200, help_text="Path under MEDIA_ROOT.")
+    format = models.CharField(max_length=16)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    size_bytes = models.PositiveBigIntegerField()
+    ground_truth = models.JSONField(null=True, blank=True, help_text="e.g. labels, counts, boxes")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.sha256[:12]} ({self.width}×{self.height} {self.format})"
+
+
+class Prompt(models.Model):
+    class Split(models.TextChoices):
+        TRAIN = "train", "Train"
+        EVAL = "eval", "Eval"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts")
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="prompts")
+    text = models.TextField()
+    reference = models.JSONField(default=list, blank=True, help_text="Reference answers, a list of strings.")
+    split = models.CharField(max_length=8, choices=Split.choices, default=Split.TRAIN)
+    ground_truth = models.JSONField(null=True, blank=True)
+    external_id = models.CharField(max_length=200, blank=True, help_text="The manifest's id for this row.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "split"])]
+
+    def __str__(self) -> str:
+        return self.text[:60]
+
+
+class Candidate(models.Model):
+    """One answer to a prompt: from a model version, written by a human, or imported."""
+
+    HUMAN = "human"
+    IMPORT = "import"
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="candidates")
+    text = models.TextField()
+    source = models.CharField(max_length=100, db_index=True, help_text="Model version label, 'human' or 'import'.")
+    meta = models.JSONField(default=dict, blank=True, help_text="Generation metadata: logprob, sampling, …")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.text[:60]
+
+
+class RankingTask(models.Model):
+    """K candidates of one prompt, to be ranked by ``required_annotations`` different annotators.
+
+    ``candidate_ids`` is a list rather than a join table: a task's candidates never change after it is
+    opened, and a million-task import then writes one row per task instead of K + 1.
+    """
+
+    class State(models.TextChoices):
+        OPEN = "open", "Open"  # leased + completed < required: the queue may hand it out
+        FULL = "full", "Fully leased"  # every remaining slot is leased to someone
+        DONE = "done", "Done"  # completed == required
+        CLOSED = "closed", "Closed"  # withdrawn by an admin
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="tasks")
+    candidate_ids = models.JSONField(help_text="IDs of the task's K candidates.")
+    priority = models.FloatField(default=0.0, help_text="Higher first; the loop sets it (active learning).")
+    required_annotations = models.PositiveSmallIntegerField(default=1)
+    leased_count = models.PositiveSmallIntegerField(default=0)
+    completed_count = models.PositiveSmallIntegerField(default=0)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.OPEN)
+    origin = models.CharField(max_length=100, blank=True, help_text="What opened it: 'import', a run id, …")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            # The queue's scan: open tasks of a project, best first.
+            models.Index(fields=["project", "state", "-priority", "id"], name="task_queue_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(completed_count__lte=models.F("required_annotations")), name="task_not_overfilled"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"task {self.pk} ({self.state})"
+
+
+class Assignment(models.Model):
+    """An annotator's lease on a task, and what became of it. One row per (task, annotator)."""
+
+    class State(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUBMITTED = "submitted", "Submitted"
+        SKIPPED = "skipped", "Skipped"
+        RELEASED = "released", "Released"
+        EXPIRED = "expired", "Expired"
+
+    task = models.ForeignKey(RankingTask, on_delete=models.CASCADE, related_name="assignments")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.ACTIVE)
+    leased_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    skip_reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["task", "annotator"], name="assignment_once_per_annotator")]
+        indexes = [
+            models.Index(fields=["annotator", "project", "state"], name="assignment_own_idx"),
+            models.Index(fields=["expires_at"], condition=Q(state="active"), name="assignment_active_exp_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.annotator} on task {self.task_id} ({self.state})"
+
+
+class Ranking(models.Model):
+    """An annotator's ordering of a task's candidates, best first; ties share a group."""
+
+    task = models.ForeignKey(RankingTask, on_delete=models.CASCADE, related_name="rankings")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="rankings")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="rankings")
+    ordering = models.JSONField(help_text="Groups of candidate ids, best first, e.g. [[3], [1, 2], [4]].")
+    flag_all_bad = models.BooleanField(default=False)
+    flag_unsafe = models.BooleanField(default=False)
+    flag_image_unclear = models.BooleanField(default=False)
+    rationale = models.TextField(blank=True)
+    time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
+    client_uuid = models.UUIDField(unique=True, default=uuid.uuid4)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["task", "annotator"], name="ranking_once_per_annotator")]
+        indexes = [models.Index(fields=["project", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"ranking {self.pk} of task {self.task_id}"
+
+
+class PreferencePair(models.Model):
+    """chosen ≻ rejected, implied by one ranking; ``margin`` is the distance between their groups."""
+
+    ranking = models.ForeignKey(Ranking, on_delete=models.CASCADE, related_name="pairs")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="pairs")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="+")
+    chosen = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="+")
+    rejected = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="+")
+    margin = models.PositiveSmallIntegerField()
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "created_at"])]
+        constraints = [
+            models.CheckConstraint(condition=~Q(chosen=models.F("rejected")), name="pair_distinct"),
+            models.CheckConstraint(condition=Q(margin__gte=1), name="pair_margin_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.chosen_id} ≻ {self.rejected_id} (+{self.margin})"

@@ -1,0 +1,1 @@
+"""Writes of the annotation app. Views and the API call these; nothing else changes queue state."""

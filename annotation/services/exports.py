@@ -1,0 +1,334 @@
+"""Export preference data in the formats the training side reads.
+
+Formats (see docs/export.md):
+
+* ``records``  — DESIGN.md's preference records: ``preferences.jsonl`` + ``images/``.
+* ``trl``      — TRL's conversational preference format: ``train.jsonl`` + ``images/``.
+* ``parquet``  — a ``datasets`` dataset: ``data/train-00000-of-00001.parquet`` with image bytes inline and
+  the Hugging Face feature metadata, so ``load_dataset("parquet", ...)`` yields PIL images and TRL's
+  ``DPOTrainer`` takes it unchanged.
+* ``rankings`` — raw rankings JSONL: full orderings with ties, flags, pseudonymous annotators.
+
+Every format is produced by iterating the database in chunks, so memory stays flat however large the
+export; only the set of image ids seen is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from django.conf import settings
+from django.db.models import F, Q
+
+from annotation.images import media_path
+from annotation.models import Candidate, Image, PreferencePair, Project, Ranking
+
+FORMATS = ("records", "trl", "parquet", "rankings")
+CHUNK = 1000
+PARQUET_ROW_GROUP = 256
+
+
+@dataclass(frozen=True)
+class ExportFilter:
+    project: Project
+    since: datetime | None = None
+    until: datetime | None = None
+    sources: tuple[str, ...] = field(default_factory=tuple)
+
+    def pairs(self):
+        qs = PreferencePair.objects.filter(project=self.project)
+        if self.since:
+            qs = qs.filter(created_at__gte=self.since)
+        if self.until:
+            qs = qs.filter(created_at__lt=self.until)
+        if self.sources:
+            # Both sides of the pair must come from the chosen sources (e.g. one model version).
+            qs = qs.filter(chosen__source__in=self.sources, rejected__source__in=self.sources)
+        return (
+            qs.select_related("prompt__image", "chosen", "rejected")
+            .annotate(annotator_id=F("ranking__annotator_id"))
+            .order_by("id")
+        )
+
+    def rankings(self):
+        qs = Ranking.objects.filter(project=self.project)
+        if self.since:
+            qs = qs.filter(created_at__gte=self.since)
+        if self.until:
+            qs = qs.filter(created_at__lt=self.until)
+        if self.sources:
+            wanted = Candidate.objects.filter(source__in=self.sources).values("prompt_id")
+            qs = qs.filter(Q(task__prompt_id__in=wanted))
+        return qs.select_related("task__prompt__image").order_by("id")
+
+
+def pseudonym(user_id: int) -> str:
+    """A stable pseudonymous annotator id: the same person gets the same id in every export of this
+    installation, and the id reveals nothing without the server's secret."""
+    digest = hmac.new(settings.SECRET_KEY.encode(), f"annotator:{user_id}".encode(), hashlib.sha256).hexdigest()
+    return "a-" + digest[:12]
+
+
+def image_name(image: Image) -> str:
+    """Path of an image inside an export, relative to the export's root."""
+    return "images/" + Path(image.file).name
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def preference_records(flt: ExportFilter) -> Iterator[tuple[dict, Image]]:
+    for pair in flt.pairs().iterator(chunk_size=CHUNK):
+        prompt = pair.prompt
+        yield (
+            {
+                "id": pair.pk,
+                "project": flt.project.slug,
+                "images": [image_name(prompt.image)],
+                "prompt": prompt.text,
+                "chosen": pair.chosen.text,
+                "rejected": pair.rejected.text,
+                "margin": pair.margin,
+                "annotator": pseudonym(pair.annotator_id),
+                "ranking_id": pair.ranking_id,
+                "created": _iso(pair.created_at),
+            },
+            prompt.image,
+        )
+
+
+def _user_turn(text: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": text}]}]
+
+
+def _assistant_turn(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+
+def trl_row(record: dict) -> dict:
+    """One record in TRL's conversational preference format (with images)."""
+    return {
+        "id": record["id"],
+        "images": record["images"],
+        "prompt": _user_turn(record["prompt"]),
+        "chosen": _assistant_turn(record["chosen"]),
+        "rejected": _assistant_turn(record["rejected"]),
+        "margin": record["margin"],
+    }
+
+
+def ranking_rows(flt: ExportFilter) -> Iterator[tuple[dict, Image]]:
+    for ranking in flt.rankings().iterator(chunk_size=CHUNK):
+        prompt = ranking.task.prompt
+        candidates = {c.pk: c for c in Candidate.objects.filter(pk__in=ranking.task.candidate_ids)}
+        yield (
+            {
+                "ranking_id": ranking.pk,
+                "task_id": ranking.task_id,
+                "project": flt.project.slug,
+                "prompt_id": prompt.pk,
+                "images": [image_name(prompt.image)],
+                "prompt": prompt.text,
+                "candidates": [
+                    {"id": cid, "text": candidates[cid].text, "source": candidates[cid].source}
+                    for cid in ranking.task.candidate_ids
+                    if cid in candidates
+                ],
+                "ordering": ranking.ordering,
+                "flags": [
+                    name
+                    for name, on in (
+                        ("all_bad", ranking.flag_all_bad),
+                        ("unsafe", ranking.flag_unsafe),
+                        ("image_unclear", ranking.flag_image_unclear),
+                    )
+                    if on
+                ],
+                "rationale": ranking.rationale,
+                "time_spent_ms": ranking.time_spent_ms,
+                "annotator": pseudonym(ranking.annotator_id),
+                "created": _iso(ranking.created_at),
+            },
+            prompt.image,
+        )
+
+
+def _jsonl_rows(flt: ExportFilter, fmt: str) -> tuple[str, Iterator[tuple[dict, Image]]]:
+    if fmt == "records":
+        return "preferences.jsonl", preference_records(flt)
+    if fmt == "trl":
+        return "train.jsonl", ((trl_row(r), img) for r, img in preference_records(flt))
+    if fmt == "rankings":
+        return "rankings.jsonl", ranking_rows(flt)
+    raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+
+
+# ---------------------------------------------------------------------------------------------- parquet
+
+
+def _parquet_schema():
+    import pyarrow as pa
+
+    content = pa.list_(pa.struct([("type", pa.string()), ("text", pa.string())]))
+    turns = pa.list_(pa.struct([("role", pa.string()), ("content", content)]))
+    value = {"_type": "Value"}
+    turn_feature = {
+        "feature": {
+            "role": {"dtype": "string", **value},
+            "content": {
+                "feature": {"type": {"dtype": "string", **value}, "text": {"dtype": "string", **value}},
+                "_type": "List",
+            },
+        },
+        "_type": "List",
+    }
+    features = {
+        "id": {"dtype": "int64", **value},
+        "images": {"feature": {"_type": "Image"}, "_type": "List"},
+        "prompt": turn_feature,
+        "chosen": turn_feature,
+        "rejected": turn_feature,
+        "margin": {"dtype": "int32", **value},
+    }
+    schema = pa.schema(
+        [
+            ("id", pa.int64()),
+            ("images", pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))),
+            ("prompt", turns),
+            ("chosen", turns),
+            ("rejected", turns),
+            ("margin", pa.int32()),
+        ]
+    )
+    return schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+
+
+def write_parquet(flt: ExportFilter, path: Path) -> int:
+    """Write the TRL rows with image bytes inline; returns the row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _parquet_schema()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = 0
+    batch: list[dict] = []
+    with pq.ParquetWriter(path, schema) as writer:
+        for record, image in preference_records(flt):
+            row = trl_row(record)
+            row["images"] = [{"bytes": media_path(image.file).read_bytes(), "path": image_name(image)}]
+            batch.append(row)
+            if len(batch) >= PARQUET_ROW_GROUP:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                rows += len(batch)
+                batch.clear()
+        if batch or rows == 0:
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            rows += len(batch)
+    return rows
+
+
+# ------------------------------------------------------------------------------------ to a directory
+
+
+def write_export(flt: ExportFilter, fmt: str, out_dir: Path) -> dict:
+    """Write an export into ``out_dir`` (created); returns a summary with the row count and files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if fmt == "parquet":
+        path = out_dir / "data" / "train-00000-of-00001.parquet"
+        rows = write_parquet(flt, path)
+        return {"format": fmt, "rows": rows, "files": [str(path.relative_to(out_dir))]}
+    name, rows_iter = _jsonl_rows(flt, fmt)
+    images: dict[int, Image] = {}
+    rows = 0
+    tmp = out_dir / (name + ".partial")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for row, image in rows_iter:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            images.setdefault(image.pk, image)
+            rows += 1
+    os.replace(tmp, out_dir / name)
+    (out_dir / "images").mkdir(exist_ok=True)
+    for image in images.values():
+        target = out_dir / image_name(image)
+        if not target.exists():
+            target.write_bytes(media_path(image.file).read_bytes())
+    return {"format": fmt, "rows": rows, "files": [name, "images/"], "images": len(images)}
+
+
+# ------------------------------------------------------------------------------------ as a stream
+
+
+class _Pipe(io.RawIOBase):
+    """A write-only, unseekable sink that hands out what was written so far; zipfile streams into it."""
+
+    def __init__(self):
+        self._chunks: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._chunks.append(bytes(data))
+        return len(data)
+
+    def drain(self) -> bytes:
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        return data
+
+
+def stream_zip(flt: ExportFilter, fmt: str) -> Iterator[bytes]:
+    """Yield a zip (JSONL + images/) chunk by chunk, never holding the export in memory."""
+    name, rows_iter = _jsonl_rows(flt, fmt)
+    pipe = _Pipe()
+    image_ids: dict[int, str] = {}
+    with zipfile.ZipFile(pipe, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open(name, "w", force_zip64=True) as fh:
+            for row, image in rows_iter:
+                fh.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
+                image_ids.setdefault(image.pk, image.file)
+                if len(pipe._chunks) > 16:
+                    yield pipe.drain()
+        yield pipe.drain()
+        for relpath in image_ids.values():
+            info = zipfile.ZipInfo("images/" + Path(relpath).name)
+            info.compress_type = zipfile.ZIP_STORED  # images are compressed already
+            with zf.open(info, "w", force_zip64=True) as fh, media_path(relpath).open("rb") as src:
+                while chunk := src.read(1 << 16):
+                    fh.write(chunk)
+            yield pipe.drain()
+    yield pipe.drain()
+
+
+def stream_file_then_delete(path: Path, chunk_size: int = 1 << 16) -> Iterator[bytes]:
+    try:
+        with path.open("rb") as fh:
+            while chunk := fh.read(chunk_size):
+                yield chunk
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def stream_export(flt: ExportFilter, fmt: str) -> tuple[Iterable[bytes], str, str]:
+    """(chunks, filename, content type) for a download."""
+    stem = f"{flt.project.slug}-{fmt}"
+    if fmt == "parquet":
+        Path(settings.EXPORT_ROOT).mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=settings.EXPORT_ROOT, suffix=".parquet")
+        os.close(fd)
+        write_parquet(flt, Path(tmp))
+        return stream_file_then_delete(Path(tmp)), stem + ".parquet", "application/vnd.apache.parquet"
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+    return stream_zip(flt, fmt), stem + ".zip", "application/zip"

@@ -1,0 +1,330 @@
+"""Import a bundle (folder or zip) of images plus a JSONL or CSV manifest into a project.
+
+Two modes, chosen per import:
+
+* ``all_or_nothing`` (the default): any problem — a bad row, a broken image, a refused zip entry —
+  rejects the whole import; the database is untouched and the report lists every problem.
+* ``partial``: good rows are imported, bad rows are skipped; the report lists each skipped row.
+
+Either way a row is imported whole (image, prompt, candidates, task) or not at all, and all rows of
+one import are written in one transaction. Image files are stored content-addressed before that
+transaction; a rejected import can leave unreferenced image files behind, never database rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+
+from annotation.bundles import Bundle, BundleError, open_bundle
+from annotation.exceptions import ImportRejected
+from annotation.images import BadImage, CheckedImage, check_image, store_image
+from annotation.models import Candidate, Image, Project, Prompt, RankingTask
+
+MODES = ("all_or_nothing", "partial")
+MAX_MANIFEST_BYTES = 512 * 1024 * 1024
+BATCH = 2000
+FIELDS = {"image", "prompt", "reference", "ground_truth", "candidates", "split", "id", "priority"}
+
+
+@dataclass
+class Problem:
+    file: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class ImportReport:
+    project: str
+    mode: str
+    manifest: str = ""
+    rows: int = 0
+    rows_imported: int = 0
+    rows_skipped: int = 0
+    images_new: int = 0
+    images_reused: int = 0
+    prompts: int = 0
+    candidates: int = 0
+    tasks: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Row:
+    line: int
+    image: str
+    prompt: str
+    reference: list[str]
+    ground_truth: dict | None
+    candidates: list[str]
+    split: str
+    external_id: str
+    priority: float
+
+
+def _text_list(value: object, what: str) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("["):
+            try:
+                value = json.loads(stripped)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{what} looks like a JSON list but does not parse: {exc.msg}") from None
+        else:
+            return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{what} must be a string or a list of strings")
+    return value
+
+
+def _parse_row(raw: dict, line: int, k: int) -> Row:
+    unknown = set(raw) - FIELDS
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)}; known: {sorted(FIELDS)}")
+    image = raw.get("image")
+    if not isinstance(image, str) or not image.strip():
+        raise ValueError("'image' is missing; give the image's path inside the bundle")
+    prompt = raw.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("'prompt' is missing or empty")
+    ground_truth = raw.get("ground_truth")
+    if isinstance(ground_truth, str):
+        if ground_truth.strip() == "":
+            ground_truth = None
+        else:
+            try:
+                ground_truth = json.loads(ground_truth)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"'ground_truth' is not valid JSON: {exc.msg}") from None
+    if ground_truth is not None and not isinstance(ground_truth, dict):
+        raise ValueError("'ground_truth' must be a JSON object")
+    candidates = [c.strip() for c in _text_list(raw.get("candidates"), "'candidates'")]
+    if candidates:
+        if len(candidates) != k:
+            raise ValueError(f"row has {len(candidates)} candidates; this project ranks K={k} per task")
+        if any(not c for c in candidates):
+            raise ValueError("a candidate is empty")
+        if len(set(candidates)) != len(candidates):
+            raise ValueError("candidates repeat; annotators would rank identical answers")
+    split = (raw.get("split") or "train").strip() if isinstance(raw.get("split") or "train", str) else None
+    if split not in Prompt.Split.values:
+        raise ValueError(f"'split' must be one of {Prompt.Split.values}, not {raw.get('split')!r}")
+    priority = raw.get("priority")
+    if priority in (None, ""):
+        priority = 0.0
+    try:
+        priority = float(priority)
+        if not math.isfinite(priority):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"'priority' must be a number, not {raw.get('priority')!r}") from None
+    external_id = raw.get("id", "")
+    return Row(
+        line=line,
+        image=image.strip(),
+        prompt=prompt.strip(),
+        reference=_text_list(raw.get("reference"), "'reference'"),
+        ground_truth=ground_truth,
+        candidates=candidates,
+        split=split,
+        external_id=str(external_id if external_id is not None else "")[:200],
+        priority=priority,
+    )
+
+
+def _manifest_rows(bundle: Bundle, manifest: str, k: int) -> Iterator[tuple[int, Row | None, str | None]]:
+    """Yield (line, row, problem) for each non-blank manifest line."""
+    data = bundle.read(manifest, MAX_MANIFEST_BYTES)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        yield 0, None, f"manifest is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        return
+    if manifest.endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(text))
+        if reader.fieldnames is None:
+            return
+        for raw in reader:
+            line = reader.line_num
+            if None in raw:
+                yield line, None, "row has more cells than the header"
+                continue
+            try:
+                yield line, _parse_row({k_: v for k_, v in raw.items() if v not in (None, "")}, line, k), None
+            except ValueError as exc:
+                yield line, None, str(exc)
+        return
+    for line, content in enumerate(text.splitlines(), start=1):
+        if not content.strip():
+            continue
+        try:
+            raw = json.loads(content)
+        except json.JSONDecodeError as exc:
+            yield line, None, f"not valid JSON: {exc.msg} (column {exc.colno})"
+            continue
+        if not isinstance(raw, dict):
+            yield line, None, "each line must be a JSON object"
+            continue
+        try:
+            yield line, _parse_row(raw, line, k), None
+        except ValueError as exc:
+            yield line, None, str(exc)
+
+
+def import_bundle(
+    *, project: Project, path: Path, manifest: str | None = None, mode: str = "all_or_nothing", origin: str = "import"
+) -> ImportReport:
+    """Import ``path`` (folder or zip) into ``project``. Raises ``ImportRejected`` (report in details) when
+    mode is all_or_nothing and anything is wrong; otherwise returns the report."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    report = ImportReport(project=project.slug, mode=mode)
+    try:
+        bundle = open_bundle(path, max_total_bytes=settings.LENSLOOP_MAX_UPLOAD_BYTES * 4)
+    except BundleError as exc:
+        report.problems.append(Problem(path.name, None, str(exc)))
+        raise ImportRejected(str(exc), report=report) from None
+    try:
+        return _import(bundle, project, manifest, mode, origin, report)
+    finally:
+        bundle.close()
+
+
+def _import(bundle: Bundle, project: Project, manifest: str | None, mode: str, origin: str, report: ImportReport):
+    for name, why in bundle.refused:
+        report.problems.append(Problem(name, None, why))
+    try:
+        manifest = bundle.find_manifest(manifest)
+    except BundleError as exc:
+        report.problems.append(Problem(bundle.label, None, str(exc)))
+        raise ImportRejected(str(exc), report=report) from None
+    report.manifest = manifest
+
+    # Pass 1: parse every row and check every image it names (each image once).
+    images: dict[str, CheckedImage | str] = {}
+    good: list[Row] = []
+    for line, row, problem in _manifest_rows(bundle, manifest, project.candidates_per_task):
+        report.rows += 1
+        if problem is not None:
+            report.problems.append(Problem(manifest, line or None, problem))
+            continue
+        if row.image not in images:
+            try:
+                checked = check_image(bundle.read(row.image, settings.LENSLOOP_MAX_IMAGE_BYTES))
+                store_image(checked)
+                images[row.image] = dataclasses.replace(checked, data=b"")  # keep memory flat
+            except (BundleError, BadImage) as exc:
+                images[row.image] = str(exc)
+        outcome = images[row.image]
+        if isinstance(outcome, str):
+            report.problems.append(Problem(manifest, line, f"image {row.image!r}: {outcome}"))
+            continue
+        good.append(row)
+    if report.rows == 0:
+        report.problems.append(Problem(manifest, None, "manifest has no rows"))
+    report.rows_skipped = report.rows - len(good)
+    if report.problems and mode == "all_or_nothing":
+        report.rows_skipped = report.rows
+        raise ImportRejected(
+            f"import refused: {len(report.problems)} problem(s); nothing was imported", report=report
+        )
+
+    # Pass 2: write every good row in one transaction.
+    with transaction.atomic():
+        image_ids = _upsert_images({name: c for name, c in images.items() if isinstance(c, CheckedImage)}, good, report)
+        for start in range(0, len(good), BATCH):
+            _write_rows(project, good[start : start + BATCH], images, image_ids, origin, report)
+    report.rows_imported = len(good)
+    return report
+
+
+def _upsert_images(checked: dict[str, CheckedImage], rows: list[Row], report: ImportReport) -> dict[str, int]:
+    used = {row.image for row in rows}
+    by_sha: dict[str, CheckedImage] = {c.sha256: c for name, c in checked.items() if name in used}
+    gt_by_sha: dict[str, dict] = {}
+    for row in rows:
+        if row.ground_truth is not None:
+            gt_by_sha.setdefault(checked[row.image].sha256, row.ground_truth)
+    existing = dict(Image.objects.filter(sha256__in=list(by_sha)).values_list("sha256", "id"))
+    new = [
+        Image(
+            sha256=sha,
+            file=c.relpath,
+            format=c.format,
+            width=c.width,
+            height=c.height,
+            size_bytes=c.size_bytes,
+            ground_truth=gt_by_sha.get(sha),
+        )
+        for sha, c in by_sha.items()
+        if sha not in existing
+    ]
+    Image.objects.bulk_create(new, batch_size=BATCH, ignore_conflicts=True)
+    ids = dict(Image.objects.filter(sha256__in=list(by_sha)).values_list("sha256", "id"))
+    report.images_new += len(ids) - len(existing)
+    report.images_reused += len(existing)
+    return {name: ids[c.sha256] for name, c in checked.items() if name in used}
+
+
+def _write_rows(project, rows, images, image_ids, origin, report) -> None:
+    prompts = Prompt.objects.bulk_create(
+        [
+            Prompt(
+                project=project,
+                image_id=image_ids[row.image],
+                text=row.prompt,
+                reference=row.reference,
+                split=row.split,
+                ground_truth=row.ground_truth,
+                external_id=row.external_id,
+            )
+            for row in rows
+        ]
+    )
+    report.prompts += len(prompts)
+    with_candidates = [(row, prompt) for row, prompt in zip(rows, prompts, strict=True) if row.candidates]
+    candidates = Candidate.objects.bulk_create(
+        [
+            Candidate(prompt=prompt, text=text, source=Candidate.IMPORT)
+            for row, prompt in with_candidates
+            for text in row.candidates
+        ]
+    )
+    report.candidates += len(candidates)
+    k = project.candidates_per_task
+    tasks = [
+        RankingTask(
+            project=project,
+            prompt=prompt,
+            candidate_ids=[c.pk for c in candidates[i * k : (i + 1) * k]],
+            priority=row.priority,
+            required_annotations=project.overlap,
+            origin=origin,
+        )
+        for i, (row, prompt) in enumerate(with_candidates)
+    ]
+    RankingTask.objects.bulk_create(tasks)
+    report.tasks += len(tasks)

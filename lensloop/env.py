@@ -1,0 +1,134 @@
+"""Typed readers for settings that come from the environment.
+
+Every helper fails loudly with ``ImproperlyConfigured`` naming the variable and the value it could not
+use, so a typo in a deployment is an error at start-up rather than a silent default.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean; use one of 1/0, true/false, yes/no, on/off")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not an integer") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} is below the minimum of {minimum}")
+    return value
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_path(name: str, default: Path) -> Path:
+    raw = os.environ.get(name)
+    path = Path(raw).expanduser() if raw else default
+    return path.resolve()
+
+
+def secret_key(var_dir: Path) -> str:
+    """``SECRET_KEY`` from the environment, else one generated once and kept in ``var/secret_key``.
+
+    The generated key never enters the repository (``var/`` is ignored) and survives restarts, so
+    sessions and pseudonymous annotator ids stay stable on one installation.
+    """
+    raw = os.environ.get("SECRET_KEY")
+    if raw is not None:
+        if len(raw) < 32:
+            raise ImproperlyConfigured("SECRET_KEY is set but shorter than 32 characters")
+        return raw
+    path = var_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    var_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(50)
+    # O_EXCL: two processes starting at once must agree on one key.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return key
+
+
+def database_from_url(url: str, *, conn_max_age: int = 0) -> dict:
+    """Django ``DATABASES['default']`` from a URL: ``postgres://user:pw@host:port/db`` or
+    ``sqlite:///absolute/path.db`` (``sqlite:///:memory:`` too)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    options = dict(parse_qsl(parts.query))
+    if scheme in {"postgres", "postgresql", "pgsql"}:
+        if not parts.path.strip("/"):
+            raise ImproperlyConfigured(f"DATABASE_URL {url!r} names no database, e.g. postgres://host/lensloop")
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": unquote(parts.path.lstrip("/")),
+            "USER": unquote(parts.username or ""),
+            "PASSWORD": unquote(parts.password or ""),
+            "HOST": parts.hostname or "",
+            "PORT": str(parts.port or ""),
+            "CONN_MAX_AGE": conn_max_age,
+            "OPTIONS": options,
+        }
+    if scheme == "sqlite":
+        path = unquote(parts.path)
+        if path.startswith("/") and parts.netloc == "":
+            name = path if path != "/:memory:" else ":memory:"
+        else:
+            raise ImproperlyConfigured(f"DATABASE_URL {url!r}: use sqlite:////absolute/path.db")
+        return sqlite_database(Path(name) if name != ":memory:" else None)
+    raise ImproperlyConfigured(f"DATABASE_URL {url!r}: unsupported scheme {scheme!r}; use postgres:// or sqlite://")
+
+
+def sqlite_database(path: Path | None) -> dict:
+    """SQLite in WAL mode with IMMEDIATE transactions.
+
+    IMMEDIATE takes the write lock at BEGIN, so two queue transactions never both read a task as free
+    and then race to write: SQLite serialises them, which is what makes the queue race-safe there.
+    """
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(path) if path is not None else ":memory:",
+        "OPTIONS": {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
+        },
+        "TEST": {"NAME": str(path.with_name("test_" + path.name)) if path is not None else None},
+    }

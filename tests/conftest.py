@@ -1,0 +1,15 @@
+"""Shared fixtures: data dirs in a temp folder, personas, small factories."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _data_dirs(settings, tmp_path_factory):
+    """Media, exports and imports in a temp folder per test, never the developer's var/."""
+    root = tmp_path_factory.mktemp("data")
+    settings.DATA_DIR = root
+    settings.MEDIA_ROOT = root / "media"
+    settings.EXPORT_ROOT = root / "exports"
+    settings.IMPORT_ROOT = root / "imports"
