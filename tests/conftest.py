@@ -13,3 +13,9 @@ def _data_dirs(settings, tmp_path_factory):
     settings.MEDIA_ROOT = root / "media"
     settings.EXPORT_ROOT = root / "exports"
     settings.IMPORT_ROOT = root / "imports"
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    """PBKDF2 at production strength costs ~0.3 s per user; tests need no such strength."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,201 @@
+"""The REST API over real URLs: the permission matrix by persona, the queue flow, import and export.
+
+Personas: alice is a project admin, bob an annotator, charlie an outsider (member of nothing here),
+and an anonymous client.
+"""
+
+import io
+import json
+import uuid
+import zipfile
+
+import pytest
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from annotation.models import PreferencePair, Prompt, Ranking
+from tests import factories as f
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def world():
+    alice, bob, charlie = f.user("alice"), f.user("bob"), f.user("charlie")
+    proj = f.project("shapes", k=2, admins=[alice], annotators=[bob])
+    f.tasks(proj, 3)
+    return {"alice": alice, "bob": bob, "charlie": charlie, "project": proj}
+
+
+def client_for(user=None, token=False) -> APIClient:
+    client = APIClient()
+    if user is not None:
+        if token:
+            client.credentials(HTTP_AUTHORIZATION="Token " + Token.objects.create(user=user).key)
+        else:
+            client.force_authenticate(user)
+    return client
+
+
+def _zip_bundle() -> io.BytesIO:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("manifest.jsonl", json.dumps({"image": "a.png", "prompt": "Describe.", "candidates": ["x", "y"]}) + "\n")
+        zf.writestr("a.png", f.png_bytes())
+    buf.seek(0)
+    buf.name = "bundle.zip"
+    return buf
+
+
+ENDPOINTS = {
+    "detail": ("get", "/api/projects/shapes/"),
+    "stats": ("get", "/api/projects/shapes/stats/"),
+    "next": ("post", "/api/projects/shapes/next/"),
+    "rankings": ("get", "/api/projects/shapes/rankings/"),
+    "members": ("get", "/api/projects/shapes/members/"),
+    "export": ("get", "/api/projects/shapes/export/?format=records"),
+    "import": ("post", "/api/projects/shapes/imports/"),
+}
+
+# persona -> endpoint -> expected status
+MATRIX = {
+    "alice": {"detail": 200, "stats": 200, "next": 200, "rankings": 200, "members": 200, "export": 200, "import": 201},
+    "bob": {"detail": 200, "stats": 200, "next": 200, "rankings": 200, "members": 403, "export": 403, "import": 403},
+    "charlie": {"detail": 403, "stats": 403, "next": 403, "rankings": 403, "members": 403, "export": 403, "import": 403},
+    None: {"detail": 401, "stats": 401, "next": 401, "rankings": 401, "members": 401, "export": 401, "import": 401},
+}
+
+
+@pytest.mark.parametrize("persona", ["alice", "bob", "charlie", None])
+@pytest.mark.parametrize("endpoint", list(ENDPOINTS))
+def test_the_permission_matrix(world, persona, endpoint):
+    client = client_for(world[persona] if persona else None, token=persona == "bob")
+    method, url = ENDPOINTS[endpoint]
+    kwargs = {"data": {"file": _zip_bundle()}, "format": "multipart"} if endpoint == "import" else {}
+    response = getattr(client, method)(url, **kwargs)
+    assert response.status_code == MATRIX[persona][endpoint], (persona, endpoint, getattr(response, "data", None))
+
+
+def test_an_annotator_ranks_through_the_api_and_the_pairs_are_stored(world):
+    bob = client_for(world["bob"], token=True)
+    task = bob.post("/api/projects/shapes/next/").json()
+    assert "source" not in json.dumps(task["candidates"])
+    image = bob.get(task["image_url"])
+    assert image.status_code == 200 and b"".join(image.streaming_content).startswith(b"\x89PNG")
+    ids = [c["id"] for c in task["candidates"]]
+    body = {"ordering": [[ids[1]], [ids[0]]], "client_uuid": str(uuid.uuid4()), "flags": ["image_unclear"]}
+    first = bob.post(f"/api/tasks/{task['task_id']}/submit/", body, format="json")
+    assert first.status_code == 201, first.json()
+    repeat = bob.post(f"/api/tasks/{task['task_id']}/submit/", body, format="json")
+    assert repeat.status_code == 200 and repeat.json()["id"] == first.json()["id"]
+    pair = PreferencePair.objects.get()
+    assert (pair.chosen_id, pair.rejected_id, pair.margin) == (ids[1], ids[0], 1)
+    assert Ranking.objects.get().flag_image_unclear
+
+
+def test_a_bad_ranking_is_a_400_that_names_the_problem(world):
+    bob = client_for(world["bob"])
+    task = bob.post("/api/projects/shapes/next/").json()
+    ids = [c["id"] for c in task["candidates"]]
+    response = bob.post(
+        f"/api/tasks/{task['task_id']}/submit/", {"ordering": [[ids[0]]], "client_uuid": str(uuid.uuid4())}, format="json"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_ranking"
+    assert f"leaves out candidates [{ids[1]}]" in response.json()["detail"]
+
+
+def test_a_lost_lease_is_a_409(world):
+    bob, alice = client_for(world["bob"]), client_for(world["alice"])
+    task = bob.post("/api/projects/shapes/next/").json()
+    assert bob.post(f"/api/tasks/{task['task_id']}/release/").status_code == 204
+    ids = [c["id"] for c in task["candidates"]]
+    taken = alice.post("/api/projects/shapes/next/").json()
+    assert taken["task_id"] == task["task_id"]
+    response = bob.post(
+        f"/api/tasks/{task['task_id']}/submit/", {"ordering": [[i] for i in ids], "client_uuid": str(uuid.uuid4())}, format="json"
+    )
+    assert response.status_code == 409 and response.json()["error"] == "lease_lost"
+
+
+def test_an_outsider_cannot_submit_to_a_task_of_another_project(world):
+    task = client_for(world["bob"]).post("/api/projects/shapes/next/").json()
+    response = client_for(world["charlie"]).post(
+        f"/api/tasks/{task['task_id']}/submit/", {"ordering": [], "client_uuid": str(uuid.uuid4())}, format="json"
+    )
+    assert response.status_code == 403
+
+
+def test_an_annotator_sees_only_their_own_rankings(world):
+    bob, alice = client_for(world["bob"]), client_for(world["alice"])
+    for client in (bob, alice):
+        t = client.post("/api/projects/shapes/next/").json()
+        ids = [c["id"] for c in t["candidates"]]
+        client.post(f"/api/tasks/{t['task_id']}/submit/", {"ordering": [[i] for i in ids], "client_uuid": str(uuid.uuid4())}, format="json")
+    assert bob.get("/api/projects/shapes/rankings/").json()["count"] == 1
+    assert alice.get("/api/projects/shapes/rankings/").json()["count"] == 2
+
+
+def test_skip_then_the_queue_moves_on(world):
+    bob = client_for(world["bob"])
+    first = bob.post("/api/projects/shapes/next/").json()
+    assert bob.post(f"/api/tasks/{first['task_id']}/skip/", {"reason": "blurry"}, format="json").status_code == 204
+    assert bob.post("/api/projects/shapes/next/").json()["task_id"] != first["task_id"]
+
+
+def test_an_empty_queue_is_a_204(world):
+    proj = f.project("empty", annotators=[world["bob"]])
+    assert proj.tasks.count() == 0
+    assert client_for(world["bob"]).post("/api/projects/empty/next/").status_code == 204
+
+
+def test_a_refused_import_answers_400_with_the_report(world):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("manifest.jsonl", '{"image": "a.png", "prompt": "x"}\nnot json\n')
+        zf.writestr("a.png", b"not an image")
+    buf.seek(0)
+    buf.name = "bad.zip"
+    response = client_for(world["alice"]).post("/api/projects/shapes/imports/", {"file": buf}, format="multipart")
+    assert response.status_code == 400
+    problems = response.json()["report"]["problems"]
+    assert {(p["file"], p["line"]) for p in problems} == {("manifest.jsonl", 1), ("manifest.jsonl", 2)}
+    assert Prompt.objects.filter(project=world["project"]).count() == 3
+
+
+def test_project_admins_manage_members(world):
+    alice = client_for(world["alice"])
+    response = alice.post("/api/projects/shapes/members/", {"username": "charlie", "role": "annotator"}, format="json")
+    assert response.status_code == 201
+    assert client_for(world["charlie"]).get("/api/projects/shapes/").status_code == 200
+    assert alice.delete("/api/projects/shapes/members/charlie/").status_code == 204
+    assert client_for(world["charlie"]).get("/api/projects/shapes/").status_code == 403
+
+
+def test_only_staff_create_projects(world):
+    body = {"name": "New", "slug": "new", "candidates_per_task": 3}
+    assert client_for(world["alice"]).post("/api/projects/", body, format="json").status_code == 403
+    staff = f.user("root", is_staff=True)
+    response = client_for(staff).post("/api/projects/", body, format="json")
+    assert response.status_code == 201 and response.json()["candidates_per_task"] == 3
+
+
+def test_a_project_with_k_outside_2_to_9_is_refused(world):
+    staff = f.user("root", is_staff=True)
+    response = client_for(staff).post("/api/projects/", {"name": "Bad", "candidates_per_task": 12}, format="json")
+    assert response.status_code == 400 and "candidates_per_task" in response.json()
+
+
+def test_the_export_streams_a_zip(world):
+    alice = client_for(world["alice"])
+    response = alice.get("/api/projects/shapes/export/?format=rankings")
+    assert response.status_code == 200 and response["Content-Disposition"].endswith('.zip"')
+    zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))).testzip()
+
+
+def test_the_openapi_schema_and_docs_are_served(world):
+    client = client_for(world["bob"])
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/json")
+    assert schema.status_code == 200
+    assert "/api/tasks/{task_id}/submit/" in schema.json()["paths"]
+    assert client.get("/api/docs/").status_code == 200

@@ -1,0 +1,100 @@
+"""Export formats: preference records, TRL conversational, rankings, and Parquet for `datasets`."""
+
+import io
+import json
+import uuid
+import zipfile
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from annotation.models import PreferencePair
+from annotation.services import queue
+from annotation.services.exports import ExportFilter, pseudonym, stream_export, write_export
+from tests import factories as f
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def ranked():
+    """Project with 3 tasks (K=3) ranked by alice, one with a tie."""
+    alice = f.user("alice")
+    proj = f.project(k=3, annotators=[alice])
+    f.tasks(proj, 2, source="v1")
+    f.task(proj, source="import")
+    for i in range(3):
+        a = queue.next_task(annotator=alice, project=proj)
+        c = a.task.candidate_ids
+        ordering = [[c[0]], [c[1], c[2]]] if i == 0 else [[c[2]], [c[0]], [c[1]]]
+        queue.submit_ranking(annotator=alice, task_id=a.task_id, ordering=ordering, client_uuid=uuid.uuid4())
+    return proj, alice
+
+
+def test_records_follow_the_design_format_with_images_beside(ranked, tmp_path):
+    proj, alice = ranked
+    summary = write_export(ExportFilter(project=proj), "records", tmp_path)
+    lines = [json.loads(x) for x in (tmp_path / "preferences.jsonl").read_text().splitlines()]
+    assert summary["rows"] == len(lines) == PreferencePair.objects.count() == 2 + 3 + 3
+    first = lines[0]
+    assert set(first) == {"id", "project", "images", "prompt", "chosen", "rejected", "margin", "annotator", "ranking_id", "created"}
+    assert first["annotator"] == pseudonym(alice.pk) != str(alice.pk)
+    for line in lines:
+        assert (tmp_path / line["images"][0]).is_file()
+    assert sorted({x["margin"] for x in lines}) == [1, 2]
+
+
+def test_the_source_filter_keeps_pairs_whose_both_sides_match(ranked, tmp_path):
+    proj, _ = ranked
+    summary = write_export(ExportFilter(project=proj, sources=("v1",)), "records", tmp_path)
+    assert summary["rows"] == 2 + 3
+
+
+def test_the_date_filter_is_half_open(ranked, tmp_path):
+    proj, _ = ranked
+    now = timezone.now()
+    assert write_export(ExportFilter(project=proj, since=now + timedelta(minutes=1)), "records", tmp_path / "a")["rows"] == 0
+    assert write_export(ExportFilter(project=proj, until=now + timedelta(minutes=1)), "records", tmp_path / "b")["rows"] == 8
+
+
+def test_rankings_export_keeps_ties_and_flags(ranked, tmp_path):
+    proj, _ = ranked
+    write_export(ExportFilter(project=proj), "rankings", tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "rankings.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    assert [len(g) for g in rows[0]["ordering"]] == [1, 2]
+    assert {c["source"] for c in rows[0]["candidates"]} <= {"v1", "import"}
+
+
+def test_trl_export_is_conversational(ranked, tmp_path):
+    proj, _ = ranked
+    write_export(ExportFilter(project=proj), "trl", tmp_path)
+    row = json.loads((tmp_path / "train.jsonl").read_text().splitlines()[0])
+    assert row["prompt"][0]["role"] == "user"
+    assert row["prompt"][0]["content"][0]["type"] == "image"
+    assert row["chosen"][0]["role"] == "assistant"
+
+
+def test_the_streamed_zip_holds_the_jsonl_and_the_images(ranked):
+    proj, _ = ranked
+    chunks, filename, content_type = stream_export(ExportFilter(project=proj), "records")
+    data = b"".join(chunks)
+    assert filename.endswith(".zip") and content_type == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        names = zf.namelist()
+        lines = zf.read("preferences.jsonl").decode().splitlines()
+        assert len(lines) == 8
+        for line in lines:
+            assert json.loads(line)["images"][0] in names
+
+
+def test_parquet_loads_with_datasets_as_pil_images(ranked, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    proj, _ = ranked
+    write_export(ExportFilter(project=proj), "parquet", tmp_path)
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "data" / "*.parquet"), split="train")
+    assert len(ds) == 8
+    row = ds[0]
+    assert row["images"][0].size == (32, 24)
+    assert row["chosen"][0]["content"][0]["text"]

@@ -1,0 +1,230 @@
+"""Import: folders and zips, JSONL and CSV manifests, every bad-input case, both modes."""
+
+import io
+import json
+import zipfile
+
+import pytest
+from PIL import Image as PILImage
+
+from annotation.exceptions import ImportRejected
+from annotation.models import Candidate, Image, Prompt, RankingTask
+from annotation.services.imports import import_bundle
+from tests import factories as f
+
+pytestmark = pytest.mark.django_db
+
+
+def _folder(tmp_path, rows, images=None, manifest="manifest.jsonl"):
+    (tmp_path / "images").mkdir(exist_ok=True)
+    for name, data in (images or {"images/red.png": f.png_bytes((255, 0, 0))}).items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    if manifest.endswith(".jsonl"):
+        text = "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n"
+    else:
+        text = rows
+    (tmp_path / manifest).write_text(text)
+    return tmp_path
+
+
+def _zip(tmp_path, members: dict[str, bytes | str], name="bundle.zip"):
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, data in members.items():
+            zf.writestr(member, data)
+    return path
+
+
+def _row(**kw):
+    base = {"image": "images/red.png", "prompt": "Describe the image."}
+    base.update(kw)
+    return base
+
+
+def test_it_imports_rows_with_candidates_as_open_tasks(tmp_path):
+    proj = f.project(k=2, overlap=2)
+    src = _folder(
+        tmp_path,
+        [
+            _row(candidates=["a red square", "a blue circle"], reference=["a red square"], id="r1", priority=3),
+            _row(prompt="What colour is it?", ground_truth={"color": "red"}, split="eval"),
+        ],
+    )
+    report = import_bundle(project=proj, path=src)
+    assert report.ok and report.rows_imported == 2 and report.tasks == 1
+    task = RankingTask.objects.get(project=proj)
+    assert task.required_annotations == 2 and task.priority == 3 and task.state == "open"
+    assert list(Candidate.objects.filter(pk__in=task.candidate_ids).values_list("text", flat=True)) == [
+        "a red square",
+        "a blue circle",
+    ]
+    assert Prompt.objects.get(external_id="r1").reference == ["a red square"]
+    assert Prompt.objects.get(split="eval").ground_truth == {"color": "red"}
+
+
+def test_duplicate_images_are_stored_once(tmp_path):
+    proj = f.project(k=2)
+    same = f.png_bytes((1, 2, 3))
+    src = _folder(tmp_path, [_row(image="images/a.png"), _row(image="images/b.png")], {"images/a.png": same, "images/b.png": same})
+    report = import_bundle(project=proj, path=src)
+    assert Image.objects.count() == 1 and report.images_new == 1
+    again = import_bundle(project=proj, path=src)
+    assert Image.objects.count() == 1 and again.images_reused == 1 and Prompt.objects.count() == 4
+
+
+def test_a_zip_with_a_csv_manifest_inside_a_top_folder_imports(tmp_path):
+    proj = f.project(k=2)
+    csv_text = 'image,prompt,candidates,ground_truth\nimages/red.png,Describe it.,"[""one"", ""two""]","{""count"": 1}"\n'
+    bundle = _zip(tmp_path, {"batch/manifest.csv": csv_text, "batch/images/red.png": f.png_bytes()})
+    report = import_bundle(project=proj, path=bundle)
+    assert report.ok and report.tasks == 1
+    assert Prompt.objects.get().ground_truth == {"count": 1}
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ('{"image": "images/red.png", "prompt": ', "manifest.jsonl:2: not valid JSON"),
+        ('["not", "an", "object"]', "manifest.jsonl:2: each line must be a JSON object"),
+        ({"prompt": "no image"}, "manifest.jsonl:2: 'image' is missing"),
+        (_row(prompt=""), "manifest.jsonl:2: 'prompt' is missing or empty"),
+        (_row(candidates=["only one"]), "manifest.jsonl:2: row has 1 candidates; this project ranks K=2"),
+        (_row(candidates=["same", "same"]), "manifest.jsonl:2: candidates repeat"),
+        (_row(split="test"), "manifest.jsonl:2: 'split' must be one of"),
+        (_row(ground_truth="[1, 2"), "manifest.jsonl:2: 'ground_truth' is not valid JSON"),
+        (_row(colour="red"), "manifest.jsonl:2: unknown fields ['colour']"),
+        (_row(priority="high"), "manifest.jsonl:2: 'priority' must be a number"),
+        (_row(image="images/missing.png"), "manifest.jsonl:2: image 'images/missing.png': 'images/missing.png' is not in"),
+        (_row(image="../../etc/passwd"), "manifest.jsonl:2: image '../../etc/passwd': '../../etc/passwd' points outside"),
+    ],
+)
+def test_each_bad_row_is_reported_with_file_and_line_and_nothing_is_imported(tmp_path, row, message):
+    proj = f.project(k=2)
+    src = _folder(tmp_path, [_row(), row])
+    with pytest.raises(ImportRejected) as err:
+        import_bundle(project=proj, path=src)
+    problems = [str(p) for p in err.value.details["report"].problems]
+    assert any(p.startswith(message) for p in problems), problems
+    assert Prompt.objects.count() == 0 and RankingTask.objects.count() == 0
+
+
+def test_partial_mode_keeps_good_rows_and_reports_bad_ones(tmp_path):
+    proj = f.project(k=2)
+    src = _folder(tmp_path, [_row(), "{broken", _row(prompt="Second good row")], {"images/red.png": f.png_bytes()})
+    report = import_bundle(project=proj, path=src, mode="partial")
+    assert report.rows == 3 and report.rows_imported == 2 and report.rows_skipped == 1
+    assert [str(p) for p in report.problems] == ["manifest.jsonl:2: not valid JSON: Expecting property name enclosed in double quotes (column 2)"]
+    assert Prompt.objects.count() == 2
+
+
+def test_a_broken_image_is_refused(tmp_path):
+    proj = f.project(k=2)
+    truncated = f.png_bytes(size=(64, 64))[:60]
+    src = _folder(tmp_path, [_row(image="images/bad.png")], {"images/bad.png": truncated})
+    with pytest.raises(ImportRejected) as err:
+        import_bundle(project=proj, path=src)
+    (problem,) = err.value.details["report"].problems
+    assert problem.line == 1 and "images/bad.png" in problem.message
+    assert "image" in problem.message.lower()
+
+
+def test_a_text_file_posing_as_an_image_is_refused(tmp_path):
+    proj = f.project(k=2)
+    src = _folder(tmp_path, [_row(image="images/x.png")], {"images/x.png": b"hello, not an image"})
+    with pytest.raises(ImportRejected, match="1 problem"):
+        import_bundle(project=proj, path=src)
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path, settings):
+    settings.LENSLOOP_MAX_IMAGE_PIXELS = 10_000
+    proj = f.project(k=2)
+    src = _folder(tmp_path, [_row(image="images/big.png")], {"images/big.png": f.png_bytes(size=(200, 200))})
+    with pytest.raises(ImportRejected) as err:
+        import_bundle(project=proj, path=src)
+    assert "40,000 pixels, over the limit of 10,000" in str(err.value.details["report"].problems[0])
+
+
+def test_an_image_over_the_byte_limit_is_refused(tmp_path, settings):
+    settings.LENSLOOP_MAX_IMAGE_BYTES = 50
+    proj = f.project(k=2)
+    src = _folder(tmp_path, [_row()])
+    with pytest.raises(ImportRejected) as err:
+        import_bundle(project=proj, path=src)
+    assert "over the limit of 50" in str(err.value.details["report"].problems[0])
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    proj = f.project(k=2)
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    data = f.png_bytes(size=(40, 20), fmt="JPEG", exif=exif.tobytes())
+    src = _folder(tmp_path, [_row(image="images/photo.jpg")], {"images/photo.jpg": data})
+    import_bundle(project=proj, path=src)
+    image = Image.objects.get()
+    assert (image.width, image.height) == (20, 40)
+
+
+def test_zip_entries_that_would_land_outside_the_folder_are_refused(tmp_path):
+    proj = f.project(k=2)
+    bundle = _zip(
+        tmp_path,
+        {
+            "manifest.jsonl": json.dumps(_row()) + "\n",
+            "images/red.png": f.png_bytes(),
+            "../evil.png": f.png_bytes(),
+            "/abs/evil.png": f.png_bytes(),
+        },
+    )
+    with pytest.raises(ImportRejected) as err:
+        import_bundle(project=proj, path=bundle)
+    refused = {p.file for p in err.value.details["report"].problems}
+    assert refused == {"../evil.png", "/abs/evil.png"}
+    assert not (tmp_path.parent / "evil.png").exists()
+    report = import_bundle(project=proj, path=bundle, mode="partial")
+    assert report.rows_imported == 1 and len(report.problems) == 2
+
+
+def test_a_file_that_is_not_a_zip_or_folder_is_refused(tmp_path):
+    proj = f.project(k=2)
+    path = tmp_path / "bundle.zip"
+    path.write_bytes(b"PK not really")
+    with pytest.raises(ImportRejected, match="give a folder or a .zip"):
+        import_bundle(project=proj, path=path)
+
+
+def test_a_bundle_without_manifest_is_refused(tmp_path):
+    proj = f.project(k=2)
+    bundle = _zip(tmp_path, {"images/red.png": f.png_bytes()})
+    with pytest.raises(ImportRejected, match="no manifest.jsonl or manifest.csv"):
+        import_bundle(project=proj, path=bundle)
+
+
+def test_a_csv_row_with_extra_cells_is_reported(tmp_path):
+    proj = f.project(k=2)
+    src = _folder(tmp_path, "image,prompt\nimages/red.png,Describe.,surplus\n", manifest="manifest.csv")
+    with pytest.raises(ImportRejected) as err:
+        import_bundle(project=proj, path=src)
+    assert str(err.value.details["report"].problems[0]) == "manifest.csv:2: row has more cells than the header"
+
+
+def test_an_empty_manifest_is_refused(tmp_path):
+    proj = f.project(k=2)
+    src = _folder(tmp_path, [])
+    with pytest.raises(ImportRejected, match="1 problem"):
+        import_bundle(project=proj, path=src)
+
+
+def test_a_zip_member_that_unpacks_larger_than_its_header_says_is_capped(tmp_path, settings):
+    settings.LENSLOOP_MAX_IMAGE_BYTES = 1000
+    proj = f.project(k=2)
+    big = io.BytesIO()
+    with zipfile.ZipFile(big, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manifest.jsonl", json.dumps(_row()) + "\n")
+        zf.writestr("images/red.png", b"\0" * 100_000)
+    path = tmp_path / "bomb.zip"
+    path.write_bytes(big.getvalue())
+    with pytest.raises(ImportRejected) as err:
+        import_bundle(project=proj, path=path)
+    assert "over the limit of 1,000" in str(err.value.details["report"].problems[0])
