@@ -19,3 +19,11 @@ def _data_dirs(settings, tmp_path_factory):
 def _fast_passwords(settings):
     """PBKDF2 at production strength costs ~0.3 s per user; tests need no such strength."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _embedded_redis_of_our_own(tmp_path_factory):
+    """Without REDIS_URL, tests start their own embedded Redis, never the one a running app uses."""
+    from django.conf import settings as django_settings
+
+    django_settings.REDIS_EMBEDDED_DB = tmp_path_factory.mktemp("redis") / "redis.db"

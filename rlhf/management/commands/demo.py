@@ -1,0 +1,90 @@
+"""Seed the demo: a caption project on the synthetic shapes world, an admin and two annotators.
+
+Idempotent: a second run prints the logins and leaves the data alone. Passwords are generated once
+and kept in ``var/demo-logins.json`` (never in the repository).
+"""
+
+import json
+import secrets
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from annotation.models import Membership, Project
+from annotation.services.imports import import_bundle
+from annotation.services.projects import member_set, project_create
+from rlhf.engine.demo import world
+
+SLUG = "demo-shapes"
+INSTRUCTIONS = """\
+Rank the captions **best first**. A good caption names every shape in the picture with the right
+**count**, **colour**, **size** and **shape**, and nothing that is not there.
+
+* Keys: press a candidate's number to place it next; `T` ties the next pick with the previous one;
+  `Backspace` undoes; `Enter` submits; `S` skips; `F` opens the flags.
+* If two captions are equally good (or equally bad), tie them.
+"""
+ACCOUNTS = (("admin", True), ("annotator1", False), ("annotator2", False))
+
+
+def demo_logins() -> dict[str, str]:
+    """username → password, generated on first use."""
+    path = Path(settings.VAR_DIR) / "demo-logins.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    logins = {name: secrets.token_urlsafe(9) for name, _ in ACCOUNTS}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(logins, indent=2))
+    path.chmod(0o600)
+    return logins
+
+
+class Command(BaseCommand):
+    help = "Seed the demo project (synthetic shapes images with candidate captions) and demo accounts."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--images", type=int, default=300, help="number of synthetic images")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("-k", type=int, default=4, help="candidates per task")
+
+    def handle(self, *args, images, seed, k, **options):
+        logins = demo_logins()
+        users = {}
+        User = get_user_model()
+        with transaction.atomic():
+            for name, is_admin in ACCOUNTS:
+                user, created = User.objects.get_or_create(
+                    username=name, defaults={"is_staff": is_admin, "is_superuser": is_admin}
+                )
+                if created:
+                    user.set_password(logins[name])
+                    user.save()
+                users[name] = user
+        project = Project.objects.filter(slug=SLUG).first()
+        if project is None:
+            project = project_create(
+                name="Demo: shapes captions",
+                slug=SLUG,
+                task_type=Project.TaskType.CAPTION,
+                candidates_per_task=k,
+                overlap=1,
+                instructions=INSTRUCTIONS,
+                created_by=users["admin"],
+            )
+        for name, is_admin in ACCOUNTS:
+            role = Membership.Role.ADMIN if is_admin else Membership.Role.ANNOTATOR
+            member_set(project=project, user=users[name], role=role)
+        if not project.prompts.exists():
+            with tempfile.TemporaryDirectory(dir=settings.VAR_DIR) as tmp:
+                world.write_demo_manifest(tmp, n=images, seed=seed, task_type="caption", k=k)
+                report = import_bundle(project=project, path=Path(tmp), origin="demo")
+            self.stdout.write(f"demo project {SLUG}: {report.prompts} images, {report.tasks} ranking tasks")
+        else:
+            self.stdout.write(f"demo project {SLUG} already seeded ({project.prompts.count()} prompts)")
+        for name, is_admin in ACCOUNTS:
+            label = "admin" if is_admin else "annotator"
+            self.stdout.write(f"  {label:9s}  user {name:11s} password {logins[name]}")
