@@ -190,14 +190,14 @@ def test_a_file_that_is_not_a_zip_or_folder_is_refused(tmp_path):
     proj = f.project(k=2)
     path = tmp_path / "bundle.zip"
     path.write_bytes(b"PK not really")
-    with pytest.raises(ImportRejected, match="give a folder or a .zip"):
+    with pytest.raises(ImportRejected, match=r"give a folder or a \.zip"):
         import_bundle(project=proj, path=path)
 
 
 def test_a_bundle_without_manifest_is_refused(tmp_path):
     proj = f.project(k=2)
     bundle = _zip(tmp_path, {"images/red.png": f.png_bytes()})
-    with pytest.raises(ImportRejected, match="no manifest.jsonl or manifest.csv"):
+    with pytest.raises(ImportRejected, match=r"no manifest\.jsonl or manifest\.csv"):
         import_bundle(project=proj, path=bundle)
 
 
