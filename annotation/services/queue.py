@@ -87,6 +87,7 @@ def _open_tasks_for(project: Project, annotator) -> object:
     qs = (
         RankingTask.objects.filter(project=project, state=T.OPEN)
         .exclude(Exists(judged))
+        .select_related("prompt__image")
         .order_by("-priority", "id")
     )
     if connection.features.has_select_for_update_skip_locked:
@@ -98,7 +99,7 @@ def current_assignment(*, annotator, project: Project, now: datetime | None = No
     now = now or timezone.now()
     return (
         Assignment.objects.filter(annotator=annotator, project=project, state=A.ACTIVE, expires_at__gt=now)
-        .select_related("task")
+        .select_related("task__prompt__image")
         .order_by("leased_at")
         .first()
     )
@@ -113,6 +114,7 @@ def next_task(*, annotator, project: Project, now: datetime | None = None) -> As
     with transaction.atomic():
         own = current_assignment(annotator=annotator, project=project, now=now)
         if own is not None:
+            own.task.project = project
             return own
         # A few rounds at most: a task whose counters say it is full is settled and skipped.
         for _ in range(8):
@@ -123,22 +125,17 @@ def next_task(*, annotator, project: Project, now: datetime | None = None) -> As
                 _settle(task)
                 task.save(update_fields=["state"])
                 continue
-            assignment, created = Assignment.objects.get_or_create(
-                task=task,
-                annotator=annotator,
-                defaults={"project": project, "state": A.ACTIVE, "leased_at": now, "expires_at": now + lease},
-            )
-            if not created:
-                # Back after an expired or released lease of their own: lease it again.
-                assignment.state = A.ACTIVE
-                assignment.leased_at = now
-                assignment.expires_at = now + lease
-                assignment.finished_at = None
-                assignment.save(update_fields=["state", "leased_at", "expires_at", "finished_at"])
+            lease_fields = {"state": A.ACTIVE, "leased_at": now, "expires_at": now + lease, "finished_at": None}
+            # Back after an expired or released lease of their own: the row exists, lease it again.
+            if Assignment.objects.filter(task=task, annotator=annotator).update(**lease_fields):
+                assignment = Assignment.objects.get(task=task, annotator=annotator)
+            else:
+                assignment = Assignment.objects.create(task=task, annotator=annotator, project=project, **lease_fields)
             task.leased_count += 1
             _settle(task)
             task.save(update_fields=["leased_count", "state"])
             assignment.task = task
+            task.project = project
             return assignment
     return None
 
