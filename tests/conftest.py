@@ -27,3 +27,7 @@ def _embedded_redis_of_our_own(tmp_path_factory):
     from django.conf import settings as django_settings
 
     django_settings.REDIS_EMBEDDED_DB = tmp_path_factory.mktemp("redis") / "redis.db"
+    yield
+    from lensloop.queue import stop_embedded_redis
+
+    stop_embedded_redis()

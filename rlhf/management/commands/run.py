@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from lensloop.queue import redis_url
+from lensloop.queue import redis_url, stop_embedded_redis
 
 
 class Command(BaseCommand):
@@ -72,3 +72,4 @@ class Command(BaseCommand):
                     child.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     child.kill()
+            stop_embedded_redis()
