@@ -210,7 +210,10 @@ class Ranking(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["task", "annotator"], name="ranking_once_per_annotator")]
-        indexes = [models.Index(fields=["project", "created_at"])]
+        indexes = [
+            models.Index(fields=["project", "created_at"]),
+            models.Index(fields=["project", "annotator", "created_at"], name="ranking_progress_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"ranking {self.pk} of task {self.task_id}"

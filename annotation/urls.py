@@ -5,4 +5,14 @@ from annotation import views
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
+    path("projects/new/", views.project_new, name="project-new"),
+    path("projects/<slug:slug>/work/", views.work, name="work"),
+    path("projects/<slug:slug>/work/next/", views.work_next, name="work-next"),
+    path("projects/<slug:slug>/work/ahead/", views.work_ahead, name="work-ahead"),
+    path("projects/<slug:slug>/work/tasks/<int:task_id>/submit/", views.work_submit, name="work-submit"),
+    path("projects/<slug:slug>/work/tasks/<int:task_id>/skip/", views.work_skip, name="work-skip"),
+    path("projects/<slug:slug>/dashboard/", views.dashboard, name="project-dashboard"),
+    path("projects/<slug:slug>/import/", views.project_import, name="project-import"),
+    path("projects/<slug:slug>/members/", views.members, name="project-members"),
+    path("projects/<slug:slug>/export/", views.export, name="project-export"),
 ]

@@ -31,3 +31,20 @@ def _embedded_redis_of_our_own(tmp_path_factory):
     from lensloop.queue import stop_embedded_redis
 
     stop_embedded_redis()
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """A test database of this pytest process's own: two test sessions in one checkout (or a test run
+    beside a running app) must never share, drop or flush each other's database."""
+    import os
+
+    from django.conf import settings as django_settings
+
+    db = django_settings.DATABASES["default"]
+    name = db.get("TEST", {}).get("NAME") or ("test_" + str(db["NAME"]))
+    if db["ENGINE"].endswith("sqlite3"):
+        base, dot, ext = str(name).rpartition(".")
+        db["TEST"]["NAME"] = f"{base}_{os.getpid()}.{ext}" if dot else f"{name}_{os.getpid()}"
+    else:
+        db.setdefault("TEST", {})["NAME"] = f"{name}_{os.getpid()}"

@@ -26,6 +26,34 @@ def test_database_url() -> str:
     return f"postgres://{auth}@{host}{port}/{s['NAME']}"
 
 
+def child_env(**extra: str) -> dict:
+    """Environment for a child process that must see what this test sees: the test database, the
+    same Redis and the same data directory."""
+    from django.conf import settings
+
+    from lensloop.queue import redis_url
+
+    return {
+        **os.environ,
+        "DATABASE_URL": test_database_url(),
+        "REDIS_URL": redis_url(),
+        "LENSLOOP_DATA_DIR": str(settings.DATA_DIR),
+        **extra,
+    }
+
+
+def start_worker(*queues: str, **extra_env: str) -> subprocess.Popen:
+    """A long-running ``manage.py worker`` (not burst) in the background."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "worker", *queues],
+        env=child_env(**extra_env),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def manage(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "DATABASE_URL": test_database_url(), **(env or {})}
     return subprocess.run(

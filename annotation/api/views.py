@@ -199,7 +199,9 @@ class ExportView(APIView):
     def get(self, request, slug):
         """Stream an export: records/trl/rankings as a zip (JSONL + images/), parquet as one file."""
         project = project_for(request, slug, admin=True)
-        query = ExportQuerySerializer(data={**request.query_params.dict(), "source": request.query_params.getlist("source")})
+        # Blank fields (an empty form input) mean "no filter", not "invalid date".
+        params = {key: value for key, value in request.query_params.dict().items() if value != ""}
+        query = ExportQuerySerializer(data={**params, "source": [s for s in request.query_params.getlist("source") if s]})
         query.is_valid(raise_exception=True)
         q = query.validated_data
         flt = exports.ExportFilter(

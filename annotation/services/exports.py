@@ -332,3 +332,53 @@ def stream_export(flt: ExportFilter, fmt: str) -> tuple[Iterable[bytes], str, st
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
     return stream_zip(flt, fmt), stem + ".zip", "application/zip"
+
+
+# ------------------------------------------------------------------------------------ prompt sets
+
+
+def write_prompt_set(
+    project: Project,
+    out_dir: Path,
+    *,
+    split: str | None = None,
+    prompt_ids: list[int] | None = None,
+    name: str = "prompts.jsonl",
+) -> dict:
+    """Write DESIGN.md's prompt-set JSONL (generation input) with the images beside it.
+
+    ``{"prompt_id", "images": ["images/…"], "prompt", "reference", "ground_truth"}`` per prompt of the
+    project (of one split if given).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "images").mkdir(exist_ok=True)
+    prompts = project.prompts.select_related("image").order_by("id")
+    if split:
+        prompts = prompts.filter(split=split)
+    if prompt_ids is not None:
+        prompts = prompts.filter(pk__in=prompt_ids)
+    rows = 0
+    copied: set[int] = set()
+    with (out_dir / name).open("w", encoding="utf-8") as fh:
+        for prompt in prompts.iterator(chunk_size=CHUNK):
+            record = {"prompt_id": prompt.pk, "images": [image_name(prompt.image)], "prompt": prompt.text}
+            if prompt.reference:
+                record["reference"] = prompt.reference[0] if len(prompt.reference) == 1 else prompt.reference
+            ground_truth = prompt.ground_truth or prompt.image.ground_truth
+            if ground_truth is not None:
+                record["ground_truth"] = ground_truth
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            if prompt.image_id not in copied:
+                target = out_dir / image_name(prompt.image)
+                if not target.exists():
+                    _link_or_copy(media_path(prompt.image.file), target)
+                copied.add(prompt.image_id)
+            rows += 1
+    return {"rows": rows, "images": len(copied), "file": str(out_dir / name)}
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)  # same filesystem: no copy at all
+    except OSError:
+        target.write_bytes(source.read_bytes())

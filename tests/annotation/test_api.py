@@ -199,3 +199,8 @@ def test_the_openapi_schema_and_docs_are_served(world):
     assert schema.status_code == 200
     assert "/api/tasks/{task_id}/submit/" in schema.json()["paths"]
     assert client.get("/api/docs/").status_code == 200
+
+
+def test_blank_export_filters_mean_no_filter(world):
+    response = client_for(world["alice"]).get("/api/projects/shapes/export/?format=records&since=&until=&source=")
+    assert response.status_code == 200

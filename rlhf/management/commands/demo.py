@@ -24,7 +24,7 @@ INSTRUCTIONS = """\
 Rank the captions **best first**. A good caption names every shape in the picture with the right
 **count**, **colour**, **size** and **shape**, and nothing that is not there.
 
-* Keys: press a candidate's number to place it next; `T` ties the next pick with the previous one;
+* Keys: press a candidate's number to place it next; `T` ties your last pick with the rank above it;
   `Backspace` undoes; `Enter` submits; `S` skips; `F` opens the flags.
 * If two captions are equally good (or equally bad), tie them.
 """

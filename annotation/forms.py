@@ -1,0 +1,58 @@
+"""Forms of the admin pages: they validate input; the views hand it to the services."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib.auth import get_user_model
+
+from annotation.models import Membership, Project
+from annotation.services.exports import FORMATS
+
+
+class ProjectForm(forms.ModelForm):
+    class Meta:
+        model = Project
+        fields = [
+            "name", "slug", "task_type", "candidates_per_task", "overlap", "lease_minutes", "instructions", "base_model",
+        ]
+        widgets = {"instructions": forms.Textarea(attrs={"rows": 6})}
+        help_texts = {"slug": "Short name in URLs; leave empty to derive it from the name."}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["slug"].required = False
+
+
+class MemberForm(forms.Form):
+    username = forms.CharField(max_length=150)
+    role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.ANNOTATOR)
+
+    def clean_username(self):
+        username = self.cleaned_data["username"].strip()
+        user = get_user_model().objects.filter(username=username).first()
+        if user is None:
+            raise forms.ValidationError(f"There is no user called {username!r}; create the account in Django admin first.")
+        self.cleaned_data["user"] = user
+        return username
+
+
+FORMAT_CHOICES = [
+    ("records", "Preference records (JSONL + images, zip)"),
+    ("trl", "TRL conversational preferences (JSONL + images, zip)"),
+    ("parquet", "Parquet with image bytes (🤗 datasets)"),
+    ("rankings", "Raw rankings with ties, flags, rationales (JSONL + images, zip)"),
+]
+assert {name for name, _ in FORMAT_CHOICES} == set(FORMATS), "export formats changed; update FORMAT_CHOICES"
+
+
+class ExportForm(forms.Form):
+    """Mirrors the API's export query; the page's form submits straight to the streaming API endpoint."""
+
+    format = forms.ChoiceField(choices=FORMAT_CHOICES, initial="records")
+    since = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+    until = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
+    source = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple)
+
+    def __init__(self, *args, sources: list[str] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["source"].choices = [(s, s) for s in sources]

@@ -1,0 +1,613 @@
+// The ranking page. Keyboard first: number keys pick, T ties, Backspace undoes, Enter submits,
+// S skips, F flags, R rationale. Every text from the server is model output or user input and goes
+// into the page with textContent, never as HTML.
+//
+// No waiting: a submit (or skip) answers with the next task in the same response, and the images of
+// the tasks likely to come next are downloaded and decoded while the annotator works, so the next
+// task is on screen as soon as that one response arrives. ?prefetch=0 turns both off (REST API
+// submit, then REST API next, then load the image) for comparison; see bench/ui.py.
+
+import { NetworkError, describe, getJSON, newUUID, postJSON } from "./net.js";
+import { Ranking, ordinal } from "./ranking.js";
+import { Viewer } from "./viewer.js";
+import { draggable } from "./dnd.js";
+
+const config = JSON.parse(document.getElementById("work-config").textContent);
+const $ = (id) => document.getElementById(id);
+const work = $("work");
+const pool = $("pool");
+const rankingList = $("ranking");
+const alertBox = $("alert");
+const leaseBox = $("lease-warning");
+const flagsBox = $("flags");
+const rationale = $("rationale");
+const live = $("live");
+const submitBtn = $("btn-submit");
+
+const viewer = new Viewer($("viewer"), $("task-image"), {
+  onZoom: (s) => ($("zoom-level").textContent = `${Math.round(s * 100)}%`),
+});
+
+const state = {
+  task: null,
+  ranking: null,
+  uuid: null,
+  shownAt: 0,
+  busy: false,
+  lost: false, // the server refused this task for good (409): only "next task" helps
+  focusGroup: 0,
+  leaseEnds: 0,
+  leaseSeconds: config.leaseMinutes * 60,
+};
+const prefetched = new Map(); // image URL → decoded <img>, the few most likely next
+window.lensloop = { timings: [], state };
+
+const url = (name, id) => config.urls[name].replace("/0/", `/${id}/`);
+
+// --- showing a task ---------------------------------------------------------------------------------
+
+function candidateById(id) {
+  return state.task.candidates.find((c) => c.id === id);
+}
+
+function numberOf(id) {
+  return state.task.candidates.findIndex((c) => c.id === id) + 1;
+}
+
+function imageFor(task) {
+  const hit = prefetched.get(task.image_url);
+  if (hit) {
+    prefetched.delete(task.image_url);
+    return hit;
+  }
+  const img = new Image();
+  img.src = task.image_url;
+  return img;
+}
+
+function prefetch(upcoming) {
+  if (!config.prefetch) return;
+  for (const { image_url: src } of upcoming || []) {
+    if (prefetched.has(src) || src === state.task?.image_url) continue;
+    const img = new Image();
+    img.decoding = "async";
+    img.src = src;
+    img.decode().catch(() => prefetched.delete(src));
+    prefetched.set(src, img);
+  }
+  while (prefetched.size > 6) prefetched.delete(prefetched.keys().next().value);
+}
+
+async function showTask(task) {
+  state.task = task;
+  state.ranking = new Ranking(task.candidates.map((c) => c.id));
+  state.uuid = newUUID(); // one per task: retries and double clicks reuse it, so nothing counts twice
+  state.lost = false;
+  state.focusGroup = 0;
+  state.leaseEnds = Date.now() + task.lease_seconds_left * 1000;
+  state.leaseSeconds = Math.max(task.lease_seconds_left, 1);
+  $("prompt").textContent = task.prompt;
+  $("image-open").href = task.image_url;
+  pool.replaceChildren(
+    ...task.candidates.map((c, i) => {
+      const li = document.createElement("li");
+      const card = document.createElement("button");
+      card.type = "button";
+      card.className = "card";
+      card.dataset.id = c.id;
+      card.setAttribute("aria-keyshortcuts", String(i + 1));
+      const num = document.createElement("span");
+      num.className = "num";
+      num.textContent = String(i + 1);
+      const handle = document.createElement("span");
+      handle.className = "handle";
+      handle.setAttribute("aria-hidden", "true");
+      handle.textContent = "⠿";
+      const text = document.createElement("span");
+      text.className = "text";
+      text.textContent = c.text;
+      const badge = document.createElement("span");
+      badge.className = "badge rank-badge";
+      card.append(num, text, badge, handle);
+      li.append(card);
+      return li;
+    }),
+  );
+  for (const box of flagsBox.querySelectorAll("input")) box.checked = false;
+  closeFlags(false);
+  rationale.value = "";
+  hideAlert();
+  leaseBox.hidden = true;
+  $("empty").hidden = true;
+  work.hidden = false;
+  render();
+  const ready = viewer.show(imageFor(task), task.image_width, task.image_height);
+  work.dataset.taskId = task.task_id;
+  work.dataset.state = "ready";
+  work.removeAttribute("aria-busy");
+  state.shownAt = performance.now();
+  return ready;
+}
+
+function showEmpty(progress) {
+  state.task = null;
+  work.hidden = true;
+  work.dataset.state = "empty";
+  work.removeAttribute("aria-busy");
+  delete work.dataset.taskId;
+  $("empty").hidden = false;
+  if (progress) $("empty-done").textContent = progress.done_today;
+  $("empty-title").focus();
+}
+
+function showProgress(progress) {
+  if (!progress) return;
+  $("done-today").textContent = progress.done_today;
+  $("open-in-queue").textContent = progress.open_in_queue;
+}
+
+/**
+ * Put a next-task answer on screen at once (keys work from here on) and return a promise that
+ * resolves when its image is decoded and painted.
+ */
+function present(data) {
+  showProgress(data.progress);
+  if (!data.task) {
+    showEmpty(data.progress);
+    return Promise.resolve();
+  }
+  const ready = showTask(data.task);
+  // Keys work from the first moment; focus never jumps away from where the annotator put it.
+  if (!document.activeElement || document.activeElement === document.body) work.focus();
+  prefetch(data.upcoming);
+  return ready.then(() => new Promise((r) => requestAnimationFrame(() => r())));
+}
+
+// --- the ranking on screen --------------------------------------------------------------------------
+
+function rankLabel(gi) {
+  const tied = state.ranking.groups[gi].length > 1;
+  return tied ? `${ordinal(gi + 1)} (tied)` : ordinal(gi + 1);
+}
+
+function render() {
+  if (!state.task) return;
+  const r = state.ranking;
+  for (const card of pool.querySelectorAll(".card")) {
+    const id = Number(card.dataset.id);
+    const gi = r.groupOf(id);
+    card.classList.toggle("placed", gi !== -1);
+    card.classList.toggle("tied", gi !== -1 && r.groups[gi].length > 1);
+    card.querySelector(".rank-badge").textContent = gi === -1 ? "" : rankLabel(gi);
+  }
+  state.focusGroup = Math.min(state.focusGroup, Math.max(r.groups.length - 1, 0));
+  const hadFocus = rankingList.contains(document.activeElement);
+  rankingList.replaceChildren(
+    ...r.groups.map((group, gi) => {
+      const li = document.createElement("li");
+      li.setAttribute("role", "option");
+      li.dataset.group = gi;
+      li.tabIndex = gi === state.focusGroup ? 0 : -1;
+      li.setAttribute("aria-selected", String(gi === state.focusGroup));
+      li.classList.toggle("tied", group.length > 1);
+      const label = document.createElement("span");
+      label.className = "rank";
+      label.textContent = rankLabel(gi);
+      li.append(label);
+      for (const id of group) {
+        const chip = document.createElement("span");
+        chip.className = "chip";
+        chip.dataset.id = id;
+        const num = document.createElement("span");
+        num.className = "num";
+        num.textContent = String(numberOf(id));
+        const text = document.createElement("span");
+        text.className = "text";
+        text.textContent = candidateById(id).text;
+        chip.append(num, text);
+        li.append(chip);
+      }
+      return li;
+    }),
+  );
+  if (hadFocus) rankingList.querySelector('[tabindex="0"]')?.focus();
+  const left = r.remaining().length;
+  $("drop-end").classList.toggle("done", left === 0);
+  submitBtn.setAttribute("aria-disabled", String(left > 0 || state.busy));
+  work.dataset.complete = String(left === 0);
+}
+
+function say(text) {
+  live.textContent = text;
+}
+
+function showAlert(text, kind = "error") {
+  alertBox.textContent = text;
+  alertBox.className = `alert alert-${kind}`;
+  alertBox.hidden = false;
+}
+
+function hideAlert() {
+  alertBox.hidden = true;
+  alertBox.textContent = "";
+}
+
+function changed(ok, message) {
+  if (!ok) return;
+  if (!state.lost) hideAlert();
+  render();
+  if (message) say(message);
+}
+
+function pickNumber(n) {
+  const c = state.task.candidates[n - 1];
+  if (!c) return;
+  if (state.ranking.isPlaced(c.id)) {
+    say(`Candidate ${n} is already ranked ${rankLabel(state.ranking.groupOf(c.id))}. Backspace undoes.`);
+    return;
+  }
+  const ok = state.ranking.pick(c.id);
+  changed(ok, `Candidate ${n} ranked ${rankLabel(state.ranking.groupOf(c.id))}.`);
+}
+
+function tie() {
+  const ok = state.ranking.tie();
+  if (!ok) say("Pick two candidates before tying them.");
+  const gi = state.ranking.groups.length - 1;
+  changed(ok, gi >= 0 ? `Tied: ${state.ranking.groups[gi].map(numberOf).join(" and ")} share ${ordinal(gi + 1)}.` : "");
+}
+
+function undo() {
+  changed(state.ranking.undo(), "Undone.");
+}
+
+// --- flags, rationale, lease ------------------------------------------------------------------------
+
+function openFlags() {
+  flagsBox.hidden = false;
+  $("btn-flags").setAttribute("aria-expanded", "true");
+  flagsBox.querySelector("input").focus();
+}
+
+function closeFlags(refocus = true) {
+  flagsBox.hidden = true;
+  $("btn-flags").setAttribute("aria-expanded", "false");
+  const on = [...flagsBox.querySelectorAll("input:checked")].map((b) => b.parentElement.textContent.trim());
+  $("btn-flags").classList.toggle("on", on.length > 0);
+  if (refocus) work.focus();
+}
+
+function flags() {
+  return [...flagsBox.querySelectorAll("input:checked")].map((b) => b.value);
+}
+
+function mmss(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+}
+
+setInterval(() => {
+  if (!state.task || state.lost) return;
+  const left = (state.leaseEnds - Date.now()) / 1000;
+  const warnAt = Math.min(120, state.leaseSeconds / 5);
+  if (left > warnAt) {
+    leaseBox.hidden = true;
+    return;
+  }
+  leaseBox.hidden = false;
+  leaseBox.textContent =
+    left > 0
+      ? `Your hold on this task ends in ${mmss(left)}. Submit soon: after that another annotator may take it.`
+      : "Your hold on this task has run out. Submit now: it is saved if nobody else has taken the task meanwhile.";
+}, 1000);
+
+// --- talking to the server --------------------------------------------------------------------------
+
+function failure(res, what) {
+  const detail = describe(res.data, `the server answered ${res.status}`);
+  if (res.status === 409) {
+    state.lost = true;
+    showAlert(`Not saved: ${detail}. Your ranking is still on screen. Press N for the next task.`);
+  } else if (res.status === 401 || res.status === 403) {
+    showAlert(`Not saved: ${detail}. Log in again in another tab, then press Enter here — your ranking is kept.`);
+  } else if (res.status >= 500) {
+    showAlert(`The server failed (${res.status}) while ${what}. Nothing is lost: press Enter to try again.`);
+  } else {
+    showAlert(`Not saved: ${detail}`);
+  }
+  work.dataset.error = res.data?.error || String(res.status);
+}
+
+/** Run one request at a time; ``fn`` may return {after: promise} to await once the page is usable. */
+async function call(what, fn) {
+  if (state.busy) return; // a double click or a held-down Enter never sends twice
+  state.busy = true;
+  work.setAttribute("aria-busy", "true");
+  if (state.task) render();
+  let result = null;
+  try {
+    result = await fn();
+  } catch (err) {
+    if (!(err instanceof NetworkError)) throw err;
+    showAlert(`Could not reach the server while ${what}. Nothing is lost: your ranking is still here. Press Enter to try again.`);
+    work.dataset.error = "network";
+  } finally {
+    state.busy = false;
+    work.removeAttribute("aria-busy");
+    if (state.task) render();
+  }
+  if (result?.after) await result.after;
+}
+
+/** While the annotator works: fresh progress, and the images of the tasks likely to come next. */
+function fetchAhead(taskId) {
+  if (!config.prefetch || !taskId) return;
+  getJSON(`${config.urls.ahead}?task=${taskId}`)
+    .then((res) => {
+      if (!res.ok) return;
+      showProgress(res.data.progress);
+      prefetch(res.data.upcoming);
+    })
+    .catch(() => {}); // only an optimisation: the next task still loads without it
+}
+
+async function nextViaApi() {
+  const res = await postJSON(config.urls.apiNext);
+  if (res.status === 204) return { task: null, upcoming: [] };
+  if (!res.ok) return { error: res };
+  return { task: res.data, upcoming: [] };
+}
+
+async function loadNext() {
+  await call("fetching your next task", async () => {
+    const res = await postJSON(config.urls.next);
+    if (!res.ok) return failure(res, "fetching your next task");
+    delete work.dataset.error;
+    return { after: present(res.data) };
+  });
+}
+
+async function submit() {
+  if (!state.task || state.busy) return;
+  if (state.lost) {
+    showAlert("This task can no longer be saved. Press N for the next task.");
+    return;
+  }
+  const left = state.ranking.remaining().length;
+  if (left) {
+    showAlert(`Rank all ${state.task.candidates.length} candidates first: ${left} left.`, "info");
+    return;
+  }
+  const body = {
+    ordering: state.ranking.ordering(),
+    client_uuid: state.uuid,
+    flags: flags(),
+    rationale: rationale.value,
+    time_spent_ms: Math.round(performance.now() - state.shownAt),
+  };
+  const taskId = state.task.task_id;
+  await call("submitting", async () => {
+    const t0 = performance.now();
+    let data;
+    if (config.prefetch) {
+      const res = await postJSON(url("submit", taskId), body);
+      if (!res.ok) return failure(res, "submitting");
+      data = res.data;
+      const done = Number($("done-today").textContent) + (data.ranking.created ? 1 : 0);
+      data.progress = { done_today: done, open_in_queue: $("open-in-queue").textContent };
+    } else {
+      const res = await postJSON(url("apiSubmit", taskId), body);
+      if (!res.ok) return failure(res, "submitting");
+      data = await nextViaApi();
+      if (data.error) return failure(data.error, "fetching your next task");
+      const done = Number($("done-today").textContent) + 1;
+      data.progress = { done_today: done, open_in_queue: $("open-in-queue").textContent };
+    }
+    delete work.dataset.error;
+    say("Saved. Next task.");
+    const answered = performance.now();
+    const shown = present(data).then(() => {
+      const ms = performance.now() - t0;
+      window.lensloop.timings.push({ kind: "submit", ms, answerMs: answered - t0, prefetch: config.prefetch });
+      fetchAhead(data.task?.task_id);
+    });
+    return { after: shown };
+  });
+}
+
+async function skip() {
+  if (!state.task || state.busy) return;
+  const taskId = state.task.task_id;
+  await call("skipping", async () => {
+    let data;
+    if (config.prefetch) {
+      const res = await postJSON(url("skip", taskId), {});
+      if (!res.ok) return failure(res, "skipping");
+      data = res.data;
+    } else {
+      const res = await postJSON(url("apiSkip", taskId), {});
+      if (!res.ok) return failure(res, "skipping");
+      data = await nextViaApi();
+      if (data.error) return failure(data.error, "fetching your next task");
+    }
+    delete work.dataset.error;
+    say("Skipped. Next task.");
+    return { after: present(data).then(() => fetchAhead(data.task?.task_id)) };
+  });
+}
+
+// --- keyboard ---------------------------------------------------------------------------------------
+
+function isTyping(el) {
+  return el?.matches?.("textarea, input:not([type=checkbox]):not([type=radio]), select, [contenteditable]");
+}
+
+document.addEventListener("keydown", (e) => {
+  if (e.defaultPrevented || e.ctrlKey || e.metaKey || e.isComposing) return;
+  const t = e.target;
+  if (isTyping(t)) {
+    if (e.key === "Escape") {
+      t.blur();
+      work.focus();
+    }
+    return;
+  }
+  if (!state.task) {
+    if (!$("empty").hidden && (e.key === "Enter" || e.key.toLowerCase() === "n") && !t.matches?.("a, button")) {
+      e.preventDefault();
+      loadNext();
+    }
+    return;
+  }
+  if (e.altKey) return; // Alt+arrows belong to the ranking list
+  // Enter or Space on a control does what the control says; Enter elsewhere submits.
+  const onControl = t.matches?.("a, summary, button:not(.card)");
+  const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+  if (/^[1-9]$/.test(key) && !(t.closest?.("#flags"))) {
+    e.preventDefault();
+    pickNumber(Number(key));
+    return;
+  }
+  switch (key) {
+    case "t":
+      tie();
+      break;
+    case "Backspace":
+      undo();
+      break;
+    case "Enter":
+      if (onControl) return;
+      submit();
+      break;
+    case "s":
+      skip();
+      break;
+    case "f":
+      if (flagsBox.hidden) openFlags();
+      else closeFlags();
+      break;
+    case "r":
+      rationale.focus();
+      break;
+    case "i":
+      $("instructions").open = !$("instructions").open;
+      break;
+    case "n":
+      if (state.lost || work.dataset.error === "network") loadNext();
+      else return;
+      break;
+    case "z":
+      viewer.toggleFull();
+      break;
+    case "+":
+    case "=":
+      viewer.zoomBy(1.25);
+      break;
+    case "-":
+      viewer.zoomBy(1 / 1.25);
+      break;
+    case "0":
+      viewer.fit();
+      break;
+    case "Escape":
+      if (!flagsBox.hidden) closeFlags();
+      else if (!viewer.isFull()) viewer.fit();
+      break;
+    default:
+      if (t === $("viewer") && key.startsWith("Arrow")) {
+        const step = 60;
+        const d = { ArrowLeft: [step, 0], ArrowRight: [-step, 0], ArrowUp: [0, step], ArrowDown: [0, -step] }[key];
+        viewer.pan(...d);
+        break;
+      }
+      return;
+  }
+  e.preventDefault();
+});
+
+// The ranking list as a sortable listbox: arrows move focus, Alt+arrows move the rank, Delete unranks.
+rankingList.addEventListener("keydown", (e) => {
+  const li = e.target.closest("li[data-group]");
+  if (!li) return;
+  const gi = Number(li.dataset.group);
+  const n = state.ranking.groups.length;
+  let handled = true;
+  if (e.key === "ArrowUp" || e.key === "ArrowDown") {
+    const d = e.key === "ArrowUp" ? -1 : 1;
+    if (e.altKey) {
+      if (state.ranking.shiftGroup(gi, d)) {
+        state.focusGroup = gi + d;
+        changed(true, `Moved to ${ordinal(gi + d + 1)}.`);
+      }
+    } else {
+      state.focusGroup = Math.min(Math.max(gi + d, 0), n - 1);
+      render();
+      rankingList.querySelector('[tabindex="0"]')?.focus();
+    }
+  } else if (e.key === "Delete") {
+    changed(state.ranking.unplaceGroup(gi), "Returned to the candidates.");
+    if (!state.ranking.groups.length) work.focus();
+  } else {
+    handled = false;
+  }
+  if (handled) e.preventDefault();
+});
+
+// --- mouse, touch -----------------------------------------------------------------------------------
+
+// Buttons clicked with the mouse do not keep the focus, so Enter afterwards still submits.
+for (const el of [pool, document.querySelector(".controls"), document.querySelector(".viewer-tools")]) {
+  el.addEventListener("mousedown", (e) => {
+    if (e.target.closest("button")) e.preventDefault();
+  });
+}
+
+function resolveDrop(x, y) {
+  const el = document.elementFromPoint(x, y);
+  if (!el) return null;
+  const li = el.closest("#ranking li[data-group]");
+  if (li) {
+    const r = li.getBoundingClientRect();
+    const rel = (y - r.top) / r.height;
+    const kind = rel < 0.25 ? "before" : rel > 0.75 ? "after" : "into";
+    const of = state.ranking.groups[Number(li.dataset.group)][0];
+    return { target: { kind, of }, highlight: [li, `drop-${kind}`] };
+  }
+  if (el.closest("#drop-end, #ranking")) return { target: { kind: "end" }, highlight: [$("drop-end"), "drop-active"] };
+  if (el.closest("#pool")) return { target: { kind: "pool" }, highlight: [pool, "drop-active"] };
+  return null;
+}
+
+function dropped(id, target) {
+  if (!state.task) return;
+  const n = numberOf(id);
+  const ok = state.ranking.move(id, target);
+  const gi = state.ranking.groupOf(id);
+  changed(ok, gi === -1 ? `Candidate ${n} returned to the candidates.` : `Candidate ${n} ranked ${rankLabel(gi)}.`);
+}
+
+const poolDragged = draggable(pool, ".card", { idOf: (el) => Number(el.dataset.id), resolve: resolveDrop, drop: dropped, handle: ".handle" });
+draggable(rankingList, ".chip", { idOf: (el) => Number(el.dataset.id), resolve: resolveDrop, drop: dropped });
+
+pool.addEventListener("click", (e) => {
+  const card = e.target.closest(".card");
+  if (!card || poolDragged() || !state.task) return;
+  const id = Number(card.dataset.id);
+  if (state.ranking.isPlaced(id)) return;
+  pickNumber(numberOf(id));
+});
+
+$("btn-tie").addEventListener("click", tie);
+$("btn-undo").addEventListener("click", undo);
+$("btn-clear").addEventListener("click", () => changed(state.ranking.clear(), "Cleared."));
+$("btn-flags").addEventListener("click", () => (flagsBox.hidden ? openFlags() : closeFlags()));
+$("btn-skip").addEventListener("click", skip);
+submitBtn.addEventListener("click", submit);
+$("btn-recheck").addEventListener("click", loadNext);
+$("zoom-fit").addEventListener("click", () => viewer.fit());
+$("zoom-full").addEventListener("click", () => viewer.toggleFull());
+$("zoom-in").addEventListener("click", () => viewer.zoomBy(1.25));
+$("zoom-out").addEventListener("click", () => viewer.zoomBy(1 / 1.25));
+
+work.tabIndex = -1;
+loadNext();

@@ -1,0 +1,290 @@
+"""The annotator's ranking page in a real browser: keyboard, ties, drag and drop, skip, flags, the next
+task, a lost lease, untrusted text, and twenty tasks without the mouse.
+
+Personas (see conftest.world): bob annotates project "shapes" (K=4, 25 tasks), alice administers it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from playwright.sync_api import expect
+
+from annotation.models import Assignment, PreferencePair, Ranking, RankingTask
+from annotation.services import queue
+from annotation.services.projects import member_set
+from tests import factories as f
+from tests.e2e.helpers import login, on_screen_ids, open_work, shot, task_id, wait_for_next
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def pair_set(ranking: Ranking) -> set[tuple[int, int, int]]:
+    return set(PreferencePair.objects.filter(ranking=ranking).values_list("chosen_id", "rejected_id", "margin"))
+
+
+def test_keyboard_ranking_with_a_tie_is_stored_with_its_pairs(page, live_server, world):
+    """2, 1, T, 4, 3, Enter: card 2 first, cards 1 and 4 tied second… stored exactly, pairs and all."""
+    login(page, live_server, "bob")
+    shot(page, "home")
+    first = open_work(page, live_server)
+    c = on_screen_ids(page)
+    page.keyboard.press("2")
+    page.keyboard.press("1")
+    page.keyboard.press("4")
+    page.keyboard.press("t")  # ties 4 (the last pick) with 1
+    page.keyboard.press("3")
+    expect(page.locator("#ranking li")).to_have_count(3)
+    expect(page.locator("#ranking li").nth(1)).to_contain_text("2nd (tied)")
+    expect(page.locator("#pool .card").nth(3).locator(".rank-badge")).to_have_text("2nd (tied)")
+    page.keyboard.press("Backspace")  # undo the 3 …
+    expect(page.locator("#ranking li")).to_have_count(2)
+    page.keyboard.press("3")  # … and place it again
+    shot(page, "ranking")
+    page.keyboard.press("Enter")
+    second = wait_for_next(page, first)
+
+    assert second != first
+    ranking = Ranking.objects.get(task_id=first, annotator=world["bob"])
+    assert ranking.ordering == [[c[1]], [c[0], c[3]], [c[2]]]
+    assert pair_set(ranking) == {
+        (c[1], c[0], 1), (c[1], c[3], 1), (c[1], c[2], 2), (c[0], c[2], 1), (c[3], c[2], 1),
+    }
+    assert Assignment.objects.get(task_id=first, annotator=world["bob"]).state == Assignment.State.SUBMITTED
+    expect(page.locator("#done-today")).to_have_text("1")
+
+
+def test_drag_and_drop_ranks_and_ties(page, live_server, world):
+    """Cards dragged to the ranking make new ranks; one dropped on a rank ties with it."""
+    login(page, live_server, "bob")
+    first = open_work(page, live_server)
+    c = on_screen_ids(page)
+    cards = page.locator("#pool .card")
+    drop_end = page.locator("#drop-end")
+    cards.nth(2).drag_to(drop_end)
+    cards.nth(0).drag_to(drop_end)
+    expect(page.locator("#ranking li")).to_have_count(2)
+    cards.nth(3).drag_to(page.locator("#ranking li").nth(1))  # the middle of 2nd: tie with card 1
+    expect(page.locator("#ranking li")).to_have_count(2)
+    expect(page.locator("#ranking li").nth(1)).to_contain_text("tied")
+    cards.nth(1).drag_to(drop_end)
+    # Reorder inside the ranking: drag the 1st rank's chip below the last rank.
+    last = page.locator("#ranking li").nth(2)
+    box = last.bounding_box()
+    page.locator("#ranking li").nth(0).locator(".chip").drag_to(last, target_position={"x": box["width"] / 2, "y": box["height"] - 2})
+    expect(page.locator("#ranking li").nth(2)).to_contain_text(page.locator("#pool .card").nth(2).locator(".text").inner_text())
+    submit = page.locator("#btn-submit")
+    submit.dblclick()  # a double click must never submit twice
+    wait_for_next(page, first)
+
+    assert Ranking.objects.filter(task_id=first).count() == 1
+    ranking = Ranking.objects.get(task_id=first)
+    assert ranking.ordering == [[c[0], c[3]], [c[1]], [c[2]]]
+    assert Ranking.objects.filter(annotator=world["bob"]).count() == 1
+
+
+def test_skip_hands_the_task_back_and_shows_the_next(page, live_server, world):
+    login(page, live_server, "bob")
+    first = open_work(page, live_server)
+    page.keyboard.press("1")
+    page.keyboard.press("s")
+    second = wait_for_next(page, first)
+    assert second != first
+    assert Assignment.objects.get(task_id=first, annotator=world["bob"]).state == Assignment.State.SKIPPED
+    assert not Ranking.objects.filter(task_id=first).exists()
+    expect(page.locator("#ranking li")).to_have_count(0)  # a fresh task starts with an empty ranking
+
+
+def test_flags_and_rationale_are_stored_with_the_ranking(page, live_server, world):
+    login(page, live_server, "bob")
+    first = open_work(page, live_server)
+    page.keyboard.press("f")
+    expect(page.locator("#flags")).to_be_visible()
+    expect(page.locator("#flags input").first).to_be_focused()
+    page.keyboard.press("Space")  # all bad
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Space")  # image unclear
+    page.keyboard.press("Escape")
+    expect(page.locator("#flags")).to_be_hidden()
+    page.keyboard.press("r")
+    expect(page.locator("#rationale")).to_be_focused()
+    page.keyboard.type("All wrong; 1 and 2 equally so. <b>bold</b>")
+    page.keyboard.press("Escape")
+    for key in ["1", "2", "t", "3", "4", "Enter"]:
+        page.keyboard.press(key)
+    wait_for_next(page, first)
+
+    ranking = Ranking.objects.get(task_id=first)
+    assert (ranking.flag_all_bad, ranking.flag_unsafe, ranking.flag_image_unclear) == (True, False, True)
+    assert ranking.rationale == "All wrong; 1 and 2 equally so. <b>bold</b>"
+    assert len(ranking.ordering) == 3
+    assert ranking.time_spent_ms is not None and ranking.time_spent_ms > 0
+
+
+def test_an_incomplete_ranking_is_not_sent(page, live_server, world):
+    login(page, live_server, "bob")
+    first = open_work(page, live_server)
+    page.keyboard.press("1")
+    page.keyboard.press("Enter")
+    expect(page.locator("#alert")).to_contain_text("3 left")
+    assert task_id(page) == first
+    assert not Ranking.objects.exists()
+
+
+def test_a_lost_lease_says_so_and_keeps_the_ranking_on_screen(page, live_server, world):
+    """The lease ran out and the task went to someone else: 409, said plainly, the work still there."""
+    dave = f.user("dave")
+    member_set(project=world["project"], user=dave, role="annotator")
+    login(page, live_server, "bob")
+    first = open_work(page, live_server)
+    for key in ["3", "1", "t", "2", "4"]:
+        page.keyboard.press(key)
+    page.locator("#rationale").fill("my careful reasoning")
+    page.keyboard.press("Escape")
+    # Meanwhile: bob's lease runs out, and dave is handed the task.
+    Assignment.objects.filter(task_id=first, annotator=world["bob"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+    RankingTask.objects.filter(pk__lt=first).update(state=RankingTask.State.CLOSED)
+    RankingTask.objects.filter(pk__gt=first).update(priority=-1)
+    taken = queue.next_task(annotator=dave, project=world["project"])
+    assert taken.task_id == first
+
+    page.keyboard.press("Enter")
+    alert = page.locator("#alert")
+    expect(alert).to_be_visible()
+    expect(alert).to_contain_text("went to another annotator")
+    expect(alert).to_contain_text("Your ranking is still on screen")
+    expect(page.locator("#work")).to_have_attribute("data-error", "lease_lost")
+    assert task_id(page) == first
+    expect(page.locator("#ranking li")).to_have_count(3)
+    expect(page.locator("#rationale")).to_have_value("my careful reasoning")
+    shot(page, "lease-lost")
+    assert not Ranking.objects.filter(task_id=first).exists()
+
+    page.keyboard.press("n")  # on to the next task
+    wait_for_next(page, first)
+
+
+def test_a_network_failure_keeps_the_work_and_a_retry_submits_once(page, live_server, world):
+    login(page, live_server, "bob")
+    first = open_work(page, live_server)
+    for key in ["1", "2", "3", "4"]:
+        page.keyboard.press(key)
+    page.route("**/submit/", lambda route: route.abort())
+    page.keyboard.press("Enter")
+    expect(page.locator("#alert")).to_contain_text("Could not reach the server")
+    expect(page.locator("#ranking li")).to_have_count(4)
+    page.unroute("**/submit/")
+    page.keyboard.press("Enter")
+    wait_for_next(page, first)
+    assert Ranking.objects.filter(task_id=first).count() == 1
+
+
+XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
+
+
+@pytest.mark.parametrize("csp", [True, False], ids=["with-csp", "escaping-alone"])
+def test_untrusted_text_is_shown_as_text_and_runs_nothing(browser, live_server, world, csp):
+    """Candidates, the prompt and the instructions carry markup: it appears literally and never runs,
+    even with the Content-Security-Policy bypassed (escaping alone must hold)."""
+    proj = world["project"]
+    RankingTask.objects.filter(project=proj).update(state=RankingTask.State.CLOSED)
+    evil = f.task(proj, texts=[XSS, "fine <b>caption</b>", "x\" onmouseover=\"window.__xss=3", "plain"], priority=5)
+    evil.prompt.text = "Describe </p><script>window.__xss = 4</script>"
+    evil.prompt.save()
+    proj.instructions = "Be careful.\n\n<script>window.__xss = 5</script><img src=x onerror=\"window.__xss=6\"> [link](javascript:alert(1))"
+    proj.save()
+
+    context = browser.new_context(viewport={"width": 1366, "height": 860}, bypass_csp=not csp)
+    try:
+        page = context.new_page()
+        dialogs = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        login(page, live_server, "bob")
+        open_work(page, live_server)
+        texts = page.locator("#pool .card .text").all_inner_texts()
+        assert XSS in texts
+        assert "fine <b>caption</b>" in texts
+        expect(page.locator("#prompt")).to_have_text("Describe </p><script>window.__xss = 4</script>")
+        page.keyboard.press("i")
+        page.locator("#pool .card").nth(0).hover()
+        page.keyboard.press("1")  # the ranking list shows candidate texts too
+        page.keyboard.press("2")
+        page.keyboard.press("3")
+        page.keyboard.press("4")
+        expect(page.locator("#ranking li")).to_have_count(4)
+        page.locator("#ranking .chip").nth(2).hover()
+        assert page.evaluate("() => window.__xss") is None
+        assert page.locator("#pool img, #ranking img, #prompt img, .markdown img").count() == 0
+        assert page.locator("main script").count() == 1  # only the JSON config block
+        assert page.locator(".markdown a[href^=javascript]").count() == 0
+        assert not dialogs
+        if csp:
+            shot(page, "xss-escaped")
+    finally:
+        context.close()
+
+
+def test_the_empty_queue_says_so(page, live_server, world):
+    RankingTask.objects.filter(project=world["project"]).update(state=RankingTask.State.DONE)
+    login(page, live_server, "bob")
+    page.goto(f"{live_server.url}/projects/shapes/work/")
+    expect(page.locator("#empty")).to_be_visible()
+    expect(page.locator("#empty-title")).to_be_focused()
+    expect(page.locator("#work")).to_be_hidden()
+    shot(page, "queue-empty")
+
+
+def test_a_warning_comes_before_the_lease_expires(page, live_server, world):
+    page.clock.install()
+    login(page, live_server, "bob")
+    open_work(page, live_server)
+    expect(page.locator("#lease-warning")).to_be_hidden()
+    page.clock.fast_forward("28:30")  # the lease is 30 minutes; the warning shows in the last 2
+    expect(page.locator("#lease-warning")).to_be_visible()
+    expect(page.locator("#lease-warning")).to_contain_text("ends in 1:")
+    page.clock.fast_forward("02:00")
+    expect(page.locator("#lease-warning")).to_contain_text("has run out")
+
+
+def test_twenty_tasks_with_the_keyboard_alone(page, live_server, world):
+    """Done when: an annotator works through 20 tasks without touching the mouse."""
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.keyboard.type("bob")  # the username field has autofocus
+    page.keyboard.press("Tab")
+    page.keyboard.type("pw-bob")
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{live_server.url}/")
+    # From the home page to the ranking page by keyboard: Tab to "Start ranking", Enter.
+    for _ in range(20):
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.textContent.trim()") == "Start ranking":
+            break
+    page.keyboard.press("Enter")
+    expect(page.locator("#work")).to_have_attribute("data-state", "ready")
+
+    seen = []
+    plans = [["1", "2", "3", "4"], ["4", "3", "t", "2", "1"], ["2", "1", "t", "4", "t", "3"], ["3", "1", "2", "Backspace", "4", "2"]]
+    for i in range(20):
+        current = task_id(page)
+        seen.append(current)
+        for key in plans[i % len(plans)]:
+            page.keyboard.press(key)
+        if i == 7:
+            page.keyboard.press("f")
+            page.keyboard.press("Space")
+            page.keyboard.press("Escape")
+        page.keyboard.press("Enter")
+        if i < 19:
+            wait_for_next(page, current)
+    expect(page.locator("#done-today")).to_have_text("20")
+
+    rankings = Ranking.objects.filter(annotator=world["bob"])
+    assert rankings.count() == 20
+    assert set(rankings.values_list("task_id", flat=True)) == set(seen)
+    assert rankings.filter(flag_all_bad=True).count() == 1
+    group_sizes = sorted(len(r.ordering) for r in rankings)
+    assert (group_sizes.count(4), group_sizes.count(3), group_sizes.count(2)) == (10, 5, 5)
+    assert PreferencePair.objects.filter(ranking__annotator=world["bob"]).count() == 5 * 6 + 5 * 5 + 5 * 3 + 5 * 6
