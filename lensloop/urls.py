@@ -12,5 +12,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("annotation.api.urls")),
+    path("api/", include("rlhf.api")),
     path("", include("annotation.urls")),
+    path("", include("rlhf.urls")),
 ]

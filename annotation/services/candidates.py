@@ -19,8 +19,9 @@ def open_tasks_from_samples(
     origin: str = "",
     meta: dict | None = None,
 ) -> dict:
-    """Store samples (``{"prompt_id", "text", "logprob"?, "reward"?}``) as candidates of ``source`` and
-    open one ranking task per prompt that got exactly K distinct texts.
+    """Store samples (``{"prompt_id", "text", "logprob"?, "reward"?, "source"?}``) as candidates of
+    ``source`` (or the sample's own, so one task can mix two model versions) and open one ranking task
+    per prompt that got exactly K distinct texts.
 
     Prompts with fewer distinct texts get their candidates stored but no task (reported as
     ``short``); samples for prompts outside the project are refused with ValueError.
@@ -45,7 +46,12 @@ def open_tasks_from_samples(
         for item in chosen:
             extra = {key: item[key] for key in ("logprob", "reward") if item.get(key) is not None}
             candidates.append(
-                Candidate(prompt_id=prompt_id, text=str(item["text"]).strip(), source=source, meta={**(meta or {}), **extra})
+                Candidate(
+                    prompt_id=prompt_id,
+                    text=str(item["text"]).strip(),
+                    source=item.get("source") or source,
+                    meta={**(meta or {}), **extra, **(item.get("meta") or {})},
+                )
             )
         plan.append((prompt_id, len(chosen)))
     Candidate.objects.bulk_create(candidates)

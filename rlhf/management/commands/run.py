@@ -32,9 +32,20 @@ class Command(BaseCommand):
         if not no_demo:
             call_command("demo", stdout=self.stdout)
         url = redis_url()  # starts the embedded server here, in the long-lived process, if needed
-        env = {**os.environ, "REDIS_URL": url, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "REDIS_URL": url, "PYTHONUNBUFFERED": "1", "LENSLOOP_DATA_DIR": str(settings.DATA_DIR)}
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         children = [subprocess.Popen([*manage, "worker"], env=env) for _ in range(workers)]
+        background: list[subprocess.Popen] = []  # stopped with us, but may end on their own
+        if not no_demo:
+            # The demo's policy is the tiny demo VLM: build it now (3–5 minutes on a laptop CPU, once;
+            # cached afterwards) so that it is ready by the time someone launches a round.
+            build_log = settings.VAR_DIR / "build-demo.log"
+            with build_log.open("ab") as log:
+                background.append(subprocess.Popen(
+                    [sys.executable, "-m", "rlhf.engine", "build-demo"],
+                    env=env, cwd=settings.BASE_DIR, stdout=log, stderr=subprocess.STDOUT,
+                ))
+            self.stdout.write(f"building the demo model in the background if needed (log: {build_log})")
         children.append(
             subprocess.Popen(
                 [
@@ -64,10 +75,10 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             pass
         finally:
-            for child in children:
+            for child in children + background:
                 if child.poll() is None:
                     child.terminate()
-            for child in children:
+            for child in children + background:
                 try:
                     child.wait(timeout=10)
                 except subprocess.TimeoutExpired:

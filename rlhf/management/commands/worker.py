@@ -1,9 +1,15 @@
 """Run an rq worker on lensloop's queues (``generate``, ``train``, ``default`` unless told otherwise)."""
 
+import logging
+import threading
+import time
+
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from lensloop.queue import redis_connection
+
+log = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -15,7 +21,44 @@ class Command(BaseCommand):
         parser.add_argument("--name", default=None, help="worker name (default: host and pid)")
 
     def handle(self, *args, queues, burst, name, **options):
-        from rq import Worker
-
-        worker = Worker(queues or settings.RQ_QUEUES, connection=redis_connection(), name=name)
+        if not burst:
+            threading.Thread(target=_housekeeping, daemon=True, name="lensloop-housekeeping").start()
+        worker = _worker_class()(queues or settings.RQ_QUEUES, connection=redis_connection(), name=name)
         worker.work(burst=burst, with_scheduler=not burst)
+
+
+def _worker_class():
+    """rq's SimpleWorker runs jobs in the worker process itself, not in a forked horse. The heavy work
+    already runs in an engine subprocess; running the job in the worker means that killing the worker
+    kills the job's heartbeat and (through PR_SET_PDEATHSIG) its engine, so a dead worker is detected
+    instead of an orphaned horse training on unseen."""
+    from django.db import close_old_connections
+    from rq import SimpleWorker
+
+    class LensloopWorker(SimpleWorker):
+        def execute_job(self, job, queue):
+            close_old_connections()
+            try:
+                return super().execute_job(job, queue)
+            finally:
+                close_old_connections()
+
+    return LensloopWorker
+
+
+def _housekeeping(interval: float = 20.0) -> None:
+    """Every few seconds: fail runs whose worker died, start automatic rounds, return expired leases."""
+    from django.db import close_old_connections
+
+    from annotation.jobs import expire_leases_job
+    from rlhf.services import maybe_start_auto_rounds, reap_stale_runs
+
+    while True:
+        time.sleep(interval)
+        try:
+            close_old_connections()
+            reap_stale_runs()
+            maybe_start_auto_rounds()
+            expire_leases_job()
+        except Exception:
+            log.exception("housekeeping failed; trying again in %s s", interval)

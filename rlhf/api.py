@@ -1,0 +1,172 @@
+"""REST API of the loop: rounds, standalone generate runs, run status, cancel, resume, versions,
+and the leaderboard of versions from human rankings. Project admins launch and cancel; members read."""
+
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from django.urls import path
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotation.api.permissions import project_for
+from rlhf.leaderboard import leaderboard
+from rlhf.models import ModelVersion, TrainingRun
+from rlhf.services import (
+    ALGORITHMS,
+    ROUND_DEFAULTS,
+    LoopError,
+    cancel_run,
+    reap_stale_runs,
+    resume_round,
+    start_generate,
+    start_round,
+)
+
+
+class RunSerializer(serializers.ModelSerializer):
+    progress = serializers.FloatField(read_only=True)
+    versions = serializers.SlugRelatedField(many=True, read_only=True, slug_field="label")
+
+    class Meta:
+        model = TrainingRun
+        fields = [
+            "id", "kind", "state", "round", "position", "config", "step", "total_steps", "progress", "result",
+            "error", "snapshot", "versions", "created_at", "started_at", "finished_at",
+        ]
+
+
+class RunDetailSerializer(RunSerializer):
+    steps = RunSerializer(many=True, read_only=True)
+
+    class Meta(RunSerializer.Meta):
+        fields = [*RunSerializer.Meta.fields, "metrics", "log_tail", "steps"]
+
+
+class VersionSerializer(serializers.ModelSerializer):
+    parent = serializers.SlugRelatedField(read_only=True, slug_field="label")
+    reward_model = serializers.SlugRelatedField(read_only=True, slug_field="label")
+
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "label", "kind", "active", "parent", "reward_model", "base_model", "path", "weights", "metrics", "run", "created_at"]
+
+
+class RoundSerializer(serializers.Serializer):
+    algorithm = serializers.ChoiceField(choices=ALGORITHMS, default=ROUND_DEFAULTS["algorithm"])
+    policy_steps = serializers.IntegerField(min_value=1, required=False)
+    lr = serializers.FloatField(min_value=0, required=False)
+    lora_r = serializers.IntegerField(min_value=1, max_value=256, required=False)
+    qlora = serializers.BooleanField(required=False)
+    kl_coef = serializers.FloatField(min_value=0, required=False)
+    beta = serializers.FloatField(min_value=0, required=False)
+    reward_epochs = serializers.FloatField(min_value=0.1, required=False)
+    generate_prompts = serializers.IntegerField(min_value=1, required=False)
+    temperature = serializers.FloatField(min_value=0.01, required=False)
+
+
+def _loop_error(exc: LoopError) -> Response:
+    return Response({"error": exc.code, "detail": exc.message}, status=exc.status)
+
+
+class RoundView(APIView):
+    @extend_schema(request=RoundSerializer, responses={201: RunDetailSerializer, 409: OpenApiResponse(description="A round is in progress")})
+    def post(self, request, slug):
+        """Start a round: export → reward model → policy → evaluate → register → generate."""
+        project = project_for(request, slug, admin=True)
+        data = RoundSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            run = start_round(project=project, user=request.user, params=dict(data.validated_data))
+        except LoopError as exc:
+            return _loop_error(exc)
+        return Response(RunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
+
+
+class GenerateSerializer(serializers.Serializer):
+    prompts = serializers.IntegerField(min_value=1, required=False, help_text="How many train prompts.")
+    compare = serializers.ListField(
+        child=serializers.CharField(), min_length=2, max_length=2, required=False,
+        help_text="Two policy version labels: every task then mixes candidates of both.",
+    )
+
+
+class GenerateView(APIView):
+    @extend_schema(request=GenerateSerializer, responses={201: RunSerializer})
+    def post(self, request, slug):
+        """Sample K candidates per train prompt from the active policy (or two versions, mixed) as new tasks."""
+        project = project_for(request, slug, admin=True)
+        data = GenerateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            run = start_generate(project=project, user=request.user, **data.validated_data)
+        except LoopError as exc:
+            return _loop_error(exc)
+        return Response(RunSerializer(run).data, status=201)
+
+
+class RunListView(APIView):
+    @extend_schema(responses=RunSerializer(many=True))
+    def get(self, request, slug):
+        project = project_for(request, slug)
+        reap_stale_runs()
+        runs = TrainingRun.objects.filter(project=project, round__isnull=True).prefetch_related("versions")[:100]
+        return Response(RunSerializer(runs, many=True).data)
+
+
+def _run_for(request, run_id: int, *, admin: bool = False) -> TrainingRun:
+    run = get_object_or_404(TrainingRun.objects.select_related("project"), pk=run_id)
+    project_for(request, run.project.slug, admin=admin)
+    return run
+
+
+class RunDetailView(APIView):
+    @extend_schema(responses=RunDetailSerializer)
+    def get(self, request, run_id):
+        reap_stale_runs()
+        return Response(RunDetailSerializer(_run_for(request, run_id)).data)
+
+
+class RunCancelView(APIView):
+    @extend_schema(request=None, responses=RunDetailSerializer)
+    def post(self, request, run_id):
+        run = cancel_run(_run_for(request, run_id, admin=True))
+        return Response(RunDetailSerializer(run).data)
+
+
+class RunResumeView(APIView):
+    @extend_schema(request=None, responses=RunDetailSerializer)
+    def post(self, request, run_id):
+        try:
+            run = resume_round(_run_for(request, run_id, admin=True))
+        except LoopError as exc:
+            return _loop_error(exc)
+        return Response(RunDetailSerializer(run).data)
+
+
+class VersionListView(APIView):
+    @extend_schema(responses=VersionSerializer(many=True))
+    def get(self, request, slug):
+        project = project_for(request, slug)
+        versions = ModelVersion.objects.filter(project=project).select_related("parent", "reward_model")
+        return Response(VersionSerializer(versions, many=True).data)
+
+
+class LeaderboardView(APIView):
+    @extend_schema(responses={200: OpenApiResponse(description="Versions by Bradley–Terry rating with 95% CIs")})
+    def get(self, request, slug):
+        project = project_for(request, slug)
+        return Response(leaderboard(project))
+
+
+urlpatterns = [
+    path("projects/<slug:slug>/rounds/", RoundView.as_view(), name="api-rounds"),
+    path("projects/<slug:slug>/generate/", GenerateView.as_view(), name="api-generate"),
+    path("projects/<slug:slug>/runs/", RunListView.as_view(), name="api-runs"),
+    path("projects/<slug:slug>/versions/", VersionListView.as_view(), name="api-versions"),
+    path("projects/<slug:slug>/leaderboard/", LeaderboardView.as_view(), name="api-leaderboard"),
+    path("runs/<int:run_id>/", RunDetailView.as_view(), name="api-run"),
+    path("runs/<int:run_id>/cancel/", RunCancelView.as_view(), name="api-run-cancel"),
+    path("runs/<int:run_id>/resume/", RunResumeView.as_view(), name="api-run-resume"),
+]

@@ -1,0 +1,75 @@
+"""rq jobs of the loop. Thin: take a run id, re-fetch, check the state, call the step, record the result.
+
+Idempotent: a job whose run is no longer queued (done, cancelled, or picked up twice) returns at once.
+Failures are recorded on the run (and fail the round) rather than raised, so later steps of the chain
+still start, see the round has failed and mark themselves cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from django.db import transaction
+from django.utils import timezone
+
+from rlhf.models import TrainingRun
+from rlhf.runner import Cancelled, EngineFailed
+from rlhf.services import fail_run, reap_stale_runs
+
+log = logging.getLogger(__name__)
+S = TrainingRun.State
+
+
+def _claim(run_id: int) -> TrainingRun | None:
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
+        if run is None or run.state != S.QUEUED:
+            return None
+        if run.round_id:
+            round_run = TrainingRun.objects.select_for_update().get(pk=run.round_id)
+            if round_run.state not in TrainingRun.ACTIVE_STATES:
+                run.state = S.CANCELLED
+                run.finished_at = timezone.now()
+                run.save(update_fields=["state", "finished_at"])
+                return None
+            if round_run.state == S.QUEUED:
+                round_run.state = S.RUNNING
+                round_run.started_at = timezone.now()
+                round_run.save(update_fields=["state", "started_at"])
+        run.state = S.RUNNING
+        run.started_at = timezone.now()
+        run.heartbeat_at = run.started_at
+        run.save(update_fields=["state", "started_at", "heartbeat_at"])
+        return run
+
+
+def run_step(run_id: int) -> str:
+    """Run one step (or a standalone run) of the loop."""
+    from rlhf.steps import STEPS
+
+    reap_stale_runs()
+    run = _claim(run_id)
+    if run is None:
+        return "skipped"
+    try:
+        STEPS[run.kind](run)
+    except Cancelled:
+        TrainingRun.objects.filter(pk=run.pk).update(state=S.CANCELLED, finished_at=timezone.now(), pid=None)
+        return "cancelled"
+    except EngineFailed as exc:
+        fail_run(run, str(exc))
+        return "failed"
+    except Exception as exc:
+        log.exception("step %s of run %s failed", run.kind, run.pk)
+        fail_run(run, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
+        return "failed"
+    with transaction.atomic():
+        updated = TrainingRun.objects.filter(pk=run.pk, state=S.RUNNING).update(
+            state=S.SUCCEEDED, finished_at=timezone.now(), pid=None
+        )
+        if not updated:  # cancelled at the last moment
+            return "cancelled"
+        if run.round_id and not TrainingRun.objects.filter(round_id=run.round_id).exclude(state=S.SUCCEEDED).exists():
+            TrainingRun.objects.filter(pk=run.round_id).update(state=S.SUCCEEDED, finished_at=timezone.now())
+    return "succeeded"

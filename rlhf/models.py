@@ -1,0 +1,136 @@
+"""The machine side of lensloop: model versions and training runs.
+
+Lineage is answerable from these rows: a reward ModelVersion points at the TrainingRun that trained it,
+whose ``snapshot`` names the rankings it used; a policy ModelVersion points at its run, its parent
+policy and the reward model it was optimised against; candidates it generated carry its label as
+``source`` and its id in ``meta``.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from annotation.models import Project
+
+
+class TrainingRun(models.Model):
+    class Kind(models.TextChoices):
+        ROUND = "round", "Round"
+        EXPORT = "export", "Export snapshot"
+        REWARD = "reward", "Reward model"
+        PPO = "ppo", "PPO"
+        GRPO = "grpo", "GRPO"
+        DPO = "dpo", "DPO"
+        SFT = "sft", "SFT"
+        EVALUATE = "evaluate", "Evaluate"
+        REGISTER = "register", "Register versions"
+        GENERATE = "generate", "Generate candidates"
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    ACTIVE_STATES = (State.QUEUED, State.RUNNING)
+    POLICY_KINDS = (Kind.PPO, Kind.GRPO, Kind.DPO, Kind.SFT)
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="runs")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    round = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="steps")
+    position = models.PositiveSmallIntegerField(default=0, help_text="Order of this step in its round.")
+    config = models.JSONField(default=dict, blank=True, help_text="Validated engine config, or round parameters.")
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    metrics = models.JSONField(default=list, blank=True, help_text="Logged metrics, one object per logged step.")
+    result = models.JSONField(default=dict, blank=True, help_text="Final metrics (result.json).")
+    log_tail = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    run_dir = models.CharField(max_length=500, blank=True)
+    snapshot = models.JSONField(default=dict, blank=True, help_text="The data it used: rankings, pairs, files.")
+    input_versions = models.ManyToManyField("ModelVersion", blank=True, related_name="used_by_runs")
+    job_id = models.CharField(max_length=64, blank=True)
+    pid = models.IntegerField(null=True, blank=True, help_text="Engine subprocess while running.")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            # Never two rounds of one project at once (the database enforces it, not only the view).
+            models.UniqueConstraint(
+                fields=["project"],
+                condition=Q(kind="round", state__in=["queued", "running"]),
+                name="one_active_round_per_project",
+            ),
+        ]
+        indexes = [models.Index(fields=["project", "kind", "state"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk} ({self.state})"
+
+    @property
+    def finished(self) -> bool:
+        return self.state not in self.ACTIVE_STATES
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.step / self.total_steps) if self.total_steps else (1.0 if self.finished else 0.0)
+
+
+class ModelVersion(models.Model):
+    class Kind(models.TextChoices):
+        POLICY = "policy", "Policy"
+        REWARD = "reward", "Reward model"
+
+    class Weights(models.TextChoices):
+        ADAPTER = "adapter", "LoRA adapter"
+        FULL = "full", "Full weights"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="model_versions")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    label = models.CharField(max_length=100, help_text="Shown as candidates' source, e.g. policy-v2.")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    reward_model = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="policies",
+        help_text="For a policy: the reward model it was optimised against.",
+    )
+    base_model = models.CharField(max_length=500, help_text="Base weights: a folder, a hub id, or 'demo'.")
+    path = models.CharField(max_length=500, blank=True, help_text="Adapter or weights folder; empty = the base.")
+    weights = models.CharField(max_length=8, choices=Weights.choices, default=Weights.ADAPTER)
+    metrics = models.JSONField(default=dict, blank=True)
+    run = models.ForeignKey(TrainingRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="versions")
+    active = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "label"], name="version_label_unique"),
+            models.UniqueConstraint(
+                fields=["project", "kind"], condition=Q(active=True), name="one_active_version_per_kind"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.label
+
+
+class LoopSettings(models.Model):
+    """Per-project settings of the loop: automatic rounds and their default parameters."""
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="loop_settings")
+    auto_round_pairs = models.PositiveIntegerField(
+        default=0, help_text="Start a round whenever this many new preference pairs arrived (0 = off)."
+    )
+    round_params = models.JSONField(default=dict, blank=True, help_text="Parameters of automatic rounds.")
+
+    def __str__(self) -> str:
+        return f"loop settings of {self.project}"

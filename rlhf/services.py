@@ -1,0 +1,285 @@
+"""Writes of the loop: model versions, runs, rounds, cancel, resume and the stale-run reaper."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from annotation.models import PreferencePair, Project
+from rlhf.models import ModelVersion, TrainingRun
+
+K = TrainingRun.Kind
+S = TrainingRun.State
+
+ALGORITHMS = ("ppo", "grpo", "dpo", "sft")
+ROUND_DEFAULTS = {
+    "algorithm": "ppo",
+    "policy_steps": 40,
+    "lr": 0.0,  # 0 = the engine's default for the algorithm
+    "lora_r": 8,
+    "qlora": False,
+    "kl_coef": 0.05,
+    "beta": 0.1,
+    "reward_epochs": 3.0,
+    "generate_prompts": 64,
+    "temperature": 1.0,
+}
+
+
+class LoopError(Exception):
+    status = 400
+    code = "invalid"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class RoundInProgress(LoopError):
+    status = 409
+    code = "round_in_progress"
+
+
+def stale_after() -> timedelta:
+    return timedelta(seconds=int(os.environ.get("LENSLOOP_RUN_STALE_SECONDS", "90")))
+
+
+def runs_root() -> Path:
+    return Path(settings.DATA_DIR) / "runs"
+
+
+def base_policy(project: Project) -> ModelVersion:
+    """The active policy, creating the base policy version (the project's base model) on first use."""
+    active = ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.POLICY, active=True).first()
+    if active is not None:
+        return active
+    with transaction.atomic():
+        version, _ = ModelVersion.objects.get_or_create(
+            project=project,
+            label="base",
+            defaults={
+                "kind": ModelVersion.Kind.POLICY,
+                "base_model": project.base_model or "demo",
+                "path": "",
+                "weights": ModelVersion.Weights.FULL,
+                "active": not ModelVersion.objects.filter(project=project, kind="policy", active=True).exists(),
+            },
+        )
+    return ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.POLICY, active=True).first() or version
+
+
+def active_reward(project: Project) -> ModelVersion | None:
+    return ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.REWARD, active=True).first()
+
+
+def next_label(project: Project, kind: str) -> str:
+    n = ModelVersion.objects.filter(project=project, kind=kind).exclude(label="base").count() + 1
+    while ModelVersion.objects.filter(project=project, label=f"{kind}-v{n}").exists():
+        n += 1
+    return f"{kind}-v{n}"
+
+
+def validate_round_params(params: dict) -> dict:
+    unknown = sorted(set(params) - set(ROUND_DEFAULTS))
+    if unknown:
+        raise LoopError(f"unknown round parameters {unknown}; known: {sorted(ROUND_DEFAULTS)}")
+    merged = {**ROUND_DEFAULTS, **params}
+    if merged["algorithm"] not in ALGORITHMS:
+        raise LoopError(f"algorithm must be one of {ALGORITHMS}, not {merged['algorithm']!r}")
+    for key in ("policy_steps", "lora_r", "generate_prompts"):
+        if not isinstance(merged[key], int) or isinstance(merged[key], bool) or merged[key] < 1:
+            raise LoopError(f"{key} must be a positive integer")
+    for key in ("lr", "kl_coef", "beta", "reward_epochs", "temperature"):
+        if not isinstance(merged[key], int | float) or merged[key] < 0:
+            raise LoopError(f"{key} must be a non-negative number")
+    if merged["temperature"] <= 0 or merged["reward_epochs"] <= 0:
+        raise LoopError("temperature and reward_epochs must be positive")
+    if merged["qlora"]:
+        from rlhf.hardware import cuda_available
+
+        if not cuda_available():
+            raise LoopError("QLoRA needs a CUDA GPU on the training workers; none is configured here")
+    return merged
+
+
+ROUND_STEPS = {
+    "ppo": [K.EXPORT, K.REWARD, K.PPO, K.EVALUATE, K.REGISTER, K.GENERATE],
+    "grpo": [K.EXPORT, K.REWARD, K.GRPO, K.EVALUATE, K.REGISTER, K.GENERATE],
+    "dpo": [K.EXPORT, K.REWARD, K.DPO, K.EVALUATE, K.REGISTER, K.GENERATE],
+    "sft": [K.EXPORT, K.REWARD, K.SFT, K.EVALUATE, K.REGISTER, K.GENERATE],
+}
+
+
+def start_round(*, project: Project, user=None, params: dict | None = None, enqueue: bool = True) -> TrainingRun:
+    """Create a round and its steps and enqueue them as a chain of dependent jobs (on commit).
+
+    Raises RoundInProgress when the project already has a queued or running round.
+    """
+    params = validate_round_params(params or {})
+    if not PreferencePair.objects.filter(project=project).exists():
+        raise LoopError("this project has no preference pairs yet: rank some tasks before starting a round")
+    base_policy(project)
+    try:
+        with transaction.atomic():
+            round_run = TrainingRun.objects.create(project=project, kind=K.ROUND, config=params, created_by=user)
+            round_run.run_dir = str(runs_root() / f"round-{round_run.pk}")
+            round_run.save(update_fields=["run_dir"])
+            steps = []
+            for position, kind in enumerate(ROUND_STEPS[params["algorithm"]], start=1):
+                step = TrainingRun.objects.create(
+                    project=project, kind=kind, round=round_run, position=position, created_by=user, config={}
+                )
+                step.run_dir = str(Path(round_run.run_dir) / f"{position}-{kind}")
+                step.save(update_fields=["run_dir"])
+                steps.append(step)
+            if enqueue:
+                transaction.on_commit(lambda: enqueue_steps(steps))
+    except IntegrityError:
+        raise RoundInProgress(f"project {project.slug} already has a round in progress; wait or cancel it") from None
+    return round_run
+
+
+def start_generate(
+    *,
+    project: Project,
+    user=None,
+    prompts: int | None = None,
+    compare: tuple[str, str] | None = None,
+    enqueue: bool = True,
+) -> TrainingRun:
+    """A standalone generate run: K candidates per train prompt from the active policy, as new tasks.
+    With ``compare`` (two policy labels), every task mixes candidates of both versions, so that the
+    human rankings feed the leaderboard of versions."""
+    base_policy(project)
+    config = {"generate_prompts": prompts or ROUND_DEFAULTS["generate_prompts"], "temperature": 1.0}
+    if compare:
+        labels = list(compare)
+        found = set(ModelVersion.objects.filter(project=project, kind="policy", label__in=labels).values_list("label", flat=True))
+        if len(set(labels)) != 2 or found != set(labels):
+            raise LoopError(f"compare needs two different policy versions of {project.slug}; got {labels}")
+        if project.candidates_per_task < 2:
+            raise LoopError("comparing versions needs at least 2 candidates per task")
+        config["compare"] = labels
+    with transaction.atomic():
+        run = TrainingRun.objects.create(project=project, kind=K.GENERATE, created_by=user, config=config)
+        run.run_dir = str(runs_root() / f"generate-{run.pk}")
+        run.save(update_fields=["run_dir"])
+        if enqueue:
+            transaction.on_commit(lambda: enqueue_steps([run]))
+    return run
+
+
+def enqueue_steps(steps: list[TrainingRun]) -> None:
+    """Enqueue steps as a chain: each job depends on the one before."""
+    from lensloop.queue import get_queue
+    from rlhf.jobs import run_step
+
+    previous = None
+    for step in steps:
+        queue = get_queue("generate" if step.kind == K.GENERATE else "train")
+        job = queue.enqueue(run_step, step.pk, depends_on=previous, job_timeout=-1, result_ttl=86400, failure_ttl=86400 * 7)
+        TrainingRun.objects.filter(pk=step.pk).update(job_id=job.id)
+        previous = job
+
+
+def cancel_run(run: TrainingRun) -> TrainingRun:
+    """Cancel a run (a round cancels all its unfinished steps). A running engine is killed by its job."""
+    now = timezone.now()
+    with transaction.atomic():
+        target = run.round or run
+        ids = [target.pk, *target.steps.values_list("pk", flat=True)] if target.kind == K.ROUND else [target.pk]
+        TrainingRun.objects.filter(pk__in=ids, state__in=TrainingRun.ACTIVE_STATES).update(
+            state=S.CANCELLED, finished_at=now
+        )
+    target.refresh_from_db()
+    return target
+
+
+def fail_run(run: TrainingRun, error: str) -> None:
+    """Mark ``run`` failed; in a round, the round fails and its later steps are cancelled."""
+    now = timezone.now()
+    with transaction.atomic():
+        TrainingRun.objects.filter(pk=run.pk).update(state=S.FAILED, error=error[-10000:], finished_at=now, pid=None)
+        if run.round_id:
+            TrainingRun.objects.filter(pk=run.round_id, state__in=TrainingRun.ACTIVE_STATES).update(
+                state=S.FAILED, error=f"step {run.position} ({run.kind}) failed: {error[-2000:]}", finished_at=now
+            )
+            TrainingRun.objects.filter(round_id=run.round_id, state=S.QUEUED).update(state=S.CANCELLED, finished_at=now)
+
+
+def reap_stale_runs() -> int:
+    """Runs still 'running' whose job stopped beating (a killed worker) become failed, never running forever."""
+    limit = timezone.now() - stale_after()
+    stale = list(
+        TrainingRun.objects.filter(state=S.RUNNING, heartbeat_at__lt=limit).exclude(kind=K.ROUND)
+    )
+    for run in stale:
+        fail_run(run, "the worker running this step stopped (killed or lost); resume the round to retry the step")
+    return len(stale)
+
+
+def resume_round(round_run: TrainingRun) -> TrainingRun:
+    """Retry a failed or cancelled round from its first unfinished step. A step that trains resumes from
+    its last complete checkpoint when the engine left one."""
+    if round_run.kind != K.ROUND:
+        raise LoopError("only rounds can be resumed")
+    if round_run.state not in (S.FAILED, S.CANCELLED):
+        raise LoopError(f"round {round_run.pk} is {round_run.state}; only failed or cancelled rounds resume")
+    try:
+        with transaction.atomic():
+            TrainingRun.objects.filter(pk=round_run.pk).update(state=S.QUEUED, error="", finished_at=None)
+            pending = list(round_run.steps.exclude(state=S.SUCCEEDED).order_by("position"))
+            TrainingRun.objects.filter(pk__in=[s.pk for s in pending]).update(
+                state=S.QUEUED, error="", finished_at=None, started_at=None
+            )
+            transaction.on_commit(lambda: enqueue_steps(pending))
+    except IntegrityError:
+        raise RoundInProgress("another round of this project is in progress") from None
+    round_run.refresh_from_db()
+    return round_run
+
+
+@transaction.atomic
+def activate_versions(*versions: ModelVersion) -> None:
+    """Make these versions the active ones of their kinds (one transaction, so a reader never sees none)."""
+    for version in versions:
+        ModelVersion.objects.filter(project=version.project, kind=version.kind, active=True).exclude(
+            pk=version.pk
+        ).update(active=False)
+        ModelVersion.objects.filter(pk=version.pk).update(active=True)
+
+
+def pairs_since_last_round(project: Project) -> int:
+    last = (
+        TrainingRun.objects.filter(project=project, kind=K.ROUND).exclude(state=S.CANCELLED).order_by("-id").first()
+    )
+    pairs = PreferencePair.objects.filter(project=project)
+    if last is not None and last.snapshot.get("last_ranking_id"):
+        pairs = pairs.filter(ranking_id__gt=last.snapshot["last_ranking_id"])
+    elif last is not None:
+        pairs = pairs.filter(created_at__gt=last.created_at)
+    return pairs.count()
+
+
+def maybe_start_auto_rounds() -> list[TrainingRun]:
+    """Start a round for every project whose automatic trigger fired (never two at once: the
+    database's one-active-round constraint settles races between workers)."""
+    from rlhf.models import LoopSettings
+
+    started = []
+    for settings_row in LoopSettings.objects.filter(auto_round_pairs__gt=0).select_related("project"):
+        project = settings_row.project
+        if TrainingRun.objects.filter(project=project, kind=K.ROUND, state__in=TrainingRun.ACTIVE_STATES).exists():
+            continue
+        if pairs_since_last_round(project) < settings_row.auto_round_pairs:
+            continue
+        try:
+            started.append(start_round(project=project, params=settings_row.round_params))
+        except LoopError:
+            continue
+    return started

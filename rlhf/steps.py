@@ -1,0 +1,298 @@
+"""The steps of a round. Each takes its TrainingRun (state: running) and either returns normally
+(the job marks it succeeded) or raises (EngineFailed / Cancelled / anything: the job records it).
+
+A round: export snapshot → reward model → policy (PPO, GRPO, DPO or SFT) → evaluate → register the
+new versions → generate K candidates per prompt from the new policy → open ranking tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import random
+from pathlib import Path
+
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from annotation.models import Candidate, Prompt, Ranking, RankingTask
+from annotation.services.candidates import open_tasks_from_samples
+from annotation.services.exports import ExportFilter, write_export, write_prompt_set
+from rlhf.engine.config import GenerateConfig
+from rlhf.models import ModelVersion, TrainingRun
+from rlhf.runner import EngineFailed, run_engine
+from rlhf.services import activate_versions, base_policy, next_label
+
+K = TrainingRun.Kind
+
+
+def _params(run: TrainingRun) -> dict:
+    return (run.round.config if run.round_id else run.config) or {}
+
+
+def _sibling(run: TrainingRun, kind: str) -> TrainingRun:
+    return TrainingRun.objects.get(round_id=run.round_id, kind=kind)
+
+
+def _policy_step(run: TrainingRun) -> TrainingRun:
+    return TrainingRun.objects.get(round_id=run.round_id, kind__in=TrainingRun.POLICY_KINDS)
+
+
+def _model_config(version: ModelVersion, params: dict) -> dict:
+    cfg = {"path": version.base_model, "lora_r": params.get("lora_r", 8), "qlora": bool(params.get("qlora"))}
+    if version.path:
+        cfg["adapter_path"] = version.path
+    return cfg
+
+
+def _save(run: TrainingRun, **fields) -> None:
+    for key, value in fields.items():
+        setattr(run, key, value)
+    TrainingRun.objects.filter(pk=run.pk).update(**fields)
+
+
+def step_export(run: TrainingRun) -> None:
+    """Freeze the data of this round: preference records up to now, the train and eval prompt sets."""
+    project = run.project
+    until = timezone.now()
+    out = Path(run.run_dir)
+    records = write_export(ExportFilter(project=project, until=until), "records", out / "data")
+    if records["rows"] == 0:
+        raise EngineFailed("no preference pairs to train on yet: rank some tasks first")
+    train = write_prompt_set(project, out / "prompts", split="train", name="train.jsonl")
+    evalset = write_prompt_set(project, out / "prompts", split="eval", name="eval.jsonl")
+    top = _write_top_ranked(project, until, out / "prompts" / "top_ranked.jsonl")
+    rankings = Ranking.objects.filter(project=project, created_at__lt=until)
+    _save(
+        run,
+        snapshot={
+            "until": until.isoformat(),
+            "rankings": rankings.count(),
+            "last_ranking_id": rankings.aggregate(m=Max("id"))["m"],
+            "pairs": records["rows"],
+            "records": str(out / "data" / "preferences.jsonl"),
+            "train_prompts": train["file"],
+            "eval_prompts": evalset["file"] if evalset["rows"] else "",
+            "top_ranked": str(top) if top else "",
+        },
+        step=1,
+        total_steps=1,
+    )
+    if run.round_id:
+        TrainingRun.objects.filter(pk=run.round_id).update(snapshot=run.snapshot)
+
+
+def _write_top_ranked(project, until, path: Path) -> Path | None:
+    """Prompt set whose reference is the candidate ranked first (for SFT on top-ranked answers)."""
+    best: dict[int, int] = {}
+    for task_prompt, ordering in Ranking.objects.filter(project=project, created_at__lt=until, flag_all_bad=False).values_list(
+        "task__prompt_id", "ordering"
+    ):
+        best[task_prompt] = ordering[0][0]
+    if not best:
+        return None
+    texts = dict(Candidate.objects.filter(pk__in=best.values()).values_list("pk", "text"))
+    prompts = {p.pk: p for p in Prompt.objects.filter(pk__in=best).select_related("image")}
+    lines = []
+    for prompt_id, candidate_id in best.items():
+        prompt = prompts[prompt_id]
+        lines.append(
+            json.dumps({"prompt_id": prompt_id, "images": ["images/" + Path(prompt.image.file).name],
+                        "prompt": prompt.text, "reference": texts[candidate_id]})
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def step_reward(run: TrainingRun) -> None:
+    params = _params(run)
+    snapshot = _sibling(run, K.EXPORT).snapshot
+    policy = base_policy(run.project)
+    config = {
+        "model": {"path": policy.base_model, "lora_r": params.get("lora_r", 8), "qlora": bool(params.get("qlora"))},
+        "train_file": snapshot["records"],
+        "epochs": params.get("reward_epochs", 3.0),
+        "seed": run.round_id or run.pk,
+    }
+    _save(run, config=config, snapshot={k: snapshot[k] for k in ("rankings", "pairs", "last_ranking_id", "until")})
+    result = run_engine(run, "train-reward", config)
+    version = ModelVersion.objects.create(
+        project=run.project,
+        kind=ModelVersion.Kind.REWARD,
+        label=next_label(run.project, "reward"),
+        parent=ModelVersion.objects.filter(project=run.project, kind="reward", active=True).first(),
+        base_model=policy.base_model,
+        path=str(Path(run.run_dir) / "checkpoint"),
+        weights=ModelVersion.Weights.ADAPTER,
+        metrics=result,
+        run=run,
+    )
+    _save(run, result=result)
+    run.input_versions.add(policy)
+    return version
+
+
+def step_policy(run: TrainingRun) -> None:
+    params = _params(run)
+    snapshot = _sibling(run, K.EXPORT).snapshot
+    reward = ModelVersion.objects.get(run=_sibling(run, K.REWARD))
+    policy = base_policy(run.project)
+    config = {"model": _model_config(policy, params), "steps": params.get("policy_steps", 40), "seed": run.round_id or run.pk}
+    if params.get("lr"):
+        config["lr"] = params["lr"]
+    if run.kind in (K.PPO, K.GRPO):
+        config.update({"prompts_file": snapshot["train_prompts"], "reward_model_path": reward.path})
+        if run.kind == K.PPO:
+            config["kl_coef"] = params.get("kl_coef", 0.05)
+    elif run.kind == K.DPO:
+        config.update({"train_file": snapshot["records"], "beta": params.get("beta", 0.1)})
+    elif run.kind == K.SFT:
+        if not snapshot.get("top_ranked"):
+            raise EngineFailed("no usable rankings for SFT (all flagged all-bad?)")
+        config["train_file"] = snapshot["top_ranked"]
+    _save(run, config=config)
+    run.input_versions.add(policy, reward)
+    result = run_engine(run, run.kind, config)
+    checkpoint = Path(run.run_dir) / "checkpoint"
+    if not (checkpoint / "adapter_config.json").is_file() and not (checkpoint / "config.json").is_file():
+        raise EngineFailed(f"{run.kind} finished without a complete checkpoint in {checkpoint}")
+    ModelVersion.objects.create(
+        project=run.project,
+        kind=ModelVersion.Kind.POLICY,
+        label=next_label(run.project, "policy"),
+        parent=policy,
+        reward_model=reward,
+        base_model=policy.base_model,
+        path=str(checkpoint),
+        weights=ModelVersion.Weights.ADAPTER if (checkpoint / "adapter_config.json").is_file() else "full",
+        metrics={"train": result},
+        run=run,
+    )
+    _save(run, result=result)
+
+
+def step_evaluate(run: TrainingRun) -> None:
+    params = _params(run)
+    snapshot = _sibling(run, K.EXPORT).snapshot
+    new_policy = ModelVersion.objects.get(run=_policy_step(run))
+    config = {"model": _model_config(new_policy, params), "prompts_file": snapshot.get("eval_prompts") or ""}
+    _save(run, config=config)
+    run.input_versions.add(new_policy)
+    result = run_engine(run, "evaluate", config)
+    new_policy.metrics = {**new_policy.metrics, "eval": result}
+    new_policy.save(update_fields=["metrics"])
+    _save(run, result=result)
+
+
+def step_register(run: TrainingRun) -> None:
+    """Make the round's reward model and policy the active versions — only now, so a failed policy
+    step leaves the previous policy active."""
+    policy = ModelVersion.objects.get(run=_policy_step(run))
+    reward = ModelVersion.objects.get(run=_sibling(run, K.REWARD))
+    activate_versions(reward, policy)
+    _save(run, step=1, total_steps=1, result={"policy": policy.label, "reward": reward.label})
+
+
+def _generate_prompt_ids(project, n: int, seed: int) -> list[int]:
+    """Train prompts without an open task, in a seeded random order."""
+    busy = RankingTask.objects.filter(project=project, state__in=["open", "full"]).values("prompt_id")
+    ids = list(project.prompts.filter(split="train").exclude(pk__in=busy).values_list("pk", flat=True))
+    random.Random(seed).shuffle(ids)
+    return ids[:n]
+
+
+def uncertainty_priorities(samples: list[dict]) -> dict[int, float]:
+    """Priority per prompt in (1, 2]: generated tasks come before imported ones (priority 0), and among
+    them the prompts whose candidates the reward model separates least (smallest gap between two
+    candidates' rewards) come first — the most informative rankings for the next reward model."""
+    by_prompt: dict[int, list[float]] = {}
+    for sample in samples:
+        by_prompt.setdefault(int(sample["prompt_id"]), [])
+        if sample.get("reward") is not None:
+            by_prompt[int(sample["prompt_id"])].append(float(sample["reward"]))
+    priorities = {}
+    for prompt_id, rewards in by_prompt.items():
+        rewards.sort()
+        gaps = [b - a for a, b in itertools.pairwise(rewards)]
+        priorities[prompt_id] = 1.0 + (1.0 / (1.0 + min(gaps)) if gaps else 0.0)
+    return priorities
+
+
+def step_generate(run: TrainingRun) -> None:
+    """K candidates per prompt from the active policy — or, for a comparison run, half from each of two
+    versions in every task — then open them as ranking tasks."""
+    params = _params(run)
+    project = run.project
+    k = project.candidates_per_task
+    reward = ModelVersion.objects.filter(project=project, kind="reward", active=True).first()
+    out = Path(run.run_dir)
+    prompt_ids = _generate_prompt_ids(project, params.get("generate_prompts", 64), seed=run.pk)
+    if not prompt_ids:
+        raise EngineFailed("every train prompt already has an open task; nothing to generate for")
+    prompt_set = write_prompt_set(project, out / "prompts", prompt_ids=prompt_ids, name="prompts.jsonl")
+    compare = params.get("compare") or []
+    if compare:
+        versions = list(ModelVersion.objects.filter(project=project, kind="policy", label__in=compare))
+        if len(versions) != 2:
+            raise EngineFailed(f"compare names {compare}; need two policy versions of this project")
+        shares = [(versions[0], k - k // 2), (versions[1], k // 2)]
+    else:
+        shares = [(base_policy(project), k)]
+    samples, results, engine_configs = [], {}, {}
+    for index, (version, share) in enumerate(shares):
+        config = {
+            "model": _model_config(version, params),
+            "prompts_file": prompt_set["file"],
+            "model_version": version.label,
+            # Spare candidates per prompt, so that texts both versions wrote can be dropped.
+            "k": share + (2 if compare else 0),
+            "temperature": params.get("temperature", 1.0),
+            "seed": run.pk * 10 + index,  # two versions that are still alike must not sample alike
+        }
+        if reward is not None and "reward_model_path" in {f.name for f in dataclasses.fields(GenerateConfig)}:
+            config["reward_model_path"] = reward.path  # samples then carry rewards: uncertainty priorities
+        sub = out / version.label if compare else out
+        engine_configs[version.label] = config
+        _save(run, config={**params, "engine": engine_configs})
+        run.input_versions.add(version)
+        results[version.label] = run_engine(run, "generate", config, run_dir=sub)
+        rows = [json.loads(line) for line in (sub / "samples.jsonl").read_text().splitlines() if line.strip()]
+        for row in rows:
+            row["source"] = version.label
+            row["meta"] = {"model_version_id": version.pk}
+        samples.extend(_take_per_prompt(rows, share, taken={s["text"] for s in samples}) if compare else rows)
+    with transaction.atomic():
+        opened = open_tasks_from_samples(
+            project=project,
+            samples=samples,
+            source=shares[0][0].label,
+            priorities=uncertainty_priorities(samples),
+            origin=f"run-{run.pk}",
+        )
+    _save(run, result={**(results if compare else next(iter(results.values()))), **opened})
+
+
+def _take_per_prompt(rows: list[dict], share: int, taken: set[str]) -> list[dict]:
+    """At most ``share`` samples per prompt whose text no other version already wrote."""
+    out, counts = [], {}
+    for row in rows:
+        pid = row["prompt_id"]
+        if counts.get(pid, 0) < share and row["text"].strip() not in taken:
+            out.append(row)
+            counts[pid] = counts.get(pid, 0) + 1
+    return out
+
+
+STEPS = {
+    K.EXPORT: step_export,
+    K.REWARD: step_reward,
+    K.PPO: step_policy,
+    K.GRPO: step_policy,
+    K.DPO: step_policy,
+    K.SFT: step_policy,
+    K.EVALUATE: step_evaluate,
+    K.REGISTER: step_register,
+    K.GENERATE: step_generate,
+}

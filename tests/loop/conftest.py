@@ -1,0 +1,34 @@
+"""A demo project whose policy is the tiny test model, ranked by simulated annotators."""
+
+import pytest
+
+from annotation.services.imports import import_bundle
+from rlhf.engine.demo import world
+from rlhf.simulate import simulate
+from tests import factories as f
+
+FAST_ROUND = {"policy_steps": 3, "reward_epochs": 1.0, "generate_prompts": 6, "lora_r": 4}
+
+
+@pytest.fixture
+def loop_project(tiny_model_path, tmp_path):
+    alice = f.user("alice", is_staff=True)
+    proj = f.project("loop", k=4, admins=[alice])
+    proj.base_model = str(tiny_model_path)
+    proj.save(update_fields=["base_model"])
+    world.write_demo_manifest(tmp_path / "bundle", n=30, seed=5, k=4, eval_fraction=0.2)
+    import_bundle(project=proj, path=tmp_path / "bundle")
+    simulate(proj, annotators=2, noise=0.1, limit=16)
+    return proj
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    import os
+    from pathlib import Path
+
+    from rlhf.engine.config import BuildDemoConfig
+    from rlhf.engine.demo.build import ensure_demo_model
+
+    root = Path(os.environ["LENSLOOP_TEST_CACHE"]) if os.environ.get("LENSLOOP_TEST_CACHE") else tmp_path_factory.mktemp("m")
+    return ensure_demo_model(BuildDemoConfig(steps=250, train_images=800, eval_images=20, warmup_steps=20), root)

@@ -1,0 +1,195 @@
+"""The closed loop with a real Redis, real rq worker processes and the real engine in subprocesses:
+rounds end to end, and the faults — a failing step, a worker killed with SIGKILL, cancel, resume."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from annotation.models import Candidate, RankingTask
+from rlhf.leaderboard import leaderboard
+from rlhf.models import ModelVersion, TrainingRun
+from rlhf.services import (
+    LoopError,
+    RoundInProgress,
+    cancel_run,
+    reap_stale_runs,
+    resume_round,
+    start_generate,
+    start_round,
+)
+from rlhf.simulate import simulate
+from tests.loop.conftest import FAST_ROUND
+from tests.support import child_env, manage, start_worker
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def _burst():
+    done = manage("worker", "train", "generate", "--burst", env=child_env())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _steps(round_run):
+    return {s.kind: s for s in round_run.steps.all()}
+
+
+def _explain(round_run) -> str:
+    return "; ".join(f"{s.position}-{s.kind}: {s.state} {s.error[-800:]}" for s in round_run.steps.order_by("position"))
+
+
+def _wait_for(predicate, timeout=180, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("algorithm", ["sft"])
+def test_a_round_trains_a_new_policy_whose_samples_become_open_tasks(loop_project, algorithm):
+    round_run = start_round(project=loop_project, params={**FAST_ROUND, "algorithm": algorithm})
+    _burst()
+    round_run.refresh_from_db()
+    assert round_run.state == "succeeded", _explain(round_run)
+    steps = _steps(round_run)
+    policy = ModelVersion.objects.get(project=loop_project, kind="policy", active=True)
+    reward = ModelVersion.objects.get(project=loop_project, kind="reward", active=True)
+    assert policy.label == "policy-v1" and policy.parent.label == "base" and policy.reward_model == reward
+    assert policy.run == steps[algorithm] and reward.run == steps["reward"]
+    assert steps["reward"].snapshot["pairs"] > 0 and steps["reward"].metrics, "the reward run logged no metrics"
+    assert "eval" in policy.metrics
+    new_tasks = RankingTask.objects.filter(project=loop_project, origin=f"run-{steps['generate'].pk}", state="open")
+    assert new_tasks.count() >= 1
+    sources = set(Candidate.objects.filter(pk__in=new_tasks.first().candidate_ids).values_list("source", flat=True))
+    assert sources == {"policy-v1"}
+
+    # Compare the new policy with the base: every task mixes both; human rankings rank the versions.
+    compare = start_generate(project=loop_project, prompts=4, compare=("base", "policy-v1"))
+    _burst()
+    compare.refresh_from_db()
+    assert compare.state == "succeeded", compare.error
+    mixed = RankingTask.objects.filter(project=loop_project, origin=f"run-{compare.pk}")
+    assert mixed.exists()
+    for task in mixed:
+        assert set(Candidate.objects.filter(pk__in=task.candidate_ids).values_list("source", flat=True)) == {"base", "policy-v1"}
+    RankingTask.objects.filter(project=loop_project).exclude(origin=f"run-{compare.pk}").update(state="closed")
+    simulate(loop_project, annotators=2, noise=0.0)
+    assert {row["source"] for row in leaderboard(loop_project, bootstrap=20)} == {"base", "policy-v1"}
+
+
+def test_a_standalone_generate_run_fills_the_queue_from_the_base_policy(loop_project):
+    run = start_generate(project=loop_project, prompts=4)
+    _burst()
+    run.refresh_from_db()
+    assert run.state == "succeeded", run.error
+    assert run.result["tasks"] >= 1
+    opened = RankingTask.objects.filter(project=loop_project, origin=f"run-{run.pk}")
+    assert opened.count() == run.result["tasks"]
+    for task in opened:
+        texts = list(Candidate.objects.filter(pk__in=task.candidate_ids).values_list("text", flat=True))
+        assert len(texts) == 4 == len(set(texts))
+        assert set(Candidate.objects.filter(pk__in=task.candidate_ids).values_list("source", flat=True)) == {"base"}
+
+
+def test_two_rounds_of_one_project_never_run_at_once(loop_project):
+    start_round(project=loop_project, params=FAST_ROUND, enqueue=False)
+    with pytest.raises(RoundInProgress):
+        start_round(project=loop_project, params=FAST_ROUND, enqueue=False)
+
+
+def test_bad_round_parameters_are_refused_with_a_reason(loop_project):
+    with pytest.raises(LoopError, match="algorithm must be one of"):
+        start_round(project=loop_project, params={"algorithm": "reinforce"}, enqueue=False)
+    with pytest.raises(LoopError, match="unknown round parameters"):
+        start_round(project=loop_project, params={"epochs": 3}, enqueue=False)
+
+
+def test_a_failing_step_fails_the_round_stops_the_chain_and_keeps_the_old_policy(loop_project):
+    base = ModelVersion.objects.create(
+        project=loop_project, kind="policy", label="base", base_model="/nonexistent/model", path="", active=True
+    )
+    round_run = start_round(project=loop_project, params=FAST_ROUND)
+    _burst()
+    round_run.refresh_from_db()
+    steps = _steps(round_run)
+    assert round_run.state == "failed" and "reward" in round_run.error
+    assert steps["export"].state == "succeeded"
+    assert steps["reward"].state == "failed" and "/nonexistent/model" in steps["reward"].error
+    assert {steps[k].state for k in ("ppo", "evaluate", "register", "generate")} == {"cancelled"}
+    assert ModelVersion.objects.get(project=loop_project, kind="policy", active=True) == base
+    # Fix the cause, resume: the round continues from the failed step.
+    ModelVersion.objects.filter(pk=base.pk).update(base_model=loop_project.base_model)
+    TrainingRun.objects.filter(pk=round_run.pk).update(config={**round_run.config, "algorithm": "sft"})
+    TrainingRun.objects.filter(pk=steps["ppo"].pk).update(kind="sft")
+    resume_round(round_run)
+    _burst()
+    round_run.refresh_from_db()
+    assert round_run.state == "succeeded", _explain(round_run)
+    assert ModelVersion.objects.get(project=loop_project, kind="policy", active=True).label == "policy-v1"
+
+
+def test_a_worker_killed_mid_step_is_detected_and_its_engine_dies_with_it(loop_project, monkeypatch):
+    round_run = start_round(project=loop_project, params={**FAST_ROUND, "reward_epochs": 400.0})
+    worker = start_worker("train", "generate")
+    try:
+        _wait_for(
+            lambda: TrainingRun.objects.filter(round=round_run, kind="reward", state="running", pid__isnull=False).exists(),
+            what="the reward step to start its engine",
+        )
+        reward = TrainingRun.objects.get(round=round_run, kind="reward")
+        engine_pid = reward.pid
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    _wait_for(lambda: not _alive(engine_pid), timeout=30, what="the orphaned engine to die")
+    monkeypatch.setenv("LENSLOOP_RUN_STALE_SECONDS", "1")
+    time.sleep(1.5)
+    assert reap_stale_runs() == 1
+    round_run.refresh_from_db()
+    reward.refresh_from_db()
+    assert reward.state == "failed" and "worker" in reward.error
+    assert round_run.state == "failed"
+    assert not ModelVersion.objects.filter(project=loop_project, kind="reward").exists()
+
+
+def test_cancel_kills_a_running_step_and_the_worker_carries_on(loop_project):
+    round_run = start_round(project=loop_project, params={**FAST_ROUND, "reward_epochs": 400.0})
+    worker = start_worker("train", "generate")
+    try:
+        _wait_for(
+            lambda: TrainingRun.objects.filter(round=round_run, kind="reward", state="running", pid__isnull=False).exists(),
+            what="the reward step to start",
+        )
+        engine_pid = TrainingRun.objects.get(round=round_run, kind="reward").pid
+        cancel_run(round_run)
+        _wait_for(lambda: not _alive(engine_pid), timeout=30, what="the engine to be killed")
+        _wait_for(
+            lambda: not TrainingRun.objects.filter(round=round_run, state__in=["queued", "running"]).exists(),
+            timeout=60, what="every step to end",
+        )
+        assert worker.poll() is None, "the worker died with the cancelled job"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+    round_run.refresh_from_db()
+    assert round_run.state == "cancelled"
+    assert set(round_run.steps.values_list("state", flat=True)) <= {"cancelled", "succeeded"}
+    assert not ModelVersion.objects.filter(project=loop_project, kind="reward").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) is dead for our purpose
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,43 @@
+"""Simulated annotators rank through the queue services by the demo world's verifiable reward."""
+
+import random
+
+import pytest
+from django.core.management import call_command
+
+from annotation.models import Candidate, PreferencePair, Ranking
+from rlhf.engine.rewards import demo_reward
+from rlhf.simulate import noisy_ordering
+
+
+def test_without_noise_the_ordering_follows_the_scores_with_ties():
+    assert noisy_ordering({1: 0.2, 2: 1.0, 3: 0.2, 4: 0.5}, random.Random(0), 0.0) == [[2], [4], [1, 3]]
+
+
+def test_with_full_noise_every_neighbouring_pair_is_swapped_in_turn():
+    assert noisy_ordering({1: 3.0, 2: 2.0, 3: 1.0}, random.Random(0), 1.0) == [[2], [3], [1]]
+
+
+@pytest.mark.django_db
+def test_the_command_ranks_the_demo_queue_so_every_pair_agrees_with_the_ground_truth():
+    call_command("demo", images=12)
+    call_command("simulate_annotators", project="demo-shapes", annotators=3, noise=0.0)
+    assert Ranking.objects.count() == 12
+    for pair in PreferencePair.objects.select_related("prompt__image", "chosen", "rejected"):
+        gt = pair.prompt.ground_truth
+        good, bad = demo_reward([pair.prompt.text] * 2, [pair.chosen.text, pair.rejected.text], ground_truth=[gt, gt])
+        assert good > bad
+    assert Candidate.objects.filter(source="import").count() == 48
+
+
+def test_generated_tasks_come_first_and_the_least_separated_prompt_leads():
+    from rlhf.steps import uncertainty_priorities
+
+    p = uncertainty_priorities(
+        [
+            {"prompt_id": 1, "reward": 0.0}, {"prompt_id": 1, "reward": 2.0},  # clearly separated
+            {"prompt_id": 2, "reward": 0.5}, {"prompt_id": 2, "reward": 0.6},  # unsure
+            {"prompt_id": 3},  # no reward model
+        ]
+    )
+    assert p[2] > p[1] > 1.0 and p[3] == 1.0

@@ -1,0 +1,41 @@
+"""The boundaries of DESIGN.md, checked: the web tier never imports torch or transformers, and the
+annotation app imports nothing from rlhf."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+WEB_MODULES = [
+    "lensloop.urls", "lensloop.wsgi", "annotation.api.views", "annotation.views", "annotation.jobs",
+    "rlhf.api", "rlhf.services", "rlhf.steps", "rlhf.jobs", "rlhf.runner", "rlhf.simulate", "rlhf.leaderboard",
+    "rlhf.engine.config", "rlhf.engine.demo.world", "rlhf.engine.rewards",
+]
+
+
+def test_the_web_tier_imports_no_torch_and_no_transformers():
+    code = (
+        "import os, sys, django; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'lensloop.settings'); django.setup()\n"
+        "import importlib\n"
+        f"for m in {WEB_MODULES!r}: importlib.import_module(m)\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'trl', 'peft', 'datasets') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"the web tier imported {out.stdout.strip()}"
+
+
+def test_the_annotation_app_imports_nothing_from_rlhf():
+    offenders = []
+    for path in (ROOT / "annotation").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n == "rlhf" or n.startswith("rlhf.")]
+    assert not offenders, offenders
