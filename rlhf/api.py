@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
 from django.urls import path
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -38,10 +38,14 @@ class RunSerializer(serializers.ModelSerializer):
 
 
 class RunDetailSerializer(RunSerializer):
-    steps = RunSerializer(many=True, read_only=True)
+    steps = serializers.SerializerMethodField()
 
     class Meta(RunSerializer.Meta):
         fields = [*RunSerializer.Meta.fields, "metrics", "log_tail", "steps"]
+
+    @extend_schema_field(RunSerializer(many=True))
+    def get_steps(self, run):
+        return RunSerializer(run.steps.order_by("position").prefetch_related("versions"), many=True).data
 
 
 class VersionSerializer(serializers.ModelSerializer):

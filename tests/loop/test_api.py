@@ -1,0 +1,78 @@
+"""The loop's REST API: who may launch, watch, cancel; clear errors. Nothing runs here (no worker):
+the jobs wait in Redis."""
+
+import uuid
+
+import pytest
+from rest_framework.test import APIClient
+
+from annotation.services import queue
+from lensloop.queue import get_queue
+from rlhf.models import TrainingRun
+from tests import factories as f
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def world():
+    alice, bob, charlie = f.user("alice"), f.user("bob"), f.user("charlie")
+    proj = f.project("loopapi", k=2, admins=[alice], annotators=[bob])
+    f.tasks(proj, 2)
+    for get_queue_name in ("train", "generate"):
+        get_queue(get_queue_name).empty()
+    return {"alice": alice, "bob": bob, "charlie": charlie, "project": proj}
+
+
+def _client(user=None):
+    client = APIClient()
+    if user:
+        client.force_authenticate(user)
+    return client
+
+
+def _rank_one(world):
+    a = queue.next_task(annotator=world["bob"], project=world["project"])
+    queue.submit_ranking(annotator=world["bob"], task_id=a.task_id, ordering=[[c] for c in a.task.candidate_ids], client_uuid=uuid.uuid4())
+
+
+def test_a_round_needs_pairs_first(world):
+    response = _client(world["alice"]).post("/api/projects/loopapi/rounds/", {}, format="json")
+    assert response.status_code == 400 and "no preference pairs" in response.json()["detail"]
+
+
+def test_a_project_admin_launches_a_round_and_a_second_one_is_refused_while_it_runs(world):
+    _rank_one(world)
+    alice = _client(world["alice"])
+    first = alice.post("/api/projects/loopapi/rounds/", {"algorithm": "dpo", "policy_steps": 5}, format="json")
+    assert first.status_code == 201, first.json()
+    body = first.json()
+    assert [s["kind"] for s in body["steps"]] == ["export", "reward", "dpo", "evaluate", "register", "generate"]
+    assert len(get_queue("train").job_ids) == 1  # the chain: later steps wait on their predecessor
+    second = alice.post("/api/projects/loopapi/rounds/", {}, format="json")
+    assert second.status_code == 409 and second.json()["error"] == "round_in_progress"
+    cancelled = alice.post(f"/api/runs/{body['id']}/cancel/")
+    assert cancelled.json()["state"] == "cancelled"
+    assert set(TrainingRun.objects.filter(round_id=body["id"]).values_list("state", flat=True)) == {"cancelled"}
+    assert alice.post("/api/projects/loopapi/rounds/", {}, format="json").status_code == 201
+
+
+@pytest.mark.parametrize(("persona", "launch", "read"), [("bob", 403, 200), ("charlie", 403, 403), (None, 401, 401)])
+def test_only_project_admins_launch_and_only_members_watch(world, persona, launch, read):
+    _rank_one(world)
+    client = _client(world[persona] if persona else None)
+    assert client.post("/api/projects/loopapi/rounds/", {}, format="json").status_code == launch
+    assert client.get("/api/projects/loopapi/runs/").status_code == read
+    assert client.get("/api/projects/loopapi/versions/").status_code == read
+    assert client.get("/api/projects/loopapi/leaderboard/").status_code == read
+
+
+def test_bad_parameters_are_a_400_naming_the_field(world):
+    _rank_one(world)
+    response = _client(world["alice"]).post("/api/projects/loopapi/rounds/", {"algorithm": "reinforce", "lora_r": 0}, format="json")
+    assert response.status_code == 400 and {"algorithm", "lora_r"} <= set(response.json())
+
+
+def test_comparing_versions_needs_two_existing_policies(world):
+    response = _client(world["alice"]).post("/api/projects/loopapi/generate/", {"compare": ["base", "policy-v9"]}, format="json")
+    assert response.status_code == 400 and "two different policy versions" in response.json()["detail"]
