@@ -5,6 +5,7 @@ Every label passes through ``escape``: sources and usernames are data, not marku
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -76,5 +77,115 @@ def horizontal_bars(
             f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" class="bar"><title>{escape(label)}: {escape(note)}</title></rect>'
             f'<text x="{label_w + plot_w + 6}" y="{y + 13}" class="label">{escape(note)}</text>'
         )
+    parts.append("</svg>")
+    return mark_safe("".join(parts))
+
+
+def _ticks(low: float, high: float, count: int = 4) -> list[float]:
+    """Round tick values spanning [low, high] (steps of 1, 2, 2.5 or 5 × 10^k)."""
+    span = high - low
+    if span <= 0:
+        return [low]
+    raw = span / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(low / step - 1e-9) * step
+    out = []
+    value = first
+    while value <= high + step * 1e-6:
+        out.append(round(value, 12))
+        value += step
+    return out
+
+
+def _fmt(value: float) -> str:
+    if value == 0:
+        return "0"
+    if abs(value) >= 1000 or abs(value) < 0.01:
+        return f"{value:.3g}"
+    return f"{value:.4g}"
+
+
+def line_chart(
+    series: Sequence[tuple[str, Sequence[tuple[float, float]]]],
+    *,
+    title: str,
+    chart_id: str,
+    x_label: str = "step",
+    width: int = 560,
+    height: int = 220,
+) -> SafeString:
+    """Lines of (x, y) points, one per named series, with a legend; series differ by dash pattern and
+    marker as well as colour (classes ``s0`` … ``s5``), so the chart reads in greyscale too.
+
+    A series of few points (an eval every N steps) gets a marker on each point with its value as a
+    tooltip; a long one gets markers only at its ends. The ``<desc>`` states first, last and best values.
+    """
+    left, right, top, bottom = 52, 12, 26, 30
+    plot_w, plot_h = width - left - right, height - top - bottom
+    points = [(x, y) for _, pts in series for x, y in pts]
+    cid = escape(chart_id)
+    head = [
+        f'<svg class="chart line-chart" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-labelledby="chart-title-{cid} chart-desc-{cid}">',
+        f'<title id="chart-title-{cid}">{escape(title)}</title>',
+    ]
+    if not points:
+        head.append(f'<desc id="chart-desc-{cid}">no points yet</desc>')
+        head.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" class="tick">no points yet</text></svg>')
+        return mark_safe("".join(head))
+    x_lo, x_hi = min(x for x, _ in points), max(x for x, _ in points)
+    y_lo, y_hi = min(y for _, y in points), max(y for _, y in points)
+    if y_hi == y_lo:
+        pad = abs(y_hi) * 0.1 or 1.0
+        y_lo, y_hi = y_lo - pad, y_hi + pad
+    else:
+        pad = (y_hi - y_lo) * 0.06
+        y_lo, y_hi = y_lo - pad, y_hi + pad
+    if x_hi == x_lo:
+        x_lo, x_hi = x_lo - 1, x_hi + 1
+
+    def sx(x: float) -> float:
+        return left + plot_w * (x - x_lo) / (x_hi - x_lo)
+
+    def sy(y: float) -> float:
+        return top + plot_h * (1 - (y - y_lo) / (y_hi - y_lo))
+
+    described = []
+    for name, pts in series:
+        if pts:
+            ys = [y for _, y in pts]
+            described.append(
+                f"{name}: {len(pts)} points, first {_fmt(ys[0])}, last {_fmt(ys[-1])}, min {_fmt(min(ys))}, max {_fmt(max(ys))}"
+            )
+    parts = [*head, f'<desc id="chart-desc-{cid}">{escape("; ".join(described))}</desc>']
+    for tick in _ticks(y_lo, y_hi):
+        y = sy(tick)
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}" class="grid"/>')
+        parts.append(f'<text x="{left - 5}" y="{y + 4:.1f}" text-anchor="end" class="tick">{_fmt(tick)}</text>')
+    for tick in _ticks(x_lo, x_hi, count=5):
+        x = sx(tick)
+        parts.append(f'<text x="{x:.1f}" y="{height - 12}" text-anchor="middle" class="tick">{_fmt(tick)}</text>')
+    parts.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" class="axis"/>')
+    parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" class="axis"/>')
+    parts.append(f'<text x="{width - right}" y="{height - 1}" text-anchor="end" class="tick">{escape(x_label)}</text>')
+    legend_x = left
+    for i, (name, pts) in enumerate(series):
+        cls = f"s{i % 6}"
+        parts.append(
+            f'<line x1="{legend_x}" y1="11" x2="{legend_x + 18}" y2="11" class="series {cls}"/>'
+            f'<text x="{legend_x + 22}" y="15" class="label">{escape(name)}</text>'
+        )
+        legend_x += 30 + 7 * len(name)
+        if not pts:
+            continue
+        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
+        parts.append(f'<polyline points="{coords}" class="series {cls}"/>')
+        marked = pts if len(pts) <= 30 else [pts[0], pts[-1]]
+        for x, y in marked:
+            parts.append(
+                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" class="marker {cls}">'
+                f"<title>{escape(name)} at {escape(x_label)} {_fmt(x)}: {_fmt(y)}</title></circle>"
+            )
     parts.append("</svg>")
     return mark_safe("".join(parts))

@@ -82,6 +82,14 @@ class TrainingRun(models.Model):
 
     @property
     def progress(self) -> float:
+        """0..1. A round's progress is its steps': finished ones count whole, the running one in part."""
+        if self.kind == self.Kind.ROUND and self.pk:
+            steps = list(self.steps.all())
+            if steps:
+                done = {self.State.SUCCEEDED: 1.0}
+                return sum(done.get(s.state, s.progress if s.state == self.State.RUNNING else 0.0) for s in steps) / len(
+                    steps
+                )
         return min(1.0, self.step / self.total_steps) if self.total_steps else (1.0 if self.finished else 0.0)
 
 

@@ -224,8 +224,7 @@ def reap_stale_runs() -> int:
 
 
 def resume_round(round_run: TrainingRun) -> TrainingRun:
-    """Retry a failed or cancelled round from its first unfinished step. A step that trains resumes from
-    its last complete checkpoint when the engine left one."""
+    """Retry a failed or cancelled round from its first unfinished step (the step starts afresh)."""
     if round_run.kind != K.ROUND:
         raise LoopError("only rounds can be resumed")
     if round_run.state not in (S.FAILED, S.CANCELLED):
@@ -283,3 +282,21 @@ def maybe_start_auto_rounds() -> list[TrainingRun]:
         except LoopError:
             continue
     return started
+
+
+def loop_settings_set(*, project: Project, auto_round_pairs: int | None = None, round_params: dict | None = None):
+    """Change a project's automatic-round trigger and/or the parameters automatic rounds use.
+
+    Parameters are validated like a launched round's, so an automatic round never fails on them.
+    """
+    from rlhf.models import LoopSettings
+
+    defaults = {}
+    if auto_round_pairs is not None:
+        if auto_round_pairs < 0:
+            raise LoopError("auto_round_pairs must be 0 (off) or a positive number of pairs")
+        defaults["auto_round_pairs"] = auto_round_pairs
+    if round_params is not None:
+        defaults["round_params"] = validate_round_params(round_params)
+    settings_row, _ = LoopSettings.objects.update_or_create(project=project, defaults=defaults)
+    return settings_row

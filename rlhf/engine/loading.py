@@ -1,0 +1,232 @@
+"""Load any Hugging Face VLM (AutoModelForImageTextToText + AutoProcessor) for sampling or training.
+
+Device and dtype chosen sensibly, LoRA on the language model's attention by default, QLoRA (4-bit NF4
+through bitsandbytes), gradient checkpointing on request, and errors that say what to fix when the path,
+the model class or the processor is wrong. The demo model goes through exactly the same path.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """A model or processor that cannot be used; the message says what to fix."""
+
+
+# Known failure messages of mismatched processors → what to change (see docs/engine.md).
+_PROCESSOR_HINTS = [
+    ("Image features and image tokens do not match",
+     "the processor expands each image to a different number of tokens than the vision tower produces: "
+     "check the processor's patch_size, vision_feature_select_strategy and num_additional_image_tokens "
+     "against the model config"),
+    ("unsupported operand type(s) for //",
+     "the processor has no patch_size: save it with patch_size set (LlavaProcessor(patch_size=...))"),
+    ("doesn't match model", "the image processor resizes to a different size than the vision tower expects: "
+     "set the image processor's size/crop_size to the model's vision_config.image_size"),
+    ("number of <image> tokens", "the chat template does not insert the image token; fix the processor's "
+     "chat_template"),
+]
+
+VISION_MODULE_WORDS = ("vision", "visual", "image_encoder", "multi_modal_projector", "connector", "mm_projector")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' → cuda if available, else cpu; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"model.device={name!r} but CUDA is not available here; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto' → bfloat16 on a CUDA device that supports it, float32 otherwise (CPU bf16 is slow)."""
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def resolve_model_path(path: str) -> str:
+    """'demo' → the cached demo model (built with the default config if absent); a local folder must
+    exist and hold config.json; anything shaped like `org/name` is passed on as a hub id."""
+    if path == "demo":
+        from .config import BuildDemoConfig
+        from .demo.build import ensure_demo_model
+
+        return str(ensure_demo_model(BuildDemoConfig()))
+    p = Path(path)
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ModelLoadError(f"{path} has no config.json: point model.path at a folder written by "
+                                 "save_pretrained (or at a checkpoint/ of a run)")
+        return str(p)
+    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", path) is not None and not path.startswith(".")
+    if not looks_like_hub_id:
+        raise ModelLoadError(f"model path {path} does not exist: give a local model folder, a hub id "
+                             "('org/name'), or 'demo' after `python -m rlhf.engine build-demo`")
+    return path
+
+
+def check_is_vlm(path: str):
+    """Load the config and fail clearly unless AutoModelForImageTextToText knows its class."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read the model config at {path}: {e}. If this is a hub id, the machine "
+                             "may have no hub access: download the model and give its local folder") from e
+    if config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        raise ModelLoadError(f"{path} is a '{config.model_type}' model, not a vision-language model that "
+                             "AutoModelForImageTextToText can load: choose a VLM (e.g. LLaVA, Qwen2-VL, "
+                             "SmolVLM, PaliGemma) or the demo model")
+    return config
+
+
+def load_processor(path: str):
+    """AutoProcessor with an image processor and a tokenizer; pad token set; left padding."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as e:
+        raise ModelLoadError(f"cannot load a processor from {path}: {e}. Save the processor next to the "
+                             "model (processor.save_pretrained(path))") from e
+    if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
+        raise ModelLoadError(f"the processor at {path} is a {type(processor).__name__} without an image "
+                             "processor and a tokenizer: a VLM needs a multimodal processor (AutoProcessor)")
+    tok = processor.tokenizer
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return processor
+
+
+def lora_targets(model: torch.nn.Module, names: list[str], language_model_only: bool) -> str | list[str]:
+    """PEFT `target_modules`: a regex matching module names ending in one of `names`, outside the vision
+    tower and projector when `language_model_only`. Fails when nothing matches."""
+    if len(names) == 1 and any(c in names[0] for c in "*()|^$\\"):
+        return names[0]  # a user-supplied regex, passed through
+    alternatives = "|".join(re.escape(n) for n in names)
+    if language_model_only:
+        exclude = "|".join(VISION_MODULE_WORDS)
+        pattern = rf"^(?!.*({exclude})).*\.({alternatives})$"
+    else:
+        pattern = rf"^(.*\.)?({alternatives})$"
+    matched = [n for n, _ in model.named_modules() if re.fullmatch(pattern, n)]
+    if not matched:
+        raise ModelLoadError(f"no module matches LoRA targets {names} (language_model_only="
+                             f"{language_model_only}); look at model.named_modules() for the right names")
+    return pattern
+
+
+def apply_lora(model, cfg: ModelConfig):
+    """Wrap `model` in a PEFT LoRA model per `cfg` (Hu et al. 2021)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=lora_targets(model, cfg.lora_target_modules, cfg.lora_language_model_only),
+                      bias="none")
+    return get_peft_model(model, lora)
+
+
+def _quantization_config(cfg: ModelConfig):
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        raise ModelLoadError("model.qlora=true needs bitsandbytes: pip install 'bitsandbytes>=0.50'") from e
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=list(cfg.qlora_skip_modules))
+
+
+def load_model(cfg: ModelConfig, *, trainable: bool = False):
+    """Load (model, processor) per `cfg`.
+
+    trainable=False: eval mode, adapter (if any) merged into the forward but frozen.
+    trainable=True: LoRA/QLoRA adapters (or all weights if `cfg.lora` is false) require grad.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    path = resolve_model_path(cfg.path)
+    check_is_vlm(path)
+    processor = load_processor(path)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    kwargs = {"dtype": dtype}
+    if cfg.qlora:
+        kwargs["quantization_config"] = _quantization_config(cfg)
+        kwargs["device_map"] = {"": str(device)}
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load the model weights at {path}: {e}") from e
+    if not cfg.qlora:
+        model.to(device)
+    tok = processor.tokenizer
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    if cfg.check_processor:
+        check_processor(model, processor)
+
+    if cfg.qlora and trainable:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing and trainable:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.lora:
+            model.enable_input_require_grads()
+
+    if cfg.adapter_path:
+        from peft import PeftModel
+
+        if not (Path(cfg.adapter_path) / "adapter_config.json").is_file():
+            raise ModelLoadError(f"model.adapter_path={cfg.adapter_path} holds no adapter_config.json")
+        model = PeftModel.from_pretrained(model, cfg.adapter_path, is_trainable=trainable)
+    elif cfg.lora and trainable:
+        model = apply_lora(model, cfg)
+    elif trainable:
+        model.requires_grad_(True)
+    model.train(trainable)
+    return model, processor
+
+
+def check_processor(model, processor) -> None:
+    """One tiny forward pass with a blank image; known mismatch errors become ModelLoadError with a fix."""
+    from PIL import Image
+
+    from .data import encode_prompts
+
+    try:
+        batch = encode_prompts(processor, [[Image.new("RGB", (32, 32), (128, 128, 128))]], ["check"])
+        batch = {k: v.to(model.device) for k, v in batch.items()}
+        with torch.no_grad():
+            model(**batch)
+    except (ValueError, TypeError, RuntimeError) as e:
+        msg = str(e)
+        for needle, hint in _PROCESSOR_HINTS:
+            if needle in msg:
+                raise ModelLoadError(f"processor and model disagree: {hint} (original error: {msg})") from e
+        raise ModelLoadError(f"processor and model disagree on a test input: {msg}") from e
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

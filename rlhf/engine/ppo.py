@@ -1,0 +1,358 @@
+"""PPO for a vision-language policy with LoRA, readable top to bottom (TRL 1.x has no PPO trainer).
+
+Actor-critic = the policy VLM with a LoRA adapter + a value head on its final hidden state (see
+value_head.py for why the critic shares the backbone). Reference policy = the same weights with the
+adapter disabled. Each iteration (the numbered steps of "The N implementation details of RLHF with PPO",
+Huang et al. 2024, and CleanRL `ppo.py`):
+
+    1 generate answers with sampling                      (old log-probs and values: one forward pass)
+    2 score them (reward model + w · verifiable reward); penalise answers with no EOS token
+    3 per-token KL to the reference, k1 = log π − log π_ref by default, β fixed or adaptive
+    4 whiten the per-token rewards
+    5 GAE advantages and returns
+    6 `ppo_epochs` × minibatches: clipped policy loss + vf_coef × clipped value loss, gradient
+      accumulation over micro-batches, gradient clipping
+
+Runs under `accelerate launch` (DDP; every process rolls out `batch_size / processes` answers). The
+checkpoint (adapter, value head, optimizer, iteration, β) is written atomically through RunDir, and
+`resume_from` continues the same run: per-iteration seeds make a resumed run sample what an unbroken
+one would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from .config import to_dict
+from .data import load_images
+from .ops import gather_token_logprobs
+from .rl_common import CombinedReward, evaluate_reward, set_threads, split_prompts, suppress_media_tokens
+from .rl_config import PPOConfig, check_ppo_batches
+from .rl_ops import (
+    AdaptiveKLController,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    gae,
+    kl_penalty,
+    kl_shaped_rewards,
+    masked_mean,
+    masked_whiten,
+)
+from .rundir import RunDir
+from .value_head import PolicyAndValue, load_value_head, reference_logits, save_value_head
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "ppo_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+
+
+# ---- batches -------------------------------------------------------------------------------------------
+
+
+def join_prompt_and_answer(prompt_inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor,
+                           answer_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Model inputs of prompt (left-padded, as generated) + answer (right-padded after its EOS).
+
+    The padded prompt tensors are kept exactly as `generate` saw them, so the forward pass reproduces the
+    sampling distribution (re-padding would shift positions on models that count padding)."""
+    inputs = dict(prompt_inputs)
+    inputs["input_ids"] = torch.cat([prompt_inputs["input_ids"], answer_ids], dim=1)
+    inputs["attention_mask"] = torch.cat([prompt_inputs["attention_mask"], answer_mask.to(
+        prompt_inputs["attention_mask"].dtype)], dim=1)
+    return inputs
+
+
+def select_rows(inputs: dict[str, torch.Tensor], rows: torch.Tensor, images_per_row: list[int]) -> dict:
+    """The sub-batch `rows` of a model batch: text tensors by row, image tensors (first dim = number of
+    images, LLaVA-style `pixel_values`) by the images of those rows."""
+    B = inputs["input_ids"].shape[0]
+    n_images = sum(images_per_row)
+    starts = [sum(images_per_row[:i]) for i in range(B)]
+    image_idx = torch.tensor([starts[r] + j for r in rows.tolist() for j in range(images_per_row[r])], dtype=torch.long)
+    out = {}
+    for k, v in inputs.items():
+        if not torch.is_tensor(v) or v.dim() == 0:
+            out[k] = v
+        elif v.shape[0] == B:
+            out[k] = v[rows.to(v.device)]
+        elif v.shape[0] == n_images:
+            out[k] = v[image_idx.to(v.device)]
+        else:
+            raise ValueError(f"cannot split model input {k!r} of shape {tuple(v.shape)} by rows; this processor's "
+                             "image layout is not supported by PPO minibatching")
+    return out
+
+
+@dataclasses.dataclass
+class RolloutBatch:
+    """Everything step 6 needs, per process. Shapes: B rollouts, L answer positions."""
+
+    inputs: dict[str, torch.Tensor]  # prompt + answer model inputs
+    images_per_row: list[int]
+    answer_ids: torch.Tensor  # (B, L)
+    mask: torch.Tensor  # (B, L) 1 up to and including the first EOS
+    logprobs: torch.Tensor  # (B, L) log π_old(a_t | s_t)
+    values: torch.Tensor  # (B, L) V_old(s_t)
+    advantages: torch.Tensor  # (B, L) whitened GAE advantages
+    returns: torch.Tensor  # (B, L) value targets
+
+
+# ---- checkpoint ----------------------------------------------------------------------------------------
+
+
+def save_checkpoint(run: RunDir, ac: PolicyAndValue, processor, opt, iteration: int, kl_coef: float,
+                    cfg: PPOConfig) -> None:
+    """Adapter + processor + value head + optimizer + state, renamed into `checkpoint/` when complete."""
+    with run.checkpoint() as tmp:
+        ac.policy.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        save_value_head(ac.value_head, tmp)
+        torch.save(opt.state_dict(), tmp / OPTIMIZER_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps({"iteration": iteration, "kl_coef": kl_coef,
+                                                  "config": to_dict(cfg)}, indent=2))
+
+
+def resume_folder(cfg: PPOConfig, run_dir: str) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run."""
+    if not cfg.resume_from:
+        return None
+    folder = Path(run_dir) / "checkpoint" if cfg.resume_from == "auto" else Path(cfg.resume_from)
+    if cfg.resume_from == "auto" and not (folder / STATE_FILE).is_file():
+        return None
+    if not (folder / STATE_FILE).is_file():
+        raise ValueError(f"resume_from={cfg.resume_from}: no {STATE_FILE} there; give the checkpoint/ of a ppo run")
+    return folder
+
+
+# ---- the run -------------------------------------------------------------------------------------------
+
+
+def train_ppo(cfg: PPOConfig, run_dir: str) -> dict:
+    """Run PPO per `cfg` into `run_dir`; returns the result dict (also in result.json)."""
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=cfg.model.device == "cpu" or not torch.cuda.is_available())
+    check_ppo_batches(cfg, acc.num_processes)  # before any model loads
+    resume = resume_folder(cfg, run_dir)
+    kept_metrics = _metrics_before(Path(run_dir), resume) if acc.is_main_process else []
+    run = RunDir(run_dir, to_dict(cfg), is_main=acc.is_main_process)
+    if kept_metrics and run._metrics is not None:  # a resumed run keeps its curve up to the checkpoint
+        run._metrics.writelines(kept_metrics)
+    try:
+        result = _train(cfg, acc, run, resume)
+        run.write_result(result)
+        return result
+    except BaseException as e:
+        run.fail(e)
+        raise
+    finally:
+        run.close()
+
+
+def _metrics_before(run_dir: Path, resume: Path | None) -> list[str]:
+    """metrics.jsonl lines up to the resumed iteration, when resuming inside the same run directory."""
+    path = run_dir / "metrics.jsonl"
+    if resume is None or not path.is_file():
+        return []
+    upto = json.loads((resume / STATE_FILE).read_text())["iteration"]
+    return [line + "\n" for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= upto]
+
+
+def _train(cfg: PPOConfig, acc, run: RunDir, resume: Path | None) -> dict:
+    from .loading import count_parameters, load_model
+    from .reward_model import text_hidden_size
+
+    set_threads(cfg.threads)
+    local_batch, mini_batch, micro_batch = check_ppo_batches(cfg, acc.num_processes)
+    train, held = split_prompts(cfg)
+    device = acc.device
+    reward_fn = CombinedReward.from_config(cfg, device=str(device))
+
+    # Actor-critic: base + LoRA (continuing model.adapter_path, or the resumed checkpoint's adapter).
+    model_cfg = dataclasses.replace(cfg.model, device=str(device))
+    if resume is not None:
+        model_cfg = dataclasses.replace(model_cfg, adapter_path=str(resume))
+    policy, processor = load_model(model_cfg, trainable=True)
+    if not hasattr(policy, "disable_adapter"):
+        raise ValueError("PPO needs a LoRA policy (model.lora=true): the reference is the adapter disabled")
+    # Sampling never emits an image placeholder token; π is otherwise unchanged (like a top-p cut).
+    suppress_media_tokens(policy, processor)
+    torch.manual_seed(cfg.seed)
+    ac = PolicyAndValue(policy, text_hidden_size(policy)).to(device)
+    ac.eval()  # no dropout anywhere: old and new log-probs must agree at the first step ("N details", 6)
+    params = [p for p in ac.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5)
+    kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl or None, cfg.kl_horizon)
+    start = 0
+    if resume is not None:
+        state = json.loads((resume / STATE_FILE).read_text())
+        start, kl_ctl.value = state["iteration"], state["kl_coef"]
+        load_value_head(ac.value_head, resume)
+        opt.load_state_dict(torch.load(resume / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
+        log.info("resumed from %s at iteration %d", resume, start)
+    trainable, total_params = count_parameters(ac)
+    log.info("PPO: %d train / %d held-out prompts, %d processes × %d rollouts, minibatch %d, micro-batch %d; "
+             "%d of %d parameters trainable", len(train), len(held), acc.num_processes, local_batch, mini_batch,
+             micro_batch, trainable, total_params)
+    ac_ddp, opt = acc.prepare(ac, opt)
+    unwrapped: PolicyAndValue = acc.unwrap_model(ac_ddp)
+    tok = processor.tokenizer
+    eos_id = policy.generation_config.eos_token_id
+    eos_id = eos_id if eos_id is not None else tok.eos_token_id
+    eos_ids = torch.tensor(eos_id if isinstance(eos_id, list) else [eos_id], device=device)
+    image_cache: dict = {}
+
+    def evaluate() -> dict:
+        if not acc.is_main_process:
+            return {}
+        return evaluate_reward(unwrapped.policy, processor, held, reward_fn, max_new_tokens=cfg.max_new_tokens,
+                               image_cache=image_cache)
+
+    first_eval = evaluate() if start == 0 else {}
+    if first_eval:
+        log.info("held-out before PPO: %s", first_eval)
+        run.log_metrics(0, cfg.steps, **_numbers(first_eval), train_seconds=0.0)
+    train_seconds, samples_seen, stats, last_eval = 0.0, 0, {}, first_eval
+    for iteration in range(start + 1, cfg.steps + 1):
+        t_iter = time.monotonic()
+        # Per-iteration seeds: a resumed run draws the prompts and samples an unbroken run would have.
+        seed = cfg.seed * 1_000_003 + iteration * 1009 + acc.process_index
+        torch.manual_seed(seed)
+        rng = random.Random(seed)
+        records = [rng.choice(train) for _ in range(local_batch)]
+        batch, stats = rollout(unwrapped, processor, records, cfg, reward_fn, kl_ctl.value, eos_ids, image_cache,
+                               device)
+        stats.update(optimise(ac_ddp, opt, acc, params, batch, cfg, mini_batch, micro_batch,
+                              torch.Generator().manual_seed(seed)))
+        kl_ctl.update(stats["objective/kl"], cfg.batch_size)
+        stats = {k: acc.reduce(torch.tensor(v, device=device), "mean").item() for k, v in stats.items()}
+        seconds = time.monotonic() - t_iter
+        train_seconds += seconds
+        samples_seen += cfg.batch_size
+        stats.update({"objective/kl_coef": kl_ctl.value, "charts/samples_per_s": cfg.batch_size / seconds,
+                      "train_seconds": train_seconds})
+        if cfg.eval_every and iteration % cfg.eval_every == 0 and iteration != cfg.steps:
+            last_eval = evaluate()
+            stats.update(_numbers(last_eval))
+        run.log_metrics(iteration, cfg.steps, **stats)
+        if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0 and iteration != cfg.steps:
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                save_checkpoint(run, unwrapped, processor, opt, iteration, kl_ctl.value, cfg)
+    acc.wait_for_everyone()
+    last_eval = evaluate()
+    result = {"steps": cfg.steps, "resumed_from_step": start, "processes": acc.num_processes,
+              "train_seconds": round(train_seconds, 2),
+              "samples_per_second": round(samples_seen / max(train_seconds, 1e-9), 2),
+              "trainable_parameters": trainable, "held_out_prompts": len(held),
+              **{k: v for k, v in stats.items() if k.startswith(("objective/", "policy/", "val/"))}}
+    result.update({k.replace("eval/", "eval_before/"): v for k, v in _numbers(first_eval).items()})
+    if acc.is_main_process:
+        result.update(last_eval)
+        run.log_metrics(cfg.steps, cfg.steps, **_numbers(last_eval), train_seconds=train_seconds)
+        save_checkpoint(run, unwrapped, processor, opt, cfg.steps, kl_ctl.value, cfg)
+        result["checkpoint"] = str(run.checkpoint_path)
+    acc.wait_for_everyone()
+    return result
+
+
+def _numbers(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+
+
+@torch.no_grad()
+def rollout(ac: PolicyAndValue, processor, records: list[dict], cfg: PPOConfig, reward_fn, kl_coef: float,
+            eos_ids: torch.Tensor, image_cache: dict, device) -> tuple[RolloutBatch, dict]:
+    """Steps 1–5: sample, score, KL-shape, whiten, GAE. Returns the batch for step 6 and its metrics."""
+    from .generation import sample
+
+    images = [load_images(r["images"], image_cache) for r in records]
+    prompts = [r["prompt"] for r in records]
+
+    # 1. Generate answers with sampling; recompute log π_old and V_old with the training forward pass.
+    ro = sample(ac.policy, processor, images, prompts, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+    answer_ids, mask = ro.completion_ids, ro.completion_mask  # (B, L)
+    L = answer_ids.shape[1]
+    inputs = join_prompt_and_answer(ro.prompt_inputs, answer_ids, mask)
+    logits, values = ac(inputs, L)
+    logprobs = gather_token_logprobs(logits, answer_ids)  # (B, L) log π_old(a_t|s_t), temperature 1
+    del logits
+    ref_logprobs = gather_token_logprobs(reference_logits(ac.policy, inputs, L), answer_ids)  # (B, L) log π_ref
+    maskf = mask.float()
+
+    # 2. Score: reward model + w · verifiable reward; an answer cut off without EOS loses `missing_eos_penalty`.
+    raw = torch.tensor(reward_fn(prompts, ro.texts, images=[r["images"] for r in records],
+                                 ground_truth=[r.get("ground_truth") for r in records]), device=device)
+    has_eos = (torch.isin(answer_ids, eos_ids) & mask.bool()).any(-1)
+    scores = raw - cfg.missing_eos_penalty * (~has_eos).float()
+
+    # 3. Per-token KL to the reference (estimator cfg.kl_estimator) as a reward penalty −β·KL_t
+    #    (Ziegler et al. 2019, eq. 2); the score is added on the last answer token.
+    kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator) * maskf  # (B, L)
+    rewards = kl_shaped_rewards(scores, kl, maskf, kl_coef)
+
+    # 4. Whiten the rewards over the batch, keeping their mean ("N implementation details", detail 12).
+    if cfg.whiten_rewards:
+        rewards = masked_whiten(rewards, maskf, shift_mean=False) * maskf
+
+    # 5. GAE (Schulman et al. 2016, eq. 16); advantages whitened per batch (CleanRL `norm_adv`).
+    advantages, returns = gae(rewards, values * maskf, maskf, cfg.gamma, cfg.lam)
+    advantages = masked_whiten(advantages, maskf) * maskf
+
+    kl_sum = kl.sum(1)
+    stats = {"objective/scores": scores.mean().item(), "objective/scores_raw": raw.mean().item(),
+             "objective/kl": kl_sum.mean().item(), "objective/non_score_reward": (-kl_coef * kl_sum).mean().item(),
+             "objective/rlhf_reward": (scores - kl_coef * kl_sum).mean().item(),
+             "objective/eos_fraction": has_eos.float().mean().item(),
+             "objective/answer_tokens": mask.sum(1).float().mean().item()}
+    batch = RolloutBatch(inputs, [len(i) for i in images], answer_ids, maskf, logprobs, values * maskf,
+                         advantages, returns)
+    return batch, stats
+
+
+def optimise(ac_ddp, opt, acc, params, batch: RolloutBatch, cfg: PPOConfig, mini_batch: int, micro_batch: int,
+             gen: torch.Generator) -> dict:
+    """Step 6: `ppo_epochs` passes of shuffled minibatches; each minibatch accumulates gradients over
+    micro-batches (DDP syncs on the last only), clips the global norm and steps the optimiser."""
+    B, L = batch.answer_ids.shape
+    totals: dict[str, float] = {}
+    n = 0
+    for _epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(B, generator=gen)
+        for mb_start in range(0, B, mini_batch):
+            mb = order[mb_start:mb_start + mini_batch]
+            micro_starts = list(range(0, mini_batch, micro_batch))
+            for i, mc_start in enumerate(micro_starts):
+                rows = mb[mc_start:mc_start + micro_batch]
+                sync = contextlib.nullcontext() if i == len(micro_starts) - 1 else acc.no_sync(ac_ddp)
+                with sync:
+                    logits, vpred = ac_ddp(select_rows(batch.inputs, rows, batch.images_per_row), L)
+                    mask = batch.mask[rows]
+                    new_logprobs = gather_token_logprobs(logits, batch.answer_ids[rows])
+                    pg_loss, pg_stats = clipped_policy_loss(new_logprobs, batch.logprobs[rows], batch.advantages[rows],
+                                                            mask, cfg.cliprange)
+                    vf_loss, vf_clipfrac = clipped_value_loss(vpred, batch.values[rows], batch.returns[rows], mask,
+                                                              cfg.cliprange_value)
+                    loss = pg_loss + cfg.vf_coef * vf_loss
+                    acc.backward(loss / len(micro_starts))
+                with torch.no_grad():
+                    entropy = masked_mean(entropy_from_logits(logits), mask)
+                for k, v in {"policy/clipfrac": pg_stats["clipfrac"], "policy/approxkl": pg_stats["approxkl"],
+                             "policy/entropy": entropy, "loss/policy": pg_loss, "val/loss": vf_loss,
+                             "val/clipfrac": vf_clipfrac}.items():
+                    totals[k] = totals.get(k, 0.0) + float(v.detach())
+                n += 1
+            acc.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    return {k: v / max(n, 1) for k, v in totals.items()}

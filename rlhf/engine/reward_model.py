@@ -1,0 +1,166 @@
+"""The multimodal reward model: the VLM backbone with a scalar head on the last non-pad token.
+
+TRL's RewardTrainer is text-only and AutoModelForSequenceClassification has no VLM classes, so this is
+ours: r(x, y) = w·h_T + b, with h_T the final (normed) language-model hidden state at the last non-pad
+token of prompt + answer (Ouyang et al. 2022, §3.5; Stiennon et al. 2020). Save/load keeps the adapter (or
+the full backbone) and the head; `RewardScorer` is a batched TRL reward function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .data import encode_completions, load_images
+from .loading import load_model, resolve_model_path
+from .ops import last_non_pad_index
+from .rewards import as_text
+
+META = "reward_model.json"
+HEAD = "reward_head.pt"
+
+
+class RewardModel(nn.Module):
+    """backbone (a VLM, possibly PEFT-wrapped) + Linear(hidden, 1) head in float32."""
+
+    def __init__(self, backbone: nn.Module, hidden_size: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(hidden_size, 1)
+        # Small init so initial rewards are ~0 ("N implementation details of RLHF", reward head init).
+        nn.init.normal_(self.head.weight, std=1 / math.sqrt(hidden_size + 1))
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, **inputs) -> torch.Tensor:
+        """(B,) rewards for a left- or right-padded batch of prompt + answer."""
+        try:
+            out = self.backbone(**inputs, output_hidden_states=True, logits_to_keep=1)
+        except TypeError:  # a model whose forward has no logits_to_keep
+            out = self.backbone(**inputs, output_hidden_states=True)
+        hidden = out.hidden_states[-1]  # (B, T, H) final normed LM state
+        idx = last_non_pad_index(inputs["attention_mask"])  # (B,)
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # (B, H)
+        return self.head(last.float()).squeeze(-1)
+
+
+def text_hidden_size(model) -> int:
+    config = model.config
+    return config.get_text_config().hidden_size
+
+
+def init_reward_model(model_cfg: ModelConfig, seed: int = 0, device: str | None = None):
+    """A fresh reward model (trainable adapter or backbone, new head) and its processor."""
+    if device is not None:
+        model_cfg = dataclasses.replace(model_cfg, device=device)
+    backbone, processor = load_model(model_cfg, trainable=True)
+    torch.manual_seed(seed)
+    out_emb = backbone.get_output_embeddings()
+    if out_emb is not None:  # the LM head plays no part in the reward
+        out_emb.requires_grad_(False)
+    rm = RewardModel(backbone, text_hidden_size(backbone))
+    rm.head.to(backbone.device)
+    return rm, processor
+
+
+def save_reward_model(rm: RewardModel, processor, model_cfg: ModelConfig, path: str | Path) -> None:
+    """Write adapter (LoRA) or full backbone, the head and a JSON meta file into `path`."""
+    path = Path(path)
+    backbone = rm.backbone
+    is_peft = hasattr(backbone, "peft_config")
+    if is_peft:
+        backbone.save_pretrained(path / "adapter")
+    else:
+        backbone.save_pretrained(path / "backbone")
+    processor.save_pretrained(path / ("backbone" if not is_peft else "processor"))
+    torch.save({k: v.detach().cpu() for k, v in rm.head.state_dict().items()}, path / HEAD)
+    base = resolve_model_path(model_cfg.path) if is_peft else "backbone"
+    if is_peft and Path(base).exists():
+        base = str(Path(base).resolve())
+    meta = {"format": 1, "base_model": base, "adapter": "adapter" if is_peft else None,
+            "hidden_size": rm.head.in_features, "model": dataclasses.asdict(model_cfg)}
+    (path / META).write_text(json.dumps(meta, indent=2))
+
+
+def load_reward_model(path: str | Path, *, device: str = "auto", trainable: bool = False):
+    """(RewardModel, processor) from a folder written by `save_reward_model`."""
+    path = Path(path)
+    if not (path / META).is_file():
+        raise FileNotFoundError(f"{path} is not a reward-model checkpoint (no {META}); give the checkpoint/ "
+                                "folder of a train-reward run")
+    meta = json.loads((path / META).read_text())
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    cfg = ModelConfig(**{k: v for k, v in meta["model"].items() if k in fields})
+    if meta["adapter"]:
+        cfg = dataclasses.replace(cfg, path=meta["base_model"], adapter_path=str(path / meta["adapter"]),
+                                  device=device)
+    else:
+        cfg = dataclasses.replace(cfg, path=str(path / "backbone"), adapter_path=None, lora=False, device=device)
+    backbone, processor = load_model(cfg, trainable=trainable)
+    rm = RewardModel(backbone, meta["hidden_size"])
+    rm.head.load_state_dict(torch.load(path / HEAD, map_location="cpu"))
+    rm.head.to(backbone.device)
+    rm.train(trainable)
+    return rm, processor
+
+
+def score(rm: RewardModel, processor, images: list[list], prompts: list[str], completions: list[str],
+          batch_size: int = 32, image_cache: dict | None = None) -> torch.Tensor:
+    """(N,) rewards of completions (no grad), in batches."""
+    out = []
+    device = next(rm.head.parameters()).device
+    with torch.no_grad():
+        for s in range(0, len(prompts), batch_size):
+            ims = [load_images(i, image_cache) for i in images[s:s + batch_size]]
+            batch = encode_completions(processor, ims, prompts[s:s + batch_size], completions[s:s + batch_size])
+            out.append(rm(**batch.to(device).inputs).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def _image_list(x) -> list:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, list | tuple) else [x]
+
+
+class RewardScorer:
+    """A TRL reward function backed by a reward model: `(prompts, completions, images, **kwargs) ->
+    list[float]`, batched. Prompts and completions may be strings or conversational messages; `images`
+    holds per completion a PIL image, a path, or a list of those (TRL passes the dataset's `images`).
+
+    Not an nn.Module on purpose: TRL treats module reward functions as sequence classifiers.
+    """
+
+    __name__ = "reward_model"
+
+    def __init__(self, rm: RewardModel, processor, batch_size: int = 32):
+        self.rm, self.processor, self.batch_size = rm, processor, batch_size
+        self.rm.eval()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", batch_size: int = 32) -> RewardScorer:
+        rm, processor = load_reward_model(path, device=device)
+        return cls(rm, processor, batch_size)
+
+    def __call__(self, prompts, completions, images=None, **kwargs) -> list[float]:
+        if images is None:
+            images = kwargs.get("image")
+        if images is None:
+            raise ValueError("the reward model needs the images: pass `images` (one entry per completion)")
+        ims = [_image_list(i) for i in images]
+        scores = score(self.rm, self.processor, ims, [_prompt_text(p) for p in prompts],
+                       [as_text(c) for c in completions], self.batch_size)
+        return scores.tolist()
+
+
+def _prompt_text(p) -> str:
+    """The user's text of a prompt: a string, or the text of the last user message of a conversation."""
+    if isinstance(p, list):
+        users = [m for m in p if isinstance(m, dict) and m.get("role") == "user"]
+        return as_text(users[-1:] or p)
+    return as_text(p)

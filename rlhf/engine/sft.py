@@ -1,0 +1,88 @@
+"""Supervised fine-tuning of a policy on a prompt set with references (loss on the answer only),
+LoRA/QLoRA or full, runnable under `accelerate launch`. The checkpoint is the adapter (or the full model)
+plus the processor, loadable as `model.adapter_path` (or `model.path`) by every other subcommand.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+import torch
+
+from .config import SFTConfig, to_dict
+from .data import encode_completions, load_images, read_prompts
+from .demo.build import cosine_with_warmup
+from .losses import sft_loss
+from .rundir import RunDir, progress
+
+log = logging.getLogger(__name__)
+
+
+def completion_labels(input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) labels: the token ids on the completion, -100 elsewhere (prompt and padding)."""
+    return input_ids.masked_fill(completion_mask == 0, -100)
+
+
+def train_sft(cfg: SFTConfig, run_dir: str) -> dict:
+    """Fine-tune, save the checkpoint and return the result dict (also in result.json)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from .loading import count_parameters, load_model
+
+    acc = Accelerator(cpu=cfg.model.device == "cpu" or not torch.cuda.is_available())
+    run = RunDir(run_dir, to_dict(cfg), is_main=acc.is_main_process)
+    try:
+        set_seed(cfg.seed)
+        records = [r for r in read_prompts(cfg.train_file) if r.get("reference")]
+        if not records:
+            raise ValueError(f"{cfg.train_file}: no line has a `reference`; SFT needs reference answers")
+        if cfg.batch_size % acc.num_processes:
+            raise ValueError(f"batch_size={cfg.batch_size} must divide by {acc.num_processes} processes")
+        per_device = cfg.batch_size // acc.num_processes
+        cfg.model.device = str(acc.device)
+        model, processor = load_model(cfg.model, trainable=True)
+        trainable, total_params = count_parameters(model)
+        log.info("SFT on %d examples; %d of %d parameters trainable", len(records), trainable, total_params)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(cfg.warmup_steps, cfg.steps))
+        model, opt = acc.prepare(model, opt)
+        rng = random.Random(cfg.seed + acc.process_index)
+        cache: dict = {}
+        t0 = time.monotonic()
+        model.train()
+        for step in progress(range(1, cfg.steps + 1), desc="sft", enabled=acc.is_main_process):
+            batch = [rng.choice(records) for _ in range(per_device)]
+            enc = encode_completions(processor, [load_images(r["images"], cache) for r in batch],
+                                     [r["prompt"] for r in batch],
+                                     [rng.choice(r["reference"]) for r in batch]).to(acc.device)
+            logits = model(**enc.inputs).logits
+            loss = sft_loss(logits, completion_labels(enc.inputs["input_ids"], enc.completion_mask))
+            acc.backward(loss)
+            acc.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                run.log_metrics(step, cfg.steps, loss=acc.reduce(loss.detach(), "mean").item(),
+                                lr=sched.get_last_lr()[0],
+                                **{"charts/examples_per_s": step * cfg.batch_size / (time.monotonic() - t0)})
+        acc.wait_for_everyone()
+        result = {"steps": cfg.steps, "final_loss": loss.item(), "train_seconds": round(time.monotonic() - t0, 2),
+                  "trainable_parameters": trainable}
+        if acc.is_main_process:
+            with run.checkpoint() as tmp:
+                acc.unwrap_model(model).save_pretrained(tmp)
+                processor.save_pretrained(tmp)
+            result["checkpoint"] = str(run.checkpoint_path)
+            result["adapter"] = bool(cfg.model.lora)
+        run.write_result(result)
+        return result
+    except BaseException as e:
+        run.fail(e)
+        raise
+    finally:
+        run.close()

@@ -1,0 +1,171 @@
+"""Reward-model training on preference records (Bradley–Terry), runnable unchanged under
+`accelerate launch` (DDP on GPUs, gloo on CPUs, DeepSpeed by accelerate config).
+
+Steps: 1 read + split records → 2 load backbone + LoRA, new head → 3 AdamW with warm-up + cosine →
+4 per step: chosen and rejected in one forward, BT loss (+ margin, + centering) → 5 held-out accuracy and
+ECE before and after → 6 checkpoint (temp name, renamed) → result.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+
+import torch
+
+from .config import RewardConfig, to_dict
+from .data import encode_completions, load_images, read_preferences
+from .demo.build import cosine_with_warmup
+from .evaluation import reward_model_metrics
+from .losses import bradley_terry_loss, reward_centering_loss
+from .reward_model import RewardModel, init_reward_model, save_reward_model, score
+from .rundir import RunDir, progress
+
+log = logging.getLogger(__name__)
+
+
+def split_by_ranking(records: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Deterministic train/eval split by `ranking_id` (or `id`), so pairs of one ranking never straddle it."""
+    def bucket(r: dict) -> float:
+        key = f"{seed}:{r.get('ranking_id', r.get('id'))}"
+        return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+    train = [r for r in records if bucket(r) >= eval_fraction]
+    held = [r for r in records if bucket(r) < eval_fraction]
+    return train, held
+
+
+def evaluate_pairs(rm: RewardModel, processor, pairs: list[dict], batch_size: int = 32,
+                   image_cache: dict | None = None) -> dict[str, float]:
+    """Held-out pairwise accuracy and calibration of a reward model."""
+    if not pairs:
+        return {}
+    was_training = rm.training
+    rm.eval()
+    images = [p["images"] for p in pairs]
+    prompts = [p["prompt"] for p in pairs]
+    chosen = score(rm, processor, images, prompts, [p["chosen"] for p in pairs], batch_size, image_cache)
+    rejected = score(rm, processor, images, prompts, [p["rejected"] for p in pairs], batch_size, image_cache)
+    rm.train(was_training)
+    return reward_model_metrics(chosen.tolist(), rejected.tolist())
+
+
+def pair_loss(rm, processor, batch: list[dict], cfg: RewardConfig, device, image_cache: dict) -> tuple:
+    """BT loss of one batch of records; chosen and rejected go through one forward pass."""
+    n = len(batch)
+    ims = [load_images(r["images"], image_cache) for r in batch]
+    prompts = [r["prompt"] for r in batch]
+    enc = encode_completions(processor, ims + ims, prompts + prompts,
+                             [r["chosen"] for r in batch] + [r["rejected"] for r in batch]).to(device)
+    rewards = rm(**enc.inputs)  # (2n,)
+    r_c, r_r = rewards[:n], rewards[n:]
+    margin = None
+    if cfg.margin_weight:
+        m = torch.tensor([float(r.get("margin") or 1) for r in batch], device=rewards.device)
+        margin = cfg.margin_weight * (m - 1).clamp(min=0)
+    loss = bradley_terry_loss(r_c, r_r, margin)
+    if cfg.center_weight:
+        loss = loss + cfg.center_weight * reward_centering_loss(r_c, r_r)
+    acc = (r_c > r_r).float().mean()
+    return loss, acc, r_c.detach(), r_r.detach()
+
+
+def train_reward_model(cfg: RewardConfig, run_dir: str) -> dict:
+    """Train, evaluate and save a reward model; returns the result dict (also written to result.json)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+    # A fully fine-tuned backbone has weights the reward never touches (lm_head, the vision pooler):
+    # DDP must be told, or it waits for their gradients forever.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=not cfg.model.lora)
+    acc = Accelerator(cpu=cfg.model.device == "cpu" or not torch.cuda.is_available(), kwargs_handlers=[ddp])
+    run = RunDir(run_dir, to_dict(cfg), is_main=acc.is_main_process)
+    try:
+        result = _train(cfg, acc, run, set_seed)
+        run.write_result(result)
+        return result
+    except BaseException as e:
+        run.fail(e)
+        raise
+    finally:
+        run.close()
+
+
+def _train(cfg: RewardConfig, acc, run: RunDir, set_seed) -> dict:
+    set_seed(cfg.seed)
+    records = read_preferences(cfg.train_file)
+    if cfg.eval_file:
+        train, held = records, read_preferences(cfg.eval_file)
+    else:
+        train, held = split_by_ranking(records, cfg.eval_fraction, cfg.seed)
+    if not train:
+        raise ValueError(f"{cfg.train_file}: no training pairs left after the eval split")
+    world = acc.num_processes
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size={cfg.batch_size} must divide by the {world} processes; change batch_size")
+    per_device = cfg.batch_size // world
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    log.info("reward model: %d train pairs, %d held-out, %d processes × %d pairs, %d steps",
+             len(train), len(held), world, per_device, total)
+
+    device = str(acc.device)
+    rm, processor = init_reward_model(dataclasses.replace(cfg.model), cfg.seed, device=device)
+    params = [p for p in rm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(cfg.warmup_steps, total))
+    loader = torch.utils.data.DataLoader(train, batch_size=per_device, shuffle=True, collate_fn=list,
+                                         generator=torch.Generator().manual_seed(cfg.seed), drop_last=False)
+    rm_ddp, opt, loader = acc.prepare(rm, opt, loader)
+    image_cache: dict = {}
+
+    before = evaluate_pairs(rm, processor, held, cfg.eval_batch_size, image_cache) if acc.is_main_process else {}
+    if before:
+        log.info("held-out before training: %s", before)
+        run.log_metrics(0, total, **{f"eval/{k}": v for k, v in before.items()})
+
+    step, pairs_seen, t0 = 0, 0, time.monotonic()
+    bar = progress(total=total, desc="reward model", enabled=acc.is_main_process)
+    rm_ddp.train()
+    while step < total:
+        for batch in loader:
+            with acc.accumulate(rm_ddp):
+                loss, bacc, r_c, r_r = pair_loss(rm_ddp, processor, batch, cfg, acc.device, image_cache)
+                acc.backward(loss)
+                acc.clip_grad_norm_(params, 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+            step += 1
+            pairs_seen += len(batch) * world
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == total:
+                loss_g = acc.reduce(loss.detach(), "mean").item()
+                acc_g = acc.reduce(bacc.detach(), "mean").item()
+                elapsed = time.monotonic() - t0
+                run.log_metrics(step, total, loss=loss_g, **{"train/accuracy": acc_g,
+                                "train/reward_chosen": r_c.mean().item(), "train/reward_rejected": r_r.mean().item(),
+                                "lr": sched.get_last_lr()[0], "charts/pairs_per_s": pairs_seen / elapsed})
+            if step >= total:
+                break
+    bar.close()
+    seconds = time.monotonic() - t0
+    acc.wait_for_everyone()
+    unwrapped = acc.unwrap_model(rm_ddp)
+    result = {"steps": step, "train_pairs": len(train), "eval_pairs": len(held), "processes": world,
+              "train_seconds": round(seconds, 2), "pairs_per_second": round(pairs_seen / max(seconds, 1e-9), 2)}
+    if acc.is_main_process:
+        after = evaluate_pairs(unwrapped, processor, held, cfg.eval_batch_size, image_cache)
+        if after:
+            log.info("held-out after training: %s", after)
+            run.log_metrics(step, total, **{f"eval/{k}": v for k, v in after.items()})
+        result.update({f"eval/{k}": v for k, v in after.items()})
+        result.update({f"eval_before/{k}": v for k, v in before.items()})
+        with run.checkpoint() as tmp:
+            save_reward_model(unwrapped, processor, cfg.model, tmp)
+        result["checkpoint"] = str(run.checkpoint_path)
+    acc.wait_for_everyone()
+    return result

@@ -1,0 +1,195 @@
+"""Reads for the training pages: runs with their progress, versions with their lineage, head-to-head
+counts. Read-only; kept apart from the services because only the pages use them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from django.db.models import Count, Prefetch, Q
+
+from annotation.models import Candidate, PreferencePair, Project, RankingTask
+from rlhf.charts import FAMILIES, family
+from rlhf.models import ModelVersion, TrainingRun
+
+K = TrainingRun.Kind
+S = TrainingRun.State
+RUNS_SHOWN = 50
+
+
+def step_progress(run: TrainingRun, steps: list[TrainingRun] | None = None) -> float:
+    """0…1. A round counts its finished steps plus the fraction done of the running one, so the bar
+    moves while the policy trains, not only between steps."""
+    if run.kind != K.ROUND:
+        return run.progress
+    if run.state == S.SUCCEEDED:
+        return 1.0
+    steps = steps if steps is not None else list(run.steps.all())
+    if not steps:
+        return 0.0
+    done = sum(1 for s in steps if s.state == S.SUCCEEDED)
+    running = sum(s.progress for s in steps if s.state == S.RUNNING)
+    return min(1.0, (done + running) / len(steps))
+
+
+def status_text(run: TrainingRun, steps: list[TrainingRun] | None = None) -> str:
+    """A short sentence under the progress bar: what is happening now, or how it ended.
+
+    ``static/js/runs.js`` (``statusText``) writes the same sentences while it polls; keep them alike.
+    """
+    if run.kind == K.ROUND:
+        steps = sorted(steps if steps is not None else run.steps.all(), key=lambda s: s.position)
+        current = next((s for s in steps if s.state == S.RUNNING), None)
+        failed = next((s for s in steps if s.state == S.FAILED), None)
+        if run.state == S.QUEUED or (run.state == S.RUNNING and current is None):
+            return "waiting for a worker"
+        if current is not None:
+            counter = f" {current.step}/{current.total_steps}" if current.total_steps else ""
+            return f"step {current.position} of {len(steps)}: {current.get_kind_display()}{counter}"
+        if run.state == S.FAILED and failed is not None:
+            return f"failed at step {failed.position} ({failed.get_kind_display()})"
+        return ""  # finished: the state badge says it all
+    if run.state == S.QUEUED:
+        return "waiting for a worker"
+    if run.state == S.RUNNING:
+        return f"{run.step}/{run.total_steps}" if run.total_steps else "starting"
+    return ""
+
+
+def annotate(run: TrainingRun) -> TrainingRun:
+    """Attach ``ui_progress`` (0…1), ``ui_percent`` and ``ui_status`` to a run whose steps are prefetched."""
+    steps = list(run.steps.all()) if run.kind == K.ROUND else None
+    run.ui_progress = step_progress(run, steps)
+    run.ui_percent = round(100 * run.ui_progress)
+    run.ui_status = status_text(run, steps)
+    return run
+
+
+def runs_for(project: Project) -> list[TrainingRun]:
+    """Rounds and standalone runs of a project, newest first, with their steps and produced versions."""
+    steps = TrainingRun.objects.order_by("position").prefetch_related("versions")
+    runs = (
+        TrainingRun.objects.filter(project=project, round__isnull=True)
+        .select_related("created_by")
+        .prefetch_related(Prefetch("steps", queryset=steps), "versions")[:RUNS_SHOWN]
+    )
+    out = []
+    for run in runs:
+        annotate(run)
+        run.ui_versions = [v for s in run.steps.all() for v in s.versions.all()] + list(run.versions.all())
+        out.append(run)
+    return out
+
+
+def run_with_steps(run_id: int) -> TrainingRun:
+    steps = TrainingRun.objects.order_by("position").prefetch_related("versions")
+    return (
+        TrainingRun.objects.select_related("project", "round", "created_by")
+        .prefetch_related(Prefetch("steps", queryset=steps), "versions", "input_versions")
+        .get(pk=run_id)
+    )
+
+
+def flat_metrics(metrics, prefix: str = "") -> dict[str, float]:
+    """Nested metric dicts as ``a/b`` → number (finite numbers only)."""
+    out: dict[str, float] = {}
+    if not isinstance(metrics, dict):
+        return out
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_metrics(value, name + "/"))
+        elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            out[name] = float(value)
+    return out
+
+
+def key_metrics(metrics, limit: int = 4) -> list[tuple[str, float]]:
+    """The few metrics worth a column: losses, rewards, KL and accuracies first."""
+    flat = flat_metrics(metrics)
+    rank = {fam: i for i, (fam, _) in enumerate(FAMILIES)}
+    ordered = sorted(flat.items(), key=lambda kv: (rank.get(family(kv[0]), len(rank)), kv[0].count("/"), kv[0]))
+    return [kv for kv in ordered if family(kv[0]) is not None][:limit]
+
+
+def versions_for(project: Project) -> list[ModelVersion]:
+    return list(
+        ModelVersion.objects.filter(project=project)
+        .select_related("parent", "reward_model", "run", "run__round")
+        .order_by("kind", "-id")
+    )
+
+
+def _generate_runs(version: ModelVersion) -> list[TrainingRun]:
+    return list(
+        TrainingRun.objects.filter(kind=K.GENERATE, input_versions=version).select_related("round").order_by("id")
+    )
+
+
+def lineage(version: ModelVersion) -> list[dict]:
+    """The chain behind (and after) a version, as stages ``{"stage", "text", "run"}``:
+    which rankings → which reward model → which policy → which samples."""
+    stages: list[dict] = []
+    run = version.run
+    round_run = run.round if run is not None else None
+    reward = version if version.kind == ModelVersion.Kind.REWARD else version.reward_model
+    reward_run = reward.run if reward is not None else None
+    snapshot = (reward_run.snapshot if reward_run is not None else None) or (round_run.snapshot if round_run else {})
+    if snapshot:
+        until = snapshot.get("until", "")
+        stages.append({
+            "stage": "Rankings",
+            "text": f"{snapshot.get('rankings', '?')} rankings, {snapshot.get('pairs', '?')} preference pairs"
+            + (f", up to {until[:16].replace('T', ' ')} UTC" if until else ""),
+            "run": round_run,
+        })
+    if reward is not None:
+        acc = flat_metrics(reward.metrics)
+        accuracy = acc.get("eval/accuracy")  # held-out pairs after training (engine.train_reward)
+        if accuracy is None:
+            accuracy = next((v for k, v in acc.items() if family(k) == "accuracy" and k.startswith("eval/")), None)
+        stages.append({
+            "stage": "Reward model",
+            "text": reward.label + (f", pairwise accuracy {accuracy:.0%}" if accuracy is not None else ""),
+            "run": reward_run,
+            "label": reward.label,
+        })
+    if version.kind == ModelVersion.Kind.POLICY:
+        if run is not None:
+            parent = f" from {version.parent.label}" if version.parent_id else ""
+            text = f"{version.label}{parent} by {run.get_kind_display()}"
+        else:
+            text = f"{version.label}: the project's base model"
+        stages.append({"stage": "Policy", "text": text, "run": run, "label": version.label})
+        generated = _generate_runs(version)
+        candidates = Candidate.objects.filter(prompt__project=version.project, source=version.label).count()
+        tasks = RankingTask.objects.filter(origin__in=[f"run-{g.pk}" for g in generated])
+        counts = tasks.aggregate(all=Count("id"), done=Count("id", filter=Q(state=RankingTask.State.DONE)))
+        if generated or candidates:
+            text = f"{candidates} candidates"
+            if counts["all"]:
+                text += f" in {counts['all']} ranking tasks ({counts['done']} fully ranked)"
+            stages.append({"stage": "Samples", "text": text, "run": generated[-1] if generated else None})
+    else:
+        policies = list(version.policies.values_list("label", flat=True))
+        if policies:
+            stages.append({"stage": "Policies trained against it", "text": ", ".join(policies), "run": None})
+    return stages
+
+
+def head_to_head(project: Project, a: str, b: str) -> dict:
+    """How often annotators ranked a candidate of source ``a`` above one of ``b``, and the reverse."""
+    pairs = PreferencePair.objects.filter(project=project)
+    a_won = pairs.filter(chosen__source=a, rejected__source=b).count()
+    b_won = pairs.filter(chosen__source=b, rejected__source=a).count()
+    total = a_won + b_won
+    return {"a": a, "b": b, "a_won": a_won, "b_won": b_won, "total": total, "a_rate": a_won / total if total else None}
+
+
+def expected_preference(rows: Iterable[dict], a: str, b: str) -> float | None:
+    """P(a ≻ b) under the fitted Bradley–Terry model: 1 / (1 + 10^((r_b − r_a) / 400)) on Elo-like ratings."""
+    ratings = {r["source"]: r["rating"] for r in rows}
+    if a not in ratings or b not in ratings:
+        return None
+    return 1 / (1 + 10 ** ((ratings[b] - ratings[a]) / 400))

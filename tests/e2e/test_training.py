@@ -1,0 +1,136 @@
+"""The training pages in a real browser: an admin goes from the project dashboard to Training, launches
+a round and watches its progress bar move as the steps advance (the page polls the JSON API); a run's
+page with its curves and log tail; model versions with lineage and the leaderboard.
+
+No worker runs here: the test moves the round's steps itself, as a worker would, so what the browser
+shows is deterministic. ``LENSLOOP_SCREENSHOTS=1`` saves training.png, run.png and versions.png.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.utils import timezone
+from playwright.sync_api import expect
+
+from rlhf.models import TrainingRun
+from rlhf.services import fail_run, start_round
+from tests import factories as f
+from tests.e2e.helpers import login, shot
+from tests.rlhf.helpers import fake_round, rank, reward_metrics
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def loop_world(transactional_db, monkeypatch):
+    monkeypatch.setenv("LENSLOOP_WORKERS_HAVE_CUDA", "0")
+    alice, bob = f.user("alice", is_staff=True), f.user("bob")
+    proj = f.project("shapes", k=4, admins=[alice], annotators=[bob])
+    proj.name = "Shapes captions"
+    proj.save(update_fields=["name"])
+    rank(proj, bob, 12)
+    return {"alice": alice, "bob": bob, "project": proj}
+
+
+def test_an_admin_launches_a_round_and_watches_it_progress(page, live_server, loop_world):
+    login(page, live_server, "alice")
+    page.goto(f"{live_server.url}/projects/shapes/dashboard/")
+    page.click("#to-training")
+    expect(page).to_have_url(f"{live_server.url}/projects/shapes/training/")
+    expect(page.get_by_label("LoRA rank")).to_have_value("8")
+    expect(page.get_by_label("QLoRA")).to_be_disabled()  # no CUDA on the workers here
+    page.get_by_label("Algorithm").select_option("ppo")
+    page.get_by_label("Policy steps").fill("30")
+    page.click("#launch-round")
+
+    round_run = TrainingRun.objects.get(kind="round")
+    assert round_run.config["policy_steps"] == 30 and round_run.created_by == loop_world["alice"]
+    row = page.locator(f"#run-{round_run.pk}")
+    expect(page.locator(".messages")).to_contain_text(f"Round #{round_run.pk} (PPO) queued")
+    expect(row.locator("[data-field=state]")).to_have_text("Queued")
+    bar = row.get_by_role("progressbar", name=f"Progress of run #{round_run.pk}")
+    expect(bar).to_have_attribute("value", "0")
+    expect(row.locator("[data-field=status]")).to_have_text("waiting for a worker")
+
+    # A worker picks it up: the export is done, the reward model is half trained.
+    now = timezone.now()
+    TrainingRun.objects.filter(pk=round_run.pk).update(state="running", started_at=now)
+    round_run.steps.filter(position=1).update(state="succeeded", step=1, total_steps=1)
+    round_run.steps.filter(position=2).update(state="running", step=15, total_steps=30, heartbeat_at=now)
+    expect(row.locator("[data-field=state]")).to_have_text("Running")
+    expect(bar).to_have_attribute("value", "25")  # (1 + 15/30) of 6 steps
+    expect(row.locator("[data-field=status]")).to_have_text("step 2 of 6: Reward model 15/30")
+    round_run.steps.filter(position=2).update(state="succeeded", step=30)
+    round_run.steps.filter(position=3).update(state="running", step=12, total_steps=30, heartbeat_at=timezone.now())
+    expect(row.locator("[data-field=status]")).to_have_text("step 3 of 6: PPO 12/30")
+    expect(bar).to_have_attribute("value", "40")
+    shot(page, "training", full_page=True)
+
+    # A second launch while this one runs is refused, saying why.
+    page.click("#launch-round")
+    expect(page.locator("#round-errors")).to_contain_text("already has a round in progress")
+    assert TrainingRun.objects.filter(kind="round").count() == 1
+
+
+def test_a_run_page_shows_curves_steps_and_an_escaped_log(page, live_server, loop_world):
+    round_run = fake_round(loop_world["project"], loop_world["alice"])
+    ppo = round_run.steps.get(kind="ppo")
+    ppo.log_tail += "<script>window.pwned = 1</script>\n"
+    ppo.save(update_fields=["log_tail"])
+    login(page, live_server, "alice")
+    page.goto(f"{live_server.url}/runs/{round_run.pk}/")
+    expect(page.locator("#run-page [data-field=state]").first).to_have_text("Succeeded")
+    expect(page.get_by_role("img", name="KL divergence to the reference policy")).to_be_visible()
+    expect(page.get_by_role("img", name="Accuracy")).to_be_visible()
+    expect(page.locator("#steps-table tbody tr")).to_have_count(6)
+    expect(page.locator("#log-tail")).to_contain_text("<script>window.pwned = 1</script>")
+    assert page.evaluate("window.pwned") is None
+    shot(page, "run", full_page=True)
+    page.click("#steps-table >> text=PPO")
+    expect(page.get_by_role("heading", name=f"Step 3 of round #{round_run.pk}: PPO")).to_be_visible()
+    expect(page.get_by_role("img", name="Reward")).to_be_visible()
+
+
+def test_versions_show_lineage_and_which_one_annotators_prefer(page, live_server, loop_world):
+    fake_round(loop_world["project"], loop_world["alice"])
+    login(page, live_server, "alice")
+    page.goto(f"{live_server.url}/projects/shapes/training/")
+    page.click("text=Model versions and leaderboard")
+    lineage = page.get_by_role("list", name="Lineage of policy-v1")
+    expect(lineage.locator("li")).to_have_count(4)
+    expect(lineage).to_contain_text("reward-v1, pairwise accuracy 78%")
+    expect(page.locator("#leaderboard tbody tr").first).to_contain_text("reference")
+    page.select_option("#compare-a", "policy-v1")
+    page.select_option("#compare-b", "base")
+    page.click("#compare-form button")
+    expect(page.locator("#compare-result")).to_contain_text("annotators ranked policy-v1 above base")
+    shot(page, "versions", full_page=True)
+
+
+def test_a_running_rounds_page_follows_its_log_and_curves_live(page, live_server, loop_world):
+    round_run = start_round(project=loop_world["project"], enqueue=False)
+    TrainingRun.objects.filter(pk=round_run.pk).update(state="running", started_at=timezone.now())
+    round_run.steps.filter(position=1).update(state="succeeded")
+    reward = round_run.steps.get(position=2)
+    TrainingRun.objects.filter(pk=reward.pk).update(
+        state="running", step=2, total_steps=30, heartbeat_at=timezone.now(), metrics=reward_metrics()[:3],
+        log_tail="step 2/30 loss=0.66\n",
+    )
+    login(page, live_server, "bob")  # an annotator may watch
+    page.goto(f"{live_server.url}/runs/{round_run.pk}/")
+    expect(page.locator("#log-of")).to_have_text("of step 2, Reward model")
+    expect(page.locator("#log-tail")).to_have_text("step 2/30 loss=0.66\n")
+    expect(page.locator("#run-cancel")).to_have_count(0)
+
+    TrainingRun.objects.filter(pk=reward.pk).update(
+        step=20, metrics=reward_metrics()[:21], log_tail="step 20/30 loss=0.41\n<b>not bold</b>\n",
+        heartbeat_at=timezone.now(),
+    )
+    expect(page.locator("#log-tail")).to_contain_text("step 20/30 loss=0.41\n<b>not bold</b>")
+    expect(page.locator("#curves")).to_contain_text("21 logged points")
+    expect(page.locator(".run-head [data-field=status]")).to_have_text("step 2 of 6: Reward model 20/30")
+
+    # It fails: the page says so, with the error, as text.
+    fail_run(reward, "CUDA out of memory <oops>")
+    expect(page.locator(".run-head [data-field=state]")).to_have_text("Failed")
+    expect(page.locator("#run-error")).to_contain_text("CUDA out of memory <oops>")

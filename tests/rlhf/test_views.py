@@ -1,0 +1,310 @@
+"""The training pages over real URLs with Django's client: who may see and do what, launching rounds
+from the form, a run's curves and log tail, versions with their lineage, the leaderboard.
+
+Personas: alice is a project admin, bob an annotator, charlie an outsider. No worker runs here: a
+launched round stays queued (its jobs are enqueued on commit, and these tests never commit).
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from annotation.models import PreferencePair
+from rlhf import charts
+from rlhf.models import LoopSettings, TrainingRun
+from rlhf.services import ROUND_DEFAULTS, start_round
+from tests import factories as f
+from tests.rlhf.helpers import fake_round, ppo_metrics, rank, reward_metrics
+
+pytestmark = pytest.mark.django_db
+
+FORM = {k: ("on" if v is True else v) for k, v in ROUND_DEFAULTS.items() if v is not False}
+
+
+@pytest.fixture
+def world(monkeypatch):
+    monkeypatch.setenv("LENSLOOP_WORKERS_HAVE_CUDA", "0")
+    alice, bob, charlie = f.user("alice"), f.user("bob"), f.user("charlie")
+    proj = f.project("shapes", k=4, admins=[alice], annotators=[bob])
+    rank(proj, bob, 6)
+    return {"alice": alice, "bob": bob, "charlie": charlie, "project": proj}
+
+
+def client_for(user=None) -> Client:
+    client = Client()
+    if user is not None:
+        client.force_login(user)
+    return client
+
+
+def launch(client, **fields):
+    return client.post("/projects/shapes/training/rounds/", {**FORM, **fields})
+
+
+def rounds():
+    return TrainingRun.objects.filter(kind="round")
+
+
+# --- who may do what ------------------------------------------------------------------------------
+
+
+def test_anonymous_visitors_are_sent_to_the_login_page(world):
+    run = start_round(project=world["project"], enqueue=False)
+    anonymous = client_for()
+    for url in ["/projects/shapes/training/", "/projects/shapes/training/versions/", f"/runs/{run.pk}/"]:
+        response = anonymous.get(url)
+        assert response.status_code == 302 and response["Location"].startswith("/accounts/login/"), url
+    response = launch(anonymous)
+    assert response.status_code == 302 and rounds().count() == 1
+
+
+def test_outsiders_can_neither_see_nor_act(world):
+    run = start_round(project=world["project"], enqueue=False)
+    charlie = client_for(world["charlie"])
+    for url in ["/projects/shapes/training/", "/projects/shapes/training/versions/", f"/runs/{run.pk}/", f"/runs/{run.pk}/curves/"]:
+        assert charlie.get(url).status_code == 403, url
+    assert launch(charlie).status_code == 403
+    assert charlie.post(f"/runs/{run.pk}/cancel/").status_code == 403
+    run.refresh_from_db()
+    assert run.state == "queued" and rounds().count() == 1
+
+
+def test_annotators_may_watch_but_not_launch_cancel_or_change_settings(world):
+    run = start_round(project=world["project"], enqueue=False)
+    bob = client_for(world["bob"])
+    page = bob.get("/projects/shapes/training/")
+    assert page.status_code == 200
+    assert b'id="round-form"' not in page.content and b'id="auto-form"' not in page.content
+    assert f'id="run-{run.pk}"'.encode() in page.content
+    assert bob.get(f"/runs/{run.pk}/").status_code == 200
+    assert b'id="run-cancel"' not in bob.get(f"/runs/{run.pk}/").content
+    assert bob.get("/projects/shapes/training/versions/").status_code == 200
+    assert launch(bob).status_code == 403
+    assert bob.post(f"/runs/{run.pk}/cancel/").status_code == 403
+    assert bob.post(f"/runs/{run.pk}/resume/").status_code == 403
+    assert bob.post("/projects/shapes/training/settings/", {"auto_round_pairs": 5}).status_code == 403
+    assert bob.post("/projects/shapes/training/generate/").status_code == 403
+    run.refresh_from_db()
+    assert run.state == "queued" and not LoopSettings.objects.exists()
+    assert TrainingRun.objects.filter(kind="generate", round=None).count() == 0
+
+
+def test_pages_send_a_content_security_policy(world):
+    response = client_for(world["alice"]).get("/projects/shapes/training/")
+    assert "script-src 'self'" in response["Content-Security-Policy"]
+
+
+# --- launching rounds -----------------------------------------------------------------------------
+
+
+def test_an_admin_launches_a_round_from_the_form(world):
+    alice = client_for(world["alice"])
+    page = alice.get("/projects/shapes/training/")
+    assert b'id="round-form"' in page.content and b'value="40"' in page.content  # defaults filled in
+    response = launch(alice, algorithm="dpo", policy_steps=12, lora_r=16, beta=0.2)
+    round_run = rounds().get()
+    assert response.status_code == 302 and response["Location"].endswith(f"/projects/shapes/training/#run-{round_run.pk}")
+    assert round_run.created_by == world["alice"] and round_run.state == "queued"
+    assert round_run.config["algorithm"] == "dpo" and round_run.config["policy_steps"] == 12
+    assert round_run.config["lora_r"] == 16 and round_run.config["beta"] == 0.2
+    assert [s.kind for s in round_run.steps.order_by("position")] == ["export", "reward", "dpo", "evaluate", "register", "generate"]
+    listed = alice.get("/projects/shapes/training/")
+    assert f"Round #{round_run.pk} (DPO) queued".encode() in listed.content
+    assert f'aria-label="Progress of run #{round_run.pk}"'.encode() in listed.content
+    assert b"waiting for a worker" in listed.content
+
+
+def test_a_second_launch_while_a_round_is_queued_says_a_round_is_in_progress(world):
+    alice = client_for(world["alice"])
+    launch(alice)
+    response = launch(alice, algorithm="sft")
+    assert response.status_code == 409
+    assert b"already has a round in progress" in response.content
+    assert b'role="alert"' in response.content
+    assert rounds().count() == 1
+
+
+def test_bad_parameters_show_errors_and_start_nothing(world):
+    response = launch(client_for(world["alice"]), policy_steps=0, lora_r="many", algorithm="rlhf-magic")
+    assert response.status_code == 400
+    form = response.context["form"]
+    assert set(form.errors) == {"policy_steps", "lora_r", "algorithm"}
+    assert b'class="errorlist"' in response.content
+    assert not rounds().exists()
+
+
+def test_a_project_without_pairs_cannot_start_a_round(world):
+    PreferencePair.objects.all().delete()
+    response = launch(client_for(world["alice"]))
+    assert response.status_code == 400 and b"no preference pairs yet" in response.content
+    assert not rounds().exists()
+
+
+def test_qlora_cannot_be_switched_on_without_cuda(world):
+    alice = client_for(world["alice"])
+    assert b"Needs a CUDA GPU" in alice.get("/projects/shapes/training/").content
+    launch(alice, qlora="on")
+    assert rounds().get().config["qlora"] is False
+
+
+def test_qlora_is_offered_where_the_workers_have_cuda(world, monkeypatch):
+    monkeypatch.setenv("LENSLOOP_WORKERS_HAVE_CUDA", "1")
+    alice = client_for(world["alice"])
+    assert b"Needs a CUDA GPU" not in alice.get("/projects/shapes/training/").content
+    launch(alice, qlora="on")
+    assert rounds().get().config["qlora"] is True
+
+
+# --- automatic rounds, cancel, resume, generate ---------------------------------------------------
+
+
+def test_an_admin_turns_automatic_rounds_on_and_off(world):
+    alice = client_for(world["alice"])
+    response = alice.post("/projects/shapes/training/settings/", {"auto_round_pairs": 50})
+    assert response.status_code == 302
+    assert LoopSettings.objects.get(project=world["project"]).auto_round_pairs == 50
+    assert b"a round starts whenever 50 new preference pairs" in alice.get("/projects/shapes/training/").content
+    assert alice.post("/projects/shapes/training/settings/", {"auto_round_pairs": -3}).status_code == 400
+    alice.post("/projects/shapes/training/settings/", {"auto_round_pairs": 0})
+    assert LoopSettings.objects.get(project=world["project"]).auto_round_pairs == 0
+
+
+def test_the_launch_form_can_save_the_parameters_of_automatic_rounds(world):
+    response = launch(client_for(world["alice"]), action="save_auto", algorithm="grpo", policy_steps=7)
+    assert response.status_code == 302 and not rounds().exists()
+    params = LoopSettings.objects.get(project=world["project"]).round_params
+    assert params["algorithm"] == "grpo" and params["policy_steps"] == 7
+
+
+def test_an_admin_cancels_and_resumes_a_round(world):
+    alice = client_for(world["alice"])
+    run = start_round(project=world["project"], enqueue=False)
+    response = alice.post(f"/runs/{run.pk}/cancel/")
+    assert response.status_code == 302
+    run.refresh_from_db()
+    assert run.state == "cancelled" and set(run.steps.values_list("state", flat=True)) == {"cancelled"}
+    page = alice.get(f"/runs/{run.pk}/")
+    assert b'id="run-resume"' in page.content and b'id="run-cancel"' not in page.content
+    alice.post(f"/runs/{run.pk}/resume/")
+    run.refresh_from_db()
+    assert run.state == "queued" and set(run.steps.values_list("state", flat=True)) == {"queued"}
+
+
+def test_resuming_a_round_that_is_not_stopped_says_why(world):
+    run = start_round(project=world["project"], enqueue=False)
+    response = client_for(world["alice"]).post(f"/runs/{run.pk}/resume/", follow=True)
+    assert b"only failed or cancelled rounds resume" in response.content
+
+
+def test_an_admin_samples_new_tasks_from_the_active_policy(world):
+    response = client_for(world["alice"]).post("/projects/shapes/training/generate/")
+    run = TrainingRun.objects.get(kind="generate")
+    assert response.status_code == 302 and run.round is None and run.state == "queued"
+
+
+# --- progress, curves, log tails ------------------------------------------------------------------
+
+
+def test_a_running_round_shows_how_far_it_is(world):
+    run = start_round(project=world["project"], enqueue=False)
+    run.steps.filter(position=1).update(state="succeeded")
+    run.steps.filter(position=2).update(state="running", step=15, total_steps=30)
+    TrainingRun.objects.filter(pk=run.pk).update(state="running")
+    page = client_for(world["alice"]).get("/projects/shapes/training/").content.decode()
+    assert 'value="25"' in page  # (1 done + 0.5 of the reward model) / 6 steps
+    assert "step 2 of 6: Reward model 15/30" in page
+    detail = client_for(world["bob"]).get(f"/runs/{run.pk}/").content.decode()
+    assert 'aria-label="Progress of step 2, Reward model"' in detail and 'value="50"' in detail
+
+
+def test_the_run_page_draws_the_curves_the_engine_logged(world):
+    run = start_round(project=world["project"], enqueue=False)
+    reward, ppo = run.steps.get(kind="reward"), run.steps.get(kind="ppo")
+    reward.metrics = reward_metrics()
+    reward.save()
+    ppo.metrics = ppo_metrics()
+    ppo.save()
+    alice = client_for(world["alice"])
+    page = alice.get(f"/runs/{run.pk}/").content.decode()
+    for title in ["Loss", "Accuracy", "Reward", "KL divergence to the reference policy", "policy/entropy"]:
+        assert f">{title}</title>" in page, title
+    assert "objective/kl: 40 points" in page and "eval/accuracy: 2 points, first 0.52, last 0.78" in page
+    step_page = alice.get(f"/runs/{ppo.pk}/").content.decode()
+    assert "objective/scores: 40 points" in step_page and "Step 3 of round" in step_page
+    fragment = alice.get(f"/runs/{run.pk}/curves/").content.decode()
+    assert fragment.count("<svg") == page.count("<svg") - page.count('class="chart interval-chart"')
+
+
+def test_log_tails_and_errors_are_shown_as_text_never_as_markup(world):
+    run = start_round(project=world["project"], enqueue=False)
+    step = run.steps.get(kind="reward")
+    step.state, step.log_tail = "failed", "loss=0.3\n<script>alert('log')</script>\n"
+    step.error = "<img src=x onerror=alert('err')>"
+    step.save()
+    TrainingRun.objects.filter(pk=run.pk).update(state="failed", error="step 2 failed: <b>bold</b>")
+    step.metrics = [{"step": 1, "<svg onload=alert(1)>": 1.0}, {"step": 2, "<svg onload=alert(1)>": 2.0}]
+    step.save()
+    alice = client_for(world["alice"])
+    for url in [f"/runs/{run.pk}/", f"/runs/{step.pk}/"]:
+        page = alice.get(url).content.decode()
+        assert "<script>alert" not in page and "<img src=x" not in page and "<svg onload" not in page, url
+        assert "<b>bold</b>" not in page
+    page = alice.get(f"/runs/{run.pk}/").content.decode()
+    assert "&lt;script&gt;alert(&#x27;log&#x27;)&lt;/script&gt;" in page
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page
+    assert "&lt;svg onload=alert(1)&gt;" in page
+
+
+# --- versions, lineage, leaderboard ---------------------------------------------------------------
+
+
+def test_the_versions_page_shows_lineage_from_rankings_to_samples(world):
+    round_run = fake_round(world["project"], world["alice"])
+    page = client_for(world["bob"]).get("/projects/shapes/training/versions/").content.decode()
+    assert 'id="v-policy-v1"' in page and 'id="v-reward-v1"' in page and 'id="v-base"' in page
+    lineage = page.split('aria-label="Lineage of policy-v1"')[1].split("</ol>")[0]
+    for text in ["12 rankings, 60 preference pairs", "reward-v1, pairwise accuracy 78%", "policy-v1 from base by PPO",
+                 "18 candidates in 3 ranking tasks (0 fully ranked)"]:  # 12 new, 6 from rank()
+        assert text in lineage, text
+    assert lineage.index("Rankings") < lineage.index("Reward model") < lineage.index("Policy") < lineage.index("Samples")
+    assert f'href="/runs/{round_run.pk}/"' in lineage
+    assert "Policies trained against it" in page.split('id="v-reward-v1"')[1]
+    assert "train/loss" in page and "0.11" in page  # key metrics of policy-v1
+
+
+def test_the_leaderboard_ranks_sources_with_intervals_and_compares_two(world):
+    rank(world["project"], world["bob"], 12)
+    alice = client_for(world["alice"])
+    response = alice.get("/projects/shapes/training/versions/")
+    board = response.context["board"]
+    assert [r["source"] for r in board] == ["reference", "policy-v1", "base"]
+    assert all(r["ci_low"] <= r["rating"] <= r["ci_high"] for r in board)
+    page = response.content.decode()
+    assert "Bradley–Terry rating of each source with its 95 % interval" in page
+    assert page.count("<tr>") == 1 + len(board)
+    compared = alice.get("/projects/shapes/training/versions/", {"a": "policy-v1", "b": "base"}).content.decode()
+    assert "annotators ranked policy-v1 above base in" in compared
+    assert "P(policy-v1 preferred) = 0." in compared
+
+
+def test_the_project_dashboard_and_the_nav_link_to_training(world):
+    page = client_for(world["alice"]).get("/projects/shapes/dashboard/").content.decode()
+    assert page.count('href="/projects/shapes/training/"') == 2  # the nav and the dashboard's button
+
+
+# --- chart helpers --------------------------------------------------------------------------------
+
+
+def test_metrics_fall_into_the_panels_people_look_for():
+    assert charts.family("objective/kl") == "kl" and charts.family("losses/approx_kl") == "kl"
+    assert charts.family("eval/accuracy") == "accuracy" and charts.family("train/acc") == "accuracy"
+    assert charts.family("objective/scores") == "reward" and charts.family("reward") == "reward"
+    assert charts.family("losses/value_loss") == "loss" and charts.family("policy/entropy") is None
+
+
+def test_metric_series_keep_only_finite_numbers():
+    rows = [{"step": 1, "loss": 1.0, "note": "x", "flag": True, "bad": float("nan")}, {"loss": 0.5}]
+    assert charts.metric_series(rows) == {"loss": [(1.0, 1.0), (1.0, 0.5)]}  # the second row's x is its index
+    panels, figures = charts.run_panels([{"step": 1, "accuracy": 0.7}], id_prefix="t")
+    assert panels == [] and figures == {"accuracy": 0.7}
