@@ -218,6 +218,18 @@ class Ranking(models.Model):
     def __str__(self) -> str:
         return f"ranking {self.pk} of task {self.task_id}"
 
+    @property
+    def flags(self) -> list[str]:
+        return [
+            name
+            for name, on in (
+                ("all_bad", self.flag_all_bad),
+                ("unsafe", self.flag_unsafe),
+                ("image_unclear", self.flag_image_unclear),
+            )
+            if on
+        ]
+
 
 class PreferencePair(models.Model):
     """chosen ≻ rejected, implied by one ranking; ``margin`` is the distance between their groups."""

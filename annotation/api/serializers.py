@@ -53,22 +53,11 @@ class SkipSerializer(serializers.Serializer):
 
 
 class RankingSerializer(serializers.ModelSerializer):
-    flags = serializers.SerializerMethodField()
+    flags = serializers.ListField(child=serializers.CharField(), read_only=True)
 
     class Meta:
         model = Ranking
         fields = ["id", "task", "ordering", "flags", "rationale", "time_spent_ms", "client_uuid", "created_at"]
-
-    def get_flags(self, obj) -> list[str]:
-        return [
-            name
-            for name, on in (
-                ("all_bad", obj.flag_all_bad),
-                ("unsafe", obj.flag_unsafe),
-                ("image_unclear", obj.flag_image_unclear),
-            )
-            if on
-        ]
 
 
 class ImportSerializer(serializers.Serializer):

@@ -129,9 +129,21 @@ def trl_row(record: dict) -> dict:
 
 
 def ranking_rows(flt: ExportFilter) -> Iterator[tuple[dict, Image]]:
+    batch: list[Ranking] = []
     for ranking in flt.rankings().iterator(chunk_size=CHUNK):
+        batch.append(ranking)
+        if len(batch) == CHUNK:
+            yield from _ranking_batch(flt, batch)
+            batch = []
+    yield from _ranking_batch(flt, batch)
+
+
+def _ranking_batch(flt: ExportFilter, batch: list[Ranking]) -> Iterator[tuple[dict, Image]]:
+    """One query for the candidates of a whole batch of rankings."""
+    wanted = {cid for ranking in batch for cid in ranking.task.candidate_ids}
+    candidates = {c.pk: c for c in Candidate.objects.filter(pk__in=wanted).only("id", "text", "source")}
+    for ranking in batch:
         prompt = ranking.task.prompt
-        candidates = {c.pk: c for c in Candidate.objects.filter(pk__in=ranking.task.candidate_ids)}
         yield (
             {
                 "ranking_id": ranking.pk,
@@ -146,15 +158,7 @@ def ranking_rows(flt: ExportFilter) -> Iterator[tuple[dict, Image]]:
                     if cid in candidates
                 ],
                 "ordering": ranking.ordering,
-                "flags": [
-                    name
-                    for name, on in (
-                        ("all_bad", ranking.flag_all_bad),
-                        ("unsafe", ranking.flag_unsafe),
-                        ("image_unclear", ranking.flag_image_unclear),
-                    )
-                    if on
-                ],
+                "flags": ranking.flags,
                 "rationale": ranking.rationale,
                 "time_spent_ms": ranking.time_spent_ms,
                 "annotator": pseudonym(ranking.annotator_id),
