@@ -48,3 +48,42 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
         db["TEST"]["NAME"] = f"{base}_{os.getpid()}.{ext}" if dot else f"{name}_{os.getpid()}"
     else:
         db.setdefault("TEST", {})["NAME"] = f"{name}_{os.getpid()}"
+
+
+# A quicker, worse demo model (about 1 minute on 2 cores): its captions are half right, enough for the
+# reward model to have visual features to build on. No wall-clock cap: under CPU contention a cap would
+# silently give a worse, machine-dependent model.
+TINY_BUILD = {"steps": 800, "train_images": 2000, "eval_images": 20, "warmup_steps": 20, "budget_seconds": 0}
+
+
+@pytest.fixture(scope="session")
+def engine_data_dir(tmp_path_factory, worker_id):
+    """Cache root for built models: shared by the xdist workers of one run (and between runs when
+    LENSLOOP_TEST_CACHE is set), so the tiny model is built once, not once per worker."""
+    import os
+    from pathlib import Path
+
+    if os.environ.get("LENSLOOP_TEST_CACHE"):
+        return Path(os.environ["LENSLOOP_TEST_CACHE"])
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if worker_id != "master" else base) / "engine-data"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_build_config():
+    from rlhf.engine.config import BuildDemoConfig
+
+    return BuildDemoConfig(**TINY_BUILD)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(engine_data_dir, tiny_build_config):
+    """Path of the tiny demo model, built once per test run (the first worker builds, the others wait)."""
+    from filelock import FileLock
+
+    from rlhf.engine.demo.build import ensure_demo_model
+
+    with FileLock(str(engine_data_dir / "build.lock")):
+        return ensure_demo_model(tiny_build_config, engine_data_dir)

@@ -21,14 +21,3 @@ def loop_project(tiny_model_path, tmp_path):
     simulate(proj, annotators=2, noise=0.1, limit=16)
     return proj
 
-
-@pytest.fixture(scope="session")
-def tiny_model_path(tmp_path_factory):
-    import os
-    from pathlib import Path
-
-    from rlhf.engine.config import BuildDemoConfig
-    from rlhf.engine.demo.build import ensure_demo_model
-
-    root = Path(os.environ["LENSLOOP_TEST_CACHE"]) if os.environ.get("LENSLOOP_TEST_CACHE") else tmp_path_factory.mktemp("m")
-    return ensure_demo_model(BuildDemoConfig(steps=250, train_images=800, eval_images=20, warmup_steps=20), root)
