@@ -172,9 +172,12 @@ def test_a_network_failure_keeps_the_work_and_a_retry_submits_once(page, live_se
     first = open_work(page, live_server)
     for key in ["1", "2", "3", "4"]:
         page.keyboard.press(key)
+    # On a loaded machine the page may still be rendering the picks: submit only once all four show.
+    expect(page.locator("#ranking li")).to_have_count(4)
+    expect(page.locator("#work")).not_to_have_attribute("aria-busy", "true")
     page.route("**/submit/", lambda route: route.abort())
     page.keyboard.press("Enter")
-    expect(page.locator("#alert")).to_contain_text("Could not reach the server")
+    expect(page.locator("#alert")).to_contain_text("Could not reach the server", timeout=15_000)
     expect(page.locator("#ranking li")).to_have_count(4)
     page.unroute("**/submit/")
     page.keyboard.press("Enter")
