@@ -4,6 +4,7 @@ rounds end to end, and the faults — a failing step, a worker killed with SIGKI
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -193,3 +194,20 @@ def _alive(pid: int) -> bool:
             return fh.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo", "dpo"])
+def test_each_policy_algorithm_completes_a_round_with_a_tiny_budget(loop_project, algorithm):
+    round_run = start_round(project=loop_project, params={**FAST_ROUND, "algorithm": algorithm, "policy_steps": 2})
+    _burst()
+    round_run.refresh_from_db()
+    assert round_run.state == "succeeded", _explain(round_run)
+    steps = _steps(round_run)
+    policy = ModelVersion.objects.get(project=loop_project, kind="policy", active=True)
+    assert policy.run == steps[algorithm] and (Path(policy.path) / "adapter_config.json").is_file()
+    assert steps[algorithm].metrics and steps[algorithm].metrics[-1]["total_steps"] >= 1
+    opened = RankingTask.objects.filter(project=loop_project, origin=f"run-{steps['generate'].pk}")
+    assert opened.exists()
+    assert set(Candidate.objects.filter(pk__in=opened.first().candidate_ids).values_list("source", flat=True)) == {
+        policy.label
+    }
