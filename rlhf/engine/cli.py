@@ -66,7 +66,7 @@ def run_generate(cfg, run_dir: str) -> dict:
     from .rundir import RunDir
 
     run = RunDir(run_dir, to_dict(cfg))
-    try:
+    with run:
         records = read_prompts(cfg.prompts_file)
         model, processor = load_model(cfg.model, trainable=False)
         t0 = time.monotonic()
@@ -97,11 +97,6 @@ def run_generate(cfg, run_dir: str) -> dict:
                   "samples_per_second": round(n / max(seconds, 1e-9), 2)}
         run.write_result(result)
         return result
-    except BaseException as e:
-        run.fail(e)
-        raise
-    finally:
-        run.close()
 
 
 def run_evaluate(cfg, run_dir: str) -> dict:
@@ -113,7 +108,7 @@ def run_evaluate(cfg, run_dir: str) -> dict:
     from .rundir import RunDir
 
     run = RunDir(run_dir, to_dict(cfg))
-    try:
+    with run:
         if cfg.prompts_file:
             records = read_prompts(cfg.prompts_file)
         else:
@@ -134,11 +129,6 @@ def run_evaluate(cfg, run_dir: str) -> dict:
         run.log_metrics(1, 1, **result)
         run.write_result(result)
         return result
-    except BaseException as e:
-        run.fail(e)
-        raise
-    finally:
-        run.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -148,15 +148,10 @@ def train_ppo(cfg: PPOConfig, run_dir: str) -> dict:
     run = RunDir(run_dir, to_dict(cfg), is_main=acc.is_main_process)
     if kept_metrics and run._metrics is not None:  # a resumed run keeps its curve up to the checkpoint
         run._metrics.writelines(kept_metrics)
-    try:
+    with run:
         result = _train(cfg, acc, run, resume)
         run.write_result(result)
         return result
-    except BaseException as e:
-        run.fail(e)
-        raise
-    finally:
-        run.close()
 
 
 def _metrics_before(run_dir: Path, resume: Path | None) -> list[str]:

@@ -102,6 +102,17 @@ class RunDir:
             write_json_atomic(self.path / "result.json", {"status": "failed", "error": f"{type(error).__name__}: "
                                                           f"{error}", "seconds": round(time.time() - self.start, 2)})
 
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        """Leaving the block: a failure is recorded in result.json and the log, then files are closed;
+        the exception goes on."""
+        if exc is not None:
+            self.fail(exc)
+        self.close()
+        return False
+
     def close(self) -> None:
         if self._metrics is not None:
             self._metrics.close()

@@ -34,7 +34,7 @@ def train_sft(cfg: SFTConfig, run_dir: str) -> dict:
 
     acc = Accelerator(cpu=cfg.model.device == "cpu" or not torch.cuda.is_available())
     run = RunDir(run_dir, to_dict(cfg), is_main=acc.is_main_process)
-    try:
+    with run:
         set_seed(cfg.seed)
         records = [r for r in read_prompts(cfg.train_file) if r.get("reference")]
         if not records:
@@ -81,8 +81,3 @@ def train_sft(cfg: SFTConfig, run_dir: str) -> dict:
             result["adapter"] = bool(cfg.model.lora)
         run.write_result(result)
         return result
-    except BaseException as e:
-        run.fail(e)
-        raise
-    finally:
-        run.close()

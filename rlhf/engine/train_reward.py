@@ -83,15 +83,10 @@ def train_reward_model(cfg: RewardConfig, run_dir: str) -> dict:
     ddp = DistributedDataParallelKwargs(find_unused_parameters=not cfg.model.lora)
     acc = Accelerator(cpu=cfg.model.device == "cpu" or not torch.cuda.is_available(), kwargs_handlers=[ddp])
     run = RunDir(run_dir, to_dict(cfg), is_main=acc.is_main_process)
-    try:
+    with run:
         result = _train(cfg, acc, run, set_seed)
         run.write_result(result)
         return result
-    except BaseException as e:
-        run.fail(e)
-        raise
-    finally:
-        run.close()
 
 
 def _train(cfg: RewardConfig, acc, run: RunDir, set_seed) -> dict:

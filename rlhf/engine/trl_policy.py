@@ -132,16 +132,11 @@ def train_group_policy(cfg: GRPOConfig, run_dir: str, method: str = "grpo") -> d
 
     state = PartialState()
     run = RunDir(run_dir, to_dict(cfg), is_main=state.is_main_process)
-    try:
+    with run:
         set_threads(cfg.threads)
         result = _train_group(cfg, run_dir, run, method, state)
         run.write_result(result)
         return result
-    except BaseException as e:
-        run.fail(e)
-        raise
-    finally:
-        run.close()
 
 
 def _train_group(cfg: GRPOConfig, run_dir: str, run: RunDir, method: str, state) -> dict:
@@ -245,16 +240,11 @@ def train_dpo(cfg: DPOConfig, run_dir: str) -> dict:
 
     state = PartialState()
     run = RunDir(run_dir, to_dict(cfg), is_main=state.is_main_process)
-    try:
+    with run:
         set_threads(cfg.threads)
         result = _train_dpo(cfg, run_dir, run, state)
         run.write_result(result)
         return result
-    except BaseException as e:
-        run.fail(e)
-        raise
-    finally:
-        run.close()
 
 
 def _train_dpo(cfg: DPOConfig, run_dir: str, run: RunDir, state) -> dict:
