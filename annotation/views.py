@@ -25,6 +25,7 @@ from annotation.api.serializers import SkipSerializer, SubmitSerializer
 from annotation.exceptions import AnnotationError
 from annotation.forms import ExportForm, MemberForm, ProjectForm
 from annotation.models import Membership, Project, RankingTask
+from annotation.permissions import project_and_role
 from annotation.selectors import annotator_progress, projects_for, queue_stats, role_in, task_payload
 from annotation.services import projects, queue
 from annotation.services.imports import MODES
@@ -48,13 +49,7 @@ def with_csp(view):
 
 
 def _project_for(request, slug: str, *, admin: bool = False) -> tuple[Project, str]:
-    project = get_object_or_404(Project, slug=slug)
-    role = role_in(request.user, project)
-    if role is None:
-        raise PermissionDenied(f"you are not a member of project {slug}")
-    if admin and role != Membership.Role.ADMIN:
-        raise PermissionDenied(f"only project admins of {slug} may do this")
-    return project, role
+    return project_and_role(request.user, slug, admin=admin)
 
 
 # --- annotator pages -------------------------------------------------------------------------------

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from annotation.models import Membership, Project
-from annotation.selectors import queue_stats, role_in
+from annotation.permissions import project_and_role
+from annotation.selectors import queue_stats
 from annotation.views import with_csp
 from rlhf import ui_selectors
 from rlhf.charts import leaderboard_chart, run_panels
@@ -41,13 +41,7 @@ K = TrainingRun.Kind
 
 
 def _project_for(request, slug: str, *, admin: bool = False) -> tuple[Project, str]:
-    project = get_object_or_404(Project, slug=slug)
-    role = role_in(request.user, project)
-    if role is None:
-        raise PermissionDenied(f"you are not a member of project {slug}")
-    if admin and role != Membership.Role.ADMIN:
-        raise PermissionDenied(f"only project admins of {slug} may do this")
-    return project, role
+    return project_and_role(request.user, slug, admin=admin)
 
 
 def _run_for(request, run_id: int, *, admin: bool = False) -> tuple[TrainingRun, str]:
