@@ -22,11 +22,22 @@ def _fast_passwords(settings):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _embedded_redis_of_our_own(tmp_path_factory):
-    """Without REDIS_URL, tests start their own embedded Redis, never the one a running app uses."""
+def _redis_of_our_own(tmp_path_factory, worker_id):
+    """Without REDIS_URL, tests start their own embedded Redis, never the one a running app uses.
+    With REDIS_URL (a shared server, as in CI), each xdist worker gets a database number of its own,
+    emptied first, so one worker's jobs never run against another worker's test database."""
+    from urllib.parse import urlsplit, urlunsplit
+
     from django.conf import settings as django_settings
 
     django_settings.REDIS_EMBEDDED_DB = tmp_path_factory.mktemp("redis") / "redis.db"
+    if django_settings.REDIS_URL:
+        index = int(worker_id[2:]) if worker_id.startswith("gw") else 8
+        parts = urlsplit(django_settings.REDIS_URL)
+        django_settings.REDIS_URL = urlunsplit(parts._replace(path=f"/{10 + index % 6}"))
+        from lensloop.queue import redis_connection
+
+        redis_connection().flushdb()
     yield
     from lensloop.queue import stop_embedded_redis
 
