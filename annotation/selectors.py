@@ -55,8 +55,12 @@ def _open_slots(project: Project) -> int:
 
 def candidates_for_annotator(task: RankingTask, annotator_id: int) -> list[Candidate]:
     """The task's candidates in an order shuffled per annotator (stable across reloads), so position
-    carries no signal; the source model is never part of what the annotator sees."""
-    by_id = {c.pk: c for c in Candidate.objects.filter(pk__in=task.candidate_ids)}
+    carries no signal; the source model is never part of what the annotator sees. A task fetched by the
+    queue's PostgreSQL path brings its candidates along (``prefetched_candidates``)."""
+    found = getattr(task, "prefetched_candidates", None)
+    if found is None:
+        found = Candidate.objects.filter(pk__in=task.candidate_ids)
+    by_id = {c.pk: c for c in found}
     ordered = [by_id[cid] for cid in task.candidate_ids if cid in by_id]
     random.Random(f"{task.pk}:{annotator_id}").shuffle(ordered)
     return ordered

@@ -29,7 +29,8 @@ from annotation.api.serializers import (
 )
 from annotation.exceptions import ImportRejected
 from annotation.images import media_path
-from annotation.models import Image, Membership, RankingTask
+from annotation.models import Image, Membership, Project
+from annotation.permissions import task_project_and_role
 from annotation.selectors import (
     annotator_progress,
     image_in_project,
@@ -86,10 +87,9 @@ class NextTaskView(APIView):
         return Response(task_payload(assignment))
 
 
-def _task_in_member_project(request, task_id: int) -> RankingTask:
-    task = get_object_or_404(RankingTask.objects.select_related("project"), pk=task_id)
-    project_for(request, task.project.slug)
-    return task
+def _check_task_member(request, task_id: int) -> Project:
+    """404 for a task that does not exist, 403 unless the user is a member of its project."""
+    return task_project_and_role(request.user, task_id)[0]
 
 
 class SubmitView(APIView):
@@ -103,10 +103,10 @@ class SubmitView(APIView):
         },
     )
     def post(self, request, task_id):
-        task = _task_in_member_project(request, task_id)
+        _check_task_member(request, task_id)
         data = SubmitSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        result = queue.submit_ranking(annotator=request.user, task_id=task.pk, **data.validated_data)
+        result = queue.submit_ranking(annotator=request.user, task_id=task_id, **data.validated_data)
         return Response(
             RankingSerializer(result.ranking).data,
             status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
@@ -116,18 +116,18 @@ class SubmitView(APIView):
 class SkipView(APIView):
     @extend_schema(request=SkipSerializer, responses={204: None, 409: OpenApiResponse(description="Not yours")})
     def post(self, request, task_id):
-        task = _task_in_member_project(request, task_id)
+        _check_task_member(request, task_id)
         data = SkipSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        queue.skip_task(annotator=request.user, task_id=task.pk, reason=data.validated_data["reason"])
+        queue.skip_task(annotator=request.user, task_id=task_id, reason=data.validated_data["reason"])
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class ReleaseView(APIView):
     @extend_schema(request=None, responses={204: None, 409: OpenApiResponse(description="Not yours")})
     def post(self, request, task_id):
-        task = _task_in_member_project(request, task_id)
-        queue.release_task(annotator=request.user, task_id=task.pk)
+        _check_task_member(request, task_id)
+        queue.release_task(annotator=request.user, task_id=task_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -27,6 +27,7 @@ from django.utils import timezone
 from annotation.exceptions import AlreadyRanked, InvalidRanking, LeaseLost, NotFound
 from annotation.models import Assignment, Candidate, PreferencePair, Project, Ranking, RankingTask
 from annotation.pairs import normalise_ordering, pairs_from_groups
+from annotation.services import queue_pg
 
 A = Assignment.State
 T = RankingTask.State
@@ -63,11 +64,15 @@ def expire_leases(*, project: Project | None = None, now: datetime | None = None
     run inside any request that needs a fresh view of the queue.
     """
     now = now or timezone.now()
-    stale = Assignment.objects.filter(state=A.ACTIVE, expires_at__lte=now)
-    if project is not None:
-        stale = stale.filter(project=project)
+    if project is not None and _postgres():
+        found = queue_pg.expired_leases(project_id=project.pk, now=now, limit=limit)
+    else:
+        stale = Assignment.objects.filter(state=A.ACTIVE, expires_at__lte=now)
+        if project is not None:
+            stale = stale.filter(project=project)
+        found = stale.values_list("id", "task_id")[:limit]
     expired = 0
-    for assignment_id, task_id in stale.values_list("id", "task_id")[:limit]:
+    for assignment_id, task_id in found:
         with transaction.atomic():
             task = RankingTask.objects.select_for_update().filter(pk=task_id).first()
             updated = Assignment.objects.filter(
@@ -80,6 +85,11 @@ def expire_leases(*, project: Project | None = None, now: datetime | None = None
             task.save(update_fields=["leased_count", "state"])
             expired += 1
     return expired
+
+
+def _postgres() -> bool:
+    """PostgreSQL takes the hand-written hot paths of ``queue_pg``; other databases the ORM ones."""
+    return connection.vendor == "postgresql"
 
 
 def _open_tasks_for(project: Project, annotator) -> object:
@@ -110,6 +120,8 @@ def next_task(*, annotator, project: Project, now: datetime | None = None) -> As
     queue has nothing for them."""
     now = now or timezone.now()
     expire_leases(project=project, now=now)
+    if _postgres():
+        return queue_pg.next_task(annotator=annotator, project=project, now=now)
     lease = timedelta(minutes=project.lease_minutes)
     with transaction.atomic():
         own = current_assignment(annotator=annotator, project=project, now=now)
@@ -175,54 +187,80 @@ def submit_ranking(
     unknown_flags = set(flags) - FLAGS
     if unknown_flags:
         raise InvalidRanking(f"unknown flags {sorted(unknown_flags)}; allowed: {sorted(FLAGS)}")
-    repeat = _repeat_of(client_uuid, annotator, task_id)
-    if repeat is not None:
-        return SubmitResult(repeat, created=False)
     now = now or timezone.now()
+    submit = _submit_pg if _postgres() else _submit_orm
     try:
         with transaction.atomic():
-            task = _lock_task(task_id)
-            groups = normalise_ordering(ordering, task.candidate_ids)
-            assignment = Assignment.objects.select_for_update().filter(task=task, annotator=annotator).first()
-            _check_may_submit(task, assignment, client_uuid, now)
-            if assignment.state == A.ACTIVE:
-                task.leased_count -= 1
-            ranking = Ranking.objects.create(
-                task=task,
-                project_id=task.project_id,
-                annotator=annotator,
-                ordering=groups,
-                flag_all_bad="all_bad" in flags,
-                flag_unsafe="unsafe" in flags,
-                flag_image_unclear="image_unclear" in flags,
-                rationale=rationale or "",
-                time_spent_ms=time_spent_ms,
-                client_uuid=client_uuid,
-            )
-            PreferencePair.objects.bulk_create(
-                PreferencePair(
-                    ranking=ranking,
-                    project_id=task.project_id,
-                    prompt_id=task.prompt_id,
-                    chosen_id=chosen,
-                    rejected_id=rejected,
-                    margin=margin,
-                    created_at=ranking.created_at,
-                )
-                for chosen, rejected, margin in pairs_from_groups(groups)
-            )
-            assignment.state = A.SUBMITTED
-            assignment.finished_at = now
-            assignment.save(update_fields=["state", "finished_at"])
-            task.completed_count += 1
-            _settle(task)
-            task.save(update_fields=["leased_count", "completed_count", "state"])
+            return submit(annotator, task_id, ordering, client_uuid, flags, rationale or "", time_spent_ms, now)
     except IntegrityError:
         # A concurrent submit with the same client_uuid won the race: answer with its result.
         repeat = _repeat_of(client_uuid, annotator, task_id)
         if repeat is None:
             raise
         return SubmitResult(repeat, created=False)
+
+
+def _submit_orm(annotator, task_id, ordering, client_uuid, flags, rationale, time_spent_ms, now) -> SubmitResult:
+    repeat = _repeat_of(client_uuid, annotator, task_id)
+    if repeat is not None:
+        return SubmitResult(repeat, created=False)
+    task = _lock_task(task_id)
+    groups = normalise_ordering(ordering, task.candidate_ids)
+    assignment = Assignment.objects.select_for_update().filter(task=task, annotator=annotator).first()
+    _check_may_submit(task, assignment, client_uuid, now)
+    if assignment.state == A.ACTIVE:
+        task.leased_count -= 1
+    ranking = Ranking.objects.create(
+        task=task,
+        project_id=task.project_id,
+        annotator=annotator,
+        ordering=groups,
+        flag_all_bad="all_bad" in flags,
+        flag_unsafe="unsafe" in flags,
+        flag_image_unclear="image_unclear" in flags,
+        rationale=rationale,
+        time_spent_ms=time_spent_ms,
+        client_uuid=client_uuid,
+    )
+    PreferencePair.objects.bulk_create(
+        PreferencePair(
+            ranking=ranking,
+            project_id=task.project_id,
+            prompt_id=task.prompt_id,
+            chosen_id=chosen,
+            rejected_id=rejected,
+            margin=margin,
+            created_at=ranking.created_at,
+        )
+        for chosen, rejected, margin in pairs_from_groups(groups)
+    )
+    assignment.state = A.SUBMITTED
+    assignment.finished_at = now
+    assignment.save(update_fields=["state", "finished_at"])
+    task.completed_count += 1
+    _settle(task)
+    task.save(update_fields=["leased_count", "completed_count", "state"])
+    return SubmitResult(ranking, created=True)
+
+
+def _submit_pg(annotator, task_id, ordering, client_uuid, flags, rationale, time_spent_ms, now) -> SubmitResult:
+    """The same decisions as ``_submit_orm`` in two statements: lock and read, then write."""
+    locked = queue_pg.lock_for_submit(annotator=annotator, task_id=task_id, client_uuid=client_uuid)
+    if locked is None:
+        raise NotFound(f"task {task_id} does not exist")
+    task, assignment, repeat_id = locked
+    if repeat_id is not None:
+        return SubmitResult(_repeat_of(client_uuid, annotator, task_id), created=False)
+    groups = normalise_ordering(ordering, task.candidate_ids)
+    _check_may_submit(task, assignment, client_uuid, now)
+    if assignment.state == A.ACTIVE:
+        task.leased_count -= 1
+    task.completed_count += 1
+    _settle(task)
+    ranking = queue_pg.write_submit(
+        annotator=annotator, task=task, assignment=assignment, groups=groups, pairs=pairs_from_groups(groups),
+        flags=flags, rationale=rationale, time_spent_ms=time_spent_ms, client_uuid=client_uuid, now=now,
+    )
     return SubmitResult(ranking, created=True)
 
 

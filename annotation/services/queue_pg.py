@@ -1,0 +1,213 @@
+"""The queue's hot paths on PostgreSQL: a lease in one statement, a submit in two.
+
+These are the same operations as the ORM code in ``annotation.services.queue`` (which SQLite uses, and
+whose docstring explains why the queue is race-safe); they exist because at hundreds of annotations per
+second the ORM's per-query Python cost, not the database, is the limit. The rules they keep:
+
+* Locks are taken task first. Every write to an assignment happens while its task's row is locked, so
+  locking the task alone serialises everything that touches one task's counters and leases.
+* ``state`` is derived from the counters exactly as ``queue._settle`` does it.
+* The unique constraints (task, annotator) and ``client_uuid`` stay the last line of defence.
+
+The returned model instances are built with ``Model.from_db`` from the columns the statement read, so
+every other field is deferred: reading one loads it, and ``save()`` writes only the loaded fields.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta
+
+from django.db import connection
+
+from annotation.models import Assignment, Candidate, Image, Project, Prompt, Ranking, RankingTask
+
+# 1 the annotator's own live lease, if any; 2 otherwise the best open task they have not judged, locked
+# with SKIP LOCKED so that concurrent annotators each get a different one; 3 its counters and state;
+# 4 the lease (a new row, or their old expired/released row made active again); 5 everything the
+# annotator's screen needs, candidates included, in the same round trip.
+NEXT_TASK_SQL = """
+WITH own AS (
+    SELECT a.id, a.task_id, a.expires_at
+    FROM annotation_assignment a
+    WHERE a.annotator_id = %(user)s AND a.project_id = %(project)s AND a.state = 'active'
+      AND a.expires_at > %(now)s
+    ORDER BY a.leased_at
+    LIMIT 1
+), pick AS (
+    SELECT t.id
+    FROM annotation_rankingtask t
+    WHERE NOT EXISTS (SELECT 1 FROM own)
+      AND t.project_id = %(project)s AND t.state = 'open'
+      AND t.leased_count + t.completed_count < t.required_annotations
+      AND NOT EXISTS (
+          SELECT 1 FROM annotation_assignment j
+          WHERE j.task_id = t.id AND j.annotator_id = %(user)s AND j.state IN ('submitted', 'skipped', 'active')
+      )
+    ORDER BY t.priority DESC, t.id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), bump AS (
+    UPDATE annotation_rankingtask t
+    SET leased_count = t.leased_count + 1,
+        state = CASE WHEN t.leased_count + 1 + t.completed_count >= t.required_annotations
+                     THEN 'full' ELSE 'open' END
+    FROM pick
+    WHERE t.id = pick.id
+    RETURNING t.id
+), lease AS (
+    INSERT INTO annotation_assignment
+        (task_id, project_id, annotator_id, state, leased_at, expires_at, finished_at, skip_reason)
+    SELECT bump.id, %(project)s, %(user)s, 'active', %(now)s, %(until)s, NULL, '' FROM bump
+    ON CONFLICT (task_id, annotator_id) DO UPDATE
+        SET state = 'active', leased_at = EXCLUDED.leased_at, expires_at = EXCLUDED.expires_at, finished_at = NULL
+    RETURNING id, task_id, expires_at
+), got AS (
+    SELECT id, task_id, expires_at FROM lease
+    UNION ALL
+    SELECT id, task_id, expires_at FROM own
+)
+SELECT got.id, got.task_id, got.expires_at, t.prompt_id, t.candidate_ids, p.text, p.image_id, i.width, i.height,
+       (SELECT json_agg(json_build_array(c.id, c.text))
+          FROM annotation_candidate c
+         WHERE c.id IN (SELECT value::bigint FROM jsonb_array_elements(t.candidate_ids))) AS candidates
+FROM got
+JOIN annotation_rankingtask t ON t.id = got.task_id
+JOIN annotation_prompt p ON p.id = t.prompt_id
+JOIN annotation_image i ON i.id = p.image_id
+"""
+
+
+def _loaded(model, **values):
+    """An instance of ``model`` holding just ``values`` (attnames); every other field is deferred.
+    ``from_db`` wants the values in the model's field order, which this takes care of."""
+    names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+    return model.from_db(connection.alias, names, [values[name] for name in names])
+
+
+def next_task(*, annotator, project: Project, now: datetime) -> Assignment | None:
+    until = now + timedelta(minutes=project.lease_minutes)
+    with connection.cursor() as cur:
+        cur.execute(NEXT_TASK_SQL, {"user": annotator.pk, "project": project.pk, "now": now, "until": until})
+        row = cur.fetchone()
+    if row is None:
+        return None
+    assignment_id, task_id, expires_at, prompt_id, candidate_ids, text, image_id, width, height, candidates = row
+    if isinstance(candidate_ids, str):  # psycopg decodes jsonb; a plain cursor in other setups may not
+        candidate_ids = json.loads(candidate_ids)
+    if isinstance(candidates, str):
+        candidates = json.loads(candidates)
+    prompt = _loaded(Prompt, id=prompt_id, project_id=project.pk, image_id=image_id, text=text)
+    prompt.image = _loaded(Image, id=image_id, width=width, height=height)
+    prompt.project = project
+    task = _loaded(RankingTask, id=task_id, project_id=project.pk, prompt_id=prompt_id, candidate_ids=candidate_ids)
+    task.prompt = prompt
+    task.project = project
+    task.prefetched_candidates = [
+        _loaded(Candidate, id=cid, prompt_id=prompt_id, text=ctext) for cid, ctext in candidates or []
+    ]
+    assignment = _loaded(
+        Assignment, id=assignment_id, task_id=task_id, project_id=project.pk, annotator_id=annotator.pk,
+        state=Assignment.State.ACTIVE, expires_at=expires_at,
+    )
+    assignment.task = task
+    assignment.project = project
+    return assignment
+
+
+# The task, locked, with the annotator's assignment and any ranking already made under this client_uuid.
+LOCK_FOR_SUBMIT_SQL = """
+SELECT t.project_id, t.prompt_id, t.candidate_ids, t.state, t.leased_count, t.completed_count,
+       t.required_annotations, a.id, a.state, a.expires_at,
+       (SELECT r.id FROM annotation_ranking r WHERE r.client_uuid = %(uuid)s) AS repeat_id
+FROM annotation_rankingtask t
+LEFT JOIN annotation_assignment a ON a.task_id = t.id AND a.annotator_id = %(user)s
+WHERE t.id = %(task)s
+FOR UPDATE OF t
+"""
+
+# The ranking, its pairs, the assignment and the task's counters, in one round trip.
+WRITE_SUBMIT_SQL = """
+WITH r AS (
+    INSERT INTO annotation_ranking
+        (task_id, project_id, annotator_id, ordering, flag_all_bad, flag_unsafe, flag_image_unclear, rationale,
+         time_spent_ms, client_uuid, created_at)
+    VALUES (%(task)s, %(project)s, %(user)s, %(ordering)s::jsonb, %(all_bad)s, %(unsafe)s, %(image_unclear)s,
+            %(rationale)s, %(time_spent_ms)s, %(uuid)s, %(now)s)
+    RETURNING id
+), pp AS (
+    INSERT INTO annotation_preferencepair (ranking_id, project_id, prompt_id, chosen_id, rejected_id, margin, created_at)
+    SELECT r.id, %(project)s, %(prompt)s, x.chosen, x.rejected, x.margin, %(now)s
+    FROM r, unnest(%(chosen)s::bigint[], %(rejected)s::bigint[], %(margin)s::int[]) AS x(chosen, rejected, margin)
+), ua AS (
+    UPDATE annotation_assignment SET state = 'submitted', finished_at = %(now)s WHERE id = %(assignment)s
+), ut AS (
+    UPDATE annotation_rankingtask
+    SET leased_count = %(leased)s, completed_count = %(completed)s, state = %(state)s
+    WHERE id = %(task)s
+)
+SELECT id FROM r
+"""
+
+
+def lock_for_submit(*, annotator, task_id: int, client_uuid: uuid.UUID):
+    """(task, assignment or None, id of an earlier ranking with this client_uuid or None), the task row
+    locked until the transaction ends; None if there is no such task. Call inside ``transaction.atomic``."""
+    with connection.cursor() as cur:
+        cur.execute(LOCK_FOR_SUBMIT_SQL, {"task": task_id, "user": annotator.pk, "uuid": client_uuid})
+        row = cur.fetchone()
+    if row is None:
+        return None
+    (project_id, prompt_id, candidate_ids, state, leased, completed, required,
+     assignment_id, assignment_state, expires_at, repeat_id) = row
+    if isinstance(candidate_ids, str):
+        candidate_ids = json.loads(candidate_ids)
+    task = _loaded(
+        RankingTask, id=task_id, project_id=project_id, prompt_id=prompt_id, candidate_ids=candidate_ids, state=state,
+        leased_count=leased, completed_count=completed, required_annotations=required,
+    )
+    assignment = None
+    if assignment_id is not None:
+        assignment = _loaded(
+            Assignment, id=assignment_id, task_id=task_id, project_id=project_id, annotator_id=annotator.pk,
+            state=assignment_state, expires_at=expires_at,
+        )
+    return task, assignment, repeat_id
+
+
+def write_submit(
+    *, annotator, task: RankingTask, assignment: Assignment, groups: list[list[int]], pairs: list[tuple[int, int, int]],
+    flags, rationale: str, time_spent_ms: int | None, client_uuid: uuid.UUID, now: datetime,
+) -> Ranking:
+    """Write what ``queue.submit_ranking`` decided; ``task`` carries the new counters and state."""
+    params = {
+        "task": task.pk, "project": task.project_id, "prompt": task.prompt_id, "user": annotator.pk,
+        "ordering": json.dumps(groups), "all_bad": "all_bad" in flags, "unsafe": "unsafe" in flags,
+        "image_unclear": "image_unclear" in flags, "rationale": rationale, "time_spent_ms": time_spent_ms,
+        "uuid": client_uuid, "now": now, "assignment": assignment.pk,
+        "chosen": [p[0] for p in pairs], "rejected": [p[1] for p in pairs], "margin": [p[2] for p in pairs],
+        "leased": task.leased_count, "completed": task.completed_count, "state": task.state,
+    }
+    with connection.cursor() as cur:
+        cur.execute(WRITE_SUBMIT_SQL, params)
+        (ranking_id,) = cur.fetchone()
+    return Ranking(
+        id=ranking_id, task_id=task.pk, project_id=task.project_id, annotator_id=annotator.pk, ordering=groups,
+        flag_all_bad="all_bad" in flags, flag_unsafe="unsafe" in flags, flag_image_unclear="image_unclear" in flags,
+        rationale=rationale, time_spent_ms=time_spent_ms, client_uuid=client_uuid, created_at=now,
+    )
+
+
+EXPIRED_SQL = """
+SELECT id, task_id FROM annotation_assignment
+WHERE state = 'active' AND expires_at <= %(now)s AND project_id = %(project)s
+LIMIT %(limit)s
+"""
+
+
+def expired_leases(*, project_id: int, now: datetime, limit: int) -> list[tuple[int, int]]:
+    """(assignment id, task id) of leases that ran out; the partial index on active leases answers it."""
+    with connection.cursor() as cur:
+        cur.execute(EXPIRED_SQL, {"project": project_id, "now": now, "limit": limit})
+        return cur.fetchall()
