@@ -2,6 +2,9 @@
 
 Counters on ``RankingTask`` (``leased_count``, ``completed_count``) and its ``state`` are only changed
 by ``annotation.services.queue`` while it holds the task row's lock; see the comments there.
+
+Foreign keys to Project have no index of their own (``db_index=False``) where a composite index that
+starts with the project covers them: every index is maintained on each of a million-row import's rows.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ class Prompt(models.Model):
         TRAIN = "train", "Train"
         EVAL = "eval", "Eval"
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts", db_index=False)
     image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="prompts")
     text = models.TextField()
     reference = models.JSONField(default=list, blank=True, help_text="Reference answers, a list of strings.")
@@ -116,9 +119,13 @@ class Candidate(models.Model):
 
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="candidates")
     text = models.TextField()
-    source = models.CharField(max_length=100, db_index=True, help_text="Model version label, 'human' or 'import'.")
+    source = models.CharField(max_length=100, help_text="Model version label, 'human' or 'import'.")
     meta = models.JSONField(default=dict, blank=True, help_text="Generation metadata: logprob, sampling, …")
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        # A plain index: Django's db_index on a CharField adds a second, LIKE-only one on PostgreSQL.
+        indexes = [models.Index(fields=["source"], name="candidate_source_idx")]
 
     def __str__(self) -> str:
         return self.text[:60]
@@ -137,7 +144,7 @@ class RankingTask(models.Model):
         DONE = "done", "Done"  # completed == required
         CLOSED = "closed", "Closed"  # withdrawn by an admin
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks", db_index=False)
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="tasks")
     candidate_ids = models.JSONField(help_text="IDs of the task's K candidates.")
     priority = models.FloatField(default=0.0, help_text="Higher first; the loop sets it (active learning).")
@@ -197,7 +204,7 @@ class Ranking(models.Model):
     """An annotator's ordering of a task's candidates, best first; ties share a group."""
 
     task = models.ForeignKey(RankingTask, on_delete=models.CASCADE, related_name="rankings")
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="rankings")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="rankings", db_index=False)
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="rankings")
     ordering = models.JSONField(help_text="Groups of candidate ids, best first, e.g. [[3], [1, 2], [4]].")
     flag_all_bad = models.BooleanField(default=False)
@@ -235,7 +242,7 @@ class PreferencePair(models.Model):
     """chosen ≻ rejected, implied by one ranking; ``margin`` is the distance between their groups."""
 
     ranking = models.ForeignKey(Ranking, on_delete=models.CASCADE, related_name="pairs")
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="pairs")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="pairs", db_index=False)
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="+")
     chosen = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="+")
     rejected = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="+")

@@ -35,6 +35,7 @@ from annotation.models import Candidate, Image, Project, Prompt, RankingTask
 MODES = ("all_or_nothing", "partial")
 MAX_MANIFEST_BYTES = 512 * 1024 * 1024
 BATCH = 2000
+COPY_BATCH = 25_000  # rows per COPY: the server stores one chunk while the next is formatted
 FIELDS = {"image", "prompt", "reference", "ground_truth", "candidates", "split", "id", "priority"}
 
 
@@ -85,6 +86,9 @@ class Row:
     priority: float
 
 
+SPLITS = frozenset(Prompt.Split.values)
+
+
 def _text_list(value: object, what: str) -> list[str]:
     if value is None or value == "":
         return []
@@ -132,8 +136,8 @@ def _parse_row(raw: dict, line: int, k: int) -> Row:
         if len(set(candidates)) != len(candidates):
             raise ValueError("candidates repeat; annotators would rank identical answers")
     split = (raw.get("split") or "train").strip() if isinstance(raw.get("split") or "train", str) else None
-    if split not in Prompt.Split.values:
-        raise ValueError(f"'split' must be one of {Prompt.Split.values}, not {raw.get('split')!r}")
+    if split not in SPLITS:
+        raise ValueError(f"'split' must be one of {sorted(SPLITS)}, not {raw.get('split')!r}")
     priority = raw.get("priority")
     if priority in (None, ""):
         priority = 0.0
@@ -257,8 +261,9 @@ def _import(bundle: Bundle, project: Project, manifest: str | None, mode: str, o
     # Pass 2: write every good row in one transaction.
     with transaction.atomic():
         image_ids = _upsert_images({name: c for name, c in images.items() if isinstance(c, CheckedImage)}, good, report)
-        for start in range(0, len(good), BATCH):
-            _write_rows(project, good[start : start + BATCH], images, image_ids, origin, report)
+        batch = COPY_BATCH if bulk.fast_path() else BATCH
+        for start in range(0, len(good), batch):
+            _write_rows(project, good[start : start + batch], images, image_ids, origin, report)
     report.rows_imported = len(good)
     return report
 
@@ -337,15 +342,17 @@ def _write_rows(project, rows, images, image_ids, origin, report) -> None:
 
 def _copy_rows(project, rows, image_ids, origin, report) -> None:
     """The same writes as above through COPY (PostgreSQL), for imports of millions of tasks."""
-    now = timezone.now()
-    dumps = json.dumps
+    now = timezone.now().isoformat()
+    dumps, esc, null = json.dumps, bulk.text, bulk.NULL
+    project_id, overlap = project.pk, project.overlap
     prompt_ids = bulk.reserve_ids(Prompt._meta.db_table, len(rows))
-    bulk.copy_rows(
+    bulk.copy_lines(
         Prompt._meta.db_table,
         ["id", "project_id", "image_id", "text", "reference", "split", "ground_truth", "external_id", "created_at"],
         (
-            (pid, project.pk, image_ids[row.image], row.prompt, dumps(row.reference), row.split,
-             None if row.ground_truth is None else dumps(row.ground_truth), row.external_id, now)
+            f"{pid}\t{project_id}\t{image_ids[row.image]}\t{esc(row.prompt)}\t{esc(dumps(row.reference))}\t"
+            f"{row.split}\t{null if row.ground_truth is None else esc(dumps(row.ground_truth))}\t"
+            f"{esc(row.external_id)}\t{now}\n"
             for pid, row in zip(prompt_ids, rows, strict=True)
         ),
     )
@@ -353,17 +360,20 @@ def _copy_rows(project, rows, image_ids, origin, report) -> None:
     with_candidates = [(row, pid) for row, pid in zip(rows, prompt_ids, strict=True) if row.candidates]
     n_candidates = sum(len(row.candidates) for row, _ in with_candidates)
     candidate_ids = iter(bulk.reserve_ids(Candidate._meta.db_table, n_candidates))
-    task_rows, candidate_rows = [], []
+    source, state, origin = Candidate.IMPORT, RankingTask.State.OPEN.value, esc(origin)
+    task_lines, candidate_lines = [], []
     for row, pid in with_candidates:
         ids = [next(candidate_ids) for _ in row.candidates]
-        candidate_rows.extend((cid, pid, text, Candidate.IMPORT, "{}", now) for cid, text in zip(ids, row.candidates, strict=True))
-        task_rows.append((project.pk, pid, dumps(ids), row.priority, project.overlap, 0, 0, RankingTask.State.OPEN, origin, now))
-    bulk.copy_rows(Candidate._meta.db_table, ["id", "prompt_id", "text", "source", "meta", "created_at"], candidate_rows)
-    bulk.copy_rows(
+        candidate_lines.extend(
+            f"{cid}\t{pid}\t{esc(text)}\t{source}\t{{}}\t{now}\n" for cid, text in zip(ids, row.candidates, strict=True)
+        )
+        task_lines.append(f"{project_id}\t{pid}\t{dumps(ids)}\t{row.priority!r}\t{overlap}\t0\t0\t{state}\t{origin}\t{now}\n")
+    bulk.copy_lines(Candidate._meta.db_table, ["id", "prompt_id", "text", "source", "meta", "created_at"], candidate_lines)
+    bulk.copy_lines(
         RankingTask._meta.db_table,
         ["project_id", "prompt_id", "candidate_ids", "priority", "required_annotations", "leased_count",
          "completed_count", "state", "origin", "created_at"],
-        task_rows,
+        task_lines,
     )
-    report.candidates += len(candidate_rows)
-    report.tasks += len(task_rows)
+    report.candidates += len(candidate_lines)
+    report.tasks += len(task_lines)

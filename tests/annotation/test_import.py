@@ -64,6 +64,23 @@ def test_it_imports_rows_with_candidates_as_open_tasks(tmp_path):
     assert Prompt.objects.get(split="eval").ground_truth == {"color": "red"}
 
 
+def test_text_with_tabs_newlines_backslashes_and_unicode_survives_the_import(tmp_path):
+    """PostgreSQL imports write COPY's text format by hand; every character class it escapes comes back."""
+    proj = f.project(k=2)
+    awkward = ["a\tred\\square\nsecond line\r", "ein blauer Kreis – 円 \\N"]
+    src = _folder(
+        tmp_path,
+        [_row(prompt="Tab\there, back\\slash", candidates=awkward, reference=["x\ty"], id="id\t1",
+              ground_truth={"note": "a\\b\nc"})],
+    )
+    assert import_bundle(project=proj, path=src).ok
+    prompt = Prompt.objects.get(project=proj)
+    assert (prompt.text, prompt.reference, prompt.external_id) == ("Tab\there, back\\slash", ["x\ty"], "id\t1")
+    assert prompt.ground_truth == {"note": "a\\b\nc"}
+    task = RankingTask.objects.get(project=proj)
+    assert [Candidate.objects.get(pk=pk).text for pk in task.candidate_ids] == [awkward[0].strip(), awkward[1]]
+
+
 def test_duplicate_images_are_stored_once(tmp_path):
     proj = f.project(k=2)
     same = f.png_bytes((1, 2, 3))
