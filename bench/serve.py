@@ -111,8 +111,9 @@ print(json.dumps({
 
 
 class Annotator(threading.Thread):
-    def __init__(self, host, port, token, deadline, start_barrier):
+    def __init__(self, host, port, token, deadline, start_barrier, one_call=False):
         super().__init__(daemon=True)
+        self.one_call = one_call
         self.host, self.port, self.token, self.deadline, self.start_barrier = host, port, token, deadline, start_barrier
         self.next_ms: list[float] = []
         self.submit_ms: list[float] = []
@@ -128,26 +129,34 @@ class Annotator(threading.Thread):
     def run(self):
         conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
         self.start_barrier.wait()
+        task = None
         while time.monotonic() < self.deadline:
-            t0 = time.perf_counter()
-            status, body = self.request(conn, "POST", "/api/projects/bench/next/")
-            self.next_ms.append((time.perf_counter() - t0) * 1000)
-            if status == 204:
-                break
-            if status != 200:
-                self.errors.append(f"next {status} {body[:200]!r}")
-                continue
-            task = json.loads(body)
+            if task is None:
+                t0 = time.perf_counter()
+                status, body = self.request(conn, "POST", "/api/projects/bench/next/")
+                self.next_ms.append((time.perf_counter() - t0) * 1000)
+                if status == 204:
+                    break
+                if status != 200:
+                    self.errors.append(f"next {status} {body[:200]!r}")
+                    continue
+                task = json.loads(body)
             ids = [c["id"] for c in task["candidates"]]
             random.shuffle(ids)
             t0 = time.perf_counter()
             status, body = self.request(
-                conn, "POST", f"/api/tasks/{task['task_id']}/submit/",
+                conn, "POST", f"/api/tasks/{task['task_id']}/submit/" + ("?next=1" if self.one_call else ""),
                 {"ordering": [[i] for i in ids], "client_uuid": str(uuid.uuid4()), "time_spent_ms": 1000},
             )
             self.submit_ms.append((time.perf_counter() - t0) * 1000)
+            task = None
             if status == 201:
-                self.ranking_ids.append(json.loads(body)["id"])
+                answer = json.loads(body)
+                self.ranking_ids.append(answer["id"])
+                if self.one_call:
+                    task = answer["next_task"]
+                    if task is None:
+                        break
             else:
                 self.errors.append(f"submit {status} {body[:200]!r}")
         conn.close()
@@ -166,11 +175,11 @@ def wait_for(host: str, port: int, timeout: float = 60) -> None:
     raise RuntimeError("gunicorn did not come up")
 
 
-def run_load(env, tokens, clients, seconds, port):
+def run_load(env, tokens, clients, seconds, port, one_call=False):
     host = "127.0.0.1"
     start = threading.Barrier(clients + 1)
     deadline = time.monotonic() + seconds + 1
-    threads = [Annotator(host, port, tokens[i], deadline, start) for i in range(clients)]
+    threads = [Annotator(host, port, tokens[i], deadline, start, one_call) for i in range(clients)]
     for t in threads:
         t.start()
     start.wait()
@@ -210,7 +219,10 @@ def bench_n(args, n: int) -> dict:
         t0 = time.perf_counter()
         out = manage(env, "import", "bench", tmp)
         import_s = time.perf_counter() - t0
-    print(f"  N={n:,}: manifest written in {gen_s:.1f}s; import {import_s:.1f}s = {n / import_s:,.0f} tasks/s ({out.stdout.strip()})", flush=True)
+    import_only_s = float(out.stdout.strip().rsplit(" in ", 1)[1].split()[0])
+    print(f"  N={n:,}: manifest written in {gen_s:.1f}s; `manage.py import` {import_s:.1f}s = {n / import_s:,.0f} tasks/s, "
+          f"the import itself (without Django's start-up) {import_only_s:.1f}s = {n / import_only_s:,.0f} tasks/s "
+          f"({out.stdout.strip()})", flush=True)
     manage(env, "shell", "-c", "from django.db import connection; connection.cursor().execute('VACUUM ANALYZE')")
     port = args.port
     gunicorn = subprocess.Popen(
@@ -223,7 +235,7 @@ def bench_n(args, n: int) -> dict:
     try:
         wait_for("127.0.0.1", port)
         for c in args.clients:
-            result, ids = run_load(env, tokens, c, args.seconds, port)
+            result, ids = run_load(env, tokens, c, args.seconds, port, args.one_call)
             all_ids += ids
             print("   ", json.dumps(result), flush=True)
             results.append(result)
@@ -235,7 +247,8 @@ def bench_n(args, n: int) -> dict:
     check = json.loads(manage(env, "shell", "-c", CHECK.replace('__import__("sys").argv[1]', repr(fh.name))).stdout.strip().splitlines()[-1])
     os.unlink(fh.name)
     print("    checks:", json.dumps(check), flush=True)
-    return {"tasks": n, "import_s": round(import_s, 1), "import_tasks_per_s": round(n / import_s), "runs": results, "checks": check}
+    return {"tasks": n, "import_s": round(import_s, 1), "import_tasks_per_s": round(n / import_s),
+            "import_only_tasks_per_s": round(n / import_only_s), "runs": results, "checks": check}
 
 
 def main() -> None:
@@ -248,9 +261,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8911)
     parser.add_argument("--web-workers", type=int, default=3)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--one-call", action="store_true",
+                        help="submit with ?next=1, so each annotation is one request (as the ranking page does); "
+                             "next-task latency is then that of the first lease only, submit latency covers both")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    print(f"lensloop serve benchmark: {os.cpu_count()} cores, gunicorn {args.web_workers}×{args.threads} threads", flush=True)
+    loop = "submit?next=1 (one request per annotation)" if args.one_call else "next -> submit (two requests)"
+    print(f"lensloop serve benchmark: {os.cpu_count()} cores, gunicorn {args.web_workers}×{args.threads} threads, loop {loop}",
+          flush=True)
     results = [bench_n(args, n) for n in args.tasks]
     if len(results) >= 2:
         small, large = results[0], results[-1]

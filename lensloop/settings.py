@@ -122,7 +122,7 @@ LENSLOOP_DEFAULT_LEASE_MINUTES = env_int("LENSLOOP_DEFAULT_LEASE_MINUTES", 30, m
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first: its WWW-Authenticate challenge makes anonymous requests 401, not 403.
-        "rest_framework.authentication.TokenAuthentication",
+        "annotation.api.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     # `?format=` names the export format here, not a renderer.

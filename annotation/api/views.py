@@ -9,7 +9,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.http import FileResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -95,6 +95,7 @@ def _check_task_member(request, task_id: int) -> Project:
 class SubmitView(APIView):
     @extend_schema(
         request=SubmitSerializer,
+        parameters=[OpenApiParameter("next", bool, description="Also lease and return your next task")],
         responses={
             201: RankingSerializer,
             200: OpenApiResponse(RankingSerializer, description="Repeat of an earlier submit (same client_uuid)"),
@@ -103,14 +104,17 @@ class SubmitView(APIView):
         },
     )
     def post(self, request, task_id):
-        _check_task_member(request, task_id)
+        """Store a ranking (idempotent on client_uuid). With `?next=1` the answer also carries your next
+        task as `next_task` (null when the queue is empty): one request per annotation instead of two."""
+        project = _check_task_member(request, task_id)
         data = SubmitSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         result = queue.submit_ranking(annotator=request.user, task_id=task_id, **data.validated_data)
-        return Response(
-            RankingSerializer(result.ranking).data,
-            status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
-        )
+        body = RankingSerializer(result.ranking).data
+        if request.query_params.get("next") in ("1", "true"):
+            assignment = queue.next_task(annotator=request.user, project=project)
+            body["next_task"] = task_payload(assignment) if assignment is not None else None
+        return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
 
 class SkipView(APIView):

@@ -93,6 +93,38 @@ def test_an_annotator_ranks_through_the_api_and_the_pairs_are_stored(world):
     assert Ranking.objects.get().flag_image_unclear
 
 
+def test_submit_with_next_answers_with_the_next_task_until_the_queue_is_empty(world):
+    bob = client_for(world["bob"], token=True)
+    task = bob.post("/api/projects/shapes/next/").json()
+    seen = []
+    while task is not None:
+        seen.append(task["task_id"])
+        ids = [c["id"] for c in task["candidates"]]
+        response = bob.post(
+            f"/api/tasks/{task['task_id']}/submit/?next=1",
+            {"ordering": [[i] for i in ids], "client_uuid": str(uuid.uuid4())},
+            format="json",
+        )
+        assert response.status_code == 201, response.json()
+        task = response.json()["next_task"]
+        # The next task is leased already: asking the queue again gives the same one.
+        if task is not None:
+            assert bob.post("/api/projects/shapes/next/").json()["task_id"] == task["task_id"]
+    assert len(seen) == len(set(seen)) == 3
+    assert Ranking.objects.filter(annotator=world["bob"]).count() == 3
+
+
+def test_an_unknown_token_or_an_inactive_users_token_is_a_401(world):
+    unknown = APIClient()
+    unknown.credentials(HTTP_AUTHORIZATION="Token " + "0" * 40)
+    assert unknown.post("/api/projects/shapes/next/").status_code == 401
+    bob = client_for(world["bob"], token=True)
+    world["bob"].is_active = False
+    world["bob"].save()
+    response = bob.post("/api/projects/shapes/next/")
+    assert response.status_code == 401 and "inactive" in response.json()["detail"]
+
+
 def test_a_bad_ranking_is_a_400_that_names_the_problem(world):
     bob = client_for(world["bob"])
     task = bob.post("/api/projects/shapes/next/").json()

@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -25,6 +26,7 @@ class Command(BaseCommand):
         proj = Project.objects.filter(slug=project).first()
         if proj is None:
             raise CommandError(f"no project {project!r}")
+        started = time.perf_counter()
         try:
             report = import_bundle(project=proj, path=Path(path), manifest=manifest, mode=mode)
         except ImportRejected as exc:
@@ -36,5 +38,5 @@ class Command(BaseCommand):
         self.stdout.write(
             f"imported {report.rows_imported}/{report.rows} rows: {report.prompts} prompts, "
             f"{report.candidates} candidates, {report.tasks} tasks, {report.images_new} new images "
-            f"({report.images_reused} already stored)"
+            f"({report.images_reused} already stored) in {time.perf_counter() - started:.1f} s"
         )

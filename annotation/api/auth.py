@@ -1,0 +1,26 @@
+"""Token authentication with the token and its user read in one raw query.
+
+The same rules as DRF's ``TokenAuthentication`` (unknown key or inactive user: 401); it skips the ORM's
+query building, which every API request would otherwise pay for twice over at hundreds of requests
+per second.
+"""
+
+from django.contrib.auth import get_user_model
+from django.utils.translation import gettext_lazy as _
+from rest_framework import authentication, exceptions
+from rest_framework.authtoken.models import Token
+
+
+class TokenAuthentication(authentication.TokenAuthentication):
+    def authenticate_credentials(self, key):
+        user_model = get_user_model()
+        sql = (
+            f"SELECT u.* FROM {user_model._meta.db_table} u "
+            f"JOIN {Token._meta.db_table} t ON t.user_id = u.{user_model._meta.pk.column} WHERE t.key = %s"
+        )
+        user = next(iter(user_model.objects.raw(sql, [key])), None)
+        if user is None:
+            raise exceptions.AuthenticationFailed(_("Invalid token."))
+        if not user.is_active:
+            raise exceptions.AuthenticationFailed(_("User inactive or deleted."))
+        return user, Token(key=key, user=user)
