@@ -3,11 +3,12 @@
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 
+from annotation import rawsql
 from annotation.models import Membership, Project
 
-# The project with the user's role in it, in one query (raw: this runs on every request of the queue).
+# The project with the user's role in it, in one query (hand-written: this runs on every queue request).
 _PROJECT_WITH_ROLE = (
-    "SELECT p.*, m.role AS user_role FROM annotation_project p "
+    "SELECT {columns}, m.role FROM annotation_project p "
     "LEFT JOIN annotation_membership m ON m.project_id = p.id AND m.user_id = %s "
 )
 _BY_SLUG = _PROJECT_WITH_ROLE + "WHERE p.slug = %s"
@@ -15,7 +16,8 @@ _BY_TASK = _PROJECT_WITH_ROLE + "WHERE p.id = (SELECT t.project_id FROM annotati
 
 
 def _checked(sql: str, user, key, what: str, *, admin: bool) -> tuple[Project, str]:
-    project = next(iter(Project.objects.raw(sql, [user.pk if user.is_authenticated else None, key])), None)
+    sql = sql.format(columns=rawsql.columns(Project, "p"))
+    project = rawsql.fetch_one(Project, sql, [user.pk if user.is_authenticated else None, key], extra=("user_role",))
     if project is None:
         raise Http404(f"no {what}")
     role = Membership.Role.ADMIN if user.is_superuser else project.user_role

@@ -3,7 +3,7 @@
 from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
-from annotation.models import Membership, Project, Ranking
+from annotation.models import Membership, Project
 from annotation.services.exports import FORMATS
 from annotation.services.imports import MODES
 
@@ -52,12 +52,18 @@ class SkipSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=500)
 
 
-class RankingSerializer(serializers.ModelSerializer):
-    flags = serializers.ListField(child=serializers.CharField(), read_only=True)
+class RankingSerializer(serializers.Serializer):
+    """A stored ranking. Fields spelled out rather than a ModelSerializer: this answers every submit, and
+    a ModelSerializer introspects the model on each instantiation."""
 
-    class Meta:
-        model = Ranking
-        fields = ["id", "task", "ordering", "flags", "rationale", "time_spent_ms", "client_uuid", "created_at"]
+    id = serializers.IntegerField(read_only=True)
+    task = serializers.IntegerField(source="task_id", read_only=True)
+    ordering = serializers.JSONField(read_only=True)
+    flags = serializers.ListField(child=serializers.CharField(), read_only=True)
+    rationale = serializers.CharField(read_only=True)
+    time_spent_ms = serializers.IntegerField(read_only=True, allow_null=True)
+    client_uuid = serializers.UUIDField(read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
 
 
 class ImportSerializer(serializers.Serializer):
