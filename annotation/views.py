@@ -19,9 +19,10 @@ from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from rest_framework.exceptions import ValidationError as InvalidInput
 
 from annotation import charts, ui_selectors
-from annotation.api.serializers import SkipSerializer, SubmitSerializer
+from annotation.api.serializers import SkipSerializer, parse_submit
 from annotation.exceptions import AnnotationError
 from annotation.forms import ExportForm, MemberForm, ProjectForm
 from annotation.models import Membership, Project, RankingTask
@@ -173,10 +174,11 @@ def work_ahead(request, project):
 def work_submit(request, project, task_id):
     """Submit a ranking (idempotent on client_uuid) and answer with the next task in the same response."""
     task = _task_of(project, task_id)
-    data = SubmitSerializer(data=_json_body(request))
-    if not data.is_valid():
-        return _error(400, "invalid", data.errors)
-    result = queue.submit_ranking(annotator=request.user, task_id=task.pk, **data.validated_data)
+    try:
+        values = parse_submit(_json_body(request))
+    except InvalidInput as exc:
+        return _error(400, "invalid", exc.detail)
+    result = queue.submit_ranking(annotator=request.user, task_id=task.pk, **values)
     body = {"ranking": {"id": result.ranking.pk, "created": result.created}, **_next_for(request, project, ahead=False)}
     return JsonResponse(body, status=201 if result.created else 200)
 

@@ -1,7 +1,10 @@
 """Input validation and output shapes of the annotation API."""
 
+import uuid
+
 from django.contrib.auth import get_user_model
 from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
 
 from annotation.models import Membership, Project
 from annotation.services.exports import FORMATS
@@ -38,14 +41,78 @@ class TaskSerializer(serializers.Serializer):
     lease_seconds_left = serializers.IntegerField()
 
 
+FLAG_CHOICES = ["all_bad", "unsafe", "image_unclear"]
+MAX_RATIONALE = 10_000
+
+
 class SubmitSerializer(serializers.Serializer):
+    """The shape of a submit, for the schema; ``parse_submit`` applies the same rules at runtime."""
+
     ordering = serializers.JSONField(help_text="Groups of candidate ids, best first; ties share a group.")
     client_uuid = serializers.UUIDField(help_text="Fresh per ranking; a repeat with the same id is a no-op.")
     flags = serializers.ListField(
-        child=serializers.ChoiceField(choices=["all_bad", "unsafe", "image_unclear"]), required=False, default=list
+        child=serializers.ChoiceField(choices=FLAG_CHOICES), required=False, default=list
     )
-    rationale = serializers.CharField(required=False, allow_blank=True, default="", max_length=10_000)
+    rationale = serializers.CharField(required=False, allow_blank=True, default="", max_length=MAX_RATIONALE)
     time_spent_ms = serializers.IntegerField(required=False, allow_null=True, min_value=0, default=None)
+
+
+def parse_submit(data) -> dict:
+    """``SubmitSerializer``'s checks without its per-request copy of every field (this runs on every
+    submit). Returns the validated values; raises ValidationError({field: [message]}) as it would."""
+    if not isinstance(data, dict):
+        raise ValidationError({"non_field_errors": ["Invalid data. Expected a dictionary."]})
+    errors: dict[str, list[str]] = {}
+    if "ordering" not in data:
+        errors["ordering"] = ["This field is required."]
+    client_uuid = data.get("client_uuid")
+    if client_uuid is None:
+        errors["client_uuid"] = ["This field is required."]
+    else:
+        try:
+            client_uuid = uuid.UUID(str(client_uuid))
+        except ValueError:
+            errors["client_uuid"] = ["Must be a valid UUID."]
+    flags = data.get("flags", [])
+    if not isinstance(flags, list):
+        errors["flags"] = [f'Expected a list of items but got type "{type(flags).__name__}".']
+    elif any(flag not in FLAG_CHOICES for flag in flags):
+        errors["flags"] = [f"Each flag must be one of {FLAG_CHOICES}."]
+    rationale = data.get("rationale", "")
+    if isinstance(rationale, int | float) and not isinstance(rationale, bool):
+        rationale = str(rationale)  # as DRF's CharField does
+    if not isinstance(rationale, str):
+        errors["rationale"] = ["Not a valid string."]
+    elif len(rationale.strip()) > MAX_RATIONALE:
+        errors["rationale"] = [f"Ensure this field has no more than {MAX_RATIONALE} characters."]
+    time_spent_ms = data.get("time_spent_ms")
+    if time_spent_ms is not None:
+        if isinstance(time_spent_ms, str) and time_spent_ms.strip().isdigit():
+            time_spent_ms = int(time_spent_ms)
+        if isinstance(time_spent_ms, float) and time_spent_ms.is_integer():
+            time_spent_ms = int(time_spent_ms)
+        if isinstance(time_spent_ms, bool) or not isinstance(time_spent_ms, int):
+            errors["time_spent_ms"] = ["A valid integer is required."]
+        elif time_spent_ms < 0:
+            errors["time_spent_ms"] = ["Ensure this value is greater than or equal to 0."]
+    if errors:
+        raise ValidationError(errors)
+    return {
+        "ordering": data["ordering"], "client_uuid": client_uuid, "flags": flags,
+        "rationale": rationale.strip(), "time_spent_ms": time_spent_ms,
+    }
+
+
+def ranking_payload(ranking) -> dict:
+    """What ``RankingSerializer`` gives for ``ranking``, built directly (it answers every submit)."""
+    created = ranking.created_at.isoformat()
+    if created.endswith("+00:00"):
+        created = created[:-6] + "Z"
+    return {
+        "id": ranking.pk, "task": ranking.task_id, "ordering": ranking.ordering, "flags": ranking.flags,
+        "rationale": ranking.rationale, "time_spent_ms": ranking.time_spent_ms,
+        "client_uuid": str(ranking.client_uuid), "created_at": created,
+    }
 
 
 class SkipSerializer(serializers.Serializer):

@@ -26,6 +26,8 @@ from annotation.api.serializers import (
     SkipSerializer,
     SubmitSerializer,
     TaskSerializer,
+    parse_submit,
+    ranking_payload,
 )
 from annotation.exceptions import ImportRejected
 from annotation.images import media_path
@@ -107,10 +109,8 @@ class SubmitView(APIView):
         """Store a ranking (idempotent on client_uuid). With `?next=1` the answer also carries your next
         task as `next_task` (null when the queue is empty): one request per annotation instead of two."""
         project = _check_task_member(request, task_id)
-        data = SubmitSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        result = queue.submit_ranking(annotator=request.user, task_id=task_id, **data.validated_data)
-        body = RankingSerializer(result.ranking).data
+        result = queue.submit_ranking(annotator=request.user, task_id=task_id, **parse_submit(request.data))
+        body = ranking_payload(result.ranking)
         if request.query_params.get("next") in ("1", "true"):
             assignment = queue.next_task(annotator=request.user, project=project)
             body["next_task"] = task_payload(assignment) if assignment is not None else None

@@ -236,3 +236,50 @@ def test_the_openapi_schema_and_docs_are_served(world):
 def test_blank_export_filters_mean_no_filter(world):
     response = client_for(world["alice"]).get("/api/projects/shapes/export/?format=records&since=&until=&source=")
     assert response.status_code == 200
+
+
+SUBMIT_INPUTS = [
+    {"ordering": [[1], [2]], "client_uuid": str(uuid.uuid4())},
+    {"ordering": [[1], [2]], "client_uuid": str(uuid.uuid4()), "flags": ["unsafe", "all_bad"], "rationale": "  why  ",
+     "time_spent_ms": 1200},
+    {"ordering": [[1], [2]], "client_uuid": str(uuid.uuid4()), "time_spent_ms": None, "flags": []},
+    {"ordering": [[1], [2]], "client_uuid": str(uuid.uuid4()), "time_spent_ms": "15"},
+    {"ordering": [[1], [2]]},
+    {"client_uuid": str(uuid.uuid4())},
+    {"ordering": [[1]], "client_uuid": "not-a-uuid"},
+    {"ordering": [[1]], "client_uuid": str(uuid.uuid4()), "flags": ["boring"]},
+    {"ordering": [[1]], "client_uuid": str(uuid.uuid4()), "flags": "unsafe"},
+    {"ordering": [[1]], "client_uuid": str(uuid.uuid4()), "rationale": "x" * 10_001},
+    {"ordering": [[1]], "client_uuid": str(uuid.uuid4()), "rationale": 5},
+    {"ordering": [[1]], "client_uuid": str(uuid.uuid4()), "time_spent_ms": -1},
+    {"ordering": [[1]], "client_uuid": str(uuid.uuid4()), "time_spent_ms": "soon"},
+    {"ordering": [[1]], "client_uuid": str(uuid.uuid4()), "time_spent_ms": True},
+]
+
+
+@pytest.mark.parametrize("data", SUBMIT_INPUTS)
+def test_parse_submit_accepts_and_refuses_what_the_submit_serializer_does(data):
+    """The submit endpoints validate with parse_submit (cheaper); the schema shows SubmitSerializer."""
+    from rest_framework.exceptions import ValidationError
+
+    from annotation.api.serializers import SubmitSerializer, parse_submit
+
+    serializer = SubmitSerializer(data=data)
+    if serializer.is_valid():
+        assert parse_submit(data) == serializer.validated_data
+    else:
+        with pytest.raises(ValidationError) as refused:
+            parse_submit(data)
+        assert set(refused.value.detail) == set(serializer.errors)
+
+
+def test_the_submit_answer_is_what_the_ranking_serializer_gives(world):
+    from annotation.api.serializers import RankingSerializer, ranking_payload
+
+    bob = client_for(world["bob"])
+    task = bob.post("/api/projects/shapes/next/").json()
+    ids = [c["id"] for c in task["candidates"]]
+    body = {"ordering": [ids], "client_uuid": str(uuid.uuid4()), "flags": ["unsafe"], "rationale": "tie"}
+    answer = bob.post(f"/api/tasks/{task['task_id']}/submit/", body, format="json").json()
+    stored = Ranking.objects.get(pk=answer["id"])
+    assert answer == ranking_payload(stored) == json.loads(json.dumps(RankingSerializer(stored).data))
