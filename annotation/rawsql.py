@@ -1,8 +1,8 @@
-"""Model instances from one hand-written query, without the ORM's per-query building cost.
+"""Hand-written queries for the paths that run on every queue request.
 
-``Model.objects.raw()`` re-derives columns and converters on every call; on the paths that run on
-every queue request (token, project and role) that cost as much as the query itself. Here the column
-list and the backend's value converters are worked out once per model.
+``execute`` runs a statement as a prepared statement on PostgreSQL; ``fetch_one`` builds a model
+instance from one query. ``Model.objects.raw()`` re-derives columns and converters on every call,
+which cost as much as the query itself; here they are worked out once per model.
 """
 
 from __future__ import annotations
@@ -10,6 +10,11 @@ from __future__ import annotations
 from functools import cache
 
 from django.db import connection
+
+try:
+    import psycopg
+except ImportError:  # SQLite-only installs
+    psycopg = None
 
 
 @cache
@@ -24,6 +29,23 @@ def _plan(model, vendor: str) -> tuple[str, list[str], list[tuple[int, list]]]:
     return columns, [f.attname for f in fields], converters
 
 
+def execute(sql: str, params):
+    """A cursor that ran ``sql`` on Django's connection, inside its current transaction.
+
+    On PostgreSQL the statement is prepared: Django's own cursors bind parameters on the client, which
+    rules out prepared statements, so PostgreSQL would plan a statement on every call (the queue's lease
+    statement took longer to plan than to run). Errors come out as Django's (IntegrityError, ...)."""
+    if connection.vendor != "postgresql":
+        cursor = connection.cursor()
+        cursor.execute(sql, params)
+        return cursor
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        cursor = psycopg.Cursor(connection.connection)
+        cursor.execute(sql, params, prepare=True)
+    return cursor
+
+
 def columns(model, alias: str) -> str:
     """The model's columns, qualified by ``alias``, for the SELECT list; ``fetch_one`` reads them first."""
     return _plan(model, connection.vendor)[0].format(alias=alias)
@@ -33,8 +55,7 @@ def fetch_one(model, sql: str, params, extra: tuple[str, ...] = ()):
     """Run ``sql`` (whose SELECT list starts with ``columns(model, alias)``, then ``extra`` columns) and
     return an instance of ``model`` with the extra columns as attributes, or None when no row matched."""
     _, names, converters = _plan(model, connection.vendor)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    with execute(sql, params) as cursor:
         row = cursor.fetchone()
     if row is None:
         return None

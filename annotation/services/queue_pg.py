@@ -9,6 +9,9 @@ second the ORM's per-query Python cost, not the database, is the limit. The rule
 * ``state`` is derived from the counters exactly as ``queue._settle`` does it.
 * The unique constraints (task, annotator) and ``client_uuid`` stay the last line of defence.
 
+The statements run as prepared statements (``rawsql.execute``): planning the lease statement took longer than
+running it. A connection pooler in front of PostgreSQL must keep sessions (pgbouncer: session mode).
+
 The returned model instances are built with ``Model.from_db`` from the columns the statement read, so
 every other field is deferred: reading one loads it, and ``save()`` writes only the loaded fields.
 """
@@ -22,6 +25,7 @@ from datetime import datetime, timedelta
 from django.db import connection
 
 from annotation.models import Assignment, Candidate, Image, Project, Prompt, Ranking, RankingTask
+from annotation.rawsql import execute
 
 # 1 the annotator's own live lease, if any; 2 otherwise the best open task they have not judged, locked
 # with SKIP LOCKED so that concurrent annotators each get a different one; 3 its counters and state;
@@ -42,8 +46,11 @@ WITH own AS (
       AND t.project_id = %(project)s AND t.state = 'open'
       AND t.leased_count + t.completed_count < t.required_annotations
       AND NOT EXISTS (
+          -- OFFSET 0 keeps this a per-task probe of the (task, annotator) unique index; as an anti-join
+          -- the planner would read all of the annotator's past assignments on every call.
           SELECT 1 FROM annotation_assignment j
           WHERE j.task_id = t.id AND j.annotator_id = %(user)s AND j.state IN ('submitted', 'skipped', 'active')
+          OFFSET 0
       )
     ORDER BY t.priority DESC, t.id
     LIMIT 1
@@ -88,8 +95,7 @@ def _loaded(model, **values):
 
 def next_task(*, annotator, project: Project, now: datetime) -> Assignment | None:
     until = now + timedelta(minutes=project.lease_minutes)
-    with connection.cursor() as cur:
-        cur.execute(NEXT_TASK_SQL, {"user": annotator.pk, "project": project.pk, "now": now, "until": until})
+    with execute(NEXT_TASK_SQL, {"user": annotator.pk, "project": project.pk, "now": now, "until": until}) as cur:
         row = cur.fetchone()
     if row is None:
         return None
@@ -154,8 +160,7 @@ SELECT id FROM r
 def lock_for_submit(*, annotator, task_id: int, client_uuid: uuid.UUID):
     """(task, assignment or None, id of an earlier ranking with this client_uuid or None), the task row
     locked until the transaction ends; None if there is no such task. Call inside ``transaction.atomic``."""
-    with connection.cursor() as cur:
-        cur.execute(LOCK_FOR_SUBMIT_SQL, {"task": task_id, "user": annotator.pk, "uuid": client_uuid})
+    with execute(LOCK_FOR_SUBMIT_SQL, {"task": task_id, "user": annotator.pk, "uuid": client_uuid}) as cur:
         row = cur.fetchone()
     if row is None:
         return None
@@ -189,8 +194,7 @@ def write_submit(
         "chosen": [p[0] for p in pairs], "rejected": [p[1] for p in pairs], "margin": [p[2] for p in pairs],
         "leased": task.leased_count, "completed": task.completed_count, "state": task.state,
     }
-    with connection.cursor() as cur:
-        cur.execute(WRITE_SUBMIT_SQL, params)
+    with execute(WRITE_SUBMIT_SQL, params) as cur:
         (ranking_id,) = cur.fetchone()
     return Ranking(
         id=ranking_id, task_id=task.pk, project_id=task.project_id, annotator_id=annotator.pk, ordering=groups,
@@ -208,6 +212,5 @@ LIMIT %(limit)s
 
 def expired_leases(*, project_id: int, now: datetime, limit: int) -> list[tuple[int, int]]:
     """(assignment id, task id) of leases that ran out; the partial index on active leases answers it."""
-    with connection.cursor() as cur:
-        cur.execute(EXPIRED_SQL, {"project": project_id, "now": now, "limit": limit})
+    with execute(EXPIRED_SQL, {"project": project_id, "now": now, "limit": limit}) as cur:
         return cur.fetchall()
