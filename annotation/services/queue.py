@@ -245,12 +245,15 @@ def _submit_orm(annotator, task_id, ordering, client_uuid, flags, rationale, tim
 
 def _submit_pg(annotator, task_id, ordering, client_uuid, flags, rationale, time_spent_ms, now) -> SubmitResult:
     """The same decisions as ``_submit_orm`` in two statements: lock and read, then write."""
-    locked = queue_pg.lock_for_submit(annotator=annotator, task_id=task_id, client_uuid=client_uuid)
+    locked = queue_pg.lock_for_submit(annotator=annotator, task_id=task_id)
     if locked is None:
         raise NotFound(f"task {task_id} does not exist")
-    task, assignment, repeat_id = locked
-    if repeat_id is not None:
-        return SubmitResult(_repeat_of(client_uuid, annotator, task_id), created=False)
+    task, assignment = locked
+    if assignment is not None and assignment.state == A.SUBMITTED:
+        # Ranked already: a repeat of that submit answers with it (else _check_may_submit refuses).
+        repeat = _repeat_of(client_uuid, annotator, task_id)
+        if repeat is not None:
+            return SubmitResult(repeat, created=False)
     groups = normalise_ordering(ordering, task.candidate_ids)
     _check_may_submit(task, assignment, client_uuid, now)
     if assignment.state == A.ACTIVE:

@@ -122,11 +122,12 @@ def next_task(*, annotator, project: Project, now: datetime) -> Assignment | Non
     return assignment
 
 
-# The task, locked, with the annotator's assignment and any ranking already made under this client_uuid.
+# The task, locked, with the annotator's assignment. (A repeated client_uuid is looked up only when the
+# assignment says "submitted", and a reused one trips the unique constraint: the happy path reads no
+# ranking, which also spares a plan cached while the rankings table was empty.)
 LOCK_FOR_SUBMIT_SQL = """
 SELECT t.project_id, t.prompt_id, t.candidate_ids, t.state, t.leased_count, t.completed_count,
-       t.required_annotations, a.id, a.state, a.expires_at,
-       (SELECT r.id FROM annotation_ranking r WHERE r.client_uuid = %(uuid)s) AS repeat_id
+       t.required_annotations, a.id, a.state, a.expires_at
 FROM annotation_rankingtask t
 LEFT JOIN annotation_assignment a ON a.task_id = t.id AND a.annotator_id = %(user)s
 WHERE t.id = %(task)s
@@ -157,15 +158,15 @@ SELECT id FROM r
 """
 
 
-def lock_for_submit(*, annotator, task_id: int, client_uuid: uuid.UUID):
-    """(task, assignment or None, id of an earlier ranking with this client_uuid or None), the task row
-    locked until the transaction ends; None if there is no such task. Call inside ``transaction.atomic``."""
-    with execute(LOCK_FOR_SUBMIT_SQL, {"task": task_id, "user": annotator.pk, "uuid": client_uuid}) as cur:
+def lock_for_submit(*, annotator, task_id: int):
+    """(task, the annotator's assignment or None), the task row locked until the transaction ends; None
+    if there is no such task. Call inside ``transaction.atomic``."""
+    with execute(LOCK_FOR_SUBMIT_SQL, {"task": task_id, "user": annotator.pk}) as cur:
         row = cur.fetchone()
     if row is None:
         return None
     (project_id, prompt_id, candidate_ids, state, leased, completed, required,
-     assignment_id, assignment_state, expires_at, repeat_id) = row
+     assignment_id, assignment_state, expires_at) = row
     if isinstance(candidate_ids, str):
         candidate_ids = json.loads(candidate_ids)
     task = _loaded(
@@ -178,7 +179,7 @@ def lock_for_submit(*, annotator, task_id: int, client_uuid: uuid.UUID):
             Assignment, id=assignment_id, task_id=task_id, project_id=project_id, annotator_id=annotator.pk,
             state=assignment_state, expires_at=expires_at,
         )
-    return task, assignment, repeat_id
+    return task, assignment
 
 
 def write_submit(

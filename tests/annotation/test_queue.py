@@ -134,6 +134,20 @@ def test_submit_is_idempotent_on_the_client_uuid(alice):
     assert a.task.completed_count == 1
 
 
+def test_a_client_uuid_reused_for_another_task_is_refused_and_that_task_stays_leased(alice):
+    proj = f.project()
+    f.tasks(proj, 2)
+    key = uuid.uuid4()
+    _rank(queue.next_task(annotator=alice, project=proj), client_uuid=key)
+    second = queue.next_task(annotator=alice, project=proj)
+    with pytest.raises(AlreadyRanked, match="another ranking"):
+        _rank(second, client_uuid=key)
+    second.task.refresh_from_db()
+    assert (second.task.leased_count, second.task.completed_count) == (1, 0)
+    assert Ranking.objects.count() == 1 and PreferencePair.objects.count() == 6
+    assert _rank(second).created  # a fresh uuid goes through
+
+
 def test_a_second_ranking_of_the_same_task_with_a_new_uuid_is_refused(alice):
     proj = f.project()
     f.task(proj)
