@@ -94,6 +94,16 @@ def database_from_url(url: str, *, conn_max_age: int = 0) -> dict:
     if scheme in {"postgres", "postgresql", "pgsql"}:
         if not parts.path.strip("/"):
             raise ImproperlyConfigured(f"DATABASE_URL {url!r} names no database, e.g. postgres://host/lensloop")
+        # psycopg prepares only what is asked for explicitly (the queue's statements, annotation.rawsql);
+        # Django's own cursors never prepare. `?prepare_threshold=none` turns it off, e.g. behind a
+        # pooler in transaction mode.
+        threshold = options.pop("prepare_threshold", "1000000000")
+        if threshold.lower() == "none":
+            options["prepare_threshold"] = None
+        elif threshold.isdigit():
+            options["prepare_threshold"] = int(threshold)
+        else:
+            raise ImproperlyConfigured(f"DATABASE_URL {url!r}: prepare_threshold must be a number or none")
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": unquote(parts.path.lstrip("/")),
