@@ -20,9 +20,10 @@ def reserve_ids(table: str, n: int) -> list[int]:
     if n == 0:
         return []
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [table, n]
-        )
+        cursor.execute("SELECT pg_get_serial_sequence(%s, 'id')", [table])
+        (sequence,) = cursor.fetchone()
+        # The sequence's name as a constant: inside the SELECT list pg_get_serial_sequence ran per id.
+        cursor.execute("SELECT nextval(%s::regclass) FROM generate_series(1, %s)", [sequence, n])
         return [row[0] for row in cursor.fetchall()]
 
 
