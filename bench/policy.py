@@ -3,18 +3,28 @@ vs TRL's RLOO. Held-out reward against steps and against training wall time (eva
 excluded), samples per second, peak memory (max RSS of each run's process). Prints a table, writes a
 PNG plot and a JSON of the curves.
 
-    .venv/bin/python bench/policy.py [--model PATH] [--steps-ppo 14 --steps-group 28] [--out docs/]
+    .venv/bin/python bench/policy.py [--model PATH] [--steps 100] [--threads 1] [--out docs/]
 
 Each method runs as `python -m rlhf.engine <kind>` in its own process (so peak memory is its own), on the
-same model, prompt set, held-out prompts, reward (`demo_reward`), LoRA and answer length; the answers
-sampled per optimiser step differ by design (PPO: batch_size rollouts, ppo_epochs × minibatches per
-iteration; GRPO/RLOO: batch_size answers = prompts × K per step).
+same model, prompt set, held-out prompts (a separate set of 160 scenes), reward (`demo_reward`), LoRA and
+answer length, and the same number of sampled answers per step (64: PPO 64 rollouts per iteration with
+`ppo_epochs` × minibatch updates; GRPO/RLOO 16 prompts × K = 4 answers per optimiser step).
+
+The shared LoRA is the engine's default (q/v projections of the language model). A fourth run, `ppo+lm_head`,
+adds a LoRA on `lm_head`: with q/v alone the adapter cannot rescale the logits (the final RMSNorm undoes
+any change of scale), so no method can sharpen its answer distribution, which is most of what RL can gain
+on the tiny demo model. TRL's GRPO/RLOO refuse a LoRA on `lm_head` (they compute log-probabilities from
+`lm_head.weight` directly), so that run has no GRPO counterpart.
+
+The comparison value is the held-out *sampled* reward (4 answers per prompt at T = 1, the quantity the RL
+objectives raise); the greedy reward is reported beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,27 +33,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# LoRA on the language model's q/v projections and on lm_head (see the module docstring for why lm_head).
+LORA_TARGETS = r".*language_model.*\.(q_proj|v_proj)|lm_head"
+
 RUNNER = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
           "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)")
 
 
-def run_method(kind: str, cfg: dict, work: Path) -> dict:
-    cfg_path = work / f"{kind}.json"
+def run_method(name: str, kind: str, cfg: dict, work: Path) -> dict:
+    cfg_path = work / f"{name}.json"
     cfg_path.write_text(json.dumps(cfg))
-    run_dir = work / kind
+    run_dir = work / name
     proc = subprocess.run([sys.executable, "-c", RUNNER, sys.executable, "-m", "rlhf.engine", kind, "--config",
                            str(cfg_path), "--run-dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"{kind} failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
     rss = int(next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("MAXRSS_KB")))
     result = json.loads((run_dir / "result.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     curve = [(r["step"], r["train_seconds"], r["eval/reward_mean"], r.get("eval/reward_sampled"))
              for r in rows if r.get("eval/reward_mean") is not None]
+    print(f"{name}: {result['train_seconds']} s, held-out sampled {curve[0][3]:.3f} → {curve[-1][3]:.3f} "
+          f"(load {os.getloadavg()[0]:.1f})", flush=True)
     return {"kind": kind, "result": result, "curve": curve, "peak_rss_mb": rss / 1024}
 
 
-def time_to_reach(curve, target: float, column: int = 2) -> float | None:
+def time_to_reach(curve, target: float, column: int = 3) -> float | None:
     """Training seconds at the first evaluation whose reward reaches `target` (None if never)."""
     for point in curve:
         if point[column] is not None and point[column] >= target - 1e-9:
@@ -54,77 +69,99 @@ def time_to_reach(curve, target: float, column: int = 2) -> float | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="", help="model folder (default: the tiny test build of the demo model)")
-    ap.add_argument("--steps-ppo", type=int, default=14)
-    ap.add_argument("--steps-group", type=int, default=28)
-    ap.add_argument("--eval-prompts", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=100, help="iterations (PPO) / optimiser steps (GRPO, RLOO)")
+    ap.add_argument("--eval-every", type=int, default=20)
+    ap.add_argument("--eval-prompts", type=int, default=160)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1: the runs are comparable on a "
+                    "shared machine)")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the plot from <out>/benchmarks/policy.json")
+    ap.add_argument("--only", default="ppo,grpo,rloo,ppo+lm_head", help="comma-separated subset of the runs")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     args = ap.parse_args()
+    if args.plot_only:
+        out = Path(args.out)
+        plot(json.loads((out / "benchmarks" / "policy.json").read_text()), out / "policy_benchmark.png")
+        return
 
     from rlhf.engine.config import BuildDemoConfig, data_dir
     from rlhf.engine.demo.annotators import write_demo_preferences
     from rlhf.engine.demo.build import ensure_demo_model
 
     model = args.model or str(ensure_demo_model(BuildDemoConfig(steps=800, train_images=2000, eval_images=20,
-                                                                warmup_steps=20), data_dir()))
+                                                                warmup_steps=20, budget_seconds=0), data_dir()))
     work = Path(tempfile.mkdtemp(prefix="bench-policy-"))
     data = write_demo_preferences(work / "data", 240, seed=3, k=4)
-    common = {"model": {"path": model, "device": "cpu"}, "prompts_file": str(data["prompts"]),
+    held = write_demo_preferences(work / "held", args.eval_prompts, seed=11, k=2)
+    lora = {"path": model, "device": "cpu"}  # the engine's default LoRA: q/v of the language model
+    common = {"model": lora, "prompts_file": str(data["prompts"]), "eval_file": str(held["prompts"]),
               "verifiable_reward": "demo_reward", "eval_prompts": args.eval_prompts, "max_new_tokens": 20,
-              "seed": 1, "threads": 2}
-    configs = {
-        "ppo": {**common, "steps": args.steps_ppo, "batch_size": 16, "num_mini_batches": 2, "ppo_epochs": 2,
-                "eval_every": max(1, args.steps_ppo // 4)},
-        "grpo": {**common, "steps": args.steps_group, "batch_size": 16, "num_generations": 4,
-                 "eval_every": max(1, args.steps_group // 4)},
-        "rloo": {**common, "steps": args.steps_group, "batch_size": 16, "num_generations": 4,
-                 "eval_every": max(1, args.steps_group // 4)},
+              "seed": 1, "threads": args.threads, "lr": 3e-3, "steps": args.steps, "eval_every": args.eval_every,
+              "batch_size": 64}
+    ppo = {**common, "num_mini_batches": 2, "ppo_epochs": 2}
+    configs = {  # name: (subcommand, config)
+        "ppo": ("ppo", ppo),
+        "grpo": ("grpo", {**common, "num_generations": 4}),
+        "rloo": ("rloo", {**common, "num_generations": 4}),
+        # TRL's GRPO/RLOO refuse a LoRA on lm_head (they compute log-probs from lm_head.weight directly)
+        "ppo+lm_head": ("ppo", {**ppo, "model": {**lora, "lora_target_modules": [LORA_TARGETS]}}),
     }
-    runs = {kind: run_method(kind, cfg, work) for kind, cfg in configs.items()}
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    runs = {name: run_method(name, kind, cfg, work) for name, (kind, cfg) in configs.items()
+            if name in args.only.split(",")}
+    print(f"load average after: {os.getloadavg()}")
 
-    grpo_final = runs["grpo"]["curve"][-1]
-    print("| method | steps | answers / step | train s | samples/s | peak RSS MB | held-out reward start → end "
-          "(greedy) | sampled start → end | s to reach GRPO's final greedy reward |")
+    grpo = runs.get("grpo")
+    target = grpo["curve"][-1][3] if grpo else None
+    print("| method | steps | answers / step | train s | samples/s | peak RSS MB | held-out sampled reward start → "
+          "best → end | greedy start → end | s to reach GRPO's final sampled reward |")
     print("|---|---:|---:|---:|---:|---:|---|---|---:|")
     for kind, r in runs.items():
         c, res = r["curve"], r["result"]
-        reach = time_to_reach(c, grpo_final[2])
-        print(f"| {kind} | {res['steps']} | 16 | {res['train_seconds']:.0f} | {res['samples_per_second']:.2f} | "
-              f"{r['peak_rss_mb']:.0f} | {c[0][2]:.3f} → {c[-1][2]:.3f} | {c[0][3]:.3f} → {c[-1][3]:.3f} | "
+        reach = time_to_reach(c, target) if target is not None else None
+        best = max(p[3] for p in c)
+        print(f"| {kind} | {res['steps']} | 64 | {res['train_seconds']:.0f} | {res['samples_per_second']:.1f} | "
+              f"{r['peak_rss_mb']:.0f} | {c[0][3]:.3f} → {best:.3f} → {c[-1][3]:.3f} | {c[0][2]:.3f} → {c[-1][2]:.3f} | "
               f"{'never' if reach is None else f'{reach:.0f}'} |")
-    ppo_reach = time_to_reach(runs["ppo"]["curve"], grpo_final[2])
-    ratio = None if ppo_reach is None else ppo_reach / max(grpo_final[1], 1e-9)
-    mem_ratio = runs["ppo"]["peak_rss_mb"] / runs["grpo"]["peak_rss_mb"]
-    print(f"\nPPO/GRPO wall time to GRPO's final greedy reward: {'not reached' if ratio is None else f'{ratio:.2f}'}; "
-          f"peak memory PPO/GRPO: {mem_ratio:.2f}")
+    if grpo and "ppo" in runs:
+        ppo_reach, grpo_reach = time_to_reach(runs["ppo"]["curve"], target), time_to_reach(grpo["curve"], target)
+        ratio = None if ppo_reach is None else ppo_reach / max(grpo_reach, 1e-9)
+        mem_ratio = runs["ppo"]["peak_rss_mb"] / grpo["peak_rss_mb"]
+        print(f"\nGRPO's final held-out sampled reward {target:.3f}: PPO/GRPO wall time to reach it "
+              f"{'not reached' if ratio is None else f'{ratio:.2f}'}; peak memory PPO/GRPO: {mem_ratio:.2f}")
 
     out = Path(args.out)
     (out / "benchmarks").mkdir(parents=True, exist_ok=True)
     (out / "benchmarks" / "policy.json").write_text(json.dumps(
         {k: {"curve": v["curve"], "peak_rss_mb": v["peak_rss_mb"], "result": v["result"]} for k, v in runs.items()},
         indent=1, default=str))
+    plot(runs, out / "policy_benchmark.png")
+
+
+def plot(runs: dict, path: Path) -> None:
+    """Held-out reward (sampled: solid; greedy: dotted) against steps and against training wall time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for kind, r in runs.items():
+    for i, (name, r) in enumerate(runs.items()):
         steps = [p[0] for p in r["curve"]]
         secs = [p[1] for p in r["curve"]]
-        for col, style in ((2, "-o"), (3, "--")):
+        for col, style in ((3, "-o"), (2, ":")):
             ys = [p[col] for p in r["curve"]]
-            label = f"{kind} ({'greedy' if col == 2 else 'sampled'})"
-            axes[0].plot(steps, ys, style, label=label, markersize=3)
-            axes[1].plot(secs, ys, style, label=label, markersize=3)
+            label = f"{name} ({'greedy' if col == 2 else 'sampled'})"
+            for ax, xs in ((axes[0], steps), (axes[1], secs)):
+                ax.plot(xs, ys, style, color=f"C{i}", label=label, markersize=3, alpha=1.0 if col == 3 else 0.6)
     axes[0].set_xlabel("optimiser step (PPO: iteration)")
     axes[1].set_xlabel("training wall time, s (eval excluded)")
     for ax in axes:
         ax.set_ylabel("held-out demo_reward")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7)
+    axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(out / "policy_benchmark.png", dpi=110)
-    print(f"plot: {out / 'policy_benchmark.png'}")
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ Huang et al. 2024, and CleanRL `ppo.py`):
 
     1 generate answers with sampling                      (old log-probs and values: one forward pass)
     2 score them (reward model + w · verifiable reward); penalise answers with no EOS token
-    3 per-token KL to the reference, k1 = log π − log π_ref by default, β fixed or adaptive
-    4 whiten the per-token rewards
+    3 normalise the scores with their running mean and std
+    4 per-token KL to the reference, k1 = log π − log π_ref by default, β fixed or adaptive
     5 GAE advantages and returns
     6 `ppo_epochs` × minibatches: clipped policy loss + vf_coef × clipped value loss, gradient
       accumulation over micro-batches, gradient clipping
@@ -38,6 +38,7 @@ from .rl_common import CombinedReward, evaluate_reward, set_threads, split_promp
 from .rl_config import PPOConfig, check_ppo_batches
 from .rl_ops import (
     AdaptiveKLController,
+    RunningMoments,
     clipped_policy_loss,
     clipped_value_loss,
     entropy_from_logits,
@@ -111,14 +112,16 @@ class RolloutBatch:
 
 
 def save_checkpoint(run: RunDir, ac: PolicyAndValue, processor, opt, iteration: int, kl_coef: float,
-                    cfg: PPOConfig) -> None:
-    """Adapter + processor + value head + optimizer + state, renamed into `checkpoint/` when complete."""
+                    cfg: PPOConfig, score_moments: RunningMoments) -> None:
+    """Adapter + processor + value head + optimizer + state (iteration, β, score moments), renamed into
+    `checkpoint/` when complete."""
     with run.checkpoint() as tmp:
         ac.policy.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         save_value_head(ac.value_head, tmp)
         torch.save(opt.state_dict(), tmp / OPTIMIZER_FILE)
         (tmp / STATE_FILE).write_text(json.dumps({"iteration": iteration, "kl_coef": kl_coef,
+                                                  "score_moments": score_moments.state_dict(),
                                                   "config": to_dict(cfg)}, indent=2))
 
 
@@ -188,10 +191,12 @@ def _train(cfg: PPOConfig, acc, run: RunDir, resume: Path | None) -> dict:
     params = [p for p in ac.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl or None, cfg.kl_horizon)
+    score_moments = RunningMoments()
     start = 0
     if resume is not None:
         state = json.loads((resume / STATE_FILE).read_text())
         start, kl_ctl.value = state["iteration"], state["kl_coef"]
+        score_moments = RunningMoments(**state.get("score_moments", {}))
         load_value_head(ac.value_head, resume)
         opt.load_state_dict(torch.load(resume / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
         log.info("resumed from %s at iteration %d", resume, start)
@@ -226,7 +231,7 @@ def _train(cfg: PPOConfig, acc, run: RunDir, resume: Path | None) -> dict:
         rng = random.Random(seed)
         records = [rng.choice(train) for _ in range(local_batch)]
         batch, stats = rollout(unwrapped, processor, records, cfg, reward_fn, kl_ctl.value, eos_ids, image_cache,
-                               device)
+                               device, score_moments, acc.gather)
         stats.update(optimise(ac_ddp, opt, acc, params, batch, cfg, mini_batch, micro_batch,
                               torch.Generator().manual_seed(seed)))
         kl_ctl.update(stats["objective/kl"], cfg.batch_size)
@@ -243,7 +248,7 @@ def _train(cfg: PPOConfig, acc, run: RunDir, resume: Path | None) -> dict:
         if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0 and iteration != cfg.steps:
             acc.wait_for_everyone()
             if acc.is_main_process:
-                save_checkpoint(run, unwrapped, processor, opt, iteration, kl_ctl.value, cfg)
+                save_checkpoint(run, unwrapped, processor, opt, iteration, kl_ctl.value, cfg, score_moments)
     acc.wait_for_everyone()
     last_eval = evaluate()
     result = {"steps": cfg.steps, "resumed_from_step": start, "processes": acc.num_processes,
@@ -255,7 +260,7 @@ def _train(cfg: PPOConfig, acc, run: RunDir, resume: Path | None) -> dict:
     if acc.is_main_process:
         result.update(last_eval)
         run.log_metrics(cfg.steps, cfg.steps, **_numbers(last_eval), train_seconds=train_seconds)
-        save_checkpoint(run, unwrapped, processor, opt, cfg.steps, kl_ctl.value, cfg)
+        save_checkpoint(run, unwrapped, processor, opt, cfg.steps, kl_ctl.value, cfg, score_moments)
         result["checkpoint"] = str(run.checkpoint_path)
     acc.wait_for_everyone()
     return result
@@ -265,24 +270,36 @@ def _numbers(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
 
 
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(B, L) log π_T(a_t | s_t) of the tempered policy softmax(z / T): the distribution the answers were
+    sampled from. Rollout, training and reference all use it ("The N implementation details of RLHF with
+    PPO", Huang et al. 2024: divide the logits by the sampling temperature); at T ≠ 1 the raw logits would
+    give importance ratios ≠ 1 before any update."""
+    return gather_token_logprobs(logits / temperature, tokens)
+
+
 @torch.no_grad()
 def rollout(ac: PolicyAndValue, processor, records: list[dict], cfg: PPOConfig, reward_fn, kl_coef: float,
-            eos_ids: torch.Tensor, image_cache: dict, device) -> tuple[RolloutBatch, dict]:
-    """Steps 1–5: sample, score, KL-shape, whiten, GAE. Returns the batch for step 6 and its metrics."""
+            eos_ids: torch.Tensor, image_cache: dict, device, score_moments: RunningMoments | None = None,
+            gather=None) -> tuple[RolloutBatch, dict]:
+    """Steps 1–5: sample, score, normalise, KL-shape, GAE. Returns the batch for step 6 and its metrics.
+    `gather` collects a tensor from every process, so the running score moments stay identical on all."""
     from .generation import sample
 
     images = [load_images(r["images"], image_cache) for r in records]
     prompts = [r["prompt"] for r in records]
 
-    # 1. Generate answers with sampling; recompute log π_old and V_old with the training forward pass.
-    ro = sample(ac.policy, processor, images, prompts, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+    # 1. Generate answers with sampling at temperature T; recompute log π_old and V_old with the training
+    #    forward pass, at the same temperature.
+    T = cfg.temperature
+    ro = sample(ac.policy, processor, images, prompts, temperature=T, max_new_tokens=cfg.max_new_tokens)
     answer_ids, mask = ro.completion_ids, ro.completion_mask  # (B, L)
     L = answer_ids.shape[1]
     inputs = join_prompt_and_answer(ro.prompt_inputs, answer_ids, mask)
     logits, values = ac(inputs, L)
-    logprobs = gather_token_logprobs(logits, answer_ids)  # (B, L) log π_old(a_t|s_t), temperature 1
+    logprobs = token_logprobs(logits, answer_ids, T)  # (B, L) log π_old(a_t|s_t)
     del logits
-    ref_logprobs = gather_token_logprobs(reference_logits(ac.policy, inputs, L), answer_ids)  # (B, L) log π_ref
+    ref_logprobs = token_logprobs(reference_logits(ac.policy, inputs, L), answer_ids, T)  # (B, L) log π_ref
     maskf = mask.float()
 
     # 2. Score: reward model + w · verifiable reward; an answer cut off without EOS loses `missing_eos_penalty`.
@@ -291,12 +308,21 @@ def rollout(ac: PolicyAndValue, processor, records: list[dict], cfg: PPOConfig, 
     has_eos = (torch.isin(answer_ids, eos_ids) & mask.bool()).any(-1)
     scores = raw - cfg.missing_eos_penalty * (~has_eos).float()
 
-    # 3. Per-token KL to the reference (estimator cfg.kl_estimator) as a reward penalty −β·KL_t
-    #    (Ziegler et al. 2019, eq. 2); the score is added on the last answer token.
-    kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator) * maskf  # (B, L)
-    rewards = kl_shaped_rewards(scores, kl, maskf, kl_coef)
+    # 3. Normalise the scores with the running mean and std of every score so far, this batch included
+    #    (TRL PPOTrainer `use_score_norm`; "N implementation details", reward normalisation). The value head
+    #    starts at V ≡ 0, so centred returns are what it should predict before it has learnt anything:
+    #    with raw scores in [0, 1] and λ < 1 the untrained critic would credit late tokens more than early
+    #    ones and so reward short answers.
+    norm_scores = scores
+    if cfg.score_norm and score_moments is not None:
+        score_moments.update(gather(scores) if gather is not None else scores)
+        norm_scores = score_moments.normalise(scores)
 
-    # 4. Whiten the rewards over the batch, keeping their mean ("N implementation details", detail 12).
+    # 4. Per-token KL to the reference (estimator cfg.kl_estimator) as a reward penalty −β·KL_t
+    #    (Ziegler et al. 2019, eq. 2); the score is added on the last answer token. Optionally whiten the
+    #    per-token rewards, keeping their mean (TRL PPOv2 `whiten_rewards`; off by default).
+    kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator) * maskf  # (B, L)
+    rewards = kl_shaped_rewards(norm_scores, kl, maskf, kl_coef)
     if cfg.whiten_rewards:
         rewards = masked_whiten(rewards, maskf, shift_mean=False) * maskf
 
@@ -333,6 +359,7 @@ def optimise(ac_ddp, opt, acc, params, batch: RolloutBatch, cfg: PPOConfig, mini
                 with sync:
                     logits, vpred = ac_ddp(select_rows(batch.inputs, rows, batch.images_per_row), L)
                     mask = batch.mask[rows]
+                    logits = logits / cfg.temperature  # the tempered policy, as in the rollout
                     new_logprobs = gather_token_logprobs(logits, batch.answer_ids[rows])
                     pg_loss, pg_stats = clipped_policy_loss(new_logprobs, batch.logprobs[rows], batch.advantages[rows],
                                                             mask, cfg.cliprange)

@@ -58,14 +58,19 @@ class PPOConfig(_RewardFields):
     gradient_accumulation_steps: int = _f(1, "Micro-batches per minibatch (memory knob; same maths).")
     ppo_epochs: int = _f(2, "Passes over each rollout batch (K epochs of Schulman et al. 2017).")
     max_new_tokens: int = _f(24, "Longest sampled answer in tokens.")
-    temperature: float = _f(1.0, "Sampling temperature of the rollouts (log-probs are always at T=1).")
+    temperature: float = _f(1.0, "Sampling temperature T. The policy PPO optimises is the tempered one: "
+                            "rollout, training and reference log-probs all use logits / T.")
     kl_coef: float = _f(0.05, "β of the per-token KL penalty to the reference (initial value if adaptive).")
     kl_estimator: str = _f("k1", "Per-token KL estimator in the reward: 'k1' = log π − log π_ref "
                            "(Ziegler et al. 2019), 'k3' = (r − 1) − log r, r = π_ref/π (Schulman 2020).")
     target_kl: float = _f(0.0, "Adaptive β (Ziegler et al. 2019 §2.2) towards this KL per answer; 0 = fixed β.")
     kl_horizon: int = _f(10000, "Horizon of the adaptive KL controller (rollouts).")
     missing_eos_penalty: float = _f(1.0, "Subtracted from the score of an answer cut off without an EOS token.")
-    whiten_rewards: bool = _f(True, "Whiten the per-token rewards over the batch (keep their mean) before GAE.")
+    score_norm: bool = _f(True, "Normalise the sequence scores with the running mean and std of all scores so "
+                          "far before the KL penalty is added (TRL PPOTrainer use_score_norm).")
+    whiten_rewards: bool = _f(False, "Also whiten the per-token rewards over the batch (keeping their mean) before "
+                              "GAE, as TRL's PPOv2 `whiten_rewards`. Off: with sparse rewards it gives every token "
+                              "the same offset, a length bias.")
     gamma: float = _f(1.0, "Discount γ of GAE.")
     lam: float = _f(0.95, "λ of GAE (Schulman et al. 2016).")
     cliprange: float = _f(0.2, "ε of the clipped policy objective.")

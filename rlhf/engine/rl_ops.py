@@ -13,6 +13,7 @@ from .ops import masked_mean, masked_whiten
 
 __all__ = [
     "AdaptiveKLController",
+    "RunningMoments",
     "clipped_policy_loss",
     "clipped_value_loss",
     "entropy_from_logits",
@@ -153,3 +154,33 @@ class AdaptiveKLController:
             return
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
+
+
+class RunningMoments:
+    """Running mean and standard deviation of every score seen so far (Chan et al. 1979 parallel update;
+    TRL's old `PPOTrainer` `RunningMoments`, used by its `use_score_scaling` / `use_score_norm`).
+
+    PPO normalises each new batch of sequence scores with the moments of all batches so far, this one
+    included: s ← (s − mean) / std. Centred scores suit a value head that starts at V ≡ 0, and the unit
+    scale makes `kl_coef` and the learning rate independent of the reward's units."""
+
+    def __init__(self, mean: float = 0.0, var: float = 1.0, count: float = 1e-24):
+        self.mean, self.var, self.count = mean, var, count
+
+    def update(self, xs: torch.Tensor) -> None:
+        xs = xs.detach().double().flatten()
+        n = xs.numel()
+        batch_mean, batch_var = xs.mean().item(), xs.var(unbiased=False).item()
+        delta, total = batch_mean - self.mean, self.count + n
+        m2 = self.var * self.count + batch_var * n + delta**2 * self.count * n / total
+        self.mean, self.var, self.count = self.mean + delta * n / total, m2 / total, total
+
+    @property
+    def std(self) -> float:
+        return max(self.var, 0.0) ** 0.5
+
+    def normalise(self, xs: torch.Tensor) -> torch.Tensor:
+        return (xs - self.mean) / max(self.std, 1e-6)
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "var": self.var, "count": self.count}

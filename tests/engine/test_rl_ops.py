@@ -133,3 +133,21 @@ def test_adaptive_kl_controller_moves_beta_towards_the_target_and_fixed_stays():
     fixed = rl_ops.AdaptiveKLController(0.1)
     fixed.update(5.0, 10)
     assert fixed.value == 0.1
+
+
+def test_running_moments_equal_the_moments_of_all_batches_so_far():
+    torch.manual_seed(0)
+    batches = [torch.rand(16), torch.rand(5) * 3, torch.randn(32) + 1]
+    moments = rl_ops.RunningMoments()
+    for i, b in enumerate(batches):
+        moments.update(b)
+        seen = torch.cat(batches[: i + 1]).double()
+        assert moments.mean == pytest.approx(seen.mean().item(), abs=1e-9)
+        assert moments.std == pytest.approx(seen.std(unbiased=False).item(), abs=1e-9)
+    normed = moments.normalise(torch.cat(batches).double())
+    assert normed.mean().item() == pytest.approx(0.0, abs=1e-9) and normed.std(unbiased=False).item() == pytest.approx(1.0)
+    again = rl_ops.RunningMoments(**moments.state_dict())  # what a resumed run restores
+    assert again.state_dict() == moments.state_dict()
+    constant = rl_ops.RunningMoments()
+    constant.update(torch.full((8,), 0.5))
+    assert constant.normalise(torch.full((8,), 0.5)).abs().max().item() == 0.0  # no division by zero

@@ -32,8 +32,11 @@ def test_combined_reward_adds_the_weighted_verifiable_reward():
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    reason="issue 4 open: GRPO's held-out reward on the tiny test model moved 0.632 → 0.611 in 8 steps; "
-    "the learning budget is not tuned yet",
+    reason="issue 4: on the tiny test model GRPO barely moves the held-out reward within minutes: RL's quick gain "
+    "there is sharpening the answer distribution, which a LoRA on q/v can hardly do (the final RMSNorm undoes a "
+    "change of scale; docs/policy.md), and TRL's GRPO refuses a LoRA on lm_head. bench/policy.py measured "
+    "+0.008 and +0.018 held-out sampled reward in 100 steps of 64 answers, within noise; the greedy comparison "
+    "below (8 steps) is a coin flip, so it stays non-strict",
     strict=False,
 )
 def test_grpo_changes_the_adapter_and_does_not_lower_the_reward(tiny_model_path, demo_dataset, tmp_path):
