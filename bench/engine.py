@@ -53,7 +53,8 @@ def bench_reward(model_path: str, n_pairs: int, lora: bool) -> None:
                            train_file=str(paths["preferences_train"]), eval_file=str(paths["preferences_eval"]),
                            max_steps=steps, batch_size=16, log_every=max(1, steps))
         r = train_reward_model(cfg, str(Path(tmp) / "run"))
-    print(f"reward model ({'LoRA r=8 q/v' if lora else 'full'}), batch 16, {r['steps']} steps: "
+    print(f"reward model ({'LoRA r=8 q/v' if lora else 'full'}, likelihood term {cfg.likelihood_term}), batch 16, "
+          f"{r['steps']} steps: "
           f"{r['pairs_per_second']:.1f} pairs/s; held-out acc {r['eval/accuracy']:.3f}; peak RSS {peak_rss_mb():.0f} MB")
 
 

@@ -179,7 +179,12 @@ class RewardConfig:
     epochs: float = _f(2.0, "Passes over the training pairs (fractional allowed).")
     max_steps: int = _f(0, "Stop after this many optimiser steps (0 = use epochs).")
     batch_size: int = _f(16, "Global pairs per step; must divide by the number of processes.")
-    lr: float = _f(3e-4, "Peak AdamW learning rate for the adapter (or backbone) and the head.")
+    lr: float = _f(3e-4, "Peak AdamW learning rate for the adapter (or backbone).")
+    head_lr: float = _f(3e-3, "Peak learning rate of the new scalar head (and the likelihood weight α); "
+                        "0 = same as lr. The head starts from scratch and needs a larger step than the backbone.")
+    likelihood_term: bool = _f(True, "Add α·log p(answer | image, prompt) under the backbone's own LM head, α "
+                               "learnt from 0 (so the untrained reward is still at chance): the head can use what "
+                               "the captioner knows word by word. Needs a model with an LM head.")
     warmup_steps: int = _f(10, "Linear warm-up steps.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     margin_weight: float = _f(0.0, "Scale of the rank-distance margin m in -log σ(r_c - r_r - m·(margin-1)) "
@@ -197,6 +202,7 @@ class RewardConfig:
         _check(self.epochs > 0 or self.max_steps > 0, "set epochs > 0 or max_steps > 0")
         _check(self.batch_size >= 1, "batch_size must be at least 1")
         _check(self.lr > 0, "lr must be positive")
+        _check(self.head_lr >= 0, "head_lr must be >= 0 (0 = same as lr)")
         _check(self.margin_weight >= 0 and self.center_weight >= 0, "margin/center weights must be >= 0")
 
 

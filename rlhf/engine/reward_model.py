@@ -2,8 +2,13 @@
 
 TRL's RewardTrainer is text-only and AutoModelForSequenceClassification has no VLM classes, so this is
 ours: r(x, y) = w·h_T + b, with h_T the final (normed) language-model hidden state at the last non-pad
-token of prompt + answer (Ouyang et al. 2022, §3.5; Stiennon et al. 2020). Save/load keeps the adapter (or
-the full backbone) and the head; `RewardScorer` is a batched TRL reward function.
+token of prompt + answer (Ouyang et al. 2022, §3.5; Stiennon et al. 2020). Optionally (the default for
+new models, `RewardConfig.likelihood_term`) plus α·log p(y | image, x), the answer's log-likelihood under
+the backbone's own LM head, with α a learnt scalar starting at 0: the untrained reward stays at chance,
+but the head can lean on what the captioner already knows, word by word, instead of squeezing the
+whole comparison of answer and image into one token (a generative-verifier prior; Zhang et al. 2024,
+"Generative Verifiers"). Save/load keeps the adapter (or the full backbone), the head and α;
+`RewardScorer` is a batched TRL reward function.
 """
 
 from __future__ import annotations
@@ -27,18 +32,36 @@ HEAD = "reward_head.pt"
 
 
 class RewardModel(nn.Module):
-    """backbone (a VLM, possibly PEFT-wrapped) + Linear(hidden, 1) head in float32."""
+    """backbone (a VLM, possibly PEFT-wrapped) + Linear(hidden, 1) head in float32, and with
+    `likelihood_term` a learnt weight α (float32, init 0) on the answer's log-likelihood."""
 
-    def __init__(self, backbone: nn.Module, hidden_size: int):
+    def __init__(self, backbone: nn.Module, hidden_size: int, likelihood_term: bool = False):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(hidden_size, 1)
         # Small init so initial rewards are ~0 ("N implementation details of RLHF", reward head init).
         nn.init.normal_(self.head.weight, std=1 / math.sqrt(hidden_size + 1))
         nn.init.zeros_(self.head.bias)
+        # Only a parameter when used: DDP without find_unused_parameters fails on unused parameters.
+        self.likelihood_weight = nn.Parameter(torch.zeros(())) if likelihood_term else None
 
-    def forward(self, **inputs) -> torch.Tensor:
-        """(B,) rewards for a left- or right-padded batch of prompt + answer."""
+    def to_head_device(self) -> None:
+        """Put the head (and α) on the backbone's device."""
+        self.head.to(self.backbone.device)
+        if self.likelihood_weight is not None:
+            self.likelihood_weight.data = self.likelihood_weight.data.to(self.backbone.device)
+
+    @property
+    def likelihood_term(self) -> bool:
+        return self.likelihood_weight is not None
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The parameters that are not the backbone's (trained with `RewardConfig.head_lr`)."""
+        return [*self.head.parameters(), *([self.likelihood_weight] if self.likelihood_term else [])]
+
+    def forward(self, completion_mask: torch.Tensor | None = None, **inputs) -> torch.Tensor:
+        """(B,) rewards for a left- or right-padded batch of prompt + answer. `completion_mask` (B, T) marks
+        the answer tokens (`encode_completions` gives it); the likelihood term needs it."""
         try:
             out = self.backbone(**inputs, output_hidden_states=True, logits_to_keep=1)
         except TypeError:  # a model whose forward has no logits_to_keep
@@ -46,7 +69,27 @@ class RewardModel(nn.Module):
         hidden = out.hidden_states[-1]  # (B, T, H) final normed LM state
         idx = last_non_pad_index(inputs["attention_mask"])  # (B,)
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # (B, H)
-        return self.head(last.float()).squeeze(-1)
+        reward = self.head(last.float()).squeeze(-1)
+        if self.likelihood_term:
+            if completion_mask is None:
+                raise ValueError("this reward model adds the answer's log-likelihood and needs `completion_mask` "
+                                 "(from encode_completions); call score() or pass it")
+            reward = reward + self.likelihood_weight * answer_logprob(self.backbone, hidden, inputs["input_ids"],
+                                                                      completion_mask)
+        return reward
+
+
+def answer_logprob(backbone: nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor,
+                   completion_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) summed log-probability of the completion tokens under the backbone's LM head, from the final
+    hidden states (only the completion positions go through the head). Any padding side."""
+    targets = completion_mask[:, 1:].bool()  # token t+1 is an answer token ...
+    states = hidden[:, :-1][targets]  # ... predicted from the state at t
+    logits = backbone.get_output_embeddings()(states).float()
+    tok = input_ids[:, 1:][targets]
+    lp = torch.log_softmax(logits, -1).gather(-1, tok.unsqueeze(-1)).squeeze(-1)
+    rows = targets.nonzero()[:, 0]
+    return torch.zeros(input_ids.shape[0], device=lp.device, dtype=lp.dtype).index_add(0, rows, lp)
 
 
 def text_hidden_size(model) -> int:
@@ -54,17 +97,21 @@ def text_hidden_size(model) -> int:
     return config.get_text_config().hidden_size
 
 
-def init_reward_model(model_cfg: ModelConfig, seed: int = 0, device: str | None = None):
+def init_reward_model(model_cfg: ModelConfig, seed: int = 0, device: str | None = None,
+                      likelihood_term: bool = False):
     """A fresh reward model (trainable adapter or backbone, new head) and its processor."""
     if device is not None:
         model_cfg = dataclasses.replace(model_cfg, device=device)
     backbone, processor = load_model(model_cfg, trainable=True)
     torch.manual_seed(seed)
     out_emb = backbone.get_output_embeddings()
-    if out_emb is not None:  # the LM head plays no part in the reward
+    if out_emb is not None:  # the LM head is not trained (it only reads the answer's likelihood, if at all)
         out_emb.requires_grad_(False)
-    rm = RewardModel(backbone, text_hidden_size(backbone))
-    rm.head.to(backbone.device)
+    elif likelihood_term:
+        raise ValueError("likelihood_term needs a backbone with an LM head (get_output_embeddings() is None); "
+                         "set likelihood_term: false")
+    rm = RewardModel(backbone, text_hidden_size(backbone), likelihood_term)
+    rm.to_head_device()
     return rm, processor
 
 
@@ -78,12 +125,16 @@ def save_reward_model(rm: RewardModel, processor, model_cfg: ModelConfig, path: 
     else:
         backbone.save_pretrained(path / "backbone")
     processor.save_pretrained(path / ("backbone" if not is_peft else "processor"))
-    torch.save({k: v.detach().cpu() for k, v in rm.head.state_dict().items()}, path / HEAD)
+    head = {k: v.detach().cpu() for k, v in rm.head.state_dict().items()}
+    if rm.likelihood_term:
+        head["likelihood_weight"] = rm.likelihood_weight.detach().cpu()
+    torch.save(head, path / HEAD)
     base = resolve_model_path(model_cfg.path) if is_peft else "backbone"
     if is_peft and Path(base).exists():
         base = str(Path(base).resolve())
     meta = {"format": 1, "base_model": base, "adapter": "adapter" if is_peft else None,
-            "hidden_size": rm.head.in_features, "model": dataclasses.asdict(model_cfg)}
+            "hidden_size": rm.head.in_features, "likelihood_term": rm.likelihood_term,
+            "model": dataclasses.asdict(model_cfg)}
     (path / META).write_text(json.dumps(meta, indent=2))
 
 
@@ -102,9 +153,12 @@ def load_reward_model(path: str | Path, *, device: str = "auto", trainable: bool
     else:
         cfg = dataclasses.replace(cfg, path=str(path / "backbone"), adapter_path=None, lora=False, device=device)
     backbone, processor = load_model(cfg, trainable=trainable)
-    rm = RewardModel(backbone, meta["hidden_size"])
-    rm.head.load_state_dict(torch.load(path / HEAD, map_location="cpu"))
-    rm.head.to(backbone.device)
+    rm = RewardModel(backbone, meta["hidden_size"], meta.get("likelihood_term", False))
+    head = torch.load(path / HEAD, map_location="cpu")
+    if rm.likelihood_term:
+        rm.likelihood_weight.data.copy_(head.pop("likelihood_weight"))
+    rm.head.load_state_dict(head)
+    rm.to_head_device()
     rm.train(trainable)
     return rm, processor
 
@@ -117,8 +171,9 @@ def score(rm: RewardModel, processor, images: list[list], prompts: list[str], co
     with torch.no_grad():
         for s in range(0, len(prompts), batch_size):
             ims = [load_images(i, image_cache) for i in images[s:s + batch_size]]
-            batch = encode_completions(processor, ims, prompts[s:s + batch_size], completions[s:s + batch_size])
-            out.append(rm(**batch.to(device).inputs).float().cpu())
+            batch = encode_completions(processor, ims, prompts[s:s + batch_size],
+                                       completions[s:s + batch_size]).to(device)
+            out.append(rm(completion_mask=batch.completion_mask, **batch.inputs).float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 

@@ -1,7 +1,8 @@
 """Reward-model training on preference records (Bradley–Terry), runnable unchanged under
 `accelerate launch` (DDP on GPUs, gloo on CPUs, DeepSpeed by accelerate config).
 
-Steps: 1 read + split records → 2 load backbone + LoRA, new head → 3 AdamW with warm-up + cosine →
+Steps: 1 read + split records → 2 load backbone + LoRA, new head (+ likelihood weight α = 0) → 3 AdamW
+(head at its own, higher learning rate) with warm-up + cosine →
 4 per step: chosen and rejected in one forward, BT loss (+ margin, + centering) → 5 held-out accuracy and
 ECE before and after → 6 checkpoint (temp name, renamed) → result.json.
 """
@@ -60,7 +61,7 @@ def pair_loss(rm, processor, batch: list[dict], cfg: RewardConfig, device, image
     prompts = [r["prompt"] for r in batch]
     enc = encode_completions(processor, ims + ims, prompts + prompts,
                              [r["chosen"] for r in batch] + [r["rejected"] for r in batch]).to(device)
-    rewards = rm(**enc.inputs)  # (2n,)
+    rewards = rm(completion_mask=enc.completion_mask, **enc.inputs)  # (2n,)
     r_c, r_r = rewards[:n], rewards[n:]
     margin = None
     if cfg.margin_weight:
@@ -71,6 +72,14 @@ def pair_loss(rm, processor, batch: list[dict], cfg: RewardConfig, device, image
         loss = loss + cfg.center_weight * reward_centering_loss(r_c, r_r)
     acc = (r_c > r_r).float().mean()
     return loss, acc, r_c.detach(), r_r.detach()
+
+
+def make_optimizer(rm: RewardModel, cfg: RewardConfig) -> torch.optim.AdamW:
+    """AdamW: the backbone (or adapter) at `lr`, the freshly initialised head and α at `head_lr`."""
+    head = {id(p) for p in rm.head_parameters()}
+    body = [p for p in rm.parameters() if p.requires_grad and id(p) not in head]
+    groups = [{"params": body, "lr": cfg.lr}, {"params": rm.head_parameters(), "lr": cfg.head_lr or cfg.lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def train_reward_model(cfg: RewardConfig, run_dir: str) -> dict:
@@ -108,9 +117,10 @@ def _train(cfg: RewardConfig, acc, run: RunDir, set_seed) -> dict:
              len(train), len(held), world, per_device, total)
 
     device = str(acc.device)
-    rm, processor = init_reward_model(dataclasses.replace(cfg.model), cfg.seed, device=device)
-    params = [p for p in rm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rm, processor = init_reward_model(dataclasses.replace(cfg.model), cfg.seed, device=device,
+                                      likelihood_term=cfg.likelihood_term)
+    opt = make_optimizer(rm, cfg)
+    params = [p for g in opt.param_groups for p in g["params"]]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(cfg.warmup_steps, total))
     loader = torch.utils.data.DataLoader(train, batch_size=per_device, shuffle=True, collate_fn=list,
                                          generator=torch.Generator().manual_seed(cfg.seed), drop_last=False)

@@ -11,6 +11,7 @@ from rlhf.engine.data import encode_completions
 from rlhf.engine.demo import world
 from rlhf.engine.reward_model import (
     RewardScorer,
+    answer_logprob,
     init_reward_model,
     load_reward_model,
     save_reward_model,
@@ -21,12 +22,13 @@ from rlhf.engine.reward_model import (
 @pytest.fixture(scope="module")
 def fresh_rm(tiny_model_path):
     cfg = ModelConfig(path=str(tiny_model_path), device="cpu")
-    rm, processor = init_reward_model(cfg, seed=0)
-    # Move the LoRA B matrices and the head off their zero init so the scores depend on the adapter.
+    rm, processor = init_reward_model(cfg, seed=0, likelihood_term=True)
+    # Move the LoRA B matrices and the likelihood weight off their zero init so the scores depend on them.
     with torch.no_grad():
         for n, p in rm.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.1)
+        rm.likelihood_weight.fill_(0.5)
     return rm, processor, cfg
 
 
@@ -48,12 +50,31 @@ def test_scores_do_not_depend_on_padding_side(fresh_rm):
     left = encode_completions(processor, ims, prompts, comps)
     # Right-pad the same rows by rolling each row's padding to the end.
     ids, mask = left.inputs["input_ids"].clone(), left.inputs["attention_mask"].clone()
+    comp = left.completion_mask.clone()
     for b in range(ids.shape[0]):
         shift = int((mask[b] == 0).sum())
-        ids[b], mask[b] = ids[b].roll(-shift), mask[b].roll(-shift)
+        ids[b], mask[b], comp[b] = ids[b].roll(-shift), mask[b].roll(-shift), comp[b].roll(-shift)
     right = dict(left.inputs, input_ids=ids, attention_mask=mask)
     with torch.no_grad():
-        assert torch.allclose(rm(**left.inputs), rm(**right), atol=1e-4)
+        assert torch.allclose(rm(completion_mask=left.completion_mask, **left.inputs),
+                              rm(completion_mask=comp, **right), atol=1e-4)
+    with pytest.raises(ValueError, match="completion_mask"):
+        rm(**left.inputs)
+
+
+def test_answer_logprob_matches_a_naive_reference(fresh_rm):
+    """Σ log p(answer token | prefix) from the full logits, token by token, against the batched version."""
+    rm, processor, _ = fresh_rm
+    ims, prompts, comps = _examples(3, seed=4)
+    batch = encode_completions(processor, ims, prompts, comps)
+    with torch.no_grad():
+        out = rm.backbone(**batch.inputs, output_hidden_states=True)
+        fast = answer_logprob(rm.backbone, out.hidden_states[-1], batch.inputs["input_ids"], batch.completion_mask)
+        logp = torch.log_softmax(out.logits.float(), -1)
+    ids, comp = batch.inputs["input_ids"], batch.completion_mask
+    for b in range(ids.shape[0]):
+        naive = sum(logp[b, t - 1, ids[b, t]].item() for t in range(1, ids.shape[1]) if comp[b, t])
+        assert fast[b].item() == pytest.approx(naive, abs=1e-4)
 
 
 def test_save_and_load_give_identical_scores(fresh_rm, tmp_path):
@@ -63,8 +84,23 @@ def test_save_and_load_give_identical_scores(fresh_rm, tmp_path):
     save_reward_model(rm, processor, cfg, tmp_path / "rm")
     meta = json.loads((tmp_path / "rm" / "reward_model.json").read_text())
     assert meta["adapter"] == "adapter" and (tmp_path / "rm" / "adapter" / "adapter_config.json").is_file()
+    assert meta["likelihood_term"] is True
     rm2, processor2 = load_reward_model(tmp_path / "rm", device="cpu")
+    assert rm2.likelihood_weight.item() == pytest.approx(0.5)
     assert torch.allclose(before, score(rm2, processor2, ims, prompts, comps), atol=1e-5)
+
+
+def test_a_plain_head_checkpoint_still_loads(tiny_model_path, tmp_path):
+    """Checkpoints without the likelihood term (the head alone, as before it existed) load and score."""
+    cfg = ModelConfig(path=str(tiny_model_path), device="cpu")
+    rm, processor = init_reward_model(cfg, seed=0)
+    assert not rm.likelihood_term and rm.head_parameters() == list(rm.head.parameters())
+    ims, prompts, comps = _examples(2, seed=5)
+    save_reward_model(rm, processor, cfg, tmp_path / "rm")
+    rm2, processor2 = load_reward_model(tmp_path / "rm", device="cpu")
+    assert not rm2.likelihood_term
+    assert torch.allclose(score(rm, processor, ims, prompts, comps), score(rm2, processor2, ims, prompts, comps),
+                          atol=1e-5)
 
 
 def test_the_scorer_is_a_trl_reward_function(fresh_rm):
@@ -80,21 +116,31 @@ def test_the_scorer_is_a_trl_reward_function(fresh_rm):
     assert scorer.__name__ == "reward_model" and not isinstance(scorer, torch.nn.Module)
 
 
+@pytest.fixture(scope="module")
+def rm_learning_dataset(tmp_path_factory):
+    """3000 caption prompts ranked by the simulated annotator: ~11k train pairs on 2400 images, ~2.8k held-out
+    pairs on 600 others (written in ~2 s). Many images matter more than many epochs over few."""
+    from rlhf.engine.demo.annotators import write_demo_preferences
+
+    return write_demo_preferences(tmp_path_factory.mktemp("rm-learn"), 3000, seed=1, k=4)
+
+
 @pytest.mark.slow
-def test_reward_model_learns_ground_truth_preferences(tiny_model_path, rm_dataset, tmp_path):
-    """From chance to about 0.8 held-out pairwise accuracy on demo-world preferences, seeded, ~1 min CPU."""
+def test_reward_model_learns_ground_truth_preferences(tiny_model_path, rm_learning_dataset, tmp_path):
+    """From chance to a high held-out pairwise accuracy on demo-world preferences, seeded, ~1 min CPU."""
     from rlhf.engine.train_reward import train_reward_model
 
     cfg = RewardConfig(model=ModelConfig(path=str(tiny_model_path), device="cpu", **RM_MODEL),
-                       train_file=str(rm_dataset["preferences_train"]), eval_file=str(rm_dataset["preferences_eval"]),
-                       **RM_TRAIN)
+                       train_file=str(rm_learning_dataset["preferences_train"]),
+                       eval_file=str(rm_learning_dataset["preferences_eval"]), **RM_TRAIN)
     result = train_reward_model(cfg, str(tmp_path / "run"))
     assert 0.3 < result["eval_before/accuracy"] < 0.7
-    # The issue asks for >= 0.85; on this 1-minute session backbone we measure 0.76-0.83 (see
-    # docs/benchmarks.md), so this asserts a clear rise from chance, not the target.
-    assert result["eval/accuracy"] >= 0.72, result
-    assert result["eval/ece"] < 0.2
+    # The issue's target is >= 0.85. The default demo build reaches it (0.848 and 0.863, seeds 0 and 1, in
+    # docs/benchmarks.md); this 1-minute session backbone names shapes too poorly for that: it measures
+    # 0.777 and 0.778 (seeds 0 and 1; shape-only pairs stay near chance), so the assert keeps a margin.
+    assert result["eval/accuracy"] >= 0.75, result
+    assert result["eval/ece"] < 0.1
 
 
 RM_MODEL = {"lora": False}
-RM_TRAIN = {"epochs": 1.5, "batch_size": 16, "lr": 3e-4}
+RM_TRAIN = {"epochs": 1, "batch_size": 16, "lr": 3e-4}  # head_lr 3e-3 and the likelihood term: the defaults
