@@ -245,3 +245,22 @@ def test_a_zip_member_that_unpacks_larger_than_its_header_says_is_capped(tmp_pat
     with pytest.raises(ImportRejected) as err:
         import_bundle(project=proj, path=path)
     assert "over the limit of 1,000" in str(err.value.details["report"].problems[0])
+
+
+def test_deleting_a_project_or_a_prompt_removes_what_was_imported_into_it(tmp_path):
+    """Prompt.project, RankingTask.project and Candidate.prompt carry no database constraint (for
+    import speed); the cascade is Django's and must leave no orphans."""
+    proj, other = f.project(k=2), f.project(k=2)
+    for target, sub in ((proj, "a"), (other, "b")):
+        (tmp_path / sub).mkdir()
+        rows = [_row(prompt=f"Describe {i}.", candidates=[f"x{i}", f"y{i}"]) for i in range(3)]
+        assert import_bundle(project=target, path=_folder(tmp_path / sub, rows)).ok
+    victim = Prompt.objects.filter(project=other).first()
+    victim.delete()
+    assert not Candidate.objects.filter(prompt_id=victim.pk).exists()
+    assert not RankingTask.objects.filter(prompt_id=victim.pk).exists()
+    proj.delete()
+    assert not Prompt.objects.filter(project_id=proj.pk).exists()
+    assert not RankingTask.objects.filter(project_id=proj.pk).exists()
+    assert Candidate.objects.filter(prompt__project=other).count() == 4
+    assert Candidate.objects.count() == 4 and RankingTask.objects.count() == 2
