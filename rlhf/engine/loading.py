@@ -177,6 +177,8 @@ def load_model(cfg: ModelConfig, *, trainable: bool = False):
         raise ModelLoadError(f"cannot load the model weights at {path}: {e}") from e
     if not cfg.qlora:
         model.to(device)
+    elif trainable and device.type == "cpu":
+        _keep_4bit_weights_trainable_on_cpu(model)
     tok = processor.tokenizer
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
@@ -204,6 +206,16 @@ def load_model(cfg: ModelConfig, *, trainable: bool = False):
         model.requires_grad_(True)
     model.train(trainable)
     return model, processor
+
+
+def _keep_4bit_weights_trainable_on_cpu(model) -> None:
+    """bitsandbytes (0.50) repacks a 4-bit layer's weights for a fused inference kernel the first time the
+    layer runs in eval mode without gradients on a CPU with AVX512-BF16, and from then on always uses that
+    kernel, which passes no gradient to the layer's input: every LoRA before such a layer stops learning.
+    Our own processor check runs exactly such a forward pass. Training on CPU must keep the plain path."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def check_processor(model, processor) -> None:

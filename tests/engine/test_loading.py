@@ -74,6 +74,12 @@ def test_qlora_loads_in_4bit_and_takes_a_training_step_on_cpu(tiny_model_path):
 
     image, gt = world.make_scene(random.Random(0))
     batch = encode_completions(processor, [[image]], [world.CAPTION_PROMPT], [world.reference_caption(gt)])
+    # An eval-mode pass without gradients first (as generation does): on CPUs with AVX512-BF16,
+    # bitsandbytes would switch the 4-bit layers to an inference-only kernel that cuts the gradients.
+    model.eval()
+    with torch.no_grad():
+        model(**batch.inputs)
+    model.train()
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     loss = sft_loss(model(**batch.inputs).logits, completion_labels(batch.inputs["input_ids"], batch.completion_mask))

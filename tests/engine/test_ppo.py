@@ -97,8 +97,12 @@ def test_rollout_log_probabilities_are_those_of_the_tempered_sampling_distributi
     ac = PolicyAndValue(policy, policy.config.get_text_config().hidden_size)
     with torch.no_grad():
         logits, _ = ac(join_prompt_and_answer(inputs, answer, mask), answer.shape[1])
-    torch.testing.assert_close(token_logprobs(logits, answer, T), sampled_from, atol=1e-3, rtol=1e-3)
-    assert not torch.allclose(token_logprobs(logits, answer, 1.0), sampled_from, atol=1e-2)
+    # generate decodes with a KV cache, this is one full forward: the two agree to float noise, which
+    # varies with the CPU's kernels and thread count (up to ~0.02 seen on single tokens under xdist).
+    tempered = (token_logprobs(logits, answer, T) - sampled_from).abs()
+    at_one = (token_logprobs(logits, answer, 1.0) - sampled_from).abs()
+    assert tempered.max() < 0.05 and tempered.mean() < 0.01, tempered
+    assert at_one.mean() > 10 * tempered.mean() and at_one.max() > 0.1, (at_one, tempered)
 
 
 def _ppo_config(tiny_model_path, demo_dataset, **overrides):
