@@ -12,6 +12,10 @@ Why this is race-safe:
   runs under the database write lock; writers are serialised.
 * The unique (task, annotator) constraints on Assignment and Ranking, and the unique ``client_uuid``,
   are the last line: a bug above can raise an error but never count an annotator twice.
+
+On PostgreSQL the lease, the submit and the expiry scan run as hand-written prepared statements
+(``queue_pg``) that make the same decisions as the ORM code here, which SQLite runs; the suite runs
+on both.
 """
 
 from __future__ import annotations
