@@ -143,12 +143,15 @@ def test_a_worker_killed_mid_step_is_detected_and_its_engine_dies_with_it(loop_p
         )
         reward = TrainingRun.objects.get(round=round_run, kind="reward")
         engine_pid = reward.pid
+        children = _children(worker.pid)
+        assert engine_pid in children
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=30)
     finally:
         if worker.poll() is None:
             worker.kill()
     _wait_for(lambda: not _alive(engine_pid), timeout=30, what="the orphaned engine to die")
+    _wait_for(lambda: not any(_alive(pid) for pid in children), timeout=30, what="every child of the worker to die")
     monkeypatch.setenv("LENSLOOP_RUN_STALE_SECONDS", "1")
     time.sleep(1.5)
     assert reap_stale_runs() == 1
@@ -182,6 +185,20 @@ def test_cancel_kills_a_running_step_and_the_worker_carries_on(loop_project):
     assert round_run.state == "cancelled"
     assert set(round_run.steps.values_list("state", flat=True)) <= {"cancelled", "succeeded"}
     assert not ModelVersion.objects.filter(project=loop_project, kind="reward").exists()
+
+
+def _children(pid: int) -> set[int]:
+    """Processes whose parent is ``pid``."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.add(int(entry))
+            except OSError:
+                continue
+    return found
 
 
 def _alive(pid: int) -> bool:

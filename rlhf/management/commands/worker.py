@@ -24,7 +24,9 @@ class Command(BaseCommand):
         if not burst:
             threading.Thread(target=_housekeeping, daemon=True, name="lensloop-housekeeping").start()
         worker = _worker_class()(queues or settings.RQ_QUEUES, connection=redis_connection(), name=name)
-        worker.work(burst=burst, with_scheduler=not burst)
+        # No rq scheduler: lensloop enqueues nothing for later, and rq forks the scheduler as a separate
+        # process that outlives a SIGKILLed worker (it was found orphaned after the kill test).
+        worker.work(burst=burst, with_scheduler=False)
 
 
 def _worker_class():
