@@ -90,6 +90,19 @@ def tiny_build_config():
 
 
 @pytest.fixture(scope="session")
+def demo_model_path(engine_data_dir):
+    """The default demo build (what `build-demo` makes, about a minute on 2 cores), for the tests whose
+    targets are stated for it; built once per test run like the tiny one."""
+    from filelock import FileLock
+
+    from rlhf.engine.config import BuildDemoConfig
+    from rlhf.engine.demo.build import ensure_demo_model
+
+    with FileLock(str(engine_data_dir / "build-default.lock")):
+        return ensure_demo_model(BuildDemoConfig(), engine_data_dir)
+
+
+@pytest.fixture(scope="session")
 def tiny_model_path(engine_data_dir, tiny_build_config):
     """Path of the tiny demo model, built once per test run (the first worker builds, the others wait)."""
     from filelock import FileLock
