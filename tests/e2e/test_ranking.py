@@ -255,7 +255,9 @@ def test_a_warning_comes_before_the_lease_expires(page, live_server, world):
 def test_twenty_tasks_with_the_keyboard_alone(page, live_server, world):
     """Done when: an annotator works through 20 tasks without touching the mouse."""
     page.goto(f"{live_server.url}/accounts/login/")
-    page.keyboard.type("bob")  # the username field has autofocus
+    # The username field has autofocus; on a busy machine keys typed before it took focus were lost.
+    page.wait_for_function("() => document.activeElement && document.activeElement.name === 'username'")
+    page.keyboard.type("bob")
     page.keyboard.press("Tab")
     page.keyboard.type("pw-bob")
     page.keyboard.press("Enter")
