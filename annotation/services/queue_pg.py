@@ -100,7 +100,7 @@ def next_task(*, annotator, project: Project, now: datetime) -> Assignment | Non
     if row is None:
         return None
     assignment_id, task_id, expires_at, prompt_id, candidate_ids, text, image_id, width, height, candidates = row
-    if isinstance(candidate_ids, str):  # psycopg decodes jsonb; a plain cursor in other setups may not
+    if isinstance(candidate_ids, str):  # Django has psycopg load jsonb as text (JSONField decodes it)
         candidate_ids = json.loads(candidate_ids)
     if isinstance(candidates, str):
         candidates = json.loads(candidates)
