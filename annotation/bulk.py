@@ -42,8 +42,9 @@ def copy_lines(table: str, columns: list[str], lines: Iterable[str]) -> None:
     """COPY ``lines`` into ``table``: each a row in COPY text format (tab-separated, values escaped with
     ``text()``, ending in a newline), in ``columns`` order.
 
-    Callers format whole lines with f-strings and the data goes out in 128 kB chunks, so that the server stores rows while the next ones are formatted: psycopg's per-value
-    ``write_row`` cost several times more Python time than the server takes to store the row."""
+    Callers format whole lines with f-strings, and the data goes out in 128 kB chunks so that the server
+    stores rows while the next ones are formatted: psycopg's per-value ``write_row`` cost several times
+    more Python time than the server takes to store the row."""
     quoted = ", ".join(connection.ops.quote_name(c) for c in columns)
     with connection.cursor() as cursor:
         raw = cursor.cursor  # the psycopg cursor under Django's wrapper

@@ -1,6 +1,9 @@
 """Who may act in a project: one check for the pages, the API and the training pages."""
 
+from functools import cache
+
 from django.core.exceptions import PermissionDenied
+from django.db import connection
 from django.http import Http404
 
 from annotation import rawsql
@@ -15,8 +18,13 @@ _BY_SLUG = _PROJECT_WITH_ROLE + "WHERE p.slug = %s"
 _BY_TASK = _PROJECT_WITH_ROLE + "WHERE p.id = (SELECT t.project_id FROM annotation_rankingtask t WHERE t.id = %s)"
 
 
-def _checked(sql: str, user, key, what: str, *, admin: bool) -> tuple[Project, str]:
-    sql = sql.format(columns=rawsql.columns(Project, "p"))
+@cache
+def _sql(template: str, vendor: str) -> str:
+    return template.format(columns=rawsql.columns(Project, "p"))
+
+
+def _checked(template: str, user, key, what: str, *, admin: bool) -> tuple[Project, str]:
+    sql = _sql(template, connection.vendor)
     project = rawsql.fetch_one(Project, sql, [user.pk if user.is_authenticated else None, key], extra=("user_role",))
     if project is None:
         raise Http404(f"no {what}")

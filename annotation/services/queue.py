@@ -212,8 +212,7 @@ def _submit_orm(annotator, task_id, ordering, client_uuid, flags, rationale, tim
     groups = normalise_ordering(ordering, task.candidate_ids)
     assignment = Assignment.objects.select_for_update().filter(task=task, annotator=annotator).first()
     _check_may_submit(task, assignment, client_uuid, now)
-    if assignment.state == A.ACTIVE:
-        task.leased_count -= 1
+    _count_submit(task, assignment)
     ranking = Ranking.objects.create(
         task=task,
         project_id=task.project_id,
@@ -241,8 +240,6 @@ def _submit_orm(annotator, task_id, ordering, client_uuid, flags, rationale, tim
     assignment.state = A.SUBMITTED
     assignment.finished_at = now
     assignment.save(update_fields=["state", "finished_at"])
-    task.completed_count += 1
-    _settle(task)
     task.save(update_fields=["leased_count", "completed_count", "state"])
     return SubmitResult(ranking, created=True)
 
@@ -260,16 +257,22 @@ def _submit_pg(annotator, task_id, ordering, client_uuid, flags, rationale, time
             return SubmitResult(repeat, created=False)
     groups = normalise_ordering(ordering, task.candidate_ids)
     _check_may_submit(task, assignment, client_uuid, now)
-    if assignment.state == A.ACTIVE:
-        task.leased_count -= 1
-    task.completed_count += 1
-    _settle(task)
+    _count_submit(task, assignment)
     ranking = queue_pg.write_submit(
         annotator=annotator, task=task, assignment=assignment, groups=groups, pairs=pairs_from_groups(groups),
         flags=flags, rationale=rationale, time_spent_ms=time_spent_ms, client_uuid=client_uuid, now=now,
     )
     return SubmitResult(ranking, created=True)
 
+
+
+def _count_submit(task: RankingTask, assignment: Assignment) -> None:
+    """The task's counters and state after this submit (in memory; the caller writes them): the slot
+    moves from leased to completed, or a lapsed lease whose slot was still free becomes completed."""
+    if assignment.state == A.ACTIVE:
+        task.leased_count -= 1
+    task.completed_count += 1
+    _settle(task)
 
 
 def _check_may_submit(task: RankingTask, assignment: Assignment | None, client_uuid, now: datetime) -> None:
