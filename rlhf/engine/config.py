@@ -56,6 +56,10 @@ class ModelConfig:
     lora_target_modules: list[str] = _f(["q_proj", "v_proj"], "Module names (last component) that get LoRA.")
     lora_language_model_only: bool = _f(True, "Restrict LoRA targets to the language model: a bare "
                                         "['q_proj','v_proj'] also matches the vision tower's attention.")
+    lora_modules_to_save: list[str] = _f([], "Modules trained in full beside the LoRA adapter and saved with it "
+                                         "(PEFT `modules_to_save`; a module matches when its name ends with the "
+                                         "entry). 'language_model.norm', the language model's final RMSNorm, "
+                                         "lets the policy rescale its logits: see docs/policy.md.")
     qlora: bool = _f(False, "Load the base weights in 4-bit NF4 through bitsandbytes (Dettmers et al. 2023) "
                      "and train LoRA on top; needs `lora: true`.")
     qlora_skip_modules: list[str] = _f(

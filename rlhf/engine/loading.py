@@ -138,8 +138,18 @@ def apply_lora(model, cfg: ModelConfig):
 
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=lora_targets(model, cfg.lora_target_modules, cfg.lora_language_model_only),
-                      bias="none")
+                      modules_to_save=modules_to_save(model, cfg.lora_modules_to_save) or None, bias="none")
     return get_peft_model(model, lora)
+
+
+def modules_to_save(model: torch.nn.Module, names: list[str]) -> list[str]:
+    """`names` for PEFT's `modules_to_save` (matched as name suffixes), each checked to match a module."""
+    modules = [n for n, _ in model.named_modules()]
+    for name in names:
+        if not any(m == name or m.endswith("." + name) for m in modules):
+            raise ModelLoadError(f"model.lora_modules_to_save: no module is named {name!r} or ends with "
+                                 f"'.{name}'; look at model.named_modules() for the right names")
+    return list(names)
 
 
 def _quantization_config(cfg: ModelConfig):

@@ -24,6 +24,31 @@ def test_lora_on_every_tower_when_asked(tiny_model_path):
     assert any("vision" in n for n, _ in model.named_modules() if n.endswith("lora_A"))
 
 
+def test_modules_to_save_are_trained_in_full_saved_with_the_adapter_and_off_in_the_reference(tiny_model_path, tmp_path):
+    cfg = ModelConfig(path=str(tiny_model_path), device="cpu", lora_modules_to_save=["lm_head"])
+    model, processor = load_model(cfg, trainable=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("lm_head" in n and "modules_to_save" in n for n in trainable), sorted(trainable)
+    ids = processor.tokenizer(["one shape"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        base = model(input_ids=ids).logits
+        model.base_model.model.lm_head.modules_to_save["default"].weight.mul_(2.0)
+        changed = model(input_ids=ids).logits
+        with model.disable_adapter():
+            reference = model(input_ids=ids).logits
+    assert torch.allclose(changed, 2 * base, atol=1e-5) and torch.equal(reference, base)
+    model.save_pretrained(tmp_path / "adapter")
+    again, _ = load_model(ModelConfig(path=str(tiny_model_path), device="cpu", adapter_path=str(tmp_path / "adapter")))
+    with torch.no_grad():
+        assert torch.allclose(again(input_ids=ids).logits, changed, atol=1e-5)
+
+
+def test_modules_to_save_that_match_nothing_are_refused(tiny_model_path):
+    cfg = ModelConfig(path=str(tiny_model_path), device="cpu", lora_modules_to_save=["final_norm"])
+    with pytest.raises(ModelLoadError, match="final_norm"):
+        load_model(cfg, trainable=True)
+
+
 def test_an_inference_load_freezes_everything(tiny_model):
     model, _ = tiny_model
     assert not any(p.requires_grad for p in model.parameters()) or not model.training

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rlhf.engine.config import ModelConfig, load_config
+from rlhf.engine.demo import DEMO_POLICY_LORA
 
 
 @pytest.fixture(scope="module")
@@ -113,20 +114,11 @@ def _ppo_config(tiny_model_path, demo_dataset, **overrides):
     return load_config("ppo", data)
 
 
-# LoRA on the language model's q/v projections and on lm_head. With q/v alone the adapter cannot rescale the
-# logits (the final RMSNorm undoes any change of scale), and sharpening the answer distribution towards its
-# mode is most of what RL can gain on the tiny model within minutes (its greedy answers score ~0.08 more
-# than its samples at T = 1; its perception is the limit otherwise, which no method improves in minutes).
-LEARNING_LORA = {"lora_target_modules": [r".*language_model.*\.(q_proj|v_proj)|lm_head"]}
-
-
-@pytest.fixture(scope="module")
-def held_out_prompts(tmp_path_factory):
-    """160 held-out caption prompts of other scenes: with the 48 of the demo set, the held-out reward of a
-    fixed policy varies by ±0.03 between prompt subsets, as much as the effect measured."""
-    from rlhf.engine.demo.annotators import write_demo_preferences
-
-    return write_demo_preferences(tmp_path_factory.mktemp("held-out"), 160, seed=11, k=2)["prompts"]
+# The demo model's RL configuration: q/v LoRA + lm_head trained in full. With q/v alone the adapter cannot
+# rescale the logits (the final RMSNorm undoes any change of scale), and sharpening the answer distribution
+# towards its mode is most of what RL can gain on the tiny model within minutes (its greedy answers score
+# ~0.07 more than its samples at T = 1; its perception is the limit otherwise).
+LEARNING_LORA = DEMO_POLICY_LORA
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlhf.engine.config import load_config
+from rlhf.engine.demo import DEMO_POLICY_LORA
 
 
 def _adapter_moved(ckpt) -> float:
@@ -30,41 +31,47 @@ def test_combined_reward_adds_the_weighted_verifiable_reward():
     assert out == pytest.approx([0.5 + 2.0 * 1.0, 0.5 + 2.0 * 0.0])
 
 
+def _group_config(kind, tiny_model_path, demo_dataset, held_out_prompts, **overrides):
+    """GRPO / RLOO on the demo model's RL configuration (q/v LoRA + lm_head in full), rewarded by the
+    ground truth, evaluated on 160 held-out scenes × 4 sampled answers."""
+    data = {"model": {"path": str(tiny_model_path), "device": "cpu", **DEMO_POLICY_LORA},
+            "prompts_file": str(demo_dataset["prompts"]), "eval_file": str(held_out_prompts),
+            "verifiable_reward": "demo_reward", "steps": 60, "batch_size": 64, "num_generations": 4,
+            "eval_prompts": 160, "max_new_tokens": 20, "lr": 3e-3, "seed": 1, "threads": 1}
+    return load_config(kind, {**data, **overrides})
+
+
+def _assert_learned(result, run_dir, steps):
+    assert _adapter_moved(run_dir / "checkpoint") > 0
+    # What the RL objective raises is the reward of sampled answers (T = 1); greedy answers are reported
+    # too and must not collapse (sharpening moves the mode a little: -0.04 measured).
+    before, after = result["eval_before/reward_sampled"], result["eval/reward_sampled"]
+    assert after >= before + 0.02, f"held-out sampled reward {before:.3f} → {after:.3f}"
+    assert result["eval/reward_mean"] >= result["eval_before/reward_mean"] - 0.08, result
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == rows[-1]["total_steps"] == steps
+    entropy = [r["entropy"] for r in rows if "entropy" in r]
+    assert sum(entropy[-10:]) < sum(entropy[:10]), "the answer distribution should sharpen"
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="issue 4: on the tiny test model GRPO barely moves the held-out reward within minutes: RL's quick gain "
-    "there is sharpening the answer distribution, which a LoRA on q/v can hardly do (the final RMSNorm undoes a "
-    "change of scale; docs/policy.md), and TRL's GRPO refuses a LoRA on lm_head. bench/policy.py measured "
-    "+0.008 and +0.018 held-out sampled reward in 100 steps of 64 answers, within noise; the greedy comparison "
-    "below (8 steps) is a coin flip, so it stays non-strict",
-    strict=False,
-)
-def test_grpo_changes_the_adapter_and_does_not_lower_the_reward(tiny_model_path, demo_dataset, tmp_path):
+def test_grpo_raises_the_held_out_reward(tiny_model_path, demo_dataset, held_out_prompts, tmp_path):
     from rlhf.engine.trl_policy import train_grpo
 
     torch.manual_seed(0)
-    cfg = load_config("grpo", {"model": {"path": str(tiny_model_path), "device": "cpu"},
-                               "prompts_file": str(demo_dataset["prompts"]), "verifiable_reward": "demo_reward",
-                               "steps": 8, "batch_size": 16, "num_generations": 4, "eval_prompts": 32,
-                               "max_new_tokens": 20, "seed": 1, "threads": 2})
+    cfg = _group_config("grpo", tiny_model_path, demo_dataset, held_out_prompts)
     result = train_grpo(cfg, str(tmp_path / "run"))
-    assert _adapter_moved(tmp_path / "run" / "checkpoint") > 0
-    assert result["eval/reward_mean"] >= result["eval_before/reward_mean"], result
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["step"] == rows[-1]["total_steps"] == 8
-    assert any("reward" in r for r in rows)
+    _assert_learned(result, tmp_path / "run", 60)
 
 
 @pytest.mark.slow
-def test_rloo_runs_and_writes_an_adapter(tiny_model_path, demo_dataset, tmp_path):
+def test_rloo_raises_the_held_out_reward(tiny_model_path, demo_dataset, held_out_prompts, tmp_path):
     from rlhf.engine.trl_policy import train_rloo
 
-    cfg = load_config("rloo", {"model": {"path": str(tiny_model_path), "device": "cpu"},
-                               "prompts_file": str(demo_dataset["prompts"]), "verifiable_reward": "demo_reward",
-                               "steps": 2, "batch_size": 8, "num_generations": 4, "eval_prompts": 4,
-                               "max_new_tokens": 12, "threads": 2})
+    torch.manual_seed(0)
+    cfg = _group_config("rloo", tiny_model_path, demo_dataset, held_out_prompts)
     result = train_rloo(cfg, str(tmp_path / "run"))
-    assert result["steps"] == 2 and _adapter_moved(tmp_path / "run" / "checkpoint") > 0
+    _assert_learned(result, tmp_path / "run", 60)
 
 
 @pytest.mark.slow
@@ -72,9 +79,10 @@ def test_dpo_raises_the_preference_margin_on_held_out_pairs(tiny_model_path, dem
     from rlhf.engine.trl_policy import train_dpo
 
     torch.manual_seed(0)
-    cfg = load_config("dpo", {"model": {"path": str(tiny_model_path), "device": "cpu"},
-                              "train_file": str(demo_dataset["preferences"]), "steps": 15, "batch_size": 8,
-                              "lr": 1e-2, "eval_pairs": 48, "seed": 1, "threads": 2})
+    # lr 1e-2 (the test's earlier setting) lowered the held-out margin on some builds (2.37 → 1.37)
+    cfg = load_config("dpo", {"model": {"path": str(tiny_model_path), "device": "cpu", **DEMO_POLICY_LORA},
+                              "train_file": str(demo_dataset["preferences"]), "steps": 30, "batch_size": 8,
+                              "lr": 1e-3, "eval_pairs": 48, "seed": 1, "threads": 2})
     result = train_dpo(cfg, str(tmp_path / "run"))
     assert _adapter_moved(tmp_path / "run" / "checkpoint") > 0
     before, after = result["eval_before/logprob_margin"], result["eval/logprob_margin"]
