@@ -12,12 +12,14 @@ from rest_framework.views import APIView
 
 from annotation.api.permissions import project_for
 from rlhf.leaderboard import leaderboard
-from rlhf.models import ModelVersion, TrainingRun
+from rlhf.models import LoopSettings, ModelVersion, TrainingRun
 from rlhf.services import (
     ALGORITHMS,
     ROUND_DEFAULTS,
     LoopError,
+    advanced_params,
     cancel_run,
+    loop_settings_set,
     reap_stale_runs,
     resume_round,
     start_generate,
@@ -68,6 +70,14 @@ class RoundSerializer(serializers.Serializer):
     reward_epochs = serializers.FloatField(min_value=0.1, required=False)
     generate_prompts = serializers.IntegerField(min_value=1, required=False)
     temperature = serializers.FloatField(min_value=0.01, required=False)
+    # ROUND_ADVANCED: engine settings; a project's saved ones (loop settings) apply when left out
+    lora_target_modules = serializers.ListField(child=serializers.CharField(), required=False)
+    lora_modules_to_save = serializers.ListField(child=serializers.CharField(), required=False)
+    reward_lr = serializers.FloatField(min_value=0, required=False)
+    policy_batch_size = serializers.IntegerField(min_value=0, required=False)
+    use_reward_model = serializers.BooleanField(required=False)
+    verifiable_reward = serializers.CharField(allow_blank=True, required=False)
+    verifiable_weight = serializers.FloatField(min_value=0, required=False)
 
 
 def _loop_error(exc: LoopError) -> Response:
@@ -82,7 +92,9 @@ class RoundView(APIView):
         data = RoundSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            run = start_round(project=project, user=request.user, params=dict(data.validated_data))
+            saved = LoopSettings.objects.filter(project=project).values_list("round_params", flat=True).first()
+            params = {**advanced_params(saved), **data.validated_data}
+            run = start_round(project=project, user=request.user, params=params)
         except LoopError as exc:
             return _loop_error(exc)
         return Response(RunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
@@ -164,7 +176,36 @@ class LeaderboardView(APIView):
         return Response(leaderboard(project))
 
 
+class LoopSettingsSerializer(serializers.Serializer):
+    auto_round_pairs = serializers.IntegerField(min_value=0, required=False,
+                                                help_text="Start a round every N new preference pairs (0 = off).")
+    round_params = serializers.DictField(required=False, help_text="Parameters of automatic rounds and the "
+                                         "project's engine settings (ROUND_ADVANCED), which every round uses.")
+
+
+class LoopSettingsView(APIView):
+    @extend_schema(responses=LoopSettingsSerializer)
+    def get(self, request, slug):
+        project = project_for(request, slug)
+        row = LoopSettings.objects.filter(project=project).first()
+        return Response({"auto_round_pairs": row.auto_round_pairs if row else 0,
+                         "round_params": row.round_params if row else {}})
+
+    @extend_schema(request=LoopSettingsSerializer, responses=LoopSettingsSerializer)
+    def patch(self, request, slug):
+        """Change the automatic-round trigger and/or the saved round parameters (validated like a round's)."""
+        project = project_for(request, slug, admin=True)
+        data = LoopSettingsSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            row = loop_settings_set(project=project, **data.validated_data)
+        except LoopError as exc:
+            return _loop_error(exc)
+        return Response({"auto_round_pairs": row.auto_round_pairs, "round_params": row.round_params})
+
+
 urlpatterns = [
+    path("projects/<slug:slug>/loop-settings/", LoopSettingsView.as_view(), name="api-loop-settings"),
     path("projects/<slug:slug>/rounds/", RoundView.as_view(), name="api-rounds"),
     path("projects/<slug:slug>/generate/", GenerateView.as_view(), name="api-generate"),
     path("projects/<slug:slug>/runs/", RunListView.as_view(), name="api-runs"),

@@ -29,6 +29,18 @@ ROUND_DEFAULTS = {
     "generate_prompts": 64,
     "temperature": 1.0,
 }
+# Engine settings a round passes through beyond the launch form's few. The API takes them per round; a
+# project keeps its own in its loop settings (`loop_settings_set`), and rounds launched from the page
+# use those (the demo project's LoRA targets, for example).
+ROUND_ADVANCED = {
+    "lora_target_modules": [],  # [] = the engine's default: q_proj and v_proj of the language model
+    "lora_modules_to_save": [],  # modules trained in full beside the adapter (PEFT modules_to_save)
+    "reward_lr": 0.0,  # reward model's learning rate; 0 = the engine's default
+    "policy_batch_size": 0,  # answers per policy step (PPO rollouts, GRPO prompts × K); 0 = the engine's default
+    "use_reward_model": True,  # False: the policy is trained on the verifiable reward alone (PPO, GRPO)
+    "verifiable_reward": "",  # a ground-truth reward added to the reward model's score (rlhf.engine.rewards)
+    "verifiable_weight": 1.0,
+}
 
 
 class LoopError(Exception):
@@ -85,10 +97,11 @@ def next_label(project: Project, kind: str) -> str:
 
 
 def validate_round_params(params: dict) -> dict:
-    unknown = sorted(set(params) - set(ROUND_DEFAULTS))
+    known = {**ROUND_DEFAULTS, **ROUND_ADVANCED}
+    unknown = sorted(set(params) - set(known))
     if unknown:
-        raise LoopError(f"unknown round parameters {unknown}; known: {sorted(ROUND_DEFAULTS)}")
-    merged = {**ROUND_DEFAULTS, **params}
+        raise LoopError(f"unknown round parameters {unknown}; known: {sorted(known)}")
+    merged = {**known, **params}
     if merged["algorithm"] not in ALGORITHMS:
         raise LoopError(f"algorithm must be one of {ALGORITHMS}, not {merged['algorithm']!r}")
     for key in ("policy_steps", "lora_r", "generate_prompts"):
@@ -99,12 +112,43 @@ def validate_round_params(params: dict) -> dict:
             raise LoopError(f"{key} must be a non-negative number")
     if merged["temperature"] <= 0 or merged["reward_epochs"] <= 0:
         raise LoopError("temperature and reward_epochs must be positive")
+    _validate_advanced(merged)
     if merged["qlora"]:
         from rlhf.hardware import cuda_available
 
         if not cuda_available():
             raise LoopError("QLoRA needs a CUDA GPU on the training workers; none is configured here")
     return merged
+
+
+def _validate_advanced(merged: dict) -> None:
+    from rlhf.engine.rewards import REWARDS
+
+    for key in ("lora_target_modules", "lora_modules_to_save"):
+        value = merged[key]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise LoopError(f"{key} must be a list of module names (or one regex), e.g. [\"q_proj\", \"v_proj\"]")
+    if not isinstance(merged["policy_batch_size"], int) or isinstance(merged["policy_batch_size"], bool) \
+            or merged["policy_batch_size"] < 0:
+        raise LoopError("policy_batch_size must be 0 (the engine's default) or a positive integer")
+    for key in ("reward_lr", "verifiable_weight"):
+        if not isinstance(merged[key], int | float) or isinstance(merged[key], bool) or merged[key] < 0:
+            raise LoopError(f"{key} must be a non-negative number")
+    if not isinstance(merged["use_reward_model"], bool):
+        raise LoopError("use_reward_model must be true or false")
+    if merged["verifiable_reward"] and merged["verifiable_reward"] not in REWARDS:
+        raise LoopError(f"verifiable_reward {merged['verifiable_reward']!r} is not one of {sorted(REWARDS)}")
+    if not merged["use_reward_model"]:
+        if merged["algorithm"] not in ("ppo", "grpo"):
+            raise LoopError(f"use_reward_model=false needs algorithm ppo or grpo ({merged['algorithm']} trains on "
+                            "the rankings themselves)")
+        if not merged["verifiable_reward"]:
+            raise LoopError("use_reward_model=false needs a verifiable_reward to train the policy on")
+
+
+def advanced_params(params: dict | None) -> dict:
+    """The ROUND_ADVANCED entries of `params` (a project's saved round parameters)."""
+    return {k: v for k, v in (params or {}).items() if k in ROUND_ADVANCED}
 
 
 ROUND_STEPS = {

@@ -65,7 +65,7 @@ def simulate(project: Project, *, annotators: int = 4, noise: float = 0.1, limit
             rewards = demo_reward([prompt.text] * len(ids), [texts[i] for i in ids], ground_truth=[ground_truth] * len(ids))
             ordering = noisy_ordering(dict(zip(ids, rewards, strict=True)), rng, noise)
             queue.submit_ranking(
-                annotator=person, task_id=task.pk, ordering=ordering, client_uuid=uuid.UUID(int=rng.getrandbits(128)),
+                annotator=person, task_id=task.pk, ordering=ordering, client_uuid=uuid.uuid4(),
                 time_spent_ms=rng.randint(2000, 9000),
             )
             done += 1

@@ -41,7 +41,11 @@ def _policy_step(run: TrainingRun) -> TrainingRun:
 
 
 def _model_config(version: ModelVersion, params: dict) -> dict:
+    """The policy's `model` config: base, the version's adapter to continue, LoRA settings of the round."""
     cfg = {"path": version.base_model, "lora_r": params.get("lora_r", 8), "qlora": bool(params.get("qlora"))}
+    for key in ("lora_target_modules", "lora_modules_to_save"):
+        if params.get(key):
+            cfg[key] = params[key]
     if version.path:
         cfg["adapter_path"] = version.path
     return cfg
@@ -116,6 +120,8 @@ def step_reward(run: TrainingRun) -> None:
         "epochs": params.get("reward_epochs", 3.0),
         "seed": run.round_id or run.pk,
     }
+    if params.get("reward_lr"):
+        config["lr"] = params["reward_lr"]
     _save(run, config=config, snapshot={k: snapshot[k] for k in ("rankings", "pairs", "last_ranking_id", "until")})
     result = run_engine(run, "train-reward", config)
     version = ModelVersion.objects.create(
@@ -142,8 +148,16 @@ def step_policy(run: TrainingRun) -> None:
     config = {"model": _model_config(policy, params), "steps": params.get("policy_steps", 40), "seed": run.round_id or run.pk}
     if params.get("lr"):
         config["lr"] = params["lr"]
+    if params.get("policy_batch_size"):
+        config["batch_size"] = params["policy_batch_size"]
+    # use_reward_model=false (PPO/GRPO on a verifiable reward alone, e.g. a benchmark's upper bound): the
+    # round's reward model is still trained and registered, but the policy does not learn from it.
+    use_rm = run.kind not in (K.PPO, K.GRPO) or params.get("use_reward_model", True)
     if run.kind in (K.PPO, K.GRPO):
-        config.update({"prompts_file": snapshot["train_prompts"], "reward_model_path": reward.path})
+        config.update({"prompts_file": snapshot["train_prompts"], "reward_model_path": reward.path if use_rm else ""})
+        if params.get("verifiable_reward"):
+            config.update(verifiable_reward=params["verifiable_reward"],
+                          verifiable_weight=params.get("verifiable_weight", 1.0))
         if run.kind == K.PPO:
             config["kl_coef"] = params.get("kl_coef", 0.05)
     elif run.kind == K.DPO:
@@ -153,7 +167,7 @@ def step_policy(run: TrainingRun) -> None:
             raise EngineFailed("no usable rankings for SFT (all flagged all-bad?)")
         config["train_file"] = snapshot["top_ranked"]
     _save(run, config=config)
-    run.input_versions.add(policy, reward)
+    run.input_versions.add(policy, *([reward] if use_rm else []))
     result = run_engine(run, run.kind, config)
     checkpoint = Path(run.run_dir) / "checkpoint"
     if not (checkpoint / "adapter_config.json").is_file() and not (checkpoint / "config.json").is_file():
@@ -163,7 +177,7 @@ def step_policy(run: TrainingRun) -> None:
         kind=ModelVersion.Kind.POLICY,
         label=next_label(run.project, "policy"),
         parent=policy,
-        reward_model=reward,
+        reward_model=reward if use_rm else None,
         base_model=policy.base_model,
         path=str(checkpoint),
         weights=ModelVersion.Weights.ADAPTER if (checkpoint / "adapter_config.json").is_file() else "full",

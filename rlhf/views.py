@@ -27,7 +27,9 @@ from rlhf.hardware import cuda_available
 from rlhf.leaderboard import leaderboard
 from rlhf.models import LoopSettings, ModelVersion, TrainingRun
 from rlhf.services import (
+    ROUND_ADVANCED,
     LoopError,
+    advanced_params,
     cancel_run,
     loop_settings_set,
     pairs_since_last_round,
@@ -63,6 +65,7 @@ def _training_page(request, project, role, *, form=None, settings_form=None, sta
         "role": role,
         "is_admin": role == Membership.Role.ADMIN,
         "form": form or RoundForm(cuda=cuda, defaults=loop.round_params),
+        "engine_params": {k: v for k, v in advanced_params(loop.round_params).items() if v != ROUND_ADVANCED[k]},
         "settings_form": settings_form or LoopSettingsForm(instance=loop),
         "loop": loop,
         "cuda": cuda,
@@ -97,14 +100,16 @@ def launch_round(request, slug):
         return _training_page(request, project, role, form=form, status=400)
     if request.POST.get("action") == "save_auto":
         try:
-            loop_settings_set(project=project, round_params=form.params())
+            saved = advanced_params(_loop_settings(project).round_params)
+            loop_settings_set(project=project, round_params={**saved, **form.params()})
         except LoopError as exc:
             form.add_error(None, exc.message)
             return _training_page(request, project, role, form=form, status=exc.status)
         messages.success(request, "Saved: automatic rounds will use these parameters.")
         return redirect("training", slug=project.slug)
     try:
-        run = start_round(project=project, user=request.user, params=form.params())
+        params = {**advanced_params(_loop_settings(project).round_params), **form.params()}
+        run = start_round(project=project, user=request.user, params=params)
     except LoopError as exc:
         form.add_error(None, exc.message)
         return _training_page(request, project, role, form=form, status=exc.status)

@@ -76,3 +76,30 @@ def test_bad_parameters_are_a_400_naming_the_field(world):
 def test_comparing_versions_needs_two_existing_policies(world):
     response = _client(world["alice"]).post("/api/projects/loopapi/generate/", {"compare": ["base", "policy-v9"]}, format="json")
     assert response.status_code == 400 and "two different policy versions" in response.json()["detail"]
+
+
+def test_a_projects_engine_settings_apply_to_its_rounds_unless_a_round_overrides_them(world):
+    _rank_one(world)
+    alice, bob = _client(world["alice"]), _client(world["bob"])
+    settings = {"round_params": {"lora_modules_to_save": ["lm_head"], "policy_batch_size": 32}}
+    assert bob.patch("/api/projects/loopapi/loop-settings/", settings, format="json").status_code == 403
+    saved = alice.patch("/api/projects/loopapi/loop-settings/", settings, format="json")
+    assert saved.status_code == 200, saved.json()
+    assert saved.json()["round_params"]["lora_modules_to_save"] == ["lm_head"]
+    assert bob.get("/api/projects/loopapi/loop-settings/").json()["round_params"]["policy_batch_size"] == 32
+
+    first = alice.post("/api/projects/loopapi/rounds/", {"algorithm": "grpo"}, format="json")
+    assert first.status_code == 201, first.json()
+    config = TrainingRun.objects.get(pk=first.json()["id"]).config
+    assert config["lora_modules_to_save"] == ["lm_head"] and config["policy_batch_size"] == 32
+    alice.post(f"/api/runs/{first.json()['id']}/cancel/")
+    second = alice.post("/api/projects/loopapi/rounds/", {"policy_batch_size": 8}, format="json")
+    assert TrainingRun.objects.get(pk=second.json()["id"]).config["policy_batch_size"] == 8
+
+
+def test_bad_engine_settings_are_refused_with_a_reason(world):
+    alice = _client(world["alice"])
+    bad = alice.patch("/api/projects/loopapi/loop-settings/", {"round_params": {"use_reward_model": False}}, format="json")
+    assert bad.status_code == 400 and "needs a verifiable_reward" in bad.json()["detail"]
+    bad = alice.patch("/api/projects/loopapi/loop-settings/", {"round_params": {"lora_rank": 4}}, format="json")
+    assert bad.status_code == 400 and "unknown round parameters ['lora_rank']" in bad.json()["detail"]

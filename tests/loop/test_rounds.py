@@ -107,6 +107,16 @@ def test_bad_round_parameters_are_refused_with_a_reason(loop_project):
         start_round(project=loop_project, params={"algorithm": "reinforce"}, enqueue=False)
     with pytest.raises(LoopError, match="unknown round parameters"):
         start_round(project=loop_project, params={"epochs": 3}, enqueue=False)
+    with pytest.raises(LoopError, match="verifiable_reward 'truth' is not one of"):
+        start_round(project=loop_project, params={"verifiable_reward": "truth"}, enqueue=False)
+    with pytest.raises(LoopError, match="needs a verifiable_reward"):
+        start_round(project=loop_project, params={"use_reward_model": False}, enqueue=False)
+    with pytest.raises(LoopError, match="needs algorithm ppo or grpo"):
+        start_round(project=loop_project, params={"algorithm": "dpo", "use_reward_model": False,
+                                                  "verifiable_reward": "demo_reward"}, enqueue=False)
+    with pytest.raises(LoopError, match="lora_modules_to_save must be a list"):
+        start_round(project=loop_project, params={"lora_modules_to_save": "lm_head"}, enqueue=False)
+    assert not TrainingRun.objects.filter(project=loop_project).exists()
 
 
 def test_a_failing_step_fails_the_round_stops_the_chain_and_keeps_the_old_policy(loop_project):
@@ -213,9 +223,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
+# GRPO on the ground truth alone (a benchmark's upper bound), the demo model's RL configuration for PPO
+ENGINE_PARAMS = {"ppo": {"lora_modules_to_save": ["lm_head"], "verifiable_reward": "demo_reward", "reward_lr": 1e-3},
+                 "grpo": {"use_reward_model": False, "verifiable_reward": "demo_reward"}, "dpo": {}}
+
+
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo", "dpo"])
 def test_each_policy_algorithm_completes_a_round_with_a_tiny_budget(loop_project, algorithm):
-    round_run = start_round(project=loop_project, params={**FAST_ROUND, "algorithm": algorithm, "policy_steps": 2})
+    params = {**FAST_ROUND, "algorithm": algorithm, "policy_steps": 2, **ENGINE_PARAMS[algorithm]}
+    round_run = start_round(project=loop_project, params=params)
     _burst()
     round_run.refresh_from_db()
     assert round_run.state == "succeeded", _explain(round_run)
@@ -228,3 +244,12 @@ def test_each_policy_algorithm_completes_a_round_with_a_tiny_budget(loop_project
     assert set(Candidate.objects.filter(pk__in=opened.first().candidate_ids).values_list("source", flat=True)) == {
         policy.label
     }
+    # The round's engine settings reach the engine, and lineage says what the policy learnt from.
+    config = steps[algorithm].config
+    if algorithm == "ppo":
+        assert config["model"]["lora_modules_to_save"] == ["lm_head"] and config["verifiable_reward"] == "demo_reward"
+        assert config["reward_model_path"] and policy.reward_model == steps["reward"].versions.get()
+        assert steps["reward"].config["lr"] == 1e-3
+    if algorithm == "grpo":
+        assert config["reward_model_path"] == "" and config["verifiable_reward"] == "demo_reward"
+        assert policy.reward_model is None

@@ -30,6 +30,22 @@ def test_the_command_ranks_the_demo_queue_so_every_pair_agrees_with_the_ground_t
     assert Candidate.objects.filter(source="import").count() == 48
 
 
+@pytest.mark.django_db
+def test_two_projects_ranked_with_the_same_seed_keep_every_ranking(tmp_path):
+    """Seeds make the orderings repeatable; the rankings' client UUIDs must still be fresh each time."""
+    from annotation.services.imports import import_bundle
+    from rlhf.engine.demo import world
+    from rlhf.simulate import simulate
+    from tests import factories as f
+
+    world.write_demo_manifest(tmp_path / "bundle", n=6, seed=5, k=4)
+    for slug in ("first", "second"):
+        project = f.project(slug, k=4)
+        import_bundle(project=project, path=tmp_path / "bundle")
+        assert simulate(project, annotators=2, noise=0.1, seed=1)["rankings"] == 6
+    assert Ranking.objects.count() == 12
+
+
 def test_generated_tasks_come_first_and_the_least_separated_prompt_leads():
     from rlhf.steps import uncertainty_priorities
 

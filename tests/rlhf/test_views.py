@@ -177,6 +177,19 @@ def test_the_launch_form_can_save_the_parameters_of_automatic_rounds(world):
     assert params["algorithm"] == "grpo" and params["policy_steps"] == 7
 
 
+def test_rounds_from_the_form_use_the_projects_engine_settings_and_the_page_lists_them(world):
+    from rlhf.services import loop_settings_set
+
+    loop_settings_set(project=world["project"], round_params={"lora_modules_to_save": ["lm_head"]})
+    alice = client_for(world["alice"])
+    page = alice.get("/projects/shapes/training/")
+    assert b'id="engine-params"' in page.content and b"lora_modules_to_save=[&#x27;lm_head&#x27;]" in page.content
+    launch(alice, action="save_auto", algorithm="grpo")  # saving the form's fields keeps the engine settings
+    launch(alice, algorithm="dpo")
+    assert rounds().get().config["lora_modules_to_save"] == ["lm_head"]
+    assert LoopSettings.objects.get(project=world["project"]).round_params["lora_modules_to_save"] == ["lm_head"]
+
+
 def test_an_admin_cancels_and_resumes_a_round(world):
     alice = client_for(world["alice"])
     run = start_round(project=world["project"], enqueue=False)

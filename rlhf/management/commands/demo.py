@@ -17,7 +17,9 @@ from django.db import transaction
 from annotation.models import Membership, Project
 from annotation.services.imports import import_bundle
 from annotation.services.projects import member_set, project_create
-from rlhf.engine.demo import world
+from rlhf.engine.demo import DEMO_POLICY_LORA, world
+from rlhf.models import LoopSettings
+from rlhf.services import loop_settings_set
 
 SLUG = "demo-shapes"
 INSTRUCTIONS = """\
@@ -78,6 +80,9 @@ class Command(BaseCommand):
         for name, is_admin in ACCOUNTS:
             role = Membership.Role.ADMIN if is_admin else Membership.Role.ANNOTATOR
             member_set(project=project, user=users[name], role=role)
+        if not LoopSettings.objects.filter(project=project).exists():
+            # The demo model learns from RL only with lm_head trainable (docs/policy.md): every round uses it.
+            loop_settings_set(project=project, round_params=dict(DEMO_POLICY_LORA))
         if not project.prompts.exists():
             with tempfile.TemporaryDirectory(dir=settings.VAR_DIR) as tmp:
                 world.write_demo_manifest(tmp, n=images, seed=seed, task_type="caption", k=k)

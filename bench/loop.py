@@ -1,0 +1,239 @@
+"""Label efficiency of the closed loop on the demo world (issue 5).
+
+Per arm, a fresh project on the demo model goes through real rounds: the starting policy's samples become
+ranking tasks, simulated annotators (the demo world's ground truth, `--noise` chance of swapping each
+neighbouring pair) rank `--rankings` of them, a round runs (export → reward model → policy → evaluate →
+register → generate the next `--rankings` tasks from the new policy), and again, `--rounds` times. After
+each round the active policy's held-out caption accuracy is measured on scenes no project has seen.
+
+    .venv/bin/python bench/loop.py [--rounds 3] [--rankings 500] [--noise 0.1] [--arms ppo,grpo,dpo,gt-grpo]
+    .venv/bin/python bench/loop.py --plot-only     # redraw docs/loop_benchmark.png from the JSON
+
+Arms: `ppo`, `grpo` (against the reward model trained on the rankings), `dpo` (on the ranking pairs), and
+`gt-grpo`, GRPO trained on the ground-truth reward itself, the upper bound a perfect annotator would give
+(its rounds still train a reward model, unused, so its round time is comparable).
+
+The steps run through the loop's own code (`rlhf.jobs.run_step`, the job an rq worker runs: the engine in a
+subprocess per step) on a SQLite database of the bench's own; rq itself is left out. Each arm runs in a
+process of its own, so the peak memory reported (max RSS of its engine subprocesses) is its own.
+
+Caption accuracy = `demo_reward` on caption prompts: the mean of count, colour and shape correctness
+(rlhf.engine.rewards.caption_reward), in points (× 100). "sampled": 4 answers per scene at T = 1, how the
+loop samples its candidates; "greedy": the most likely answer. Held-out: 200 scenes of another seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ARMS = {
+    "ppo": {"algorithm": "ppo"},
+    "grpo": {"algorithm": "grpo"},
+    "dpo": {"algorithm": "dpo"},
+    "gt-grpo": {"algorithm": "grpo", "use_reward_model": False, "verifiable_reward": "demo_reward"},
+}
+
+
+def round_params(arm: str, args) -> dict:
+    from rlhf.engine.demo import DEMO_POLICY_LORA
+
+    common = {"generate_prompts": args.rankings, "reward_epochs": args.reward_epochs, "reward_lr": 1e-3,
+              "temperature": 1.0, **DEMO_POLICY_LORA}
+    if ARMS[arm]["algorithm"] == "dpo":
+        policy = {"policy_steps": args.dpo_steps, "policy_batch_size": 16, "lr": 1e-3}
+    else:
+        policy = {"policy_steps": args.policy_steps, "policy_batch_size": 64}
+    return {**common, **policy, **ARMS[arm]}
+
+
+def setup_django(work: Path) -> None:
+    os.environ["LENSLOOP_VAR_DIR"] = str(work / "var")
+    os.environ.pop("DATABASE_URL", None)  # the bench's own SQLite database under var/
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lensloop.settings")
+    import django
+
+    django.setup()
+
+
+def evaluate(model_path: str, adapter: str, held: Path) -> dict:
+    """Held-out caption accuracy (points) of a policy: greedy and 4 samples per scene at T = 1."""
+    import torch
+
+    from rlhf.engine.config import ModelConfig
+    from rlhf.engine.data import read_prompts
+    from rlhf.engine.loading import load_model
+    from rlhf.engine.rl_common import CombinedReward, evaluate_reward
+
+    torch.set_num_threads(2)
+    model, processor = load_model(ModelConfig(path=model_path, device="cpu", adapter_path=adapter or None))
+    out = evaluate_reward(model, processor, read_prompts(str(held)), CombinedReward(None, "demo_reward"),
+                          max_new_tokens=24)
+    return {"greedy": round(100 * out["eval/reward_mean"], 1), "sampled": round(100 * out["eval/reward_sampled"], 1)}
+
+
+def run_arm(arm: str, args, work: Path) -> dict:
+    """One arm, in this process: project, starting tasks, then rounds of ranking + training."""
+    setup_django(work)
+    from annotation.models import RankingTask
+    from annotation.services.imports import import_bundle
+    from annotation.services.projects import project_create
+    from rlhf.jobs import run_step
+    from rlhf.models import ModelVersion
+    from rlhf.services import start_generate, start_round
+    from rlhf.simulate import simulate
+
+    project = project_create(name=f"bench {arm}", slug=f"bench-{arm}", task_type="caption", candidates_per_task=4)
+    project.base_model = args.model
+    project.save(update_fields=["base_model"])
+    import_bundle(project=project, path=work / "scenes", origin="bench")
+    RankingTask.objects.filter(project=project).update(state="closed")  # the world's candidates: not the policy's
+
+    def run(steps) -> None:
+        for step in steps:
+            if run_step(step.pk) != "succeeded":
+                step.refresh_from_db()
+                raise SystemExit(f"{arm}: step {step.kind} {step.state}: {step.error[-2000:]}")
+
+    t = time.monotonic()
+    gen = start_generate(project=project, prompts=args.rankings, enqueue=False)
+    run([gen])
+    print(f"{arm}: {RankingTask.objects.filter(project=project, state='open').count()} tasks from the starting "
+          f"policy in {time.monotonic() - t:.0f} s", flush=True)
+    points = []
+    for r in range(1, args.rounds + 1):
+        done = simulate(project, annotators=4, noise=args.noise, limit=args.rankings, seed=r)
+        t = time.monotonic()
+        round_run = start_round(project=project, params=round_params(arm, args), enqueue=False)
+        run(round_run.steps.order_by("position"))
+        seconds = time.monotonic() - t
+        round_run.refresh_from_db()
+        steps = {s.kind: s for s in round_run.steps.all()}
+        policy = ModelVersion.objects.get(project=project, kind="policy", active=True)
+        acc = evaluate(args.model, policy.path, work / "held" / "prompts.jsonl")
+        step_seconds = {s.kind: round((s.finished_at - s.started_at).total_seconds(), 1) for s in steps.values()}
+        reward_acc = (steps["reward"].result or {}).get("eval/accuracy")
+        point = {"round": r, "rankings": r * args.rankings, "ranked_this_round": done["rankings"],
+                 "pairs": steps["export"].snapshot["pairs"], "round_seconds": round(seconds, 1),
+                 "step_seconds": step_seconds, "reward_model_accuracy": reward_acc, **acc,
+                 "policy": policy.label, "state": round_run.state}
+        points.append(point)
+        print(f"{arm} round {r}: {acc} in {seconds:.0f} s {step_seconds} (RM accuracy {reward_acc})", flush=True)
+    return {"points": points, "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            "params": round_params(arm, args)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="", help="base model folder (default: the tiny demo build of the tests)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rankings", type=int, default=500, help="rankings per round")
+    ap.add_argument("--noise", type=float, default=0.1, help="chance that an annotator swaps a neighbouring pair")
+    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--policy-steps", type=int, default=40, help="PPO iterations / GRPO steps per round (64 answers each)")
+    ap.add_argument("--dpo-steps", type=int, default=200, help="DPO steps per round (16 pairs each)")
+    ap.add_argument("--reward-epochs", type=float, default=2.0)
+    ap.add_argument("--scenes", type=int, default=1000, help="scenes in each arm's project")
+    ap.add_argument("--out", default=str(ROOT / "docs"))
+    ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm in this process
+    ap.add_argument("--work", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    out = Path(args.out)
+    if args.plot_only:
+        plot(json.loads((out / "benchmarks" / "loop.json").read_text()), out / "loop_benchmark.png")
+        return
+    if args.arm:
+        result = run_arm(args.arm, args, Path(args.work))
+        (Path(args.work) / f"{args.arm}.json").write_text(json.dumps(result))
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="bench-loop-"))
+    setup_django(work)
+    from django.core.management import call_command
+
+    from rlhf.engine.config import BuildDemoConfig, data_dir
+    from rlhf.engine.demo import world
+    from rlhf.engine.demo.annotators import write_demo_preferences
+    from rlhf.engine.demo.build import ensure_demo_model
+
+    if not args.model:  # the tiny build bench/policy.py and the tests use (see the module docstring)
+        args.model = str(ensure_demo_model(BuildDemoConfig(steps=800, train_images=2000, eval_images=20,
+                                                           warmup_steps=20, budget_seconds=0), data_dir()).resolve())
+    call_command("migrate", verbosity=0)
+    world.write_demo_manifest(work / "scenes", n=args.scenes, seed=5, k=4, eval_fraction=0.1)
+    write_demo_preferences(work / "held", 200, seed=11, k=2)
+    print(f"work folder {work}; model {args.model}; load average {os.getloadavg()}", flush=True)
+    start = evaluate(args.model, "", work / "held" / "prompts.jsonl")
+    print(f"starting policy: {start}", flush=True)
+
+    arms = {}
+    for arm in args.arms.split(","):
+        cmd = [sys.executable, __file__, "--arm", arm, "--work", str(work), "--model", args.model]
+        for flag in ("rounds", "rankings", "noise", "policy_steps", "dpo_steps", "reward_epochs"):
+            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        subprocess.run(cmd, cwd=ROOT, check=True)
+        arms[arm] = json.loads((work / f"{arm}.json").read_text())
+    results = {"start": start, "arms": arms, "rankings_per_round": args.rankings, "noise": args.noise,
+               "model": args.model, "load_after": os.getloadavg()}
+    report(results)
+    (out / "benchmarks").mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks" / "loop.json").write_text(json.dumps(results, indent=1))
+    plot(results, out / "loop_benchmark.png")
+
+
+def report(results: dict) -> None:
+    start, arms = results["start"], results["arms"]
+    upper = arms.get("gt-grpo", {}).get("points", [{}])[-1].get("sampled")
+    print(f"\nstarting policy: sampled {start['sampled']}, greedy {start['greedy']}")
+    print("| arm | accuracy (sampled) after each round | gain over start | vs GT upper bound | greedy after each "
+          "round | round time s (max) | RM accuracy | peak RSS MB |")
+    print("|---|---|---:|---:|---|---:|---|---:|")
+    for arm, r in arms.items():
+        pts = r["points"]
+        sampled = " → ".join(str(p["sampled"]) for p in pts)
+        greedy = " → ".join(str(p["greedy"]) for p in pts)
+        gain = pts[-1]["sampled"] - start["sampled"]
+        gap = "" if upper is None or arm == "gt-grpo" else f"{pts[-1]['sampled'] - upper:+.1f}"
+        rm = ", ".join("" if p["reward_model_accuracy"] is None else f"{p['reward_model_accuracy']:.2f}" for p in pts)
+        print(f"| {arm} | {sampled} | {gain:+.1f} | {gap} | {greedy} | {max(p['round_seconds'] for p in pts):.0f} | "
+              f"{rm} | {r['peak_rss_mb']:.0f} |")
+
+
+def plot(results: dict, path: Path) -> None:
+    """Held-out caption accuracy against rankings used (sampled: solid, greedy: dotted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    start = results["start"]
+    for i, (arm, r) in enumerate(results["arms"].items()):
+        xs = [0] + [p["rankings"] for p in r["points"]]
+        for key, style in (("sampled", "-o"), ("greedy", ":")):
+            ys = [start[key]] + [p[key] for p in r["points"]]
+            ax.plot(xs, ys, style, color=f"C{i}", label=f"{arm} ({key})", markersize=4,
+                    alpha=1.0 if key == "sampled" else 0.6)
+    ax.axhline(start["sampled"], color="grey", lw=0.8, ls="--", label="starting policy (sampled)")
+    ax.set_xlabel(f"rankings used (simulated annotators, {results['noise']:.0%} noise)")
+    ax.set_ylabel("held-out caption accuracy, points")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    main()
