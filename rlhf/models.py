@@ -81,6 +81,18 @@ class TrainingRun(models.Model):
         return self.state not in self.ACTIVE_STATES
 
     @property
+    def duration(self) -> str:
+        """How long it ran, e.g. "47 s", "3 min 5 s", "2 h 4 min" ("" until it has started and finished)."""
+        if not (self.started_at and self.finished_at):
+            return ""
+        seconds = max(0, round((self.finished_at - self.started_at).total_seconds()))
+        minutes, secs = divmod(seconds, 60)
+        hours, minutes = divmod(minutes, 60)
+        if hours:
+            return f"{hours} h {minutes} min"
+        return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+    @property
     def progress(self) -> float:
         """0..1. A round's progress is its steps': finished ones count whole, the running one in part."""
         if self.kind == self.Kind.ROUND and self.pk:

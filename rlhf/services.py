@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from rlhf.models import ModelVersion, TrainingRun
 
 K = TrainingRun.Kind
 S = TrainingRun.State
+log = logging.getLogger(__name__)
 
 ALGORITHMS = ("ppo", "grpo", "dpo", "sft")
 ROUND_DEFAULTS = {
@@ -63,6 +65,16 @@ def stale_after() -> timedelta:
 
 def runs_root() -> Path:
     return Path(settings.DATA_DIR) / "runs"
+
+
+def _fresh_dir(path: Path) -> Path:
+    """A new run's folder. One already there belongs to no run of this database (a database reset with the
+    data folder kept): the engine would resume from its checkpoints, so it is moved aside, not reused."""
+    if path.exists():
+        aside = path.with_name(f"{path.name}.orphan-{timezone.now():%Y%m%dT%H%M%S%f}")
+        path.rename(aside)
+        log.warning("run folder %s belongs to no run of this database; moved to %s", path, aside)
+    return path
 
 
 def base_policy(project: Project) -> ModelVersion:
@@ -171,7 +183,7 @@ def start_round(*, project: Project, user=None, params: dict | None = None, enqu
     try:
         with transaction.atomic():
             round_run = TrainingRun.objects.create(project=project, kind=K.ROUND, config=params, created_by=user)
-            round_run.run_dir = str(runs_root() / f"round-{round_run.pk}")
+            round_run.run_dir = str(_fresh_dir(runs_root() / f"round-{round_run.pk}"))
             round_run.save(update_fields=["run_dir"])
             steps = []
             for position, kind in enumerate(ROUND_STEPS[params["algorithm"]], start=1):
@@ -211,7 +223,7 @@ def start_generate(
         config["compare"] = labels
     with transaction.atomic():
         run = TrainingRun.objects.create(project=project, kind=K.GENERATE, created_by=user, config=config)
-        run.run_dir = str(runs_root() / f"generate-{run.pk}")
+        run.run_dir = str(_fresh_dir(runs_root() / f"generate-{run.pk}"))
         run.save(update_fields=["run_dir"])
         if enqueue:
             transaction.on_commit(lambda: enqueue_steps([run]))

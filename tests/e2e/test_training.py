@@ -3,7 +3,8 @@ a round and watches its progress bar move as the steps advance (the page polls t
 page with its curves and log tail; model versions with lineage and the leaderboard.
 
 No worker runs here: the test moves the round's steps itself, as a worker would, so what the browser
-shows is deterministic. ``LENSLOOP_SCREENSHOTS=1`` saves training.png, run.png and versions.png.
+shows is deterministic. (The README's screenshots of these pages come from a real round:
+scripts/demo_walkthrough.py.)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from playwright.sync_api import expect
 from rlhf.models import TrainingRun
 from rlhf.services import fail_run, start_round
 from tests import factories as f
-from tests.e2e.helpers import login, shot
+from tests.e2e.helpers import login
 from tests.rlhf.helpers import fake_round, rank, reward_metrics
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -64,7 +65,6 @@ def test_an_admin_launches_a_round_and_watches_it_progress(page, live_server, lo
     round_run.steps.filter(position=3).update(state="running", step=12, total_steps=30, heartbeat_at=timezone.now())
     expect(row.locator("[data-field=status]")).to_have_text("step 3 of 6: PPO 12/30")
     expect(bar).to_have_attribute("value", "40")
-    shot(page, "training", full_page=True)
 
     # A second launch while this one runs is refused, saying why.
     page.click("#launch-round")
@@ -85,7 +85,6 @@ def test_a_run_page_shows_curves_steps_and_an_escaped_log(page, live_server, loo
     expect(page.locator("#steps-table tbody tr")).to_have_count(6)
     expect(page.locator("#log-tail")).to_contain_text("<script>window.pwned = 1</script>")
     assert page.evaluate("window.pwned") is None
-    shot(page, "run", full_page=True)
     page.click("#steps-table >> text=PPO")
     expect(page.get_by_role("heading", name=f"Step 3 of round #{round_run.pk}: PPO")).to_be_visible()
     expect(page.get_by_role("img", name="Reward")).to_be_visible()
@@ -104,7 +103,6 @@ def test_versions_show_lineage_and_which_one_annotators_prefer(page, live_server
     page.select_option("#compare-b", "base")
     page.click("#compare-form button")
     expect(page.locator("#compare-result")).to_contain_text("annotators ranked policy-v1 above base")
-    shot(page, "versions", full_page=True)
 
 
 def test_a_running_rounds_page_follows_its_log_and_curves_live(page, live_server, loop_world):

@@ -103,3 +103,18 @@ def test_bad_engine_settings_are_refused_with_a_reason(world):
     assert bad.status_code == 400 and "needs a verifiable_reward" in bad.json()["detail"]
     bad = alice.patch("/api/projects/loopapi/loop-settings/", {"round_params": {"lora_rank": 4}}, format="json")
     assert bad.status_code == 400 and "unknown round parameters ['lora_rank']" in bad.json()["detail"]
+
+
+def test_a_new_round_never_reuses_a_folder_left_by_another_database(world):
+    """A database reset with the data folder kept: the engine must not resume a stranger's checkpoint."""
+    from rlhf.services import cancel_run, runs_root, start_round
+
+    _rank_one(world)
+    first = start_round(project=world["project"], enqueue=False)
+    cancel_run(first)
+    next_pk = max(first.steps.values_list("pk", flat=True)) + 1
+    stale = runs_root() / f"round-{next_pk}" / "3-ppo" / "checkpoint"
+    stale.mkdir(parents=True)
+    second = start_round(project=world["project"], enqueue=False)
+    assert second.pk == next_pk and not (runs_root() / f"round-{next_pk}" / "3-ppo").exists()
+    assert [p.name for p in runs_root().glob(f"round-{next_pk}.orphan-*/3-ppo/checkpoint")] == ["checkpoint"]

@@ -231,6 +231,22 @@ def test_a_running_round_shows_how_far_it_is(world):
     assert 'aria-label="Progress of step 2, Reward model"' in detail and 'value="50"' in detail
 
 
+def test_a_finished_run_says_how_long_it_took_in_seconds_when_under_a_minute(world):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    run = start_round(project=world["project"], enqueue=False)
+    start = timezone.now()
+    TrainingRun.objects.filter(pk=run.pk).update(state="succeeded", started_at=start, finished_at=start + timedelta(seconds=47))
+    assert "(took 47 s)" in client_for(world["alice"]).get(f"/runs/{run.pk}/").content.decode()
+    run.refresh_from_db()
+    run.finished_at = start + timedelta(hours=2, minutes=4, seconds=9)
+    assert run.duration == "2 h 4 min"
+    run.finished_at = start + timedelta(minutes=3, seconds=5)
+    assert run.duration == "3 min 5 s"
+
+
 def test_the_run_page_draws_the_curves_the_engine_logged(world):
     run = start_round(project=world["project"], enqueue=False)
     reward, ppo = run.steps.get(kind="reward"), run.steps.get(kind="ppo")

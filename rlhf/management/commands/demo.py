@@ -81,8 +81,10 @@ class Command(BaseCommand):
             role = Membership.Role.ADMIN if is_admin else Membership.Role.ANNOTATOR
             member_set(project=project, user=users[name], role=role)
         if not LoopSettings.objects.filter(project=project).exists():
-            # The demo model learns from RL only with lm_head trainable (docs/policy.md): every round uses it.
-            loop_settings_set(project=project, round_params=dict(DEMO_POLICY_LORA))
+            # The demo model learns from RL only with lm_head trainable (docs/policy.md), and PPO on it was
+            # unstable with the engine's 16 answers per step (KL to the reference above 20): every round
+            # of the demo uses both settings.
+            loop_settings_set(project=project, round_params={**DEMO_POLICY_LORA, "policy_batch_size": 64})
         if not project.prompts.exists():
             with tempfile.TemporaryDirectory(dir=settings.VAR_DIR) as tmp:
                 world.write_demo_manifest(tmp, n=images, seed=seed, task_type="caption", k=k)
