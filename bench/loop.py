@@ -14,7 +14,8 @@ Arms: `ppo`, `grpo` (against the reward model trained on the rankings), `dpo` (o
 (its rounds still train a reward model, unused, so its round time is comparable).
 
 The steps run through the loop's own code (`rlhf.jobs.run_step`, the job an rq worker runs: the engine in a
-subprocess per step) on a SQLite database of the bench's own; rq itself is left out. Each arm runs in a
+subprocess per step) on a SQLite database of each arm's own; rq itself is left out. Seeds derive from run
+ids, so every arm starts from the same tasks, rankings and reward-model seed. Each arm runs in a
 process of its own, so the peak memory reported (max RSS of its engine subprocesses) is its own.
 
 Caption accuracy = `demo_reward` on caption prompts: the mean of count, colour and shape correctness
@@ -83,8 +84,13 @@ def evaluate(model_path: str, adapter: str, held: Path) -> dict:
 
 
 def run_arm(arm: str, args, work: Path) -> dict:
-    """One arm, in this process: project, starting tasks, then rounds of ranking + training."""
-    setup_django(work)
+    """One arm, in this process: project, starting tasks, then rounds of ranking + training. Each arm has
+    a database of its own, so its runs get the same ids, hence the same seeds, as the other arms': the
+    same starting tasks and rankings in round 1, the same reward-model seed."""
+    setup_django(work / arm)
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
     from annotation.models import RankingTask
     from annotation.services.imports import import_bundle
     from annotation.services.projects import project_create
@@ -159,9 +165,6 @@ def main() -> None:
         return
 
     work = Path(tempfile.mkdtemp(prefix="bench-loop-"))
-    setup_django(work)
-    from django.core.management import call_command
-
     from rlhf.engine.config import BuildDemoConfig, data_dir
     from rlhf.engine.demo import world
     from rlhf.engine.demo.annotators import write_demo_preferences
@@ -170,7 +173,6 @@ def main() -> None:
     if not args.model:  # the tiny build bench/policy.py and the tests use (see the module docstring)
         args.model = str(ensure_demo_model(BuildDemoConfig(steps=800, train_images=2000, eval_images=20,
                                                            warmup_steps=20, budget_seconds=0), data_dir()).resolve())
-    call_command("migrate", verbosity=0)
     world.write_demo_manifest(work / "scenes", n=args.scenes, seed=5, k=4, eval_fraction=0.1)
     write_demo_preferences(work / "held", 200, seed=11, k=2)
     print(f"work folder {work}; model {args.model}; load average {os.getloadavg()}", flush=True)

@@ -193,12 +193,17 @@ class LoopSettingsView(APIView):
 
     @extend_schema(request=LoopSettingsSerializer, responses=LoopSettingsSerializer)
     def patch(self, request, slug):
-        """Change the automatic-round trigger and/or the saved round parameters (validated like a round's)."""
+        """Change the automatic-round trigger and/or some of the saved round parameters (validated like a
+        round's; those not named keep their saved values)."""
         project = project_for(request, slug, admin=True)
         data = LoopSettingsSerializer(data=request.data)
         data.is_valid(raise_exception=True)
+        changes = dict(data.validated_data)
+        if "round_params" in changes:  # a patch: the saved parameters not named stay as they are
+            saved = LoopSettings.objects.filter(project=project).values_list("round_params", flat=True).first()
+            changes["round_params"] = {**(saved or {}), **changes["round_params"]}
         try:
-            row = loop_settings_set(project=project, **data.validated_data)
+            row = loop_settings_set(project=project, **changes)
         except LoopError as exc:
             return _loop_error(exc)
         return Response({"auto_round_pairs": row.auto_round_pairs, "round_params": row.round_params})

@@ -31,7 +31,7 @@ class RoundForm(forms.Form):
         required=False, label="QLoRA", help_text="Load the base weights in 4-bit (NF4) and train the LoRA adapter on top."
     )
     kl_coef = forms.FloatField(
-        min_value=0, label="KL coefficient", help_text="PPO: how hard the policy is held near the reference policy."
+        min_value=0, label="KL coefficient", help_text="PPO and GRPO: how hard the policy is held near the reference policy."
     )
     beta = forms.FloatField(min_value=0, label="DPO β", help_text="DPO: strength of the implicit KL constraint.")
     reward_epochs = forms.FloatField(min_value=0.1, label="Reward-model epochs", help_text="Passes over the preference pairs.")

@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import json
 import random
+from datetime import datetime
 from pathlib import Path
 
 from django.db import transaction
@@ -68,6 +69,12 @@ def step_export(run: TrainingRun) -> None:
     train = write_prompt_set(project, out / "prompts", split="train", name="train.jsonl")
     evalset = write_prompt_set(project, out / "prompts", split="eval", name="eval.jsonl")
     top = _write_top_ranked(project, until, out / "prompts" / "top_ranked.jsonl")
+    # The pairs new since the project's last finished round: iterative DPO trains on those (they rank the
+    # current policy's own samples), continuing the policy's adapter.
+    previous = (TrainingRun.objects.filter(project=project, kind=K.ROUND, state=TrainingRun.State.SUCCEEDED)
+                .exclude(pk=run.round_id).order_by("-id").values_list("snapshot", flat=True).first())
+    since = datetime.fromisoformat(previous["until"]) if previous and previous.get("until") else None
+    new = write_export(ExportFilter(project=project, since=since, until=until), "records", out / "new") if since else None
     rankings = Ranking.objects.filter(project=project, created_at__lt=until)
     _save(
         run,
@@ -77,6 +84,8 @@ def step_export(run: TrainingRun) -> None:
             "last_ranking_id": rankings.aggregate(m=Max("id"))["m"],
             "pairs": records["rows"],
             "records": str(out / "data" / "preferences.jsonl"),
+            "new_records": str(out / "new" / "preferences.jsonl") if new and new["rows"] else "",
+            "new_pairs": new["rows"] if new else records["rows"],
             "train_prompts": train["file"],
             "eval_prompts": evalset["file"] if evalset["rows"] else "",
             "top_ranked": str(top) if top else "",
@@ -158,10 +167,14 @@ def step_policy(run: TrainingRun) -> None:
         if params.get("verifiable_reward"):
             config.update(verifiable_reward=params["verifiable_reward"],
                           verifiable_weight=params.get("verifiable_weight", 1.0))
-        if run.kind == K.PPO:
-            config["kl_coef"] = params.get("kl_coef", 0.05)
+        # The KL coefficient holds either algorithm near the reference (GRPO: TRL's beta). Without it GRPO
+        # chased the first round's weak reward model and lost 5 points (bench/loop.py).
+        config["kl_coef" if run.kind == K.PPO else "beta"] = params.get("kl_coef", 0.05)
     elif run.kind == K.DPO:
-        config.update({"train_file": snapshot["records"], "beta": params.get("beta", 0.1)})
+        # A policy that continues an earlier round's adapter trains on the pairs new since that round; all
+        # pairs again each round overfit them (bench/loop.py: held-out accuracy fell round after round).
+        train_file = snapshot.get("new_records") if policy.path else ""
+        config.update({"train_file": train_file or snapshot["records"], "beta": params.get("beta", 0.1)})
     elif run.kind == K.SFT:
         if not snapshot.get("top_ranked"):
             raise EngineFailed("no usable rankings for SFT (all flagged all-bad?)")

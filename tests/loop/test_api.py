@@ -87,6 +87,9 @@ def test_a_projects_engine_settings_apply_to_its_rounds_unless_a_round_overrides
     assert saved.status_code == 200, saved.json()
     assert saved.json()["round_params"]["lora_modules_to_save"] == ["lm_head"]
     assert bob.get("/api/projects/loopapi/loop-settings/").json()["round_params"]["policy_batch_size"] == 32
+    patched = alice.patch("/api/projects/loopapi/loop-settings/", {"round_params": {"policy_steps": 9}}, format="json")
+    assert patched.json()["round_params"]["lora_modules_to_save"] == ["lm_head"]  # the rest stays
+    assert patched.json()["round_params"]["policy_steps"] == 9
 
     first = alice.post("/api/projects/loopapi/rounds/", {"algorithm": "grpo"}, format="json")
     assert first.status_code == 201, first.json()

@@ -102,6 +102,32 @@ def test_two_rounds_of_one_project_never_run_at_once(loop_project):
         start_round(project=loop_project, params=FAST_ROUND, enqueue=False)
 
 
+def test_a_rounds_snapshot_holds_the_pairs_new_since_the_last_finished_round(loop_project, tmp_path):
+    """Iterative DPO trains on those: they rank the current policy's own samples."""
+    from annotation.models import PreferencePair
+    from annotation.services.imports import import_bundle
+    from rlhf.engine.demo import world
+    from rlhf.jobs import run_step
+
+    first = start_round(project=loop_project, params=FAST_ROUND, enqueue=False)
+    assert run_step(first.steps.get(kind="export").pk) == "succeeded"
+    snapshot = first.steps.get(kind="export").snapshot
+    assert snapshot["new_records"] == "" and snapshot["new_pairs"] == snapshot["pairs"]  # no round before
+    TrainingRun.objects.filter(round=first).update(state="succeeded")
+    TrainingRun.objects.filter(pk=first.pk).update(state="succeeded", snapshot=snapshot)
+    before = PreferencePair.objects.filter(project=loop_project).count()
+
+    world.write_demo_manifest(tmp_path / "more", n=8, seed=9, k=4)
+    import_bundle(project=loop_project, path=tmp_path / "more")
+    simulate(loop_project, annotators=2, noise=0.0, limit=8, seed=3)
+    second = start_round(project=loop_project, params={**FAST_ROUND, "algorithm": "dpo"}, enqueue=False)
+    assert run_step(second.steps.get(kind="export").pk) == "succeeded"
+    snapshot = second.steps.get(kind="export").snapshot
+    new = PreferencePair.objects.filter(project=loop_project).count() - before
+    assert new > 0 and snapshot["new_pairs"] == new and snapshot["pairs"] == before + new
+    assert len(Path(snapshot["new_records"]).read_text().splitlines()) == new
+
+
 def test_bad_round_parameters_are_refused_with_a_reason(loop_project):
     with pytest.raises(LoopError, match="algorithm must be one of"):
         start_round(project=loop_project, params={"algorithm": "reinforce"}, enqueue=False)
@@ -252,4 +278,5 @@ def test_each_policy_algorithm_completes_a_round_with_a_tiny_budget(loop_project
         assert steps["reward"].config["lr"] == 1e-3
     if algorithm == "grpo":
         assert config["reward_model_path"] == "" and config["verifiable_reward"] == "demo_reward"
+        assert config["beta"] == 0.05  # the round's KL coefficient
         assert policy.reward_model is None
