@@ -17,7 +17,6 @@ from rlhf.services import (
     ALGORITHMS,
     ROUND_DEFAULTS,
     LoopError,
-    advanced_params,
     cancel_run,
     loop_settings_set,
     reap_stale_runs,
@@ -70,7 +69,7 @@ class RoundSerializer(serializers.Serializer):
     reward_epochs = serializers.FloatField(min_value=0.1, required=False)
     generate_prompts = serializers.IntegerField(min_value=1, required=False)
     temperature = serializers.FloatField(min_value=0.01, required=False)
-    # ROUND_ADVANCED: engine settings; a project's saved ones (loop settings) apply when left out
+    # ROUND_ADVANCED: engine settings; a project's saved ones (loop settings) apply when left out (start_round)
     lora_target_modules = serializers.ListField(child=serializers.CharField(), required=False)
     lora_modules_to_save = serializers.ListField(child=serializers.CharField(), required=False)
     reward_lr = serializers.FloatField(min_value=0, required=False)
@@ -92,9 +91,7 @@ class RoundView(APIView):
         data = RoundSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            saved = LoopSettings.objects.filter(project=project).values_list("round_params", flat=True).first()
-            params = {**advanced_params(saved), **data.validated_data}
-            run = start_round(project=project, user=request.user, params=params)
+            run = start_round(project=project, user=request.user, params=dict(data.validated_data))
         except LoopError as exc:
             return _loop_error(exc)
         return Response(RunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
@@ -198,12 +195,8 @@ class LoopSettingsView(APIView):
         project = project_for(request, slug, admin=True)
         data = LoopSettingsSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        changes = dict(data.validated_data)
-        if "round_params" in changes:  # a patch: the saved parameters not named stay as they are
-            saved = LoopSettings.objects.filter(project=project).values_list("round_params", flat=True).first()
-            changes["round_params"] = {**(saved or {}), **changes["round_params"]}
         try:
-            row = loop_settings_set(project=project, **changes)
+            row = loop_settings_set(project=project, **data.validated_data)
         except LoopError as exc:
             return _loop_error(exc)
         return Response({"auto_round_pairs": row.auto_round_pairs, "round_params": row.round_params})

@@ -163,6 +163,13 @@ def advanced_params(params: dict | None) -> dict:
     return {k: v for k, v in (params or {}).items() if k in ROUND_ADVANCED}
 
 
+def saved_round_params(project: Project) -> dict:
+    """The round parameters a project keeps in its loop settings ({} when it has none)."""
+    from rlhf.models import LoopSettings
+
+    return LoopSettings.objects.filter(project=project).values_list("round_params", flat=True).first() or {}
+
+
 ROUND_STEPS = {
     "ppo": [K.EXPORT, K.REWARD, K.PPO, K.EVALUATE, K.REGISTER, K.GENERATE],
     "grpo": [K.EXPORT, K.REWARD, K.GRPO, K.EVALUATE, K.REGISTER, K.GENERATE],
@@ -174,9 +181,11 @@ ROUND_STEPS = {
 def start_round(*, project: Project, user=None, params: dict | None = None, enqueue: bool = True) -> TrainingRun:
     """Create a round and its steps and enqueue them as a chain of dependent jobs (on commit).
 
-    Raises RoundInProgress when the project already has a queued or running round.
+    The project's saved engine settings (ROUND_ADVANCED) apply where `params` leaves them out, so a round
+    from the page, the API or the trigger trains the same way. Raises RoundInProgress when the project
+    already has a queued or running round.
     """
-    params = validate_round_params(params or {})
+    params = validate_round_params({**advanced_params(saved_round_params(project)), **(params or {})})
     if not PreferencePair.objects.filter(project=project).exists():
         raise LoopError("this project has no preference pairs yet: rank some tasks before starting a round")
     base_policy(project)
@@ -343,7 +352,8 @@ def maybe_start_auto_rounds() -> list[TrainingRun]:
 def loop_settings_set(*, project: Project, auto_round_pairs: int | None = None, round_params: dict | None = None):
     """Change a project's automatic-round trigger and/or the parameters automatic rounds use.
 
-    Parameters are validated like a launched round's, so an automatic round never fails on them.
+    Parameters are validated like a launched round's, so an automatic round never fails on them; saved
+    parameters that `round_params` does not name keep their values.
     """
     from rlhf.models import LoopSettings
 
@@ -353,6 +363,6 @@ def loop_settings_set(*, project: Project, auto_round_pairs: int | None = None, 
             raise LoopError("auto_round_pairs must be 0 (off) or a positive number of pairs")
         defaults["auto_round_pairs"] = auto_round_pairs
     if round_params is not None:
-        defaults["round_params"] = validate_round_params(round_params)
+        defaults["round_params"] = validate_round_params({**saved_round_params(project), **round_params})
     settings_row, _ = LoopSettings.objects.update_or_create(project=project, defaults=defaults)
     return settings_row

@@ -100,16 +100,14 @@ def launch_round(request, slug):
         return _training_page(request, project, role, form=form, status=400)
     if request.POST.get("action") == "save_auto":
         try:
-            saved = advanced_params(_loop_settings(project).round_params)
-            loop_settings_set(project=project, round_params={**saved, **form.params()})
+            loop_settings_set(project=project, round_params=form.params())
         except LoopError as exc:
             form.add_error(None, exc.message)
             return _training_page(request, project, role, form=form, status=exc.status)
         messages.success(request, "Saved: automatic rounds will use these parameters.")
         return redirect("training", slug=project.slug)
     try:
-        params = {**advanced_params(_loop_settings(project).round_params), **form.params()}
-        run = start_round(project=project, user=request.user, params=params)
+        run = start_round(project=project, user=request.user, params=form.params())
     except LoopError as exc:
         form.add_error(None, exc.message)
         return _training_page(request, project, role, form=form, status=exc.status)

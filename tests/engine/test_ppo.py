@@ -114,13 +114,6 @@ def _ppo_config(tiny_model_path, demo_dataset, **overrides):
     return load_config("ppo", data)
 
 
-# The demo model's RL configuration: q/v LoRA + lm_head trained in full. With q/v alone the adapter cannot
-# rescale the logits (the final RMSNorm undoes any change of scale), and sharpening the answer distribution
-# towards its mode is most of what RL can gain on the tiny model within minutes (its greedy answers score
-# ~0.07 more than its samples at T = 1; its perception is the limit otherwise).
-LEARNING_LORA = DEMO_POLICY_LORA
-
-
 @pytest.mark.slow
 def test_ppo_raises_the_held_out_reward_with_bounded_kl(tiny_model_path, demo_dataset, held_out_prompts, tmp_path):
     from rlhf.engine.ppo import train_ppo
@@ -128,7 +121,7 @@ def test_ppo_raises_the_held_out_reward_with_bounded_kl(tiny_model_path, demo_da
     torch.manual_seed(0)
     cfg = _ppo_config(tiny_model_path, demo_dataset, steps=60, seed=1, lr=3e-3, batch_size=128, num_mini_batches=4,
                       ppo_epochs=2, eval_file=str(held_out_prompts), eval_prompts=160, eval_every=30, threads=1,
-                      model={"path": str(tiny_model_path), "device": "cpu", **LEARNING_LORA})
+                      model={"path": str(tiny_model_path), "device": "cpu", **DEMO_POLICY_LORA})
     result = train_ppo(cfg, str(tmp_path / "run"))
     # The sampled-answer reward (4 answers per prompt at T = 1) is what PPO optimises; greedy answers are
     # reported too and must not collapse.
