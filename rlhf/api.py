@@ -17,6 +17,7 @@ from rlhf.services import (
     ALGORITHMS,
     ROUND_DEFAULTS,
     LoopError,
+    activate_version,
     cancel_run,
     loop_settings_set,
     reap_stale_runs,
@@ -166,6 +167,20 @@ class VersionListView(APIView):
         return Response(VersionSerializer(versions, many=True).data)
 
 
+class VersionActivateView(APIView):
+    @extend_schema(request=None, responses=VersionSerializer)
+    def post(self, request, version_id):
+        """Make this version the active one of its kind (a rollback, or back to a better policy): the next
+        round continues from it and new tasks are sampled from it. 409 while a round is in progress."""
+        version = get_object_or_404(ModelVersion.objects.select_related("project"), pk=version_id)
+        project_for(request, version.project.slug, admin=True)
+        try:
+            version = activate_version(version)
+        except LoopError as exc:
+            return _loop_error(exc)
+        return Response(VersionSerializer(version).data)
+
+
 class LeaderboardView(APIView):
     @extend_schema(responses={200: OpenApiResponse(description="Versions by Bradley–Terry rating with 95% CIs")})
     def get(self, request, slug):
@@ -209,6 +224,7 @@ urlpatterns = [
     path("projects/<slug:slug>/runs/", RunListView.as_view(), name="api-runs"),
     path("projects/<slug:slug>/versions/", VersionListView.as_view(), name="api-versions"),
     path("projects/<slug:slug>/leaderboard/", LeaderboardView.as_view(), name="api-leaderboard"),
+    path("versions/<int:version_id>/activate/", VersionActivateView.as_view(), name="api-version-activate"),
     path("runs/<int:run_id>/", RunDetailView.as_view(), name="api-run"),
     path("runs/<int:run_id>/cancel/", RunCancelView.as_view(), name="api-run-cancel"),
     path("runs/<int:run_id>/resume/", RunResumeView.as_view(), name="api-run-resume"),

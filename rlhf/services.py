@@ -318,6 +318,26 @@ def activate_versions(*versions: ModelVersion) -> None:
         ModelVersion.objects.filter(pk=version.pk).update(active=True)
 
 
+def activate_version(version: ModelVersion) -> ModelVersion:
+    """Make one version the active one of its kind by hand: a rollback to an earlier policy (or the base
+    model), or back to a better one. The next round continues from it and new tasks are sampled from it.
+
+    Refused while a round of the project is queued or running (it registers its own versions when it
+    ends, and its policy step may already have started from the current one) and when the version's
+    files are gone.
+    """
+    project = version.project
+    if TrainingRun.objects.filter(project=project, kind=K.ROUND, state__in=TrainingRun.ACTIVE_STATES).exists():
+        raise RoundInProgress(f"a round of {project.slug} is in progress: wait for it to end or cancel it, "
+                              f"then make {version.label} active")
+    if version.path and not Path(version.path).exists():
+        raise LoopError(f"{version.label} cannot be made active: its files are gone ({version.path})")
+    activate_versions(version)
+    log.info("%s: %s %s made active by hand", project.slug, version.kind, version.label)
+    version.refresh_from_db()
+    return version
+
+
 def pairs_since_last_round(project: Project) -> int:
     last = (
         TrainingRun.objects.filter(project=project, kind=K.ROUND).exclude(state=S.CANCELLED).order_by("-id").first()

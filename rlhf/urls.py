@@ -10,6 +10,8 @@ urlpatterns = [
     path("projects/<slug:slug>/training/settings/", views.loop_settings, name="training-settings"),
     path("projects/<slug:slug>/training/generate/", views.generate, name="training-generate"),
     path("projects/<slug:slug>/training/versions/", views.versions, name="training-versions"),
+    path("projects/<slug:slug>/training/versions/<int:version_id>/activate/", views.version_activate,
+         name="training-version-activate"),
     path("runs/<int:run_id>/", views.run_detail, name="run"),
     path("runs/<int:run_id>/curves/", views.run_curves, name="run-curves"),
     path("runs/<int:run_id>/cancel/", views.run_cancel, name="run-cancel"),

@@ -14,6 +14,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_POST
 
 from annotation.models import Membership, Project
@@ -29,6 +30,7 @@ from rlhf.models import LoopSettings, ModelVersion, TrainingRun
 from rlhf.services import (
     ROUND_ADVANCED,
     LoopError,
+    activate_version,
     advanced_params,
     cancel_run,
     loop_settings_set,
@@ -219,6 +221,21 @@ def run_resume(request, run_id):
         return redirect("run", run_id=run.pk)
     messages.success(request, f"Round #{target.pk} resumed from its first unfinished step.")
     return redirect("run", run_id=target.pk)
+
+
+@login_required
+@with_csp
+@require_POST
+def version_activate(request, slug, version_id):
+    project, _ = _project_for(request, slug, admin=True)
+    version = get_object_or_404(ModelVersion, project=project, pk=version_id)
+    try:
+        activate_version(version)
+    except LoopError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"{version.label} is now the active {version.get_kind_display().lower()}.")
+    return redirect(f"{reverse('training-versions', args=[slug])}#v-{slugify(version.label)}")
 
 
 @login_required

@@ -121,3 +121,37 @@ def test_a_new_round_never_reuses_a_folder_left_by_another_database(world):
     second = start_round(project=world["project"], enqueue=False)
     assert second.pk == next_pk and not (runs_root() / f"round-{next_pk}" / "3-ppo").exists()
     assert [p.name for p in runs_root().glob(f"round-{next_pk}.orphan-*/3-ppo/checkpoint")] == ["checkpoint"]
+
+
+def test_an_admin_rolls_the_policy_back_and_the_next_round_continues_from_it(world, tmp_path):
+    from rlhf.models import ModelVersion
+    from rlhf.services import activate_versions, base_policy
+
+    project = world["project"]
+    base = base_policy(project)
+    (tmp_path / "v1").mkdir()
+    v1 = ModelVersion.objects.create(project=project, kind="policy", label="policy-v1", parent=base,
+                                     base_model=base.base_model, path=str(tmp_path / "v1"), weights="adapter")
+    activate_versions(v1)
+    gone = ModelVersion.objects.create(project=project, kind="policy", label="policy-v2", parent=v1,
+                                       base_model=base.base_model, path=str(tmp_path / "deleted"), weights="adapter")
+    alice, bob = _client(world["alice"]), _client(world["bob"])
+
+    assert bob.post(f"/api/versions/{base.pk}/activate/").status_code == 403
+    assert _client(world["charlie"]).post(f"/api/versions/{base.pk}/activate/").status_code == 403
+    refused = alice.post(f"/api/versions/{gone.pk}/activate/")
+    assert refused.status_code == 400 and "its files are gone" in refused.json()["detail"]
+    assert ModelVersion.objects.get(project=project, kind="policy", active=True) == v1  # nothing changed
+
+    back = alice.post(f"/api/versions/{base.pk}/activate/")
+    assert back.status_code == 200 and back.json()["active"] is True and back.json()["label"] == "base"
+    assert list(ModelVersion.objects.filter(project=project, kind="policy", active=True)) == [base]
+    assert base_policy(project) == base  # what the next round's policy step and new samples start from
+
+    _rank_one(world)
+    run = alice.post("/api/projects/loopapi/rounds/", {}, format="json").json()
+    during = alice.post(f"/api/versions/{v1.pk}/activate/")
+    assert during.status_code == 409 and during.json()["error"] == "round_in_progress"
+    assert base_policy(project) == base
+    alice.post(f"/api/runs/{run['id']}/cancel/")
+    assert alice.post(f"/api/versions/{v1.pk}/activate/").json()["active"] is True

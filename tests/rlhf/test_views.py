@@ -302,6 +302,35 @@ def test_the_versions_page_shows_lineage_from_rankings_to_samples(world):
     assert "train/loss" in page and "0.11" in page  # key metrics of policy-v1
 
 
+def test_an_admin_makes_an_earlier_policy_active_from_the_versions_page(world, tmp_path):
+    from rlhf.models import ModelVersion
+
+    fake_round(world["project"], world["alice"])
+    ModelVersion.objects.filter(label="policy-v1").update(path=str(tmp_path))
+    base = ModelVersion.objects.get(project=world["project"], label="base")
+    url = f"/projects/shapes/training/versions/{base.pk}/activate/"
+    watcher = client_for(world["bob"])
+    assert 'class="inline version-activate"' not in watcher.get("/projects/shapes/training/versions/").content.decode()
+    assert watcher.post(url).status_code == 403
+
+    admin = client_for(world["alice"])
+    page = admin.get("/projects/shapes/training/versions/").content.decode()
+    head = page.split('id="v-base"')[1].split("</form>")[0]
+    assert "Make active" in head and url in head
+    assert url.replace(str(base.pk), str(ModelVersion.objects.get(label="policy-v1").pk)) not in page  # active: no button
+    response = admin.post(url, follow=True)
+    assert response.redirect_chain[-1][0] == "/projects/shapes/training/versions/#v-base"
+    assert "base is now the active policy." in response.content.decode()
+    assert ModelVersion.objects.get(project=world["project"], kind="policy", active=True) == base
+    assert ModelVersion.objects.get(project=world["project"], kind="reward", active=True).label == "reward-v1"
+
+    launch(admin)  # a round is queued: no switching under it
+    response = admin.post(f"/projects/shapes/training/versions/{ModelVersion.objects.get(label='policy-v1').pk}/activate/",
+                          follow=True)
+    assert "a round of shapes is in progress" in response.content.decode()
+    assert ModelVersion.objects.get(project=world["project"], kind="policy", active=True) == base
+
+
 def test_the_leaderboard_ranks_sources_with_intervals_and_compares_two(world):
     rank(world["project"], world["bob"], 12)
     alice = client_for(world["alice"])
