@@ -82,6 +82,13 @@ class ModelConfig:
         _check(not self.qlora or self.lora, "model.qlora=true needs model.lora=true (4-bit weights are frozen)")
 
 
+def world_words() -> list[str]:
+    """The demo world's attribute words (colours, shapes, sizes), which `label_noise` may swap."""
+    from .demo import world
+
+    return [*world.COLORS, *world.SHAPES, *world.SIZES]
+
+
 @dataclass
 class BuildDemoConfig:
     """Build the tiny offline demo VLM: tokenizer, LLaVA-style model from configs, supervised on the
@@ -106,8 +113,25 @@ class BuildDemoConfig:
                                "build under 5 minutes on a slow or busy machine; when it bites the model depends "
                                "on machine speed (a warning says so). `steps` is the deterministic knob.")
     threads: int = _f(0, "torch CPU threads (0 = leave torch's default).")
+    label_noise: list[list] = _f([], "Systematic errors in the training captions and answers, as "
+                                 "[true word, word written instead, probability] triples, e.g. "
+                                 "[['purple', 'blue', 0.7]]: a starting policy that can see but was taught "
+                                 "to say the wrong thing, as a base model trained on sloppy web captions is. "
+                                 "Empty (the default): clean labels.")
 
     def validate(self) -> None:
+        vocab = set(world_words())
+        for entry in self.label_noise:
+            _check(isinstance(entry, (list, tuple)) and len(entry) == 3,
+                   f"label_noise entry {entry!r}: give [true word, word written instead, probability]")
+            true, said, p = entry
+            _check(true in vocab and said in vocab and true != said,
+                   f"label_noise entry {entry!r}: both words must be distinct colours, shapes or sizes of the demo "
+                   f"world ({', '.join(sorted(vocab))})")
+            _check(isinstance(p, (int, float)) and 0.0 <= p <= 1.0,
+                   f"label_noise entry {entry!r}: the probability must lie in [0, 1]")
+        _check(len({e[0] for e in self.label_noise}) == len(self.label_noise),
+               "label_noise names a true word twice")
         _check(self.image_size % self.patch_size == 0,
                f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
         _check(self.vision_hidden % self.heads == 0 and self.text_hidden % self.heads == 0,
@@ -272,7 +296,8 @@ def _coerce(hint, value, where: str):
             value = [value]
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [str(v) for v in value]
+        item = (typing.get_args(hint) or (str,))[0]
+        return [str(v) for v in value] if item is str else list(value)  # other items: checked by validate()
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")

@@ -28,6 +28,10 @@ def test_load_config_from_a_json_file_round_trips(tmp_path):
     ("train-reward", {"train_file": "x", "model": {"qlora": True, "lora": False}}, "qlora=true needs"),
     ("train-reward", {}, "train_file is empty"),
     ("build-demo", {"image_size": 60}, "multiple of patch_size"),
+    ("build-demo", {"label_noise": [["purple", "pink", 0.5]]}, "distinct colours, shapes or sizes"),
+    ("build-demo", {"label_noise": [["purple", "blue", 1.5]]}, r"probability must lie in \[0, 1\]"),
+    ("build-demo", {"label_noise": [["purple", "blue"]]}, "give \\[true word"),
+    ("build-demo", {"label_noise": [["purple", "blue", 0.5], ["purple", "red", 0.5]]}, "true word twice"),
     ("evaluate", {"reward_model_path": "r"}, "go together"),
 ])
 def test_bad_configs_say_what_to_change(kind, data, fragment):

@@ -45,6 +45,8 @@ CHAT_TEMPLATE = (
 def config_hash(cfg: BuildDemoConfig) -> str:
     """Short hash of the fields that change the built model (not `threads`)."""
     d = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "threads"}
+    if not d["label_noise"]:  # clean builds keep the folder names they had before the field existed
+        del d["label_noise"]
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -139,6 +141,29 @@ def _examples(gts: list[dict], rng: random.Random) -> tuple[list[tuple[int, str,
     return caps, vqa
 
 
+class LabelNoise:
+    """`BuildDemoConfig.label_noise`: each occurrence of a true word in an answer is written as another word
+    with its probability, drawn afresh every time the example is used, so the model learns the biased
+    distribution (and must still see the difference: the other words keep their labels)."""
+
+    def __init__(self, triples: list[list]):
+        self.swaps = {true: (said, float(p)) for true, said, p in triples}
+
+    def __bool__(self) -> bool:
+        return bool(self.swaps)
+
+    def word(self, w: str, rng: random.Random) -> str:
+        said, p = self.swaps.get(w, (w, 0.0))
+        return said if p and rng.random() < p else w
+
+    def caption(self, gt: dict, rng: random.Random) -> str:
+        return world.caption_from_objects([(self.word(o["size"], rng), self.word(o["color"], rng),
+                                            self.word(o["shape"], rng)) for o in gt["objects"]])
+
+    def answer(self, answer: str, rng: random.Random) -> str:
+        return self.word(answer, rng)
+
+
 def _pixel_values(processor, images, chunk: int = 256) -> torch.Tensor:
     out = [processor.image_processor(images[i:i + chunk], return_tensors="pt")["pixel_values"]
            for i in range(0, len(images), chunk)]
@@ -160,13 +185,28 @@ def train_demo_model(model, processor, cfg: BuildDemoConfig,
     for _, q, _ in caps[:1] + vqa:
         if q not in prompt_ids:
             prompt_ids[q] = encode_prompts(processor, [dummy], [q])["input_ids"][0].tolist()
-    answer_ids = {a: tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-                  for _, _, a in caps + vqa}
+    answer_ids: dict[str, list[int]] = {}
+
+    def encode_answer(a: str) -> list[int]:
+        if a not in answer_ids:
+            answer_ids[a] = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        return answer_ids[a]
+
+    noise = LabelNoise(cfg.label_noise)
+    gts = [gt for _, gt in scenes]
+
+    def noisy(pick: tuple[int, str, str], caption: bool, step_rng: random.Random) -> tuple[int, str, str]:
+        i, q, a = pick
+        if not noise:
+            return pick
+        return i, q, noise.caption(gts[i], step_rng) if caption else noise.answer(a, step_rng)
 
     def batch(step_rng: random.Random):
-        picks = [step_rng.choice(vqa) if step_rng.random() < cfg.vqa_fraction else step_rng.choice(caps)
-                 for _ in range(cfg.batch_size)]
-        seqs = [(prompt_ids[q], answer_ids[a]) for _, q, a in picks]
+        picks = []
+        for _ in range(cfg.batch_size):
+            is_vqa = step_rng.random() < cfg.vqa_fraction
+            picks.append(noisy(step_rng.choice(vqa if is_vqa else caps), not is_vqa, step_rng))
+        seqs = [(prompt_ids[q], encode_answer(a)) for _, q, a in picks]
         T = max(len(p) + len(a) for p, a in seqs)
         ids = torch.full((len(seqs), T), tok.pad_token_id)
         mask = torch.zeros((len(seqs), T), dtype=torch.long)
