@@ -178,7 +178,8 @@ def train_demo_model(model, processor, cfg: BuildDemoConfig,
     rng = random.Random(cfg.seed + 1)
     scenes = [world.make_scene(rng) for _ in range(cfg.train_images)]
     pixels = _pixel_values(processor, [im for im, _ in scenes])
-    caps, vqa = _examples([gt for _, gt in scenes], rng)
+    gts = [gt for _, gt in scenes]
+    caps, vqa = _examples(gts, rng)
     tok = processor.tokenizer
     dummy = [scenes[0][0]]
     prompt_ids: dict[str, list[int]] = {}
@@ -193,7 +194,6 @@ def train_demo_model(model, processor, cfg: BuildDemoConfig,
         return answer_ids[a]
 
     noise = LabelNoise(cfg.label_noise)
-    gts = [gt for _, gt in scenes]
 
     def noisy(pick: tuple[int, str, str], caption: bool, step_rng: random.Random) -> tuple[int, str, str]:
         i, q, a = pick
