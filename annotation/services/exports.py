@@ -1,8 +1,8 @@
 """Export preference data in the formats the training side reads.
 
-Formats (see docs/export.md):
+Formats (see docs/import-export.md):
 
-* ``records``  — DESIGN.md's preference records: ``preferences.jsonl`` + ``images/``.
+* ``records``  — preference records (docs/engine.md, "Files"): ``preferences.jsonl`` + ``images/``.
 * ``trl``      — TRL's conversational preference format: ``train.jsonl`` + ``images/``.
 * ``parquet``  — a ``datasets`` dataset: ``data/train-00000-of-00001.parquet`` with image bytes inline and
   the Hugging Face feature metadata, so ``load_dataset("parquet", ...)`` yields PIL images and TRL's
@@ -28,7 +28,8 @@ from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
-from django.db.models import F, Q
+from django.db import NotSupportedError
+from django.db.models import BooleanField, Exists, F, Func, OuterRef
 
 from annotation.images import media_path
 from annotation.models import Candidate, Image, PreferencePair, Project, Ranking
@@ -36,6 +37,27 @@ from annotation.models import Candidate, Image, PreferencePair, Project, Ranking
 FORMATS = ("records", "trl", "parquet", "rankings")
 CHUNK = 1000
 PARQUET_ROW_GROUP = 256
+
+
+class JsonArrayHolds(Func):
+    """``JsonArrayHolds(array, value)``: whether a JSON array column (``RankingTask.candidate_ids``)
+    holds an integer. Django's ``contains`` lookup on a JSONField does not exist on SQLite."""
+
+    arity = 2
+    output_field = BooleanField()
+
+    def as_sql(self, compiler, connection, **extra_context):
+        array, value = self.get_source_expressions()
+        array_sql, array_params = compiler.compile(array)
+        value_sql, value_params = compiler.compile(value)
+        if connection.vendor == "postgresql":
+            # jsonb containment: an array contains a scalar that is one of its elements.
+            sql = f"({array_sql} @> to_jsonb({value_sql}))"
+        elif connection.vendor == "sqlite":
+            sql = f"EXISTS (SELECT 1 FROM json_each({array_sql}) AS held WHERE held.value = {value_sql})"
+        else:
+            raise NotSupportedError(f"JsonArrayHolds has no SQL for {connection.vendor}")
+        return sql, (*array_params, *value_params)
 
 
 @dataclass(frozen=True)
@@ -53,7 +75,8 @@ class ExportFilter:
             qs = qs.filter(created_at__lt=self.until)
         if self.sources:
             # Both sides of the pair must come from the chosen sources (e.g. one model version).
-            qs = qs.filter(chosen__source__in=self.sources, rejected__source__in=self.sources)
+            wanted = self.candidates()
+            qs = qs.filter(chosen__in=wanted, rejected__in=wanted)
         return (
             qs.select_related("prompt__image", "chosen", "rejected")
             .annotate(annotator_id=F("ranking__annotator_id"))
@@ -67,9 +90,19 @@ class ExportFilter:
         if self.until:
             qs = qs.filter(created_at__lt=self.until)
         if self.sources:
-            wanted = Candidate.objects.filter(source__in=self.sources).values("prompt_id")
-            qs = qs.filter(Q(task__prompt_id__in=wanted))
+            # The ranking's own task must hold a candidate from the sources: a prompt can have tasks of
+            # several sources (the import's answers, then each policy version's), so matching by prompt
+            # would also take the rankings of its other tasks. Looking up the candidates of the task's
+            # prompt first keeps it one index probe per ranking.
+            holding = self.candidates().filter(
+                JsonArrayHolds(OuterRef("task__candidate_ids"), F("pk")), prompt_id=OuterRef("task__prompt_id")
+            )
+            qs = qs.filter(Exists(holding))
         return qs.select_related("task__prompt__image").order_by("id")
+
+    def candidates(self):
+        """The candidates that come from the chosen sources: the one rule both filters use."""
+        return Candidate.objects.filter(source__in=self.sources)
 
 
 def pseudonym(user_id: int) -> str:
@@ -349,7 +382,7 @@ def write_prompt_set(
     prompt_ids: list[int] | None = None,
     name: str = "prompts.jsonl",
 ) -> dict:
-    """Write DESIGN.md's prompt-set JSONL (generation input) with the images beside it.
+    """Write the prompt-set JSONL (generation input; docs/engine.md, "Files") with the images beside it.
 
     ``{"prompt_id", "images": ["images/…"], "prompt", "reference", "ground_truth"}`` per prompt of the
     project (of one split if given).

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from annotation.models import PreferencePair
+from annotation.models import Candidate, PreferencePair, RankingTask
 from annotation.services import queue
 from annotation.services.exports import ExportFilter, pseudonym, stream_export, write_export
 from tests import factories as f
@@ -98,3 +98,50 @@ def test_parquet_loads_with_datasets_as_pil_images(ranked, tmp_path):
     row = ds[0]
     assert row["images"][0].size == (32, 24)
     assert row["chosen"][0]["content"][0]["text"]
+
+
+@pytest.fixture
+def one_prompt_two_sources():
+    """One prompt with two tasks: one of `import` candidates, one of `policy-v1` candidates, both ranked."""
+    alice = f.user("alice")
+    proj = f.project(k=3, annotators=[alice])
+    first = f.task(proj, source="import")
+    prompt = first.prompt
+    cands = Candidate.objects.bulk_create(
+        Candidate(prompt=prompt, text=f"policy answer {i}", source="policy-v1") for i in range(3)
+    )
+    second = RankingTask.objects.create(
+        project=proj, prompt=prompt, candidate_ids=[c.pk for c in cands], required_annotations=1
+    )
+    for _ in range(2):
+        a = queue.next_task(annotator=alice, project=proj)
+        ordering = [[cid] for cid in a.task.candidate_ids]
+        queue.submit_ranking(annotator=alice, task_id=a.task_id, ordering=ordering, client_uuid=uuid.uuid4())
+    return proj, first, second
+
+
+@pytest.mark.parametrize("source", ["import", "policy-v1"])
+def test_the_rankings_source_filter_selects_by_task_not_by_prompt(one_prompt_two_sources, tmp_path, source):
+    """A ranking matches a source when its own task holds a candidate from it, not a sibling task."""
+    proj, first, second = one_prompt_two_sources
+    write_export(ExportFilter(project=proj, sources=(source,)), "rankings", tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "rankings.jsonl").read_text().splitlines()]
+    wanted = first if source == "import" else second
+    assert [row["task_id"] for row in rows] == [wanted.pk]
+    assert {c["source"] for c in rows[0]["candidates"]} == {source}
+
+
+def test_the_rankings_source_filter_keeps_a_task_with_one_candidate_from_the_source(tmp_path):
+    """A task mixing sources matches each of them: one candidate from the source is enough."""
+    alice = f.user("alice")
+    proj = f.project(k=2, annotators=[alice])
+    task = f.task(proj, source="import")
+    Candidate.objects.filter(pk=task.candidate_ids[1]).update(source="policy-v1")
+    a = queue.next_task(annotator=alice, project=proj)
+    queue.submit_ranking(annotator=alice, task_id=a.task_id, ordering=[[c] for c in a.task.candidate_ids], client_uuid=uuid.uuid4())
+    for source, expected in (("import", 1), ("policy-v1", 1), ("human", 0)):
+        out = tmp_path / source
+        assert write_export(ExportFilter(project=proj, sources=(source,)), "rankings", out)["rows"] == expected
+    # and pairs need both sides from the sources
+    assert write_export(ExportFilter(project=proj, sources=("import",)), "records", tmp_path / "r1")["rows"] == 0
+    assert write_export(ExportFilter(project=proj, sources=("import", "policy-v1")), "records", tmp_path / "r2")["rows"] == 1
