@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and Redoc files, so /api/docs/ works offline (no CDN)
     "annotation",
     "rlhf",
 ]
@@ -138,6 +139,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Projects, import, the ranking queue, export, and training rounds.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Served from our own static files: a CDN left the docs page blank offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 SESSION_COOKIE_HTTPONLY = True
