@@ -1,5 +1,7 @@
 // The image viewer: fit to the pane by default; wheel, +/− and buttons zoom; drag or arrows pan;
-// "full" shows the image at 1:1, i.e. full resolution.
+// "full" shows the image at 100 %: one image pixel per CSS pixel, the browser's own 100 % (on a
+// screen with device pixel ratio 2 each image pixel covers 2×2 device pixels). ``scale`` is always
+// CSS pixels per image pixel, so the zoom label (scale × 100 %) says exactly that.
 
 const MIN_FACTOR = 0.5; // of the fitted scale
 const MAX_SCALE = 8;
@@ -72,7 +74,10 @@ export class Viewer {
 
   #set(scale) {
     const fit = this.fitScale();
-    this.scale = Math.min(Math.max(scale, fit * MIN_FACTOR), Math.max(MAX_SCALE, fit));
+    // 100 % stays reachable even when the fitted scale is far above it (a small image in a large
+    // pane): a floor of half the fit alone turned "100 %" into 218 % for a 128 px image.
+    const lowest = Math.min(fit * MIN_FACTOR, 1);
+    this.scale = Math.min(Math.max(scale, lowest), Math.max(MAX_SCALE, fit));
   }
 
   #zoomAt(factor, cx, cy) {

@@ -252,6 +252,52 @@ def test_a_warning_comes_before_the_lease_expires(page, live_server, world):
     expect(page.locator("#lease-warning")).to_contain_text("has run out")
 
 
+def top_task_with_image(project, width: int, height: int) -> RankingTask:
+    """A task ahead of all others in the queue whose picture is ``width`` × ``height`` pixels."""
+    from annotation.images import check_image, store_image
+    from annotation.models import Image
+
+    checked = check_image(f.png_bytes(color=(30, 120, 200), size=(width, height)))
+    store_image(checked)
+    image, _ = Image.objects.get_or_create(
+        sha256=checked.sha256,
+        defaults=dict(file=checked.relpath, format=checked.format, width=checked.width, height=checked.height,
+                      size_bytes=checked.size_bytes),
+    )
+    task = f.task(project, priority=10)
+    task.prompt.image = image
+    task.prompt.save(update_fields=["image"])
+    return task
+
+
+@pytest.mark.parametrize("dpr", [1, 2])
+def test_z_shows_a_small_image_at_one_image_pixel_per_css_pixel(browser, live_server, world, dpr):
+    """A 128 px image fits a pane four times its size; Z ("100%") shows it 128 CSS pixels wide and
+    says 100% — at device pixel ratio 1 and 2 alike — and Z again fits it."""
+    top_task_with_image(world["project"], 128, 128)
+    context = browser.new_context(viewport={"width": 1366, "height": 860}, device_scale_factor=dpr)
+    try:
+        page = context.new_page()
+        login(page, live_server, "bob")
+        open_work(page, live_server)
+        image, level = page.locator("#task-image"), page.locator("#zoom-level")
+        fitted = image.bounding_box()["width"]
+        assert fitted > 256, f"the pane should be far wider than the image; fitted at {fitted}px"
+        expect(level).to_have_text(f"{round(fitted / 128 * 100)}%")
+
+        page.keyboard.press("z")
+        expect(level).to_have_text("100%")
+        box = image.bounding_box()
+        assert (round(box["width"], 1), round(box["height"], 1)) == (128.0, 128.0)
+        expect(page.locator("#zoom-full")).to_have_text("100%")
+
+        page.keyboard.press("z")
+        expect(level).to_have_text(f"{round(fitted / 128 * 100)}%")
+        assert abs(image.bounding_box()["width"] - fitted) < 0.5
+    finally:
+        context.close()
+
+
 def test_twenty_tasks_with_the_keyboard_alone(page, live_server, world):
     """Done when: an annotator works through 20 tasks without touching the mouse."""
     page.goto(f"{live_server.url}/accounts/login/")
