@@ -137,6 +137,53 @@ def test_a_bad_ranking_is_a_400_that_names_the_problem(world):
     assert f"leaves out candidates [{ids[1]}]" in response.json()["detail"]
 
 
+def test_an_invalid_client_uuid_is_a_400_in_the_documented_error_shape(world):
+    """{"error", "detail"} as docs/api.md says, with DRF's field map kept under "fields"."""
+    bob = client_for(world["bob"])
+    task = bob.post("/api/projects/shapes/next/").json()
+    ids = [c["id"] for c in task["candidates"]]
+    response = bob.post(f"/api/tasks/{task['task_id']}/submit/", {"ordering": [[i] for i in ids], "client_uuid": "nope"}, format="json")
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "invalid",
+        "detail": "client_uuid: Must be a valid UUID.",
+        "fields": {"client_uuid": ["Must be a valid UUID."]},
+    }
+    assert not Ranking.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("persona", "method", "path", "body", "status", "code"),
+    [
+        ("alice", "post", "/api/projects/shapes/members/", {"username": "nobody", "role": "annotator"}, 400, "invalid"),
+        ("bob", "post", "/api/tasks/{task}/skip/", {"reason": "x" * 501}, 400, "invalid"),
+        ("alice", "get", "/api/projects/shapes/export/?format=csv", None, 400, "invalid"),
+        ("alice", "patch", "/api/projects/shapes/", {"overlap": 0}, 400, "invalid"),
+        ("charlie", "get", "/api/projects/shapes/", None, 403, "permission_denied"),
+        (None, "get", "/api/projects/shapes/", None, 401, "not_authenticated"),
+        ("bob", "get", "/api/projects/nope/", None, 404, "not_found"),
+        ("bob", "delete", "/api/projects/shapes/next/", None, 405, "method_not_allowed"),
+    ],
+)
+def test_every_api_error_has_an_error_code_and_a_readable_detail(world, persona, method, path, body, status, code):
+    """DRF's own errors come out in the documented {"error", "detail"} shape too."""
+    client = client_for(world[persona] if persona else None)
+    if "{task}" in path:
+        path = path.format(task=client.post("/api/projects/shapes/next/").json()["task_id"])
+    response = getattr(client, method)(path, body, format="json") if body is not None else getattr(client, method)(path)
+    assert response.status_code == status
+    data = response.json()
+    assert data["error"] == code
+    assert isinstance(data["detail"], str) and data["detail"]
+
+
+def test_a_body_that_is_not_json_is_a_parse_error_in_the_documented_shape(world):
+    bob = client_for(world["bob"])
+    task = bob.post("/api/projects/shapes/next/").json()
+    response = bob.post(f"/api/tasks/{task['task_id']}/submit/", "{not json", content_type="application/json")
+    assert response.status_code == 400 and response.json()["error"] == "parse_error"
+
+
 def test_a_lost_lease_is_a_409(world):
     bob, alice = client_for(world["bob"]), client_for(world["alice"])
     task = bob.post("/api/projects/shapes/next/").json()
@@ -215,7 +262,7 @@ def test_only_staff_create_projects(world):
 def test_a_project_with_k_outside_2_to_9_is_refused(world):
     staff = f.user("root", is_staff=True)
     response = client_for(staff).post("/api/projects/", {"name": "Bad", "candidates_per_task": 12}, format="json")
-    assert response.status_code == 400 and "candidates_per_task" in response.json()
+    assert response.status_code == 400 and "candidates_per_task" in response.json()["fields"]
 
 
 def test_the_export_streams_a_zip(world):

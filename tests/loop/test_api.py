@@ -70,7 +70,7 @@ def test_only_project_admins_launch_and_only_members_watch(world, persona, launc
 def test_bad_parameters_are_a_400_naming_the_field(world):
     _rank_one(world)
     response = _client(world["alice"]).post("/api/projects/loopapi/rounds/", {"algorithm": "reinforce", "lora_r": 0}, format="json")
-    assert response.status_code == 400 and {"algorithm", "lora_r"} <= set(response.json())
+    assert response.status_code == 400 and {"algorithm", "lora_r"} <= set(response.json()["fields"])
 
 
 def test_comparing_versions_needs_two_existing_policies(world):
