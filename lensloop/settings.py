@@ -143,6 +143,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Runs and model versions both have a `kind`: one name per choice set, not a hash-suffixed one.
+    "ENUM_NAME_OVERRIDES": {"RunKindEnum": "rlhf.models.TrainingRun.Kind", "VersionKindEnum": "rlhf.models.ModelVersion.Kind"},
 }
 
 SESSION_COOKIE_HTTPONLY = True

@@ -330,3 +330,14 @@ def test_the_submit_answer_is_what_the_ranking_serializer_gives(world):
     answer = bob.post(f"/api/tasks/{task['task_id']}/submit/", body, format="json").json()
     stored = Ranking.objects.get(pk=answer["id"])
     assert answer == ranking_payload(stored) == json.loads(json.dumps(RankingSerializer(stored).data))
+
+
+def test_the_openapi_schema_generates_without_warnings_and_validates(tmp_path):
+    """`manage.py spectacular --validate --fail-on-warn`: a warning (e.g. an enum naming collision) fails."""
+    from django.core.management import call_command
+    from drf_spectacular.drainage import reset_generator_stats
+
+    reset_generator_stats()  # judge this generation only, not warnings of an earlier test's
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yml"))
+    schema = (tmp_path / "schema.yml").read_text()
+    assert "RunKindEnum" in schema and "VersionKindEnum" in schema
