@@ -94,15 +94,31 @@ class TrainingRun(models.Model):
 
     @property
     def progress(self) -> float:
-        """0..1. A round's progress is its steps': finished ones count whole, the running one in part."""
+        """0..1, the one number every progress bar shows: the pages (``rlhf.ui_selectors``) read it here, the
+        pages' script (``static/js/runs.js``) from the API's ``progress``. A round counts its finished steps
+        whole and its running step in part, so its bar moves while the policy trains, not only between steps.
+        A round's steps come from ``self.steps.all()``, so prefetch them when listing rounds."""
         if self.kind == self.Kind.ROUND and self.pk:
+            if self.state == self.State.SUCCEEDED:
+                return 1.0
             steps = list(self.steps.all())
             if steps:
-                done = {self.State.SUCCEEDED: 1.0}
-                return sum(done.get(s.state, s.progress if s.state == self.State.RUNNING else 0.0) for s in steps) / len(
-                    steps
-                )
+                done = sum(1.0 if s.state == self.State.SUCCEEDED else s.progress if s.state == self.State.RUNNING else 0.0
+                           for s in steps)
+                return min(1.0, done / len(steps))
         return min(1.0, self.step / self.total_steps) if self.total_steps else (1.0 if self.finished else 0.0)
+
+    def waiting_for(self, siblings: list[TrainingRun] | None = None) -> TrainingRun | None:
+        """The step of the same round a queued step waits for: its rq job depends on the previous step's
+        (``rlhf.services.enqueue_steps``), so until that one has succeeded no worker will take it. None when
+        nothing blocks it (a standalone run, the round's first step, or the previous step is done).
+        ``siblings`` are the round's steps where the caller has them; else they are fetched."""
+        if self.state != self.State.QUEUED or not self.round_id or self.position <= 1:
+            return None
+        if siblings is None:
+            siblings = list(TrainingRun.objects.filter(round_id=self.round_id, position=self.position - 1))
+        previous = next((s for s in siblings if s.position == self.position - 1), None)
+        return previous if previous is not None and previous.state in self.ACTIVE_STATES else None
 
 
 class ModelVersion(models.Model):

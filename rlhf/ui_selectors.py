@@ -18,24 +18,10 @@ S = TrainingRun.State
 RUNS_SHOWN = 50
 
 
-def step_progress(run: TrainingRun, steps: list[TrainingRun] | None = None) -> float:
-    """0…1. A round counts its finished steps plus the fraction done of the running one, so the bar
-    moves while the policy trains, not only between steps."""
-    if run.kind != K.ROUND:
-        return run.progress
-    if run.state == S.SUCCEEDED:
-        return 1.0
-    steps = steps if steps is not None else list(run.steps.all())
-    if not steps:
-        return 0.0
-    done = sum(1 for s in steps if s.state == S.SUCCEEDED)
-    running = sum(s.progress for s in steps if s.state == S.RUNNING)
-    return min(1.0, (done + running) / len(steps))
-
-
 def status_text(run: TrainingRun, steps: list[TrainingRun] | None = None) -> str:
     """A short sentence under the progress bar: what is happening now, or how it ended.
 
+    ``steps`` are a round's steps, or, for a step of a round, its siblings (fetched when not given).
     ``static/js/runs.js`` (``statusText``) writes the same sentences while it polls; keep them alike.
     """
     if run.kind == K.ROUND:
@@ -51,16 +37,22 @@ def status_text(run: TrainingRun, steps: list[TrainingRun] | None = None) -> str
             return f"failed at step {failed.position} ({failed.get_kind_display()})"
         return ""  # finished: the state badge says it all
     if run.state == S.QUEUED:
+        # A later step of a round is queued in rq as a deferred job: no worker takes it before the step
+        # before it has succeeded, so "waiting for a worker" would send people looking for a worker.
+        previous = run.waiting_for(steps)
+        if previous is not None:
+            return f"waiting for step {previous.position} ({previous.get_kind_display()})"
         return "waiting for a worker"
     if run.state == S.RUNNING:
         return f"{run.step}/{run.total_steps}" if run.total_steps else "starting"
     return ""
 
 
-def annotate(run: TrainingRun) -> TrainingRun:
-    """Attach ``ui_progress`` (0…1), ``ui_percent`` and ``ui_status`` to a run whose steps are prefetched."""
-    steps = list(run.steps.all()) if run.kind == K.ROUND else None
-    run.ui_progress = step_progress(run, steps)
+def annotate(run: TrainingRun, siblings: list[TrainingRun] | None = None) -> TrainingRun:
+    """Attach ``ui_progress`` (0…1), ``ui_percent`` and ``ui_status`` to a run whose steps are prefetched
+    (``siblings``: the other steps of its round, for a step that has them at hand)."""
+    steps = list(run.steps.all()) if run.kind == K.ROUND else siblings
+    run.ui_progress = run.progress
     run.ui_percent = round(100 * run.ui_progress)
     run.ui_status = status_text(run, steps)
     return run

@@ -169,7 +169,9 @@ def run_detail(request, run_id):
     run, role = _run_for(request, run_id)
     reap_stale_runs()
     run = ui_selectors.annotate(ui_selectors.run_with_steps(run.pk))
-    steps = [ui_selectors.annotate(s) for s in run.steps.all()] if run.kind == K.ROUND else []
+    steps = list(run.steps.all()) if run.kind == K.ROUND else []
+    for step in steps:
+        ui_selectors.annotate(step, siblings=steps)
     log_run = _log_source(run, steps) if steps else run
     context = {
         "project": run.project,

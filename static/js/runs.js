@@ -14,18 +14,23 @@ const kindLabels = JSON.parse(document.getElementById("kind-labels")?.textConten
 const stateLabel = (s) => s.charAt(0).toUpperCase() + s.slice(1);
 const kindLabel = (k) => kindLabels[k] || k;
 
-/** 0…1: a round counts finished steps plus the running step's fraction (as rlhf/ui_selectors.py). */
+/** 0…1: the API's ``progress``, which TrainingRun.progress computes (a round: finished steps plus the
+ * running step's fraction), the same number the server rendered into the page. */
 export function progressOf(run) {
-  if (run.kind !== "round" || !run.steps) return run.progress ?? 0;
-  if (run.state === "succeeded") return 1;
-  if (!run.steps.length) return 0;
-  const done = run.steps.filter((s) => s.state === "succeeded").length;
-  const running = run.steps.filter((s) => s.state === "running").reduce((a, s) => a + (s.progress || 0), 0);
-  return Math.min(1, (done + running) / run.steps.length);
+  return run.progress ?? 0;
 }
 
-/** The sentence under a progress bar; the same sentences as ui_selectors.status_text. */
-export function statusText(run) {
+/** The step of the same round that a queued step waits for, as TrainingRun.waiting_for: its rq job
+ * depends on the previous step's, so no worker takes it before that one has succeeded. */
+export function waitingFor(run, siblings) {
+  if (run.state !== "queued" || !run.round || !siblings || run.position <= 1) return null;
+  const previous = siblings.find((s) => s.position === run.position - 1);
+  return previous && ACTIVE.has(previous.state) ? previous : null;
+}
+
+/** The sentence under a progress bar; the same sentences as ui_selectors.status_text. ``siblings``: the
+ * steps of a step's round. */
+export function statusText(run, siblings) {
   if (run.kind === "round" && run.steps) {
     const steps = [...run.steps].sort((a, b) => a.position - b.position);
     const current = steps.find((s) => s.state === "running");
@@ -38,13 +43,16 @@ export function statusText(run) {
     if (run.state === "failed" && failed) return `failed at step ${failed.position} (${kindLabel(failed.kind)})`;
     return "";
   }
-  if (run.state === "queued") return "waiting for a worker";
+  if (run.state === "queued") {
+    const previous = waitingFor(run, siblings);
+    return previous ? `waiting for step ${previous.position} (${kindLabel(previous.kind)})` : "waiting for a worker";
+  }
   if (run.state === "running") return run.total_steps ? `${run.step}/${run.total_steps}` : "starting";
   return "";
 }
 
 /** Put a run's state, progress and status into the element holding data-field children. */
-function paint(el, run) {
+function paint(el, run, siblings) {
   const pct = Math.round(100 * progressOf(run));
   el.dataset.state = run.state;
   const state = el.querySelector("[data-field=state]");
@@ -58,7 +66,7 @@ function paint(el, run) {
     bar.textContent = `${pct}%`;
   }
   const status = el.querySelector("[data-field=status]");
-  if (status) status.textContent = statusText(run);
+  if (status) status.textContent = statusText(run, siblings);
 }
 
 function runUrl(template, id) {
@@ -165,11 +173,13 @@ function runPage(root) {
     const response = await getJSON(root.dataset.api);
     if (!response.ok) return wasActive;
     const run = response.data;
-    paint(root.querySelector(".run-head"), run);
+    // A queued step of a round waits for the step before it: only the round's detail knows that one.
+    const round = run.round && run.state === "queued" ? await getJSON(runUrl(apiRun, run.round)) : null;
+    paint(root.querySelector(".run-head"), run, round?.ok ? round.data.steps : undefined);
     root.dataset.state = run.state;
     for (const step of run.steps || []) {
       const row = root.querySelector(`#steps-table tr[data-run-id="${step.id}"]`);
-      if (row) paint(row, step);
+      if (row) paint(row, step, run.steps);
     }
     const errorBox = document.getElementById("run-error-box");
     if (run.error) {

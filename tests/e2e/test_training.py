@@ -132,3 +132,30 @@ def test_a_running_rounds_page_follows_its_log_and_curves_live(page, live_server
     fail_run(reward, "CUDA out of memory <oops>")
     expect(page.locator(".run-head [data-field=state]")).to_have_text("Failed")
     expect(page.locator("#run-error")).to_contain_text("CUDA out of memory <oops>")
+
+
+def test_queued_steps_say_which_step_they_wait_for_as_the_round_moves(page, live_server, loop_world):
+    round_run = start_round(project=loop_world["project"], enqueue=False)
+    TrainingRun.objects.filter(pk=round_run.pk).update(state="running", started_at=timezone.now())
+    steps = {s.position: s for s in round_run.steps.all()}
+    TrainingRun.objects.filter(pk=steps[1].pk).update(state="succeeded")
+    TrainingRun.objects.filter(pk=steps[2].pk).update(state="running", step=5, total_steps=30, heartbeat_at=timezone.now())
+    login(page, live_server, "alice")
+    page.goto(f"{live_server.url}/runs/{round_run.pk}/")
+
+    def status(position):
+        return page.locator(f'#steps-table tr[data-run-id="{steps[position].pk}"] [data-field=status]')
+
+    expect(status(3)).to_have_text("waiting for step 2 (Reward model)")
+    expect(status(4)).to_have_text("waiting for step 3 (PPO)")
+    # The reward model is done: PPO's job is in the queue now, the later steps still wait on theirs.
+    TrainingRun.objects.filter(pk=steps[2].pk).update(state="succeeded", step=30)
+    expect(status(3)).to_have_text("waiting for a worker")
+    expect(status(4)).to_have_text("waiting for step 3 (PPO)")  # written by the same poll as the line above
+
+    # A queued step's own page says the same, and follows the step before it.
+    page.goto(f"{live_server.url}/runs/{steps[4].pk}/")
+    head = page.locator(".run-head [data-field=status]")
+    expect(head).to_have_text("waiting for step 3 (PPO)")
+    TrainingRun.objects.filter(pk=steps[3].pk).update(state="succeeded", step=40, total_steps=40)
+    expect(head).to_have_text("waiting for a worker")

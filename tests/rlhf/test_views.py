@@ -231,6 +231,55 @@ def test_a_running_round_shows_how_far_it_is(world):
     assert 'aria-label="Progress of step 2, Reward model"' in detail and 'value="50"' in detail
 
 
+def test_queued_steps_say_which_step_they_wait_for_not_a_worker(world):
+    run = start_round(project=world["project"], enqueue=False)
+    alice = client_for(world["alice"])
+
+    def statuses():
+        return [s.ui_status for s in alice.get(f"/runs/{run.pk}/").context["steps"]]
+
+    assert statuses() == ["waiting for a worker", "waiting for step 1 (Export snapshot)",
+                          "waiting for step 2 (Reward model)", "waiting for step 3 (PPO)",
+                          "waiting for step 4 (Evaluate)", "waiting for step 5 (Register versions)"]
+    TrainingRun.objects.filter(pk=run.pk).update(state="running")
+    run.steps.filter(position=1).update(state="succeeded")
+    run.steps.filter(position=2).update(state="running", step=3, total_steps=30)
+    assert statuses()[1:4] == ["3/30", "waiting for step 2 (Reward model)", "waiting for step 3 (PPO)"]
+    ppo = run.steps.get(position=3)
+    assert "waiting for step 2 (Reward model)" in alice.get(f"/runs/{ppo.pk}/").content.decode()  # the step's own page
+    run.steps.filter(position=2).update(state="succeeded")  # the PPO job is now really in the queue
+    assert statuses()[2:4] == ["waiting for a worker", "waiting for step 3 (PPO)"]
+    assert "waiting for a worker" in alice.get(f"/runs/{ppo.pk}/").content.decode()
+
+
+def test_a_standalone_run_and_a_rounds_first_step_wait_for_a_worker(world):
+    run = start_round(project=world["project"], enqueue=False)
+    first = run.steps.get(position=1)
+    assert first.waiting_for() is None and first.waiting_for(list(run.steps.all())) is None
+    assert run.steps.get(position=2).waiting_for() == first
+    alice = client_for(world["alice"])
+    alice.post("/projects/shapes/training/generate/")
+    generate = TrainingRun.objects.get(kind="generate", round=None)
+    assert generate.waiting_for() is None
+    row = alice.get("/projects/shapes/training/").content.decode().split(f'id="run-{generate.pk}"')[1].split("</tr>")[0]
+    assert "waiting for a worker" in row
+
+
+def test_a_rounds_progress_is_the_models_on_the_page_and_in_the_api(world):
+    run = start_round(project=world["project"], enqueue=False)
+    run.steps.filter(position__lte=2).update(state="succeeded")
+    run.steps.filter(position=3).update(state="running", step=10, total_steps=40)
+    TrainingRun.objects.filter(pk=run.pk).update(state="running")
+    run.refresh_from_db()
+    assert run.progress == pytest.approx((2 + 0.25) / 6)
+    alice = client_for(world["alice"])
+    assert alice.get(f"/api/runs/{run.pk}/").json()["progress"] == pytest.approx(run.progress)
+    assert f'value="{round(100 * run.progress)}"' in alice.get("/projects/shapes/training/").content.decode()
+    TrainingRun.objects.filter(pk=run.pk).update(state="succeeded")
+    run.refresh_from_db()
+    assert run.progress == 1.0
+
+
 def test_a_finished_run_says_how_long_it_took_in_seconds_when_under_a_minute(world):
     from datetime import timedelta
 
