@@ -7,6 +7,7 @@ from django.contrib.auth import get_user_model
 
 from annotation.models import Membership, Project
 from annotation.services.exports import FORMATS
+from annotation.services.projects import DEMO_MODEL, check_model_path, model_roots
 
 
 class ProjectForm(forms.ModelForm):
@@ -18,9 +19,21 @@ class ProjectForm(forms.ModelForm):
         widgets = {"instructions": forms.Textarea(attrs={"rows": 6})}
         help_texts = {"slug": "Short name in URLs; leave empty to derive it from the name."}
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.user = user
         self.fields["slug"].required = False
+        roots = ", ".join(str(root) for root in model_roots())
+        self.fields["base_model"].help_text = (
+            f"Empty or '{DEMO_MODEL}' for the built-in demo model, else a model folder inside {roots or 'no folder yet'}."
+        )
+
+    def clean_base_model(self):
+        """Checked here when the form knows who sends it; ``project_create`` checks again either way."""
+        value = self.cleaned_data["base_model"]
+        if self.user is None or (self.instance.pk and value == self.instance.base_model):
+            return value
+        return check_model_path(value, user=self.user)
 
 
 class MemberForm(forms.Form):

@@ -59,6 +59,23 @@ def env_path(name: str, default: Path) -> Path:
     return path.resolve()
 
 
+def env_paths(name: str, default: list[Path]) -> list[Path]:
+    """A colon-separated list of absolute folders (like ``PATH``), each resolved (``..``, symlinks).
+    Set but empty means no folder at all."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return [path.resolve() for path in default]
+    paths = []
+    for item in raw.split(":"):
+        if not item.strip():
+            continue
+        path = Path(item.strip()).expanduser()
+        if not path.is_absolute():
+            raise ImproperlyConfigured(f"{name}: {item!r} is not an absolute path")
+        paths.append(path.resolve())
+    return paths
+
+
 def secret_key(var_dir: Path) -> str:
     """``SECRET_KEY`` from the environment, else one generated once and kept in ``var/secret_key``.
 

@@ -11,6 +11,7 @@ from lensloop.env import (
     env_int,
     env_list,
     env_path,
+    env_paths,
     env_str,
     secret_key,
     sqlite_database,
@@ -119,6 +120,10 @@ LENSLOOP_MAX_UPLOAD_BYTES = env_int("LENSLOOP_MAX_UPLOAD_BYTES", 2 * 1024**3, mi
 LENSLOOP_MAX_IMAGE_BYTES = env_int("LENSLOOP_MAX_IMAGE_BYTES", 32 * 1024**2, minimum=1)
 LENSLOOP_MAX_IMAGE_PIXELS = env_int("LENSLOOP_MAX_IMAGE_PIXELS", 50_000_000, minimum=1)
 LENSLOOP_DEFAULT_LEASE_MINUTES = env_int("LENSLOOP_DEFAULT_LEASE_MINUTES", 30, minimum=1)
+# Folders whose models project admins may name as a base model (the built-in `demo` always); superusers
+# may name any path. Hub ids (`org/name`) only with LENSLOOP_ALLOW_HUB_MODELS. See docs/operations.md.
+LENSLOOP_MODEL_ROOTS = env_paths("LENSLOOP_MODEL_ROOTS", [DATA_DIR / "models"])
+LENSLOOP_ALLOW_HUB_MODELS = env_bool("LENSLOOP_ALLOW_HUB_MODELS", False)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -1,6 +1,7 @@
 """Turn errors into HTTP answers of one shape: ``{"error": code, "detail": message, ...details}``.
 
-Service errors carry their own code and details. DRF's own errors are brought into the same shape:
+Service errors carry their own code and details; a Django ``ValidationError`` from a service answers
+like a serializer's. DRF's own errors are brought into the same shape:
 a validation error answers ``{"error": "invalid", "detail": "field: message; ...", "fields": {field:
 [messages]}}`` (DRF's field map kept under ``fields``), and the others (401, 403, 404, 405, 415, 429,
 a body that does not parse) keep DRF's ``detail`` sentence and gain its code as ``error``
@@ -8,9 +9,11 @@ a body that does not parse) keep DRF's ``detail`` sentence and gain its code as 
 """
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.response import Response
+from rest_framework.serializers import as_serializer_error
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from annotation.exceptions import AnnotationError
@@ -48,6 +51,8 @@ def exception_handler(exc, context):
         body = {"error": exc.code, "detail": exc.message}
         body.update({key: _jsonable(value) for key, value in exc.details.items()})
         return Response(body, status=exc.status)
+    if isinstance(exc, DjangoValidationError):  # a service's full_clean or check, as a serializer's would be
+        exc = ValidationError(as_serializer_error(exc))
     response = drf_exception_handler(exc, context)
     if response is None:
         return None  # not an API error: a 500, as Django reports it

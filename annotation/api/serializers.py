@@ -9,6 +9,7 @@ from rest_framework.exceptions import ValidationError
 from annotation.models import Membership, Project
 from annotation.services.exports import FORMATS
 from annotation.services.imports import MODES
+from annotation.services.projects import check_model_path
 
 
 class ProjectSerializer(serializers.ModelSerializer):
@@ -20,6 +21,13 @@ class ProjectSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = ["id", "created_at"]
         extra_kwargs = {"slug": {"required": False}}
+
+    def validate_base_model(self, value: str) -> str:
+        """Only folders under the configured model roots, unless a superuser asks (``check_model_path``)."""
+        if self.instance is not None and value == self.instance.base_model:
+            return value
+        request = self.context.get("request")
+        return check_model_path(value, user=request.user if request else None)
 
 
 class CandidateOutSerializer(serializers.Serializer):

@@ -65,10 +65,10 @@ class ProjectDetailView(APIView):
     @extend_schema(request=ProjectSerializer, responses=ProjectSerializer)
     def patch(self, request, slug):
         project = project_for(request, slug, admin=True)
-        serializer = ProjectSerializer(project, data=request.data, partial=True)
+        serializer = ProjectSerializer(project, data=request.data, partial=True, context={"request": request})
         serializer.is_valid(raise_exception=True)
-        serializer.save()
-        return Response(serializer.data)
+        project = projects.project_update(project=project, user=request.user, **serializer.validated_data)
+        return Response(ProjectSerializer(project).data)
 
 
 class ProjectStatsView(APIView):
