@@ -106,6 +106,47 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+# Advance of a character as a share of the font size: narrow letters and punctuation, wide letters,
+# capitals, everything else. The server cannot measure text, so it budgets for DejaVu Sans (Debian's
+# sans-serif, among the widest: lowercase 0.28–0.64 em, "m" 0.97, capitals up to 0.99), rounded up, so
+# that what it lays out never runs past the edge in any common font.
+_NARROW = set("fijlrt.,:;!|'/()[] -")
+_WIDE = set("mwMW@%…")
+
+
+def text_width(text: str, *, size: float = 12) -> float:
+    """Estimated width of ``text`` at font size ``size`` in SVG user units (at or above DejaVu Sans's)."""
+    em = sum(0.42 if c in _NARROW else 1.0 if c in _WIDE else 0.8 if c.isupper() else 0.65 for c in text)
+    return em * size
+
+
+def _fit(text: str, width: float, *, size: float = 12) -> str:
+    """``text``, cut with an ellipsis where it would be wider than ``width``."""
+    if text_width(text, size=size) <= width:
+        return text
+    while text and text_width(text + "…", size=size) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+LEGEND_SWATCH, LEGEND_GAP, LEGEND_ROW = 18, 14, 16
+
+
+def legend_layout(names: Sequence[str], *, x0: float, x1: float) -> list[tuple[float, int, str]]:
+    """(x, row, shown text) per legend entry, left to right, wrapped onto a new row where an entry would
+    run past ``x1``; a name wider than a whole row is cut with an ellipsis (its full name stays in the
+    entry's tooltip)."""
+    out, x, row = [], x0, 0
+    for name in names:
+        shown = _fit(name, x1 - x0 - LEGEND_SWATCH - 4)
+        entry = LEGEND_SWATCH + 4 + text_width(shown)
+        if x > x0 and x + entry > x1:
+            x, row = x0, row + 1
+        out.append((x, row, shown))
+        x += entry + LEGEND_GAP
+    return out
+
+
 def line_chart(
     series: Sequence[tuple[str, Sequence[tuple[float, float]]]],
     *,
@@ -122,6 +163,11 @@ def line_chart(
     tooltip; a long one gets markers only at its ends. The ``<desc>`` states first, last and best values.
     """
     left, right, top, bottom = 52, 12, 26, 30
+    # The legend wraps onto as many rows as it needs above the plot; the chart grows by them, not the
+    # plot shrinks (a PPO run logs six reward series, wider together than one row).
+    legend = legend_layout([name for name, _ in series], x0=left, x1=width - right)
+    extra = LEGEND_ROW * max((row for _, row, _ in legend), default=0)
+    top, height = top + extra, height + extra
     plot_w, plot_h = width - left - right, height - top - bottom
     points = [(x, y) for _, pts in series for x, y in pts]
     cid = escape(chart_id)
@@ -169,14 +215,14 @@ def line_chart(
     parts.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" class="axis"/>')
     parts.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" class="axis"/>')
     parts.append(f'<text x="{width - right}" y="{height - 1}" text-anchor="end" class="tick">{escape(x_label)}</text>')
-    legend_x = left
-    for i, (name, pts) in enumerate(series):
+    for i, ((name, pts), (lx, row, shown)) in enumerate(zip(series, legend, strict=True)):
         cls = f"s{i % 6}"
+        ly = 11 + LEGEND_ROW * row
         parts.append(
-            f'<line x1="{legend_x}" y1="11" x2="{legend_x + 18}" y2="11" class="series {cls}"/>'
-            f'<text x="{legend_x + 22}" y="15" class="label">{escape(name)}</text>'
+            f'<g class="legend-entry"><title>{escape(name)}</title>'
+            f'<line x1="{lx:.1f}" y1="{ly}" x2="{lx + LEGEND_SWATCH:.1f}" y2="{ly}" class="series {cls}"/>'
+            f'<text x="{lx + LEGEND_SWATCH + 4:.1f}" y="{ly + 4}" class="label">{escape(shown)}</text></g>'
         )
-        legend_x += 30 + 7 * len(name)
         if not pts:
             continue
         coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)

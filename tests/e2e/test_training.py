@@ -17,7 +17,7 @@ from rlhf.models import TrainingRun
 from rlhf.services import fail_run, start_round
 from tests import factories as f
 from tests.e2e.helpers import login
-from tests.rlhf.helpers import fake_round, rank, reward_metrics
+from tests.rlhf.helpers import fake_round, ppo_metrics, rank, reward_metrics
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -159,3 +159,31 @@ def test_queued_steps_say_which_step_they_wait_for_as_the_round_moves(page, live
     expect(head).to_have_text("waiting for step 3 (PPO)")
     TrainingRun.objects.filter(pk=steps[3].pk).update(state="succeeded", step=40, total_steps=40)
     expect(head).to_have_text("waiting for a worker")
+
+
+PPO_REWARDS = ["objective/scores", "objective/scores_raw", "objective/non_score_reward", "objective/rlhf_reward",
+               "eval/reward_mean", "eval/reward_sampled"]  # the reward series rlhf.engine.ppo logs
+
+
+def test_every_legend_entry_of_a_ppo_runs_reward_chart_is_inside_the_chart(page, live_server, loop_world):
+    round_run = fake_round(loop_world["project"], loop_world["alice"])
+    ppo = round_run.steps.get(kind="ppo")
+    ppo.metrics = [{**row, **{name: row["objective/scores"] + 0.1 * i for i, name in enumerate(PPO_REWARDS)}}
+                   for row in ppo_metrics()]
+    ppo.save(update_fields=["metrics"])
+    login(page, live_server, "alice")
+    page.goto(f"{live_server.url}/runs/{ppo.pk}/")
+    chart = page.get_by_role("img", name="Reward")
+    expect(chart).to_be_visible()
+    # Measured by the browser in the chart's own units: what the viewBox leaves out is cut off on screen.
+    boxes = chart.evaluate("""svg => {
+        const vb = svg.viewBox.baseVal;
+        return [...svg.querySelectorAll("text.label")].map((t) => {
+            const b = t.getBBox();
+            return {text: t.textContent, left: b.x, right: b.x + b.width, top: b.y, bottom: b.y + b.height,
+                    width: vb.width, height: vb.height};
+        });
+    }""")
+    assert [b["text"] for b in boxes] == PPO_REWARDS
+    for b in boxes:
+        assert b["left"] >= 0 and b["right"] <= b["width"] and b["top"] >= 0 and b["bottom"] <= b["height"], b

@@ -410,6 +410,32 @@ def test_metrics_fall_into_the_panels_people_look_for():
     assert charts.family("losses/value_loss") == "loss" and charts.family("policy/entropy") is None
 
 
+PPO_REWARDS = ["objective/scores", "objective/scores_raw", "objective/non_score_reward", "objective/rlhf_reward",
+               "eval/reward_mean", "eval/reward_sampled"]  # what rlhf.engine.ppo logs
+
+
+def test_a_legend_too_wide_for_one_row_wraps_and_every_entry_stays_inside_the_chart():
+    import re
+
+    from annotation.charts import text_width
+
+    svg = charts.line_chart([(name, [(0, i), (1, i + 1)]) for i, name in enumerate(PPO_REWARDS)], title="Reward", chart_id="r")
+    width, height = (float(v) for v in re.search(r'viewBox="0 0 ([\d.]+) ([\d.]+)"', svg).groups())
+    entries = re.findall(r'<g class="legend-entry"><title>([^<]*)</title>.*?<text x="([\d.]+)" y="([\d.]+)" class="label">([^<]*)</text>', svg)
+    assert [e[0] for e in entries] == PPO_REWARDS
+    assert [e[3] for e in entries] == PPO_REWARDS  # none had to be cut
+    for _, x, y, shown in entries:
+        assert float(x) + text_width(shown) <= width and 0 < float(y) < height, shown
+    assert len({y for _, _, y, _ in entries}) > 1  # wrapped onto several rows
+    assert height > 220  # the chart grew by the rows; the plot kept its size
+
+
+def test_a_legend_name_wider_than_the_chart_is_cut_with_its_full_name_in_the_tooltip():
+    long = "objective/" + "very_long_metric_name_" * 6
+    svg = charts.line_chart([(long, [(0, 1), (1, 2)])], title="Reward", chart_id="r")
+    assert f"<title>{long}</title>" in svg and "…</text>" in svg
+
+
 def test_metric_series_keep_only_finite_numbers():
     rows = [{"step": 1, "loss": 1.0, "note": "x", "flag": True, "bad": float("nan")}, {"loss": 0.5}]
     assert charts.metric_series(rows) == {"loss": [(1.0, 1.0), (1.0, 0.5)]}  # the second row's x is its index
