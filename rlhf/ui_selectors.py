@@ -8,9 +8,11 @@ import math
 from collections.abc import Iterable
 
 from django.db.models import Count, Prefetch, Q
+from django.forms.utils import pretty_name
 
 from annotation.models import Candidate, PreferencePair, Project, RankingTask
 from rlhf.charts import FAMILIES, family
+from rlhf.forms import ALGORITHM_CHOICES, RoundForm
 from rlhf.models import ModelVersion, TrainingRun
 
 K = TrainingRun.Kind
@@ -56,6 +58,59 @@ def annotate(run: TrainingRun, siblings: list[TrainingRun] | None = None) -> Tra
     run.ui_percent = round(100 * run.ui_progress)
     run.ui_status = status_text(run, steps)
     return run
+
+
+# Round parameters beyond the launch form's fields (rlhf.services.ROUND_ADVANCED), as people call them.
+PARAM_LABELS = {
+    "lora_target_modules": "LoRA target modules",
+    "lora_modules_to_save": "Modules trained in full",
+    "reward_lr": "Reward-model learning rate",
+    "policy_batch_size": "Answers per policy step",
+    "use_reward_model": "Reward model in the policy's reward",
+    "verifiable_reward": "Verifiable reward",
+    "verifiable_weight": "Weight of the verifiable reward",
+}
+# What an empty or zero value of a parameter means (rlhf.services.ROUND_DEFAULTS and ROUND_ADVANCED).
+ENGINE_DEFAULT = "the engine's default"
+PARAM_EMPTY = {
+    "lr": ENGINE_DEFAULT,
+    "reward_lr": ENGINE_DEFAULT,
+    "policy_batch_size": ENGINE_DEFAULT,
+    "lora_target_modules": "q_proj, v_proj (" + ENGINE_DEFAULT + ")",
+}
+ALGORITHM_NAMES = {name: text.split(":")[0] for name, text in ALGORITHM_CHOICES}
+
+
+def readable_value(value) -> str:
+    """A parameter's value as people read it: Yes/No, lists comma-separated, 3.0 as 3, nothing as "none"
+    (never Python's ``False`` or ``['lm_head']``)."""
+    if isinstance(value, bool):
+        return "Yes" if value else "No"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(readable_value(v) for v in value) if value else "none"
+    if isinstance(value, dict):
+        return "; ".join(f"{k} {readable_value(v)}" for k, v in value.items()) if value else "none"
+    if value is None or value == "":
+        return "none"
+    return str(value)
+
+
+def readable_params(params: dict | None) -> list[tuple[str, str]]:
+    """(label, value) per round parameter, labelled as the launch form labels them."""
+    form_labels = {name: field.label or pretty_name(name) for name, field in RoundForm.base_fields.items()}
+    out = []
+    for key, value in (params or {}).items():
+        label = form_labels.get(key) or PARAM_LABELS.get(key) or pretty_name(key)
+        if key == "algorithm":
+            text = ALGORITHM_NAMES.get(value, readable_value(value))
+        elif key in PARAM_EMPTY and not value and not isinstance(value, bool):
+            text = PARAM_EMPTY[key]
+        else:
+            text = readable_value(value)
+        out.append((label, text))
+    return out
 
 
 def runs_for(project: Project) -> list[TrainingRun]:

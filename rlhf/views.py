@@ -67,7 +67,10 @@ def _training_page(request, project, role, *, form=None, settings_form=None, sta
         "role": role,
         "is_admin": role == Membership.Role.ADMIN,
         "form": form or RoundForm(cuda=cuda, defaults=loop.round_params),
-        "engine_params": {k: v for k, v in advanced_params(loop.round_params).items() if v != ROUND_ADVANCED[k]},
+        "engine_params": [
+            (k, ui_selectors.readable_value(v)) for k, v in advanced_params(loop.round_params).items() if v != ROUND_ADVANCED[k]
+        ],
+        "auto_params": ui_selectors.readable_params(loop.round_params),
         "settings_form": settings_form or LoopSettingsForm(instance=loop),
         "loop": loop,
         "cuda": cuda,
@@ -183,6 +186,10 @@ def run_detail(request, run_id):
         "sections": _curves(run, steps),
         "versions": [v for s in steps for v in s.versions.all()] + list(run.versions.all()),
         "result_items": sorted(ui_selectors.flat_metrics(run.result).items()),
+        # A round's parameters by the launch form's labels; a step's engine config by the engine's names.
+        "config_items": ui_selectors.readable_params(run.config) if run.kind == K.ROUND
+        else [(k, ui_selectors.readable_value(v)) for k, v in run.config.items()],
+        "snapshot_items": [(k, ui_selectors.readable_value(v)) for k, v in run.snapshot.items()],
         "kind_labels": dict(K.choices),
         "api_run": reverse("api-run", args=[run.pk]),
         "curves_url": reverse("run-curves", args=[run.pk]),

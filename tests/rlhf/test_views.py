@@ -183,11 +183,34 @@ def test_rounds_from_the_form_use_the_projects_engine_settings_and_the_page_list
     loop_settings_set(project=world["project"], round_params={"lora_modules_to_save": ["lm_head"]})
     alice = client_for(world["alice"])
     page = alice.get("/projects/shapes/training/")
-    assert b'id="engine-params"' in page.content and b"lora_modules_to_save=[&#x27;lm_head&#x27;]" in page.content
+    assert b'id="engine-params"' in page.content and b"<code>lora_modules_to_save</code> lm_head" in page.content
     launch(alice, action="save_auto", algorithm="grpo")  # saving the form's fields keeps the engine settings
     launch(alice, algorithm="dpo")
     assert rounds().get().config["lora_modules_to_save"] == ["lm_head"]
     assert LoopSettings.objects.get(project=world["project"]).round_params["lora_modules_to_save"] == ["lm_head"]
+
+
+def test_automatic_rounds_list_their_parameters_as_people_read_them(world):
+    from rlhf.services import loop_settings_set
+
+    alice = client_for(world["alice"])
+    launch(alice, action="save_auto", algorithm="grpo", reward_epochs=2.0)
+    loop_settings_set(project=world["project"], round_params={"lora_modules_to_save": ["lm_head", "embed_tokens"]})
+    page = alice.get("/projects/shapes/training/").content.decode()
+    section = page.split('id="auto-params"')[1].split("</dl>")[0]
+    for label, value in [("Algorithm", "GRPO"), ("QLoRA", "No"), ("Reward-model epochs", "2"),
+                         ("Learning rate", "the engine&#x27;s default"), ("Modules trained in full", "lm_head, embed_tokens")]:
+        assert f"<dt>{label}</dt><dd>{value}</dd>" in section, label
+    for raw in ["False", "True", "[", "2.0", "lora_modules_to_save"]:
+        assert raw not in section, raw
+
+
+def test_a_rounds_page_lists_its_parameters_as_people_read_them(world):
+    run = start_round(project=world["project"], params={"lora_target_modules": ["q_proj", "k_proj"]}, enqueue=False)
+    section = client_for(world["bob"]).get(f"/runs/{run.pk}/").content.decode().split('id="config"')[1].split("</dl>")[0]
+    assert "<dt>QLoRA</dt><dd>No</dd>" in section and "<dt>LoRA target modules</dt><dd>q_proj, k_proj</dd>" in section
+    assert "<dt>Reward model in the policy&#x27;s reward</dt><dd>Yes</dd>" in section
+    assert "False" not in section and "[" not in section
 
 
 def test_an_admin_cancels_and_resumes_a_round(world):
