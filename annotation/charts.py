@@ -26,31 +26,65 @@ def _nice_max(value: float) -> float:
     return 10 * magnitude
 
 
-def hourly_bars(points: Sequence[tuple[datetime, int]], *, title: str, width: int = 960, height: int = 200) -> SafeString:
-    """A bar per hour, with the axis maximum and a tick label every six hours."""
-    left, right, top, bottom = 36, 8, 10, 24
+def _hour_step(slot: float) -> int:
+    """Label every hour where the labels fit, else every 2nd, 3rd, 6th or 12th hour."""
+    return next((step for step in (1, 2, 3, 6) if step * slot >= 34), 12)
+
+
+def hourly_bars(
+    points: Sequence[tuple[datetime, int]], *, title: str, width: int = 960, height: int = 220, min_hours: int = 12
+) -> SafeString:
+    """A bar per hour of ``points`` (oldest first), with the axis maximum, hour labels as often as they
+    fit and the date under the first one and under each midnight.
+
+    Leading hours without rankings are left out, down to the last ``min_hours``, and a note says so: a
+    project whose rankings all came in the last hour shows that hour as a bar with its count among a few
+    labelled hours, not as a sliver at the edge of two empty days.
+    """
+    left, right, top, bottom = 36, 8, 32, 36  # room above for the bars' counts and the note
     plot_w, plot_h = width - left - right, height - top - bottom
-    peak = _nice_max(max((n for _, n in points), default=0))
-    slot = plot_w / max(len(points), 1)
+    first = next((i for i, (_, n) in enumerate(points) if n), len(points))
+    shown = list(points[min(first, max(len(points) - min_hours, 0)):])
+    skipped = len(points) - len(shown)
+    peak = _nice_max(max((n for _, n in shown), default=0))
+    slot = plot_w / max(len(shown), 1)
+    every = _hour_step(slot)
+    base = top + plot_h
     parts = [
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-labelledby="chart-title-hourly">',
         f'<title id="chart-title-hourly">{escape(title)}</title>',
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - right}" y2="{top + plot_h}" class="axis"/>',
+        f'<line x1="{left}" y1="{base}" x2="{width - right}" y2="{base}" class="axis"/>',
         f'<text x="{left - 4}" y="{top + 8}" text-anchor="end" class="tick">{peak:g}</text>',
-        f'<text x="{left - 4}" y="{top + plot_h}" text-anchor="end" class="tick">0</text>',
+        f'<text x="{left - 4}" y="{base}" text-anchor="end" class="tick">0</text>',
         f'<line x1="{left}" y1="{top}" x2="{width - right}" y2="{top}" class="grid"/>',
     ]
-    for i, (hour, n) in enumerate(points):
+    if not any(n for _, n in points):
+        parts.append(
+            f'<text x="{left + plot_w / 2:.1f}" y="{top + plot_h / 2:.1f}" text-anchor="middle" class="tick">'
+            f"no rankings in the last {len(points)} hours</text>"
+        )
+    elif skipped:
+        parts.append(
+            f'<text x="{width - right}" y="12" text-anchor="end" class="tick">'
+            f"none in the {skipped} hours before</text>"
+        )
+    dated = False
+    for i, (hour, n) in enumerate(shown):
         h = plot_h * n / peak
         x = left + i * slot
         parts.append(
-            f'<rect x="{x + 1:.1f}" y="{top + plot_h - h:.1f}" width="{max(slot - 2, 1):.1f}" height="{h:.1f}" class="bar">'
+            f'<rect x="{x + 1:.1f}" y="{base - h:.1f}" width="{max(slot - 2, 1):.1f}" height="{h:.1f}" class="bar">'
             f"<title>{hour:%Y-%m-%d %H}:00 UTC: {n} rankings</title></rect>"
         )
-        if hour.hour % 6 == 0:
-            parts.append(
-                f'<text x="{x + slot / 2:.1f}" y="{height - 6}" text-anchor="middle" class="tick">{hour:%H}h</text>'
-            )
+        if n and slot >= 22:
+            parts.append(f'<text x="{x + slot / 2:.1f}" y="{base - h - 3:.1f}" text-anchor="middle" class="tick">{n}</text>')
+        if hour.hour % every == 0:
+            parts.append(f'<text x="{x + slot / 2:.1f}" y="{base + 14}" text-anchor="middle" class="tick">{hour:%H}h</text>')
+            if not dated or hour.hour == 0:
+                parts.append(
+                    f'<text x="{x + slot / 2:.1f}" y="{base + 28}" text-anchor="middle" class="tick">{hour:%b %d}</text>'
+                )
+                dated = True
     parts.append("</svg>")
     return mark_safe("".join(parts))
 

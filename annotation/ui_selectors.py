@@ -6,6 +6,7 @@ Read-only, like ``annotation.selectors``; kept apart because only the pages use 
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from datetime import datetime, timedelta
 
 import markdown
@@ -126,18 +127,37 @@ def flag_counts(project: Project) -> dict[str, int]:
 
 
 def candidates_by_source(project: Project) -> list[dict]:
-    """Per candidate source (model version, 'human', 'import'): candidates, pairs won and lost, win rate."""
+    """Per candidate source (model version, 'human', 'import'): candidates, pairs won and lost against
+    other sources, the win rate over those, and the pairs within the source.
+
+    A pair between two candidates of one source is a win and a loss of that source at once: counted in,
+    it pulls every win rate towards 50 %, and a source compared only with itself would show exactly that,
+    which says nothing. So the win rate counts only pairs against other sources (None when there are none),
+    and pairs within a source are counted apart.
+    """
     candidates = dict(
         Candidate.objects.filter(prompt__project=project)
         .values_list("source")
         .annotate(n=Count("id"))
         .values_list("source", "n")
     )
-    pairs = PreferencePair.objects.filter(project=project)
-    won = dict(pairs.values_list("chosen__source").annotate(n=Count("id")).values_list("chosen__source", "n"))
-    lost = dict(pairs.values_list("rejected__source").annotate(n=Count("id")).values_list("rejected__source", "n"))
+    won: Counter[str] = Counter()
+    lost: Counter[str] = Counter()
+    within: Counter[str] = Counter()
+    by_sources = (
+        PreferencePair.objects.filter(project=project)
+        .values_list("chosen__source", "rejected__source")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    for chosen, rejected, n in by_sources:  # one row per (winner's, loser's) source
+        if chosen == rejected:
+            within[chosen] += n
+        else:
+            won[chosen] += n
+            lost[rejected] += n
     rows = []
-    for source in sorted(set(candidates) | set(won) | set(lost)):
+    for source in sorted(set(candidates) | set(won) | set(lost) | set(within)):
         w, lo = won.get(source, 0), lost.get(source, 0)
         rows.append(
             {
@@ -145,6 +165,7 @@ def candidates_by_source(project: Project) -> list[dict]:
                 "candidates": candidates.get(source, 0),
                 "won": w,
                 "lost": lo,
+                "within": within.get(source, 0),
                 "win_rate": w / (w + lo) if w + lo else None,
             }
         )

@@ -7,6 +7,7 @@ Personas (see conftest.world): alice is a staff user and admin of "shapes", bob 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 import zipfile
 from datetime import timedelta
@@ -17,6 +18,7 @@ from playwright.sync_api import expect
 
 from annotation.models import Membership, Project, Ranking, RankingTask
 from annotation.services import queue
+from tests import factories as f
 from tests.e2e.helpers import bundle_zip, login, shot
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -98,6 +100,29 @@ def test_the_dashboard_shows_queue_annotators_flags_and_sources(page, live_serve
     expect(row).to_contain_text("4.2 s")
     expect(page.locator("tr", has_text="policy-v2")).to_contain_text("50")  # candidates by source
     shot(page, "dashboard", full_page=True)
+
+
+def test_the_dashboard_reads_well_with_one_hour_of_rankings_and_a_source_ranked_against_itself(page, live_server, world):
+    # Three rankings, all in this hour; the first of an imported task whose candidates are all "import".
+    f.task(world["project"], priority=10, source="import")
+    rank_some(world["project"], world["bob"], 3)
+    login(page, live_server, "alice")
+    page.goto(f"{live_server.url}/projects/shapes/dashboard/")
+
+    hourly = page.get_by_role("img", name="Rankings per hour, last 48 hours (UTC)")
+    bars = hourly.locator("rect.bar")
+    expect(bars).to_have_count(12)  # the last 12 hours, not 47 empty ones and a sliver
+    expect(hourly).to_contain_text("none in the 36 hours before")
+    busy = bars.last
+    expect(busy.locator("title")).to_contain_text(": 3 rankings")
+    assert busy.bounding_box()["width"] > 40  # wide enough to read (one of 48 was about 17 px here)
+    expect(hourly.locator("text.tick", has_text=re.compile(r"^\d\dh$"))).to_have_count(12)  # every hour labelled
+
+    imported = page.locator("tr[data-source=import]")
+    expect(imported.locator("[data-field=win-rate]")).to_have_text("—")  # import only against import
+    expect(imported.locator("[data-field=within]")).to_have_text("5")  # its pairs within itself, counted apart
+    expect(page.locator("tr[data-source=policy-v1] [data-field=win-rate]")).to_have_text("100%")
+    expect(page.locator("#sources-note")).to_contain_text("a source ranked only against itself has no win rate")
 
 
 def test_an_annotator_cannot_open_admin_pages(page, live_server, world):
