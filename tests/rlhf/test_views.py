@@ -423,6 +423,14 @@ def test_the_project_dashboard_and_the_nav_link_to_training(world):
     assert page.count('href="/projects/shapes/training/"') == 2  # the nav and the dashboard's button
 
 
+def test_the_home_pages_project_card_links_admins_and_staff_to_training(world):
+    assert 'href="/projects/shapes/training/"' in client_for(world["alice"]).get("/").content.decode()
+    assert 'href="/projects/shapes/training/"' not in client_for(world["bob"]).get("/").content.decode()
+    world["bob"].is_staff = True
+    world["bob"].save(update_fields=["is_staff"])
+    assert 'href="/projects/shapes/training/"' in client_for(world["bob"]).get("/").content.decode()
+
+
 # --- chart helpers --------------------------------------------------------------------------------
 
 
