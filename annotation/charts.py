@@ -66,7 +66,7 @@ def hourly_bars(
     elif skipped:
         parts.append(
             f'<text x="{width - right}" y="12" text-anchor="end" class="tick">'
-            f"none in the {skipped} hours before</text>"
+            f"no rankings in the {skipped} hours before</text>"
         )
     dated = False
     for i, (hour, n) in enumerate(shown):

@@ -112,7 +112,7 @@ def test_the_dashboard_reads_well_with_one_hour_of_rankings_and_a_source_ranked_
     hourly = page.get_by_role("img", name="Rankings per hour, last 48 hours (UTC)")
     bars = hourly.locator("rect.bar")
     expect(bars).to_have_count(12)  # the last 12 hours, not 47 empty ones and a sliver
-    expect(hourly).to_contain_text("none in the 36 hours before")
+    expect(hourly).to_contain_text("no rankings in the 36 hours before")
     busy = bars.last
     expect(busy.locator("title")).to_contain_text(": 3 rankings")
     assert busy.bounding_box()["width"] > 40  # wide enough to read (one of 48 was about 17 px here)
