@@ -74,6 +74,7 @@ def work(request, slug):
     project, role = _project_for(request, slug)
     config = {
         "project": project.slug,
+        "user": request.user.pk,  # keys the unsent rankings this browser keeps, so they never cross accounts
         "k": project.candidates_per_task,
         "leaseMinutes": project.lease_minutes,
         "prefetch": request.GET.get("prefetch", "1") != "0",
@@ -85,6 +86,7 @@ def work(request, slug):
             "apiNext": reverse("api-next-task", args=[project.slug]),
             "apiSubmit": reverse("api-submit", args=[0]),
             "apiSkip": reverse("api-skip", args=[0]),
+            "apiRelease": reverse("api-release", args=[0]),
             "home": reverse("home"),
         },
     }

@@ -99,6 +99,25 @@ def test_next_leases_a_task_and_names_the_images_likely_to_follow(world):
     assert post_json(bob, "/projects/shapes/work/next/").json()["task"]["task_id"] == task["task_id"]
 
 
+def test_the_page_gives_an_untouched_lease_back_with_its_session_and_csrf_header(world):
+    """What the ranking page sends on ``pagehide``: a keepalive POST to the config's release URL that
+    carries the session cookie and the CSRF token in a header, no body."""
+    bob = Client(enforce_csrf_checks=True)
+    bob.force_login(world["bob"])
+    page = bob.get("/projects/shapes/work/")
+    config = page.context["config"]
+    assert config["user"] == world["bob"].pk  # keys the drafts kept in the browser
+    csrf = page.cookies["csrftoken"].value
+    next_body = bob.post("/projects/shapes/work/next/", data="{}", content_type="application/json", HTTP_X_CSRFTOKEN=csrf)
+    task_id = next_body.json()["task"]["task_id"]
+    release = config["urls"]["apiRelease"].replace("/0/", f"/{task_id}/")
+
+    assert bob.post(release).status_code == 403  # no token, no release
+    response = bob.post(release, HTTP_X_CSRFTOKEN=csrf, HTTP_ACCEPT="application/json")
+    assert response.status_code == 204
+    assert Assignment.objects.get(task_id=task_id, annotator=world["bob"]).state == Assignment.State.RELEASED
+
+
 def test_submit_stores_the_ranking_and_answers_with_the_next_task(world):
     bob = client_for(world["bob"])
     task = post_json(bob, "/projects/shapes/work/next/").json()["task"]
