@@ -6,8 +6,14 @@
 // the tasks likely to come next are downloaded and decoded while the annotator works, so the next
 // task is on screen as soon as that one response arrives. ?prefetch=0 turns both off (REST API
 // submit, then REST API next, then load the image) for comparison; see bench/ui.py.
+//
+// Never losing work: when the server cannot be reached (a restarting web worker or database, a proxy's
+// 502/503, a dropped connection) the page says "Reconnecting…", keeps the ranking on screen and tries
+// again with backoff, with the same client_uuid, which the server is idempotent on; a ranking not yet
+// sent is also kept in localStorage, so a reload brings it back. Leaving the page while its task is
+// untouched gives the lease back, so the next visit gets the queue's best task, not a stale one.
 
-import { NetworkError, describe, getJSON, newUUID, postJSON } from "./net.js";
+import { NetworkError, csrfToken, describe, getJSON, newUUID, postJSON } from "./net.js";
 import { Ranking, ordinal } from "./ranking.js";
 import { Viewer } from "./viewer.js";
 import { draggable } from "./dnd.js";
@@ -23,6 +29,7 @@ const flagsBox = $("flags");
 const rationale = $("rationale");
 const live = $("live");
 const submitBtn = $("btn-submit");
+const retryBtn = $("btn-retry");
 
 const viewer = new Viewer($("viewer"), $("task-image"), {
   onZoom: (s) => ($("zoom-level").textContent = `${Math.round(s * 100)}%`),
@@ -34,6 +41,9 @@ const state = {
   uuid: null,
   shownAt: 0,
   busy: false,
+  sending: false, // a submit is waiting for the server: the ranking is frozen until it answers
+  retryNow: null, // while waiting to try again after a failure: call to try at once
+  released: null, // the task whose lease this page gave back when it was hidden
   lost: false, // the server refused this task for good (409): only "next task" helps
   focusGroup: 0,
   leaseEnds: 0,
@@ -43,6 +53,88 @@ const prefetched = new Map(); // image URL → decoded <img>, the few most likel
 window.lensloop = { timings: [], state };
 
 const url = (name, id) => config.urls[name].replace("/0/", `/${id}/`);
+
+// --- the unsent ranking, kept in this browser ---------------------------------------------------------
+
+const DRAFTS = "lensloop:draft:";
+const DRAFT_DAYS = 3;
+const draftKey = (taskId) => `${DRAFTS}${config.user}:${config.project}:${taskId}`;
+
+function storage() {
+  try {
+    return window.localStorage; // may throw where storage is disabled; drafts are only a convenience
+  } catch {
+    return null;
+  }
+}
+
+/** Has the annotator put anything into the task on screen (a pick, a flag, a rationale)? */
+function touched() {
+  return state.ranking.groups.length > 0 || flags().length > 0 || rationale.value.trim() !== "";
+}
+
+function saveDraft() {
+  const store = storage();
+  if (!store || !state.task || state.lost) return;
+  const key = draftKey(state.task.task_id);
+  try {
+    if (!touched()) store.removeItem(key);
+    else {
+      const draft = { groups: state.ranking.ordering(), flags: flags(), rationale: rationale.value, uuid: state.uuid, at: Date.now() };
+      store.setItem(key, JSON.stringify(draft));
+    }
+  } catch {
+    // quota or privacy settings: the ranking is still on screen
+  }
+}
+
+function dropDraft(taskId) {
+  try {
+    storage()?.removeItem(draftKey(taskId));
+  } catch {
+    // nothing to do
+  }
+}
+
+/** Put a kept draft of ``task`` back on screen, if there is a valid one; true when it did. */
+function restoreDraft(task) {
+  let draft;
+  try {
+    draft = JSON.parse(storage()?.getItem(draftKey(task.task_id)) || "null");
+  } catch {
+    return false;
+  }
+  if (!draft || !Array.isArray(draft.groups)) return false;
+  const ids = new Set(task.candidates.map((c) => c.id));
+  const placed = draft.groups.flat();
+  const valid =
+    draft.groups.every((g) => Array.isArray(g) && g.length > 0) &&
+    placed.every((id) => ids.has(id)) &&
+    new Set(placed).size === placed.length;
+  if (!valid) return false;
+  state.ranking.groups = draft.groups.map((g) => [...g]);
+  // The same id as before the reload: if that submit reached the server, resending it stores nothing new.
+  if (typeof draft.uuid === "string" && draft.uuid) state.uuid = draft.uuid;
+  const on = new Set(Array.isArray(draft.flags) ? draft.flags : []);
+  for (const box of flagsBox.querySelectorAll("input")) box.checked = on.has(box.value);
+  rationale.value = typeof draft.rationale === "string" ? draft.rationale : "";
+  return true;
+}
+
+function pruneDrafts() {
+  const store = storage();
+  if (!store) return;
+  const old = Date.now() - DRAFT_DAYS * 86400_000;
+  try {
+    for (const key of Object.keys(store)) {
+      if (!key.startsWith(DRAFTS)) continue;
+      const at = JSON.parse(store.getItem(key) || "null")?.at;
+      if (!(at > old)) store.removeItem(key);
+    }
+  } catch {
+    // a corrupt entry or no access: leave the rest
+  }
+}
 
 // --- showing a task ---------------------------------------------------------------------------------
 
@@ -114,9 +206,11 @@ async function showTask(task) {
     }),
   );
   for (const box of flagsBox.querySelectorAll("input")) box.checked = false;
-  closeFlags(false);
   rationale.value = "";
+  const restored = restoreDraft(task);
+  closeFlags(false);
   hideAlert();
+  if (restored) showAlert("Your unsent ranking of this task is back: this browser kept it.", "info");
   leaseBox.hidden = true;
   $("empty").hidden = true;
   work.hidden = false;
@@ -236,10 +330,24 @@ function changed(ok, message) {
   if (!ok) return;
   if (!state.lost) hideAlert();
   render();
+  saveDraft();
   if (message) say(message);
 }
 
+/** While a submit waits for the server the ranking must not change: a retry resends what was sent. */
+function frozen() {
+  if (!state.sending) return false;
+  say("Your ranking is being sent; it cannot change until the server answers.");
+  return true;
+}
+
+function freeze(on) {
+  rationale.readOnly = on;
+  for (const box of flagsBox.querySelectorAll("input")) box.disabled = on;
+}
+
 function pickNumber(n) {
+  if (frozen()) return;
   const c = state.task.candidates[n - 1];
   if (!c) return;
   if (state.ranking.isPlaced(c.id)) {
@@ -251,6 +359,7 @@ function pickNumber(n) {
 }
 
 function tie() {
+  if (frozen()) return;
   const ok = state.ranking.tie();
   if (!ok) say("Pick two candidates before tying them.");
   const gi = state.ranking.groups.length - 1;
@@ -258,6 +367,7 @@ function tie() {
 }
 
 function undo() {
+  if (frozen()) return;
   changed(state.ranking.undo(), "Undone.");
 }
 
@@ -303,22 +413,66 @@ setInterval(() => {
 
 // --- talking to the server --------------------------------------------------------------------------
 
+/** A 5xx answer: a web worker, the database or a proxy is restarting; the same request may work soon. */
+class ServerDown extends Error {
+  constructor(status) {
+    super(`the server answered ${status}`);
+    this.status = status;
+  }
+}
+
 function failure(res, what) {
+  if (res.status >= 500) throw new ServerDown(res.status); // call() tries again
   const detail = describe(res.data, `the server answered ${res.status}`);
   if (res.status === 409) {
     state.lost = true;
+    if (state.task) dropDraft(state.task.task_id); // it cannot be saved any more, reloaded or not
     showAlert(`Not saved: ${detail}. Your ranking is still on screen. Press N for the next task.`);
   } else if (res.status === 401 || res.status === 403) {
     showAlert(`Not saved: ${detail}. Log in again in another tab, then press Enter here — your ranking is kept.`);
-  } else if (res.status >= 500) {
-    showAlert(`The server failed (${res.status}) while ${what}. Nothing is lost: press Enter to try again.`);
   } else {
     showAlert(`Not saved: ${detail}`);
   }
   work.dataset.error = res.data?.error || String(res.status);
 }
 
-/** Run one request at a time; ``fn`` may return {after: promise} to await once the page is usable. */
+// Seconds to wait before each new try, the last one repeating: quick at first (a worker restarts in a
+// second or two), then no more than one try every half minute per page.
+const RETRY_DELAYS_S = [0.5, 1, 2, 4, 8, 15, 30];
+
+/** Say that the server is unreachable, and resolve when it is time to try again (or Enter is pressed). */
+function waitToRetry(what, err, attempt) {
+  const base = RETRY_DELAYS_S[Math.min(attempt, RETRY_DELAYS_S.length) - 1];
+  // ±20 %: after a restart the pages of many annotators do not all come back in the same instant.
+  const seconds = base * (0.8 + 0.4 * Math.random());
+  const why = err instanceof ServerDown ? `it answered ${err.status}` : "no connection";
+  const kept = state.sending
+    ? "Your ranking stays here and is sent again as soon as the server answers; it is stored once, however many tries it takes."
+    : "Nothing is lost.";
+  showAlert(
+    `Reconnecting… the server is unavailable (${why}) while ${what}. ${kept} Next try in ${Math.max(1, Math.round(seconds))} s.`,
+    "reconnecting",
+  );
+  work.dataset.error = "reconnecting";
+  work.dataset.attempts = String(attempt);
+  retryBtn.hidden = false;
+  return new Promise((resolve) => {
+    const go = () => {
+      clearTimeout(timer);
+      state.retryNow = null;
+      retryBtn.hidden = true;
+      resolve();
+    };
+    const timer = setTimeout(go, seconds * 1000);
+    state.retryNow = go;
+  });
+}
+
+/**
+ * Run one request at a time; ``fn(attempt)`` may return {after: promise} to await once the page is
+ * usable. A network error or a 5xx is tried again, with backoff, until the server answers: every
+ * request the page sends is safe to repeat (submits carry their client_uuid).
+ */
 async function call(what, fn) {
   if (state.busy) return; // a double click or a held-down Enter never sends twice
   state.busy = true;
@@ -326,11 +480,20 @@ async function call(what, fn) {
   if (state.task) render();
   let result = null;
   try {
-    result = await fn();
-  } catch (err) {
-    if (!(err instanceof NetworkError)) throw err;
-    showAlert(`Could not reach the server while ${what}. Nothing is lost: your ranking is still here. Press Enter to try again.`);
-    work.dataset.error = "network";
+    for (let attempt = 1; ; attempt++) {
+      try {
+        result = await fn(attempt);
+        if (attempt > 1) say("Reconnected.");
+        break;
+      } catch (err) {
+        if (!(err instanceof NetworkError || err instanceof ServerDown)) throw err;
+        await waitToRetry(what, err, attempt);
+      }
+    }
+    if (work.dataset.error === "reconnecting") {
+      hideAlert();
+      delete work.dataset.error;
+    }
   } finally {
     state.busy = false;
     work.removeAttribute("aria-busy");
@@ -349,6 +512,12 @@ function fetchAhead(taskId) {
       prefetch(res.data.upcoming);
     })
     .catch(() => {}); // only an optimisation: the next task still loads without it
+}
+
+async function nextViaPage() {
+  const res = await postJSON(config.urls.next);
+  if (!res.ok) return { error: res };
+  return res.data;
 }
 
 async function nextViaApi() {
@@ -386,50 +555,63 @@ async function submit() {
     time_spent_ms: Math.round(performance.now() - state.shownAt),
   };
   const taskId = state.task.task_id;
-  await call("submitting", async () => {
-    const t0 = performance.now();
-    let data;
-    if (config.prefetch) {
-      const res = await postJSON(url("submit", taskId), body);
-      if (!res.ok) return failure(res, "submitting");
-      data = res.data;
-      const done = Number($("done-today").textContent) + (data.ranking.created ? 1 : 0);
-      data.progress = { done_today: done, open_in_queue: $("open-in-queue").textContent };
-    } else {
-      const res = await postJSON(url("apiSubmit", taskId), body);
-      if (!res.ok) return failure(res, "submitting");
-      data = await nextViaApi();
-      if (data.error) return failure(data.error, "fetching your next task");
-      const done = Number($("done-today").textContent) + 1;
-      data.progress = { done_today: done, open_in_queue: $("open-in-queue").textContent };
-    }
-    delete work.dataset.error;
-    say("Saved. Next task.");
-    const answered = performance.now();
-    const shown = present(data).then(() => {
-      const ms = performance.now() - t0;
-      window.lensloop.timings.push({ kind: "submit", ms, answerMs: answered - t0, prefetch: config.prefetch });
-      fetchAhead(data.task?.task_id);
-    });
-    return { after: shown };
+  state.sending = true;
+  freeze(true);
+  saveDraft(); // with its client_uuid: a reload while reconnecting resends under the same id
+  try {
+    await call("submitting", (attempt) => sendRanking(taskId, body, attempt));
+  } finally {
+    state.sending = false;
+    freeze(false);
+  }
+}
+
+async function sendRanking(taskId, body, attempt) {
+  const t0 = performance.now();
+  let data;
+  if (config.prefetch) {
+    const res = await postJSON(url("submit", taskId), body);
+    if (!res.ok) return failure(res, "submitting");
+    data = res.data;
+    // created is false when an earlier try was stored before its answer was lost: still one more.
+    const done = Number($("done-today").textContent) + (data.ranking.created || attempt > 1 ? 1 : 0);
+    data.progress = { done_today: done, open_in_queue: $("open-in-queue").textContent };
+  } else {
+    const res = await postJSON(url("apiSubmit", taskId), body);
+    if (!res.ok) return failure(res, "submitting");
+    data = await nextViaApi();
+    if (data.error) return failure(data.error, "fetching your next task");
+    const done = Number($("done-today").textContent) + 1;
+    data.progress = { done_today: done, open_in_queue: $("open-in-queue").textContent };
+  }
+  dropDraft(taskId);
+  state.sending = false; // keys work on the next task from the moment it is on screen
+  freeze(false);
+  delete work.dataset.error;
+  say("Saved. Next task.");
+  const answered = performance.now();
+  const shown = present(data).then(() => {
+    const ms = performance.now() - t0;
+    window.lensloop.timings.push({ kind: "submit", ms, answerMs: answered - t0, prefetch: config.prefetch });
+    fetchAhead(data.task?.task_id);
   });
+  return { after: shown };
 }
 
 async function skip() {
   if (!state.task || state.busy) return;
   const taskId = state.task.task_id;
-  await call("skipping", async () => {
-    let data;
-    if (config.prefetch) {
-      const res = await postJSON(url("skip", taskId), {});
-      if (!res.ok) return failure(res, "skipping");
-      data = res.data;
-    } else {
-      const res = await postJSON(url("apiSkip", taskId), {});
-      if (!res.ok) return failure(res, "skipping");
-      data = await nextViaApi();
+  await call("skipping", async (attempt) => {
+    const res = await postJSON(url(config.prefetch ? "skip" : "apiSkip", taskId), {});
+    // A 409 on a later try: an earlier one was stored before its answer was lost; the task is ours no more.
+    const skippedBefore = res.status === 409 && attempt > 1;
+    if (!res.ok && !skippedBefore) return failure(res, "skipping");
+    let data = res.data;
+    if (skippedBefore || !config.prefetch) {
+      data = await (config.prefetch ? nextViaPage() : nextViaApi());
       if (data.error) return failure(data.error, "fetching your next task");
     }
+    dropDraft(taskId);
     delete work.dataset.error;
     say("Skipped. Next task.");
     return { after: present(data).then(() => fetchAhead(data.task?.task_id)) };
@@ -450,6 +632,11 @@ document.addEventListener("keydown", (e) => {
       t.blur();
       work.focus();
     }
+    return;
+  }
+  if (e.key === "Enter" && state.retryNow && !t.matches?.("a, summary, button:not(.card)")) {
+    e.preventDefault();
+    state.retryNow(); // reconnecting: try now rather than at the end of the wait
     return;
   }
   if (!state.task) {
@@ -493,7 +680,7 @@ document.addEventListener("keydown", (e) => {
       $("instructions").open = !$("instructions").open;
       break;
     case "n":
-      if (state.lost || work.dataset.error === "network") loadNext();
+      if (state.lost) loadNext();
       else return;
       break;
     case "z":
@@ -529,6 +716,7 @@ document.addEventListener("keydown", (e) => {
 rankingList.addEventListener("keydown", (e) => {
   const li = e.target.closest("li[data-group]");
   if (!li) return;
+  if ((e.altKey || e.key === "Delete") && frozen()) return;
   const gi = Number(li.dataset.group);
   const n = state.ranking.groups.length;
   let handled = true;
@@ -579,7 +767,7 @@ function resolveDrop(x, y) {
 }
 
 function dropped(id, target) {
-  if (!state.task) return;
+  if (!state.task || frozen()) return;
   const n = numberOf(id);
   const ok = state.ranking.move(id, target);
   const gi = state.ranking.groupOf(id);
@@ -599,15 +787,45 @@ pool.addEventListener("click", (e) => {
 
 $("btn-tie").addEventListener("click", tie);
 $("btn-undo").addEventListener("click", undo);
-$("btn-clear").addEventListener("click", () => changed(state.ranking.clear(), "Cleared."));
+$("btn-clear").addEventListener("click", () => frozen() || changed(state.ranking.clear(), "Cleared."));
 $("btn-flags").addEventListener("click", () => (flagsBox.hidden ? openFlags() : closeFlags()));
 $("btn-skip").addEventListener("click", skip);
 submitBtn.addEventListener("click", submit);
 $("btn-recheck").addEventListener("click", loadNext);
+retryBtn.addEventListener("click", () => state.retryNow?.());
+flagsBox.addEventListener("change", saveDraft);
+rationale.addEventListener("input", saveDraft);
+// The browser says it is online again: no reason to sit out the rest of the wait.
+window.addEventListener("online", () => state.retryNow?.());
+
+// Leaving (or closing) the page with its task untouched gives the lease back, so the next visit is
+// handed the queue's best task instead of this one (the queue returns one's own lease first). A
+// touched task keeps its lease and its draft. A released task can still be submitted while nobody
+// else has taken it. keepalive lets the request outlive the page; unlike sendBeacon it can carry
+// Django's CSRF header.
+window.addEventListener("pagehide", () => {
+  if (!state.task || state.lost || state.sending || state.busy || touched()) return;
+  const taskId = state.task.task_id;
+  state.released = taskId;
+  fetch(url("apiRelease", taskId), {
+    method: "POST",
+    keepalive: true,
+    credentials: "same-origin",
+    headers: { Accept: "application/json", "X-CSRFToken": csrfToken() },
+  }).catch(() => {}); // at worst the lease runs out as before
+});
+// Back from the back/forward cache after giving the lease back: take a task again.
+window.addEventListener("pageshow", (e) => {
+  if (e.persisted && state.released) {
+    state.released = null;
+    loadNext();
+  }
+});
 $("zoom-fit").addEventListener("click", () => viewer.fit());
 $("zoom-full").addEventListener("click", () => viewer.toggleFull());
 $("zoom-in").addEventListener("click", () => viewer.zoomBy(1.25));
 $("zoom-out").addEventListener("click", () => viewer.zoomBy(1 / 1.25));
 
 work.tabIndex = -1;
+pruneDrafts();
 loadNext();

@@ -167,22 +167,141 @@ def test_a_lost_lease_says_so_and_keeps_the_ranking_on_screen(page, live_server,
     wait_for_next(page, first)
 
 
-def test_a_network_failure_keeps_the_work_and_a_retry_submits_once(page, live_server, world):
+def eventually(page, check, *, seconds: float = 10.0) -> None:
+    """Wait (letting the browser run) until ``check()`` holds: for what the server does after a page is gone."""
+    for _ in range(int(seconds * 10)):
+        if check():
+            return
+        page.wait_for_timeout(100)
+    assert check()
+
+
+def state_of(task: int, annotator) -> str:
+    return Assignment.objects.get(task_id=task, annotator=annotator).state
+
+
+def test_an_unreachable_server_says_reconnecting_and_the_ranking_is_stored_once(page, live_server, world):
+    """Refused, 503, then stored by the server with its answer lost (a 502 from the proxy): the page
+    says it is reconnecting, keeps the ranking frozen on screen, and resends the same client_uuid."""
     login(page, live_server, "bob")
     first = open_work(page, live_server)
-    for key in ["1", "2", "3", "4"]:
+    c = on_screen_ids(page)
+    for key in ["2", "1", "3", "4"]:
         page.keyboard.press(key)
     # On a loaded machine the page may still be rendering the picks: submit only once all four show.
     expect(page.locator("#ranking li")).to_have_count(4)
     expect(page.locator("#work")).not_to_have_attribute("aria-busy", "true")
-    page.route("**/submit/", lambda route: route.abort())
+    sent: list[str] = []
+
+    def flaky(route):
+        sent.append(route.request.post_data_json["client_uuid"])
+        if len(sent) == 1:
+            route.abort("connectionrefused")
+        elif len(sent) == 2:
+            route.fulfill(status=503, content_type="text/html", body="<h1>Service Unavailable</h1>")
+        elif len(sent) == 3:
+            stored = route.fetch()  # the server stores it; the answer never reaches the page
+            assert stored.status == 201
+            route.fulfill(status=502, content_type="text/html", body="<h1>Bad Gateway</h1>")
+        else:
+            route.continue_()
+
+    page.route("**/submit/", flaky)
     page.keyboard.press("Enter")
-    expect(page.locator("#alert")).to_contain_text("Could not reach the server", timeout=15_000)
+    alert = page.locator("#alert")
+    expect(alert).to_contain_text("Reconnecting")
+    expect(alert).to_contain_text("stored once")
+    expect(page.locator("#work")).to_have_attribute("data-error", "reconnecting")
+    page.keyboard.press("Backspace")  # frozen while it is being sent: a retry resends what was sent
     expect(page.locator("#ranking li")).to_have_count(4)
+    shot(page, "reconnecting")
+    second = wait_for_next(page, first)
+
+    assert len(sent) == 4 and len(set(sent)) == 1, sent
+    assert second != first
+    ranking = Ranking.objects.get(task_id=first)
+    assert ranking.ordering == [[c[1]], [c[0]], [c[2]], [c[3]]]
+    assert str(ranking.client_uuid) == sent[0]
+    assert Ranking.objects.filter(annotator=world["bob"]).count() == 1
+    expect(alert).to_be_hidden()
+    expect(page.locator("#done-today")).to_have_text("1")
+
+
+def test_enter_tries_again_at_once_while_reconnecting(page, live_server, world):
+    """The waits between tries grow (0.5, 1, 2, 4, 8 s …); Enter does not sit them out."""
+    login(page, live_server, "bob")
+    first = open_work(page, live_server)
+    for key in ["1", "2", "3", "4"]:
+        page.keyboard.press(key)
+    expect(page.locator("#ranking li")).to_have_count(4)
+    expect(page.locator("#work")).not_to_have_attribute("aria-busy", "true")
+    page.route("**/submit/", lambda route: route.abort("internetdisconnected"))
+    page.keyboard.press("Enter")
+    expect(page.locator("#alert")).to_contain_text("Reconnecting")
+    expect(page.locator("#btn-retry")).to_be_visible()
+    # The fifth failure waits 8 s ± 20 % before its own next try: at least 6.4 s.
+    expect(page.locator("#work")).to_have_attribute("data-attempts", "5", timeout=15_000)
     page.unroute("**/submit/")
     page.keyboard.press("Enter")
-    wait_for_next(page, first)
+    expect(page.locator("#work")).not_to_have_attribute("data-task-id", str(first), timeout=5_000)
     assert Ranking.objects.filter(task_id=first).count() == 1
+
+
+def test_leaving_an_untouched_task_gives_its_lease_back(page, live_server, world):
+    """The annotator leaves without ranking anything; a better task arrives (a new policy's candidates);
+    back on the ranking page they get that one, not the stale lease."""
+    login(page, live_server, "bob")
+    first = open_work(page, live_server)
+    page.goto(f"{live_server.url}/")
+    eventually(page, lambda: state_of(first, world["bob"]) == Assignment.State.RELEASED)
+
+    better = f.task(world["project"], priority=5, source="policy-v3")
+    assert open_work(page, live_server) == better.pk
+
+
+def test_closing_the_tab_of_an_untouched_task_gives_its_lease_back(context, live_server, world):
+    page = context.new_page()
+    login(page, live_server, "bob")
+    first = open_work(page, live_server)
+    page.close()
+    eventually(context.new_page(), lambda: state_of(first, world["bob"]) == Assignment.State.RELEASED)
+
+
+def test_a_touched_task_keeps_its_lease_and_a_reload_brings_its_ranking_back(page, live_server, world):
+    login(page, live_server, "bob")
+    first = open_work(page, live_server)
+    c = on_screen_ids(page)
+    for key in ["2", "1", "t"]:
+        page.keyboard.press(key)
+    page.keyboard.press("f")
+    page.keyboard.press("Space")  # all bad
+    page.keyboard.press("Escape")
+    page.locator("#rationale").fill("half done")
+    expect(page.locator("#ranking li")).to_have_count(1)
+
+    page.reload()
+    expect(page.locator("#work")).to_have_attribute("data-state", "ready")
+    assert task_id(page) == first
+    assert state_of(first, world["bob"]) == Assignment.State.ACTIVE
+    expect(page.locator("#alert")).to_contain_text("unsent ranking")
+    expect(page.locator("#ranking li")).to_have_count(1)
+    expect(page.locator("#ranking li").first).to_contain_text("1st (tied)")
+    expect(page.locator("#rationale")).to_have_value("half done")
+    expect(page.locator("#btn-flags")).to_have_class("on")
+
+    page.goto(f"{live_server.url}/")  # leaving a touched task keeps its lease
+    page.goto(f"{live_server.url}/projects/shapes/work/")
+    expect(page.locator("#work")).to_have_attribute("data-state", "ready")
+    assert task_id(page) == first
+    assert state_of(first, world["bob"]) == Assignment.State.ACTIVE
+    page.keyboard.press("3")
+    page.keyboard.press("4")
+    page.keyboard.press("Enter")
+    wait_for_next(page, first)
+    ranking = Ranking.objects.get(task_id=first)
+    assert ranking.ordering == [[c[1], c[0]], [c[2]], [c[3]]]
+    assert (ranking.flag_all_bad, ranking.rationale) == (True, "half done")
+    assert page.evaluate("() => Object.keys(localStorage).filter(k => k.startsWith('lensloop:draft:'))") == []
 
 
 XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
