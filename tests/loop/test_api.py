@@ -108,6 +108,19 @@ def test_bad_engine_settings_are_refused_with_a_reason(world):
     assert bad.status_code == 400 and "unknown round parameters ['lora_rank']" in bad.json()["detail"]
 
 
+@pytest.mark.parametrize("key", ["base_model", "model_path", "path", "adapter_path", "reward_model_path", "run_dir"])
+def test_no_round_parameter_names_a_model_path(world, key):
+    """The project's base model is the only model path a project admin sets (checked against the model
+    roots, tests/annotation/test_model_paths.py); round parameters carry none."""
+    _rank_one(world)
+    alice = _client(world["alice"])
+    bad = alice.patch("/api/projects/loopapi/loop-settings/", {"round_params": {key: "/etc"}}, format="json")
+    assert bad.status_code == 400 and f"unknown round parameters ['{key}']" in bad.json()["detail"]
+    started = alice.post("/api/projects/loopapi/rounds/", {key: "/etc"}, format="json")
+    assert started.status_code == 201
+    assert "/etc" not in str(TrainingRun.objects.get(pk=started.json()["id"]).config)
+
+
 def test_a_new_round_never_reuses_a_folder_left_by_another_database(world):
     """A database reset with the data folder kept: the engine must not resume a stranger's checkpoint."""
     from rlhf.services import cancel_run, runs_root, start_round
