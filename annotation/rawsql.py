@@ -39,6 +39,10 @@ def execute(sql: str, params):
         cursor = connection.cursor()
         cursor.execute(sql, params)
         return cursor
+    # Django's own cursors run the CONN_HEALTH_CHECKS check first; this cursor must too, or a kept
+    # connection that died with a PostgreSQL restart answers the next request with an error (the token
+    # lookup is the first query of every API request).
+    connection.close_if_health_check_failed()
     connection.ensure_connection()
     with connection.wrap_database_errors:
         cursor = psycopg.Cursor(connection.connection)

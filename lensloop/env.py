@@ -129,6 +129,10 @@ def database_from_url(url: str, *, conn_max_age: int = 0) -> dict:
             "HOST": parts.hostname or "",
             "PORT": str(parts.port or ""),
             "CONN_MAX_AGE": conn_max_age,
+            # A kept connection is checked before a request reuses it: after a PostgreSQL restart every
+            # web thread's kept connection is dead, and without the check each answered one 500 before
+            # Django dropped it (bench/faults.py).
+            "CONN_HEALTH_CHECKS": conn_max_age > 0,
             "OPTIONS": options,
         }
     if scheme == "sqlite":
