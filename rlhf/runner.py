@@ -11,20 +11,30 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from rlhf.models import TrainingRun
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 POLL_SECONDS = 1.0
+DATABASE_WAIT_S = 300.0  # how long a finished engine's step waits for an unreachable database
+# Errors of a database that went away (restarted, connection killed), as opposed to a query's own error.
+DATABASE_GONE = (OperationalError, InterfaceError)
 METRICS_KEPT = 500  # history points kept on the run; older points are thinned, never the newest
 LOG_TAIL_BYTES = 8000
 
@@ -87,6 +97,24 @@ class MetricsTail:
         return out
 
 
+def database_retry(fn: Callable[[], T], *, give_up_after: float = DATABASE_WAIT_S, what: str = "write") -> T:
+    """``fn()``, tried again while the database is unreachable (a PostgreSQL restart takes seconds), with
+    a fresh connection each time; the last error is raised after ``give_up_after`` seconds. Only for
+    writes that are whole in themselves (their own transaction, or none), outside any atomic block."""
+    deadline = time.monotonic() + give_up_after
+    wait = 0.5
+    while True:
+        try:
+            return fn()
+        except DATABASE_GONE as exc:
+            connection.close()  # the next query opens a new connection
+            if time.monotonic() + wait > deadline:
+                raise
+            log.warning("database unreachable during %s (%s); trying again in %.1f s", what, exc, wait)
+            time.sleep(wait)
+            wait = min(wait * 2, 10.0)
+
+
 def _log_tail(path: Path) -> str:
     if not path.exists():
         return ""
@@ -117,24 +145,45 @@ def run_engine(
             cmd, stdout=out, stderr=subprocess.STDOUT, cwd=settings.BASE_DIR, env=child_env,
             preexec_fn=_die_with_parent,
         )
-    TrainingRun.objects.filter(pk=run.pk).update(pid=proc.pid, heartbeat_at=timezone.now())
+    database_retry(lambda: TrainingRun.objects.filter(pk=run.pk).update(pid=proc.pid, heartbeat_at=timezone.now()),
+                   what="recording the engine's pid")
     tail = MetricsTail(run_dir / "metrics.jsonl")
     history = list(run.metrics or [])
+    last = None  # the newest metrics line, written with the next update that reaches the database
+    unreachable_since = None
     try:
         while True:
             finished = proc.poll() is not None
             new = tail.read_new()
             history = _thin(history + new)
-            last = new[-1] if new else None
+            last = new[-1] if new else last
             updates = {"heartbeat_at": timezone.now(), "log_tail": _log_tail(run_dir / "log.txt") or _log_tail(console)}
-            if new:
+            if last is not None:
                 updates["metrics"] = history
                 updates["step"] = int(last.get("step", 0))
                 updates["total_steps"] = int(last.get("total_steps", 0) or 0)
-            TrainingRun.objects.filter(pk=run.pk).update(**updates)
-            if finished:
+            try:
+                TrainingRun.objects.filter(pk=run.pk).update(**updates)
+                cancelled = TrainingRun.objects.filter(pk=run.pk, state=TrainingRun.State.CANCELLED).exists()
+            except DATABASE_GONE as exc:
+                # The database restarted (or dropped this connection): the engine needs none of it, so it
+                # goes on; progress and the heartbeat are written once the database answers again. Before,
+                # a PostgreSQL restart failed every step that was training at the time.
+                connection.close()
+                if unreachable_since is None:
+                    unreachable_since = time.monotonic()
+                    log.warning("run %s: database unreachable (%s); the engine goes on", run.pk, exc)
+                cancelled = False
+            else:
+                if unreachable_since is not None:
+                    log.warning("run %s: database back after %.0f s", run.pk, time.monotonic() - unreachable_since)
+                    unreachable_since = None
+                last = None
+            # An engine that finished waits for the database (for a while) so that its last figures and
+            # the step's own writes after it land.
+            if finished and (unreachable_since is None or time.monotonic() - unreachable_since > DATABASE_WAIT_S):
                 break
-            if TrainingRun.objects.filter(pk=run.pk, state=TrainingRun.State.CANCELLED).exists():
+            if cancelled:
                 _kill(proc)
                 raise Cancelled()
             time.sleep(POLL_SECONDS)
@@ -142,7 +191,8 @@ def run_engine(
         _kill(proc)
         raise
     finally:
-        TrainingRun.objects.filter(pk=run.pk).update(pid=None)
+        with contextlib.suppress(*DATABASE_GONE):  # a run that ends is written with pid=None anyway
+            TrainingRun.objects.filter(pk=run.pk).update(pid=None)
     result_path = run_dir / "result.json"
     result = json.loads(result_path.read_text()) if result_path.exists() else {}
     if proc.returncode != 0 or result.get("status") == "failed":
