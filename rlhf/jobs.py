@@ -1,8 +1,10 @@
 """rq jobs of the loop. Thin: take a run id, re-fetch, check the state, call the step, record the result.
 
-Idempotent: a job whose run is no longer queued (done, cancelled, or picked up twice) returns at once.
-Failures are recorded on the run (and fail the round) rather than raised, so later steps of the chain
-still start, see the round has failed and mark themselves cancelled.
+Idempotent: a job whose run is no longer queued (done, cancelled, or picked up twice) returns at once,
+and so does a job whose step still waits for the step before it (a chain enqueued again by
+``rlhf.services.requeue_lost_steps`` may leave an older copy of a job behind). Failures are recorded on
+the run (and fail the round) rather than raised, so later steps of the chain still start, see the round
+has failed and mark themselves cancelled. The final writes wait out a database restart.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from rlhf.models import TrainingRun
-from rlhf.runner import Cancelled, EngineFailed
+from rlhf.runner import DATABASE_GONE, Cancelled, EngineFailed, database_retry
 from rlhf.services import fail_run, reap_stale_runs
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,13 @@ def _claim(run_id: int) -> TrainingRun | None:
                 run.state = S.CANCELLED
                 run.finished_at = timezone.now()
                 run.save(update_fields=["state", "finished_at"])
+                return None
+            previous = TrainingRun.objects.filter(round_id=run.round_id, position=run.position - 1).first()
+            if previous is not None and previous.state != S.SUCCEEDED:
+                # Not this step's turn: the step before is still to run (or running). Only a stray copy
+                # of a job meets this; the chain's own job comes after the step before has succeeded.
+                log.warning("job for step %s of round %s skipped: step %s is %s", run.position, run.round_id,
+                            previous.position, previous.state)
                 return None
             if round_run.state == S.QUEUED:
                 round_run.state = S.RUNNING
@@ -55,21 +64,34 @@ def run_step(run_id: int) -> str:
     try:
         STEPS[run.kind](run)
     except Cancelled:
-        TrainingRun.objects.filter(pk=run.pk).update(state=S.CANCELLED, finished_at=timezone.now(), pid=None)
+        database_retry(lambda: TrainingRun.objects.filter(pk=run.pk).update(
+            state=S.CANCELLED, finished_at=timezone.now(), pid=None), what="recording a cancel")
         return "cancelled"
     except EngineFailed as exc:
-        fail_run(run, str(exc))
+        message = str(exc)
+        database_retry(lambda: fail_run(run, message), what="recording a failure")
+        return "failed"
+    except DATABASE_GONE as exc:
+        log.exception("step %s of run %s lost the database", run.kind, run.pk)
+        message = (f"the database connection was lost during this step ({type(exc).__name__}: {exc}); resume the "
+                   "round to run the step again")
+        database_retry(lambda: fail_run(run, message), what="recording a failure")
         return "failed"
     except Exception as exc:
         log.exception("step %s of run %s failed", run.kind, run.pk)
-        fail_run(run, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
+        message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+        database_retry(lambda: fail_run(run, message), what="recording a failure")
         return "failed"
-    with transaction.atomic():
-        updated = TrainingRun.objects.filter(pk=run.pk, state=S.RUNNING).update(
-            state=S.SUCCEEDED, finished_at=timezone.now(), pid=None
-        )
-        if not updated:  # cancelled at the last moment
-            return "cancelled"
-        if run.round_id and not TrainingRun.objects.filter(round_id=run.round_id).exclude(state=S.SUCCEEDED).exists():
-            TrainingRun.objects.filter(pk=run.round_id).update(state=S.SUCCEEDED, finished_at=timezone.now())
+    return database_retry(lambda: _succeed(run), what="recording success")
+
+
+@transaction.atomic
+def _succeed(run: TrainingRun) -> str:
+    updated = TrainingRun.objects.filter(pk=run.pk, state=S.RUNNING).update(
+        state=S.SUCCEEDED, finished_at=timezone.now(), pid=None
+    )
+    if not updated:  # cancelled at the last moment
+        return "cancelled"
+    if run.round_id and not TrainingRun.objects.filter(round_id=run.round_id).exclude(state=S.SUCCEEDED).exists():
+        TrainingRun.objects.filter(pk=run.round_id).update(state=S.SUCCEEDED, finished_at=timezone.now())
     return "succeeded"
