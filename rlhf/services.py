@@ -1,4 +1,5 @@
-"""Writes of the loop: model versions, runs, rounds, cancel, resume and the stale-run reaper."""
+"""Writes of the loop: model versions, runs, rounds, cancel, resume, the stale-run reaper and the
+re-enqueuing of steps whose jobs the queue lost."""
 
 from __future__ import annotations
 
@@ -203,7 +204,7 @@ def start_round(*, project: Project, user=None, params: dict | None = None, enqu
                 step.save(update_fields=["run_dir"])
                 steps.append(step)
             if enqueue:
-                transaction.on_commit(lambda: enqueue_steps(steps))
+                transaction.on_commit(lambda: enqueue_steps(steps), robust=True)
     except IntegrityError:
         raise RoundInProgress(f"project {project.slug} already has a round in progress; wait or cancel it") from None
     return round_run
@@ -235,12 +236,15 @@ def start_generate(
         run.run_dir = str(_fresh_dir(runs_root() / f"generate-{run.pk}"))
         run.save(update_fields=["run_dir"])
         if enqueue:
-            transaction.on_commit(lambda: enqueue_steps([run]))
+            transaction.on_commit(lambda: enqueue_steps([run]), robust=True)
     return run
 
 
 def enqueue_steps(steps: list[TrainingRun]) -> None:
-    """Enqueue steps as a chain: each job depends on the one before."""
+    """Enqueue steps as a chain: each job depends on the one before.
+
+    Called on commit with ``robust=True``: when Redis is unreachable the run is saved all the same and
+    the answer is not a 500; ``requeue_lost_steps`` (the workers' housekeeping) enqueues it later."""
     from lensloop.queue import get_queue
     from rlhf.jobs import run_step
 
@@ -288,6 +292,57 @@ def reap_stale_runs() -> int:
     return len(stale)
 
 
+LOST_AFTER = timedelta(seconds=30)  # a ready step without a live job for this long was lost by the queue
+
+
+def requeue_lost_steps(*, grace: timedelta = LOST_AFTER) -> list[TrainingRun]:
+    """Enqueue again the steps that are next to run but that no job in Redis will run; returns them.
+
+    Until a worker takes it, an enqueued step lives only in Redis. A Redis restarted without persistence
+    (or one that was down when the round was committed, or a worker killed between finishing a step and
+    enqueuing the next) left the round 'running' with its next step 'queued' and nothing to run it,
+    forever (bench/faults.py). A step is lost when it is next (a standalone run, the first step of its
+    round, or its predecessor succeeded more than ``grace`` ago), and its job is missing or neither
+    queued nor started (deferred on a predecessor that finished, or ended without having run it).
+    It is enqueued again with the steps after it; safe against a job that turns up after all, since
+    ``rlhf.jobs._claim`` runs a step only once, and only after the step before it has succeeded.
+    """
+    from redis.exceptions import RedisError
+    from rq.exceptions import NoSuchJobError
+    from rq.job import Job
+
+    from lensloop.queue import redis_connection
+
+    now = timezone.now()
+    lost = []
+    for run in TrainingRun.objects.filter(state=S.QUEUED).exclude(kind=K.ROUND).select_related("round"):
+        if run.round_id:
+            if run.round.state not in TrainingRun.ACTIVE_STATES:
+                continue
+            previous = TrainingRun.objects.filter(round_id=run.round_id, position=run.position - 1).first()
+            if previous is not None and (previous.state != S.SUCCEEDED or previous.finished_at > now - grace):
+                continue
+        if run.created_at > now - grace:
+            continue
+        try:
+            status = Job.fetch(run.job_id, connection=redis_connection()).get_status() if run.job_id else None
+        except NoSuchJobError:
+            status = None
+        except RedisError as exc:
+            log.warning("cannot look for lost jobs: Redis unreachable (%s)", exc)
+            return lost
+        if status in ("queued", "started", "scheduled"):
+            continue
+        later = [] if not run.round_id else list(
+            TrainingRun.objects.filter(round_id=run.round_id, state=S.QUEUED, position__gt=run.position).order_by("position")
+        )
+        log.warning("run %s (%s) waits for a job the queue does not hold (%s): enqueuing it again",
+                    run.pk, run.kind, status or "no such job")
+        enqueue_steps([run, *later])
+        lost.append(run)
+    return lost
+
+
 def resume_round(round_run: TrainingRun) -> TrainingRun:
     """Retry a failed or cancelled round from its first unfinished step (the step starts afresh)."""
     if round_run.kind != K.ROUND:
@@ -301,7 +356,7 @@ def resume_round(round_run: TrainingRun) -> TrainingRun:
             TrainingRun.objects.filter(pk__in=[s.pk for s in pending]).update(
                 state=S.QUEUED, error="", finished_at=None, started_at=None
             )
-            transaction.on_commit(lambda: enqueue_steps(pending))
+            transaction.on_commit(lambda: enqueue_steps(pending), robust=True)
     except IntegrityError:
         raise RoundInProgress("another round of this project is in progress") from None
     round_run.refresh_from_db()

@@ -35,6 +35,7 @@ def _worker_class():
     kills the job's heartbeat and (through PR_SET_PDEATHSIG) its engine, so a dead worker is detected
     instead of an orphaned horse training on unseen."""
     from django.db import close_old_connections
+    from redis.exceptions import ConnectionError, TimeoutError
     from rq import SimpleWorker
 
     class LensloopWorker(SimpleWorker):
@@ -42,6 +43,13 @@ def _worker_class():
             close_old_connections()
             try:
                 return super().execute_job(job, queue)
+            except (ConnectionError, TimeoutError):
+                # Redis went away while rq recorded the job's end. rq's loop would quit on it ("unhandled
+                # exception"); the step itself is recorded in the database, so carry on: the next dequeue
+                # waits for Redis with backoff, and the housekeeping enqueues again a next step whose job
+                # Redis lost (rlhf.services.requeue_lost_steps).
+                log.exception("Redis unreachable while recording job %s; carrying on", job.id)
+                return None
             finally:
                 close_old_connections()
 
@@ -49,18 +57,22 @@ def _worker_class():
 
 
 def _housekeeping(interval: float = 20.0) -> None:
-    """Every few seconds: fail runs whose worker died, start automatic rounds, return expired leases."""
+    """Every few seconds (and once soon after start, as a worker started after a crash): fail runs whose
+    worker died, enqueue again steps whose jobs Redis lost, start automatic rounds, return expired
+    leases."""
     from django.db import close_old_connections
 
     from annotation.jobs import expire_leases_job
-    from rlhf.services import maybe_start_auto_rounds, reap_stale_runs
+    from rlhf.services import maybe_start_auto_rounds, reap_stale_runs, requeue_lost_steps
 
+    time.sleep(2.0)
     while True:
-        time.sleep(interval)
         try:
             close_old_connections()
             reap_stale_runs()
+            requeue_lost_steps()
             maybe_start_auto_rounds()
             expire_leases_job()
         except Exception:
             log.exception("housekeeping failed; trying again in %s s", interval)
+        time.sleep(interval)
