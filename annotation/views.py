@@ -205,7 +205,7 @@ def work_skip(request, project, task_id):
 def project_new(request):
     if not request.user.is_staff:
         raise PermissionDenied("only staff users may create projects")
-    form = ProjectForm(request.POST or None)
+    form = ProjectForm(request.POST or None, user=request.user)
     if request.method == "POST" and form.is_valid():
         try:
             project = projects.project_create(created_by=request.user, **form.cleaned_data)
@@ -239,7 +239,7 @@ def dashboard(request, slug):
         ("Image unclear", flags["image_unclear"], f"{flags['image_unclear']:,}"),
     ]
     win_rows = [
-        (s["source"], s["win_rate"] or 0.0, f"{s['win_rate']:.0%} of {s['won'] + s['lost']:,}" if s["win_rate"] is not None else "no pairs")
+        (s["source"], s["win_rate"] or 0.0, f"{s['win_rate']:.0%} of {s['won'] + s['lost']:,}" if s["win_rate"] is not None else "no pairs against other sources")
         for s in sources
     ]
     context = {

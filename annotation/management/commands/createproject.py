@@ -41,6 +41,7 @@ class Command(BaseCommand):
                 instructions=instructions,
                 base_model=o["base_model"],
                 created_by=owner,
+                any_model_path=True,  # whoever runs manage.py can read the model folders anyway
             )
         except ValidationError as exc:
             raise CommandError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from None
