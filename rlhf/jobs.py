@@ -10,9 +10,10 @@ has failed and mark themselves cancelled. The final writes wait out a database r
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from rlhf.models import TrainingRun
@@ -21,6 +22,7 @@ from rlhf.services import fail_run, reap_stale_runs
 
 log = logging.getLogger(__name__)
 S = TrainingRun.State
+HEARTBEAT_SECONDS = 10.0  # well inside LENSLOOP_RUN_STALE_SECONDS (90 by default)
 
 
 def _claim(run_id: int) -> TrainingRun | None:
@@ -53,6 +55,30 @@ def _claim(run_id: int) -> TrainingRun | None:
         return run
 
 
+class _Heartbeat(threading.Thread):
+    """Beats for a step for as long as it runs, whatever it is doing: the engine's polls beat too, but an
+    export or the opening of tasks of a large project writes for minutes without them, and the reaper
+    must fail only steps whose worker is gone. Its own database connection, closed when it stops."""
+
+    def __init__(self, run_id: int):
+        super().__init__(daemon=True, name=f"heartbeat-{run_id}")
+        self.run_id, self.every, self.stopped = run_id, HEARTBEAT_SECONDS, threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.wait(self.every):
+                try:
+                    TrainingRun.objects.filter(pk=self.run_id, state=S.RUNNING).update(heartbeat_at=timezone.now())
+                except DATABASE_GONE:
+                    connection.close()  # a restart: beat again with a new connection next time
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=30)
+
+
 def run_step(run_id: int) -> str:
     """Run one step (or a standalone run) of the loop."""
     from rlhf.steps import STEPS
@@ -61,8 +87,17 @@ def run_step(run_id: int) -> str:
     run = _claim(run_id)
     if run is None:
         return "skipped"
+    heartbeat = _Heartbeat(run.pk)
+    heartbeat.start()
     try:
-        STEPS[run.kind](run)
+        return _run_claimed(run, STEPS[run.kind])
+    finally:
+        heartbeat.stop()
+
+
+def _run_claimed(run: TrainingRun, step) -> str:
+    try:
+        step(run)
     except Cancelled:
         database_retry(lambda: TrainingRun.objects.filter(pk=run.pk).update(
             state=S.CANCELLED, finished_at=timezone.now(), pid=None), what="recording a cancel")
