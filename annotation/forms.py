@@ -15,18 +15,29 @@ class ProjectForm(forms.ModelForm):
         model = Project
         fields = [
             "name", "slug", "task_type", "candidates_per_task", "overlap", "lease_minutes", "instructions", "base_model",
+            "heldout_fraction",
         ]
         widgets = {"instructions": forms.Textarea(attrs={"rows": 6})}
-        help_texts = {"slug": "Short name in URLs; leave empty to derive it from the name."}
+        labels = {"heldout_fraction": "Held-out fraction"}
+        help_texts = {
+            "slug": "Short name in URLs; leave empty to derive it from the name.",
+            "heldout_fraction": "Share of imported prompts without a split kept out of training to evaluate "
+            "each new policy on (0.1 = 10 %; chosen by hash, so the same on every import of the same data).",
+        }
 
     def __init__(self, *args, user=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.user = user
         self.fields["slug"].required = False
+        self.fields["heldout_fraction"].required = False  # blank: the model's default
         roots = ", ".join(str(root) for root in model_roots())
         self.fields["base_model"].help_text = (
             f"Empty or '{DEMO_MODEL}' for the built-in demo model, else a model folder inside {roots or 'no folder yet'}."
         )
+
+    def clean_heldout_fraction(self):
+        value = self.cleaned_data.get("heldout_fraction")
+        return Project._meta.get_field("heldout_fraction").default if value is None else value
 
     def clean_base_model(self):
         """Checked here when the form knows who sends it; ``project_create`` checks again either way."""
@@ -65,6 +76,11 @@ class ExportForm(forms.Form):
     since = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
     until = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
     source = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple)
+    split = forms.ChoiceField(
+        required=False, initial="",
+        choices=[("", "All prompts"), ("train", "Training prompts only"), ("eval", "Held-out prompts only")],
+        help_text="Every line says its prompt's split; held-out prompts are never trained on by a round.",
+    )
 
     def __init__(self, *args, sources: list[str] = (), **kwargs):
         super().__init__(*args, **kwargs)

@@ -44,6 +44,12 @@ class Project(models.Model):
     base_model = models.CharField(
         max_length=500, blank=True, help_text="Base policy: a local model folder or hub id; empty = demo model."
     )
+    heldout_fraction = models.FloatField(
+        default=0.1,
+        validators=[MinValueValidator(0.0), MaxValueValidator(0.5)],
+        help_text="Share of imported prompts without a split that are held out for evaluation, chosen by hash "
+        "(0 to 0.5; rows that say split: eval are held out whatever this is).",
+    )
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -57,6 +63,9 @@ class Project(models.Model):
                 condition=Q(candidates_per_task__gte=2, candidates_per_task__lte=9), name="project_k_2_to_9"
             ),
             models.CheckConstraint(condition=Q(overlap__gte=1), name="project_overlap_positive"),
+            models.CheckConstraint(
+                condition=Q(heldout_fraction__gte=0, heldout_fraction__lte=0.5), name="project_heldout_fraction_range"
+            ),
         ]
 
     def __str__(self) -> str:

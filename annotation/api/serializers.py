@@ -17,7 +17,7 @@ class ProjectSerializer(serializers.ModelSerializer):
         model = Project
         fields = [
             "id", "name", "slug", "task_type", "instructions", "candidates_per_task", "overlap",
-            "lease_minutes", "base_model", "created_at",
+            "lease_minutes", "base_model", "heldout_fraction", "created_at",
         ]
         read_only_fields = ["id", "created_at"]
         extra_kwargs = {"slug": {"required": False}}
@@ -152,6 +152,8 @@ class ExportQuerySerializer(serializers.Serializer):
     since = serializers.DateTimeField(required=False)
     until = serializers.DateTimeField(required=False)
     source = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+    split = serializers.ChoiceField(choices=["train", "eval"], required=False,
+                                    help_text="Only the pairs (rankings) of training or of held-out prompts.")
 
 
 class MembershipSerializer(serializers.ModelSerializer):

@@ -209,7 +209,8 @@ class ExportView(APIView):
         query.is_valid(raise_exception=True)
         q = query.validated_data
         flt = exports.ExportFilter(
-            project=project, since=q.get("since"), until=q.get("until"), sources=tuple(q.get("source") or ())
+            project=project, since=q.get("since"), until=q.get("until"), sources=tuple(q.get("source") or ()),
+            split=q.get("split"),
         )
         chunks, filename, content_type = exports.stream_export(flt, q["format"])
         response = StreamingHttpResponse(chunks, content_type=content_type)

@@ -9,6 +9,10 @@ Formats (see docs/import-export.md):
   ``DPOTrainer`` takes it unchanged.
 * ``rankings`` — raw rankings JSONL: full orderings with ties, flags, pseudonymous annotators.
 
+Every line (and every Parquet row) says which split its prompt belongs to: ``"split": "train"`` or
+``"eval"`` (the project's held-out prompts, which no round trains on; ``annotation.splits``). A filter can
+keep one split only.
+
 Every format is produced by iterating the database in chunks, so memory stays flat however large the
 export; only the set of image ids seen is kept.
 """
@@ -32,9 +36,10 @@ from django.db import NotSupportedError
 from django.db.models import BooleanField, Exists, F, Func, OuterRef
 
 from annotation.images import media_path
-from annotation.models import Candidate, Image, PreferencePair, Project, Ranking
+from annotation.models import Candidate, Image, PreferencePair, Project, Prompt, Ranking
 
 FORMATS = ("records", "trl", "parquet", "rankings")
+SPLITS = tuple(Prompt.Split.values)
 CHUNK = 1000
 PARQUET_ROW_GROUP = 256
 
@@ -66,9 +71,16 @@ class ExportFilter:
     since: datetime | None = None
     until: datetime | None = None
     sources: tuple[str, ...] = field(default_factory=tuple)
+    split: str | None = None  # "train" or "eval": only pairs / rankings of prompts of that split
+
+    def __post_init__(self):
+        if self.split is not None and self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, not {self.split!r}")
 
     def pairs(self):
         qs = PreferencePair.objects.filter(project=self.project)
+        if self.split:
+            qs = qs.filter(prompt__split=self.split)
         if self.since:
             qs = qs.filter(created_at__gte=self.since)
         if self.until:
@@ -85,6 +97,8 @@ class ExportFilter:
 
     def rankings(self):
         qs = Ranking.objects.filter(project=self.project)
+        if self.split:
+            qs = qs.filter(task__prompt__split=self.split)
         if self.since:
             qs = qs.filter(created_at__gte=self.since)
         if self.until:
@@ -136,6 +150,7 @@ def preference_records(flt: ExportFilter) -> Iterator[tuple[dict, Image]]:
                 "annotator": pseudonym(pair.annotator_id),
                 "ranking_id": pair.ranking_id,
                 "created": _iso(pair.created_at),
+                "split": prompt.split,
             },
             prompt.image,
         )
@@ -158,6 +173,7 @@ def trl_row(record: dict) -> dict:
         "chosen": _assistant_turn(record["chosen"]),
         "rejected": _assistant_turn(record["rejected"]),
         "margin": record["margin"],
+        "split": record["split"],
     }
 
 
@@ -196,6 +212,7 @@ def _ranking_batch(flt: ExportFilter, batch: list[Ranking]) -> Iterator[tuple[di
                 "time_spent_ms": ranking.time_spent_ms,
                 "annotator": pseudonym(ranking.annotator_id),
                 "created": _iso(ranking.created_at),
+                "split": prompt.split,
             },
             prompt.image,
         )
@@ -237,6 +254,7 @@ def _parquet_schema():
         "chosen": turn_feature,
         "rejected": turn_feature,
         "margin": {"dtype": "int32", **value},
+        "split": {"dtype": "string", **value},
     }
     schema = pa.schema(
         [
@@ -246,6 +264,7 @@ def _parquet_schema():
             ("chosen", turns),
             ("rejected", turns),
             ("margin", pa.int32()),
+            ("split", pa.string()),
         ]
     )
     return schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
@@ -381,11 +400,13 @@ def write_prompt_set(
     split: str | None = None,
     prompt_ids: list[int] | None = None,
     name: str = "prompts.jsonl",
+    limit: int | None = None,
 ) -> dict:
     """Write the prompt-set JSONL (generation input; docs/engine.md, "Files") with the images beside it.
 
-    ``{"prompt_id", "images": ["images/…"], "prompt", "reference", "ground_truth"}`` per prompt of the
-    project (of one split if given).
+    ``{"prompt_id", "images": ["images/…"], "prompt", "reference", "ground_truth", "split"}`` per prompt
+    of the project (of one split if given), in id order; ``limit`` keeps the first that many, so the same
+    prompts every time while the project's prompts stay (how rounds evaluate versions on one set).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "images").mkdir(exist_ok=True)
@@ -394,6 +415,8 @@ def write_prompt_set(
         prompts = prompts.filter(split=split)
     if prompt_ids is not None:
         prompts = prompts.filter(pk__in=prompt_ids)
+    if limit:
+        prompts = prompts[:limit]
     rows = 0
     copied: set[int] = set()
     with (out_dir / name).open("w", encoding="utf-8") as fh:
@@ -404,6 +427,7 @@ def write_prompt_set(
             ground_truth = prompt.ground_truth or prompt.image.ground_truth
             if ground_truth is not None:
                 record["ground_truth"] = ground_truth
+            record["split"] = prompt.split
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
             if prompt.image_id not in copied:
                 target = out_dir / image_name(prompt.image)

@@ -7,7 +7,8 @@ Two modes, chosen per import:
 * ``partial``: good rows are imported, bad rows are skipped; the report lists each skipped row.
 
 Either way a row is imported whole (image, prompt, candidates, task) or not at all, and all rows of
-one import are written in one transaction. Image files are stored content-addressed before that
+one import are written in one transaction. A row without a ``split`` is held out (``eval``) or not by
+the hash of its id or content (``annotation.splits``), the same way on every import of the same data. Image files are stored content-addressed before that
 transaction; a rejected import can leave unreferenced image files behind, never database rows.
 """
 
@@ -31,6 +32,7 @@ from annotation.bundles import Bundle, BundleError, open_bundle
 from annotation.exceptions import ImportRejected
 from annotation.images import BadImage, CheckedImage, check_image, store_image
 from annotation.models import Candidate, Image, Project, Prompt, RankingTask
+from annotation.splits import hashed_split, split_key
 
 MODES = ("all_or_nothing", "partial")
 MAX_MANIFEST_BYTES = 512 * 1024 * 1024
@@ -63,6 +65,7 @@ class ImportReport:
     prompts: int = 0
     candidates: int = 0
     tasks: int = 0
+    prompts_heldout: int = 0
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -81,7 +84,7 @@ class Row:
     reference: list[str]
     ground_truth: dict | None
     candidates: list[str]
-    split: str
+    split: str  # "" until _import chooses it by hash (a row without a split)
     external_id: str
     priority: float
 
@@ -135,9 +138,13 @@ def _parse_row(raw: dict, line: int, k: int) -> Row:
             raise ValueError("a candidate is empty")
         if len(set(candidates)) != len(candidates):
             raise ValueError("candidates repeat; annotators would rank identical answers")
-    split = (raw.get("split") or "train").strip() if isinstance(raw.get("split") or "train", str) else None
-    if split not in SPLITS:
+    split = raw.get("split")
+    if split in (None, ""):
+        split = ""  # chosen by hash once the image is known (annotation.splits)
+    elif not isinstance(split, str) or split.strip() not in SPLITS:
         raise ValueError(f"'split' must be one of {sorted(SPLITS)}, not {raw.get('split')!r}")
+    else:
+        split = split.strip()
     priority = raw.get("priority")
     if priority in (None, ""):
         priority = 0.0
@@ -248,6 +255,9 @@ def _import(bundle: Bundle, project: Project, manifest: str | None, mode: str, o
         if isinstance(outcome, str):
             report.problems.append(Problem(manifest, line, f"image {row.image!r}: {outcome}"))
             continue
+        if not row.split:
+            key = split_key(external_id=row.external_id, image_sha256=outcome.sha256, text=row.prompt)
+            row.split = hashed_split(key, project.heldout_fraction)
         good.append(row)
     if report.rows == 0:
         report.problems.append(Problem(manifest, None, "manifest has no rows"))
@@ -265,6 +275,7 @@ def _import(bundle: Bundle, project: Project, manifest: str | None, mode: str, o
         for start in range(0, len(good), batch):
             _write_rows(project, good[start : start + batch], images, image_ids, origin, report)
     report.rows_imported = len(good)
+    report.prompts_heldout = sum(row.split == Prompt.Split.EVAL for row in good)
     return report
 
 

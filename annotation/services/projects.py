@@ -75,6 +75,7 @@ def project_create(
     lease_minutes: int = 30,
     instructions: str = "",
     base_model: str = "",
+    heldout_fraction: float = 0.1,
     any_model_path: bool | None = None,
 ) -> Project:
     """Create a project (validated like a form would) and make its creator a project admin.
@@ -95,6 +96,7 @@ def project_create(
         lease_minutes=lease_minutes,
         instructions=instructions,
         base_model=base_model,
+        heldout_fraction=heldout_fraction,
         created_by=created_by,
     )
     project.full_clean()
@@ -105,7 +107,8 @@ def project_create(
 
 
 # Fields a project admin may change (the API's PATCH, the settings page).
-EDITABLE = ("name", "slug", "task_type", "instructions", "candidates_per_task", "overlap", "lease_minutes", "base_model")
+EDITABLE = ("name", "slug", "task_type", "instructions", "candidates_per_task", "overlap", "lease_minutes", "base_model",
+            "heldout_fraction")
 
 
 @transaction.atomic

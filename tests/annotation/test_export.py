@@ -5,13 +5,14 @@ import json
 import uuid
 import zipfile
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
 
-from annotation.models import Candidate, PreferencePair, RankingTask
+from annotation.models import Candidate, PreferencePair, Prompt, RankingTask
 from annotation.services import queue
-from annotation.services.exports import ExportFilter, pseudonym, stream_export, write_export
+from annotation.services.exports import ExportFilter, pseudonym, stream_export, write_export, write_prompt_set
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db
@@ -38,7 +39,8 @@ def test_records_follow_the_design_format_with_images_beside(ranked, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "preferences.jsonl").read_text().splitlines()]
     assert summary["rows"] == len(lines) == PreferencePair.objects.count() == 2 + 3 + 3
     first = lines[0]
-    assert set(first) == {"id", "project", "images", "prompt", "chosen", "rejected", "margin", "annotator", "ranking_id", "created"}
+    assert set(first) == {"id", "project", "images", "prompt", "chosen", "rejected", "margin", "annotator", "ranking_id",
+                          "created", "split"}
     assert first["annotator"] == pseudonym(alice.pk) != str(alice.pk)
     for line in lines:
         assert (tmp_path / line["images"][0]).is_file()
@@ -145,3 +147,42 @@ def test_the_rankings_source_filter_keeps_a_task_with_one_candidate_from_the_sou
     # and pairs need both sides from the sources
     assert write_export(ExportFilter(project=proj, sources=("import",)), "records", tmp_path / "r1")["rows"] == 0
     assert write_export(ExportFilter(project=proj, sources=("import", "policy-v1")), "records", tmp_path / "r2")["rows"] == 1
+
+
+def test_every_line_of_every_format_says_its_split_and_the_split_filter_keeps_one(ranked, tmp_path):
+    """Held-out prompts' pairs are marked, so no one trains on them by mistake; a filter exports one split only."""
+    proj, _ = ranked
+    held = Prompt.objects.filter(project=proj).order_by("id").first()
+    Prompt.objects.filter(pk=held.pk).update(split="eval")
+    write_export(ExportFilter(project=proj), "records", tmp_path / "records")
+    records = [json.loads(x) for x in (tmp_path / "records" / "preferences.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in records} == {"train", "eval"}
+    assert {r["split"] for r in records if r["prompt"] == held.text} == {"eval"}
+    for fmt, name in (("trl", "train.jsonl"), ("rankings", "rankings.jsonl")):
+        write_export(ExportFilter(project=proj), fmt, tmp_path / fmt)
+        rows = [json.loads(x) for x in (tmp_path / fmt / name).read_text().splitlines()]
+        assert rows and all(row["split"] in ("train", "eval") for row in rows), fmt
+    evals = write_export(ExportFilter(project=proj, split="eval"), "records", tmp_path / "eval")
+    trains = write_export(ExportFilter(project=proj, split="train"), "records", tmp_path / "train")
+    assert evals["rows"] == sum(r["split"] == "eval" for r in records) > 0
+    assert evals["rows"] + trains["rows"] == len(records)
+    assert write_export(ExportFilter(project=proj, split="eval"), "rankings", tmp_path / "r")["rows"] == 1
+
+
+def test_the_parquet_export_has_a_split_column(ranked, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    proj, _ = ranked
+    write_export(ExportFilter(project=proj), "parquet", tmp_path)
+    table = pq.read_table(next((tmp_path / "data").glob("*.parquet")))
+    assert set(table.column("split").to_pylist()) == {"train"}
+
+
+def test_the_prompt_set_says_each_prompts_split_and_a_limit_takes_the_first_by_id(ranked, tmp_path):
+    proj, _ = ranked
+    first, *rest = Prompt.objects.filter(project=proj).order_by("id")
+    Prompt.objects.filter(pk__in=[p.pk for p in rest]).update(split="eval")
+    out = write_prompt_set(proj, tmp_path, name="all.jsonl")
+    rows = [json.loads(x) for x in Path(out["file"]).read_text().splitlines()]
+    assert [(r["prompt_id"], r["split"]) for r in rows] == [(first.pk, "train")] + [(p.pk, "eval") for p in rest]
+    out = write_prompt_set(proj, tmp_path, split="eval", limit=1, name="eval.jsonl")
+    assert [json.loads(x)["prompt_id"] for x in Path(out["file"]).read_text().splitlines()] == [rest[0].pk]

@@ -264,3 +264,50 @@ def test_deleting_a_project_or_a_prompt_removes_what_was_imported_into_it(tmp_pa
     assert not RankingTask.objects.filter(project_id=proj.pk).exists()
     assert Candidate.objects.filter(prompt__project=other).count() == 4
     assert Candidate.objects.count() == 4 and RankingTask.objects.count() == 2
+
+
+def test_rows_without_a_split_are_held_out_by_hash_the_same_on_every_import(tmp_path):
+    """About heldout_fraction of them, chosen by the row's id (else image and text), never by chance."""
+    from annotation.splits import hashed_split, split_key
+
+    rows = [_row(prompt=f"Question {i}?", id=f"q{i}") for i in range(200)]
+    rows += [_row(prompt="Kept for training.", id="t", split="train"), _row(prompt="Held out.", id="e", split="eval")]
+    src = _folder(tmp_path, rows)
+    first, second = f.project(k=2), f.project(k=2)
+    first.heldout_fraction = second.heldout_fraction = 0.25
+    first.save()
+    second.save()
+    report = import_bundle(project=first, path=src)
+    import_bundle(project=second, path=src)
+
+    def held(proj):
+        return set(Prompt.objects.filter(project=proj, split="eval").values_list("external_id", flat=True))
+
+    assert held(first) == held(second), "the same data must hold out the same prompts"
+    assert "e" in held(first) and "t" not in held(first), "a row that says its split keeps it"
+    hashed = held(first) - {"e"}
+    assert 25 <= len(hashed) <= 75, f"{len(hashed)} of 200 held out at fraction 0.25"
+    assert hashed == {f"q{i}" for i in range(200) if hashed_split(split_key(external_id=f"q{i}", image_sha256="",
+                                                                            text=""), 0.25) == "eval"}
+    assert report.prompts_heldout == len(held(first))
+
+
+def test_rows_without_an_id_are_split_by_image_and_text_and_a_zero_fraction_holds_none_out(tmp_path):
+    rows = [_row(prompt=f"Question {i}?") for i in range(60)]
+    src = _folder(tmp_path, rows)
+    proj = f.project(k=2)
+    proj.heldout_fraction = 0.5
+    proj.save()
+    import_bundle(project=proj, path=src)
+    held = set(Prompt.objects.filter(project=proj, split="eval").values_list("text", flat=True))
+    assert 10 <= len(held) <= 50
+    again = f.project(k=2)
+    again.heldout_fraction = 0.5
+    again.save()
+    import_bundle(project=again, path=src)
+    assert set(Prompt.objects.filter(project=again, split="eval").values_list("text", flat=True)) == held
+    none = f.project(k=2)
+    none.heldout_fraction = 0.0
+    none.save()
+    import_bundle(project=none, path=src)
+    assert not Prompt.objects.filter(project=none, split="eval").exists()

@@ -27,11 +27,13 @@ class Command(BaseCommand):
         parser.add_argument("--since", help="only data created at or after this date/time")
         parser.add_argument("--until", help="only data created before this date/time")
         parser.add_argument("--source", action="append", default=[], help="candidate source (repeatable)")
+        parser.add_argument("--split", choices=["train", "eval"], help="only training or only held-out prompts")
 
     def handle(self, *args, **o):
         project = Project.objects.filter(slug=o["project"]).first()
         if project is None:
             raise CommandError(f"no project {o['project']!r}")
-        flt = ExportFilter(project=project, since=_when(o["since"]), until=_when(o["until"]), sources=tuple(o["source"]))
+        flt = ExportFilter(project=project, since=_when(o["since"]), until=_when(o["until"]), sources=tuple(o["source"]),
+                           split=o["split"])
         summary = write_export(flt, o["format"], Path(o["out"]))
         self.stdout.write(f"wrote {summary['rows']} rows ({o['format']}) to {o['out']}")
