@@ -100,35 +100,11 @@ def run_generate(cfg, run_dir: str) -> dict:
 
 
 def run_evaluate(cfg, run_dir: str) -> dict:
-    """Greedy answers scored with BLEU / ROUGE-L / exact match / demo attributes; optional reward model."""
-    from .data import read_preferences, read_prompts
-    from .demo.build import eval_records
-    from .evaluation import evaluate_policy
-    from .loading import load_model
-    from .rundir import RunDir
+    """A policy (and the baseline it would replace) on held-out prompts: text scores, the verifiable reward,
+    the reward model's scores, paired differences with intervals; optional reward-model pair accuracy."""
+    from .evaluation import evaluate_run
 
-    run = RunDir(run_dir, to_dict(cfg))
-    with run:
-        if cfg.prompts_file:
-            records = read_prompts(cfg.prompts_file)
-        else:
-            records = eval_records(cfg.demo_images, cfg.seed, cfg.demo_task)
-        model, processor = load_model(cfg.model, trainable=False)
-        metrics = evaluate_policy(model, processor, records, max_new_tokens=cfg.max_new_tokens,
-                                  batch_size=cfg.batch_size)
-        for ex in metrics.pop("examples"):
-            log.info("example: %s → %r (reference %r)", ex["prompt"], ex["answer"], ex["reference"])
-        result = {f"policy/{k}": v for k, v in metrics.items()}
-        if cfg.reward_model_path:
-            from .reward_model import load_reward_model
-            from .train_reward import evaluate_pairs
-
-            rm, rm_processor = load_reward_model(cfg.reward_model_path, device=cfg.model.device)
-            rm_metrics = evaluate_pairs(rm, rm_processor, read_preferences(cfg.preference_file))
-            result.update({f"reward_model/{k}": v for k, v in rm_metrics.items()})
-        run.log_metrics(1, 1, **result)
-        run.write_result(result)
-        return result
+    return evaluate_run(cfg, run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -149,7 +149,8 @@ class SFTConfig:
     """Supervised fine-tuning of a policy on a prompt set with references (answer-only loss)."""
 
     model: ModelConfig = _f(ModelConfig(), "The policy to fine-tune.")
-    train_file: str = _f("", "Prompt-set JSONL with a `reference` per line; images relative to its folder.")
+    train_file: str = _f("", "Prompt-set JSONL with a `reference` per line; images relative to its folder. Lines "
+                         "marked \"split\": \"eval\" are held out: never trained on.")
     steps: int = _f(100, "Optimiser steps.")
     batch_size: int = _f(16, "Global examples per step (divided across processes).")
     lr: float = _f(2e-4, "Peak AdamW learning rate (linear warm-up, cosine decay).")
@@ -201,9 +202,10 @@ class RewardConfig:
 
     model: ModelConfig = _f(ModelConfig(), "Backbone of the reward model.")
     train_file: str = _f("", "Preference-records JSONL (export format); images relative to its folder.")
-    eval_file: str = _f("", "Held-out preference records; empty = split `eval_fraction` off train_file "
-                        "by ranking_id (pairs of one ranking never straddle the split).")
-    eval_fraction: float = _f(0.2, "Fraction held out when eval_file is empty.")
+    eval_file: str = _f("", "Held-out preference records (eval/… figures); empty = the train_file lines marked "
+                        "split=eval (never trained on), else `eval_fraction` split off train_file by ranking_id, "
+                        "whose figures are named train_split/… (not held out: they rank training prompts).")
+    eval_fraction: float = _f(0.2, "Fraction split off by ranking_id when there is no held-out data.")
     epochs: float = _f(2.0, "Passes over the training pairs (fractional allowed).")
     max_steps: int = _f(0, "Stop after this many optimiser steps (0 = use epochs).")
     batch_size: int = _f(16, "Global pairs per step; must divide by the number of processes.")
@@ -240,8 +242,19 @@ class EvaluateConfig:
     model (pairwise accuracy, calibration)."""
 
     model: ModelConfig = _f(ModelConfig(), "The policy to evaluate.")
-    prompts_file: str = _f("", "Prompt-set JSONL with `reference` (and `ground_truth` for attribute scores); "
-                           "empty = a fresh demo-world eval set of `demo_images` scenes.")
+    baseline: ModelConfig | None = _f(None, "Optional second policy (e.g. the active one) evaluated on the same "
+                                      "prompts: its figures are baseline/…, and diff/… the paired differences "
+                                      "policy − baseline with their bootstrap intervals (the promotion gate).")
+    prompts_file: str = _f("", "The held-out prompt set: JSONL with `reference` (and `ground_truth` for attribute "
+                           "scores and the verifiable reward); empty = a fresh demo-world eval set of "
+                           "`demo_images` scenes.")
+    heldout: bool = _f(True, "Whether prompts_file and preference_file are held out of training (the caller's word). "
+                       "false: every figure is named train/… instead (measured on training data).")
+    verifiable_reward: str = _f("", "A verifiable reward of rewards.REWARDS scored on each greedy answer of the "
+                                "prompts with `ground_truth`: policy/verifiable with its 95% bootstrap interval.")
+    answer_reward_model_path: str = _f("", "Reward-model checkpoint that scores each greedy answer: "
+                                       "policy/reward_model_score (the over-optimisation monitor's other side).")
+    bootstrap: int = _f(2000, "Bootstrap resamples of the 95% intervals.")
     demo_images: int = _f(100, "Scenes in the generated demo eval set (when prompts_file is empty).")
     demo_task: str = _f("caption", "'caption' or 'vqa' for the generated demo eval set.")
     max_new_tokens: int = _f(32, "Longest answer in tokens (greedy decoding).")
@@ -251,7 +264,14 @@ class EvaluateConfig:
     seed: int = _f(1234, "Seed of the generated demo eval set.")
 
     def validate(self) -> None:
+        from .rewards import REWARDS  # plain Python, no torch
+
         self.model.validate()
+        if self.baseline is not None:
+            self.baseline.validate()
+        _check(not self.verifiable_reward or self.verifiable_reward in REWARDS,
+               f"verifiable_reward={self.verifiable_reward!r} is unknown; use one of {sorted(REWARDS)} or ''")
+        _check(self.bootstrap >= 100, "bootstrap must be at least 100 resamples")
         _check(self.demo_task in ("caption", "vqa"), "demo_task must be 'caption' or 'vqa'")
         _check(self.demo_images >= 1 and self.batch_size >= 1, "demo_images and batch_size must be >= 1")
         _check(bool(self.reward_model_path) == bool(self.preference_file),
@@ -290,6 +310,8 @@ def _coerce(hint, value, where: str):
         if value is None and type(None) in args:
             return None
         hint = next(a for a in args if a is not type(None))
+        if dataclasses.is_dataclass(hint):  # an optional section, e.g. evaluate's baseline
+            return value if isinstance(value, hint) else _build(hint, value, where)
         origin = typing.get_origin(hint)
     if origin is list:
         if isinstance(value, str):  # a regex for LoRA targets, or a single name

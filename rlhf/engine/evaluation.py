@@ -1,5 +1,6 @@
-"""Evaluation: text metrics (BLEU, ROUGE-L, exact match), demo-world attribute accuracy, and reward-model
-pairwise accuracy and calibration.
+"""Evaluation: text metrics (BLEU, ROUGE-L, exact match), demo-world attribute accuracy, reward-model
+pairwise accuracy and calibration, and the `evaluate` subcommand (`evaluate_run`): a policy and the
+version it would replace on the same held-out prompts, with intervals (stats.py) and paired differences.
 
 The metric functions on lists are pure; `evaluate_policy` decodes greedily and scores the answers.
 """
@@ -7,6 +8,7 @@ The metric functions on lists are pure; `evaluate_policy` decodes greedily and s
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from .demo import world
 from .rewards import caption_attributes, normalize
@@ -132,3 +134,120 @@ def evaluate_policy(model, processor, records: list[dict], *, max_new_tokens: in
     metrics["examples"] = [{"prompt": r["prompt"], "answer": a, "reference": (r.get("reference") or [None])[0]}
                            for r, a in list(zip(records, answers, strict=True))[:with_examples]]
     return metrics
+
+
+def prompt_set_fingerprint(records: list[dict]) -> str:
+    """Which prompts a figure was measured on, as 12 hex digits of the sha256 of their sorted ids: two
+    versions' figures compare only when their fingerprints agree (the same held-out set)."""
+    import hashlib
+
+    ids = sorted(str(r.get("prompt_id")) for r in records)
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
+
+
+def interval_figures(name: str, values: list[float], *, resamples: int, seed: int) -> dict[str, float]:
+    """`name`, `name_low`, `name_high` (95% percentile bootstrap) and `name_n` of a list of per-prompt values."""
+    from .stats import bootstrap_mean
+
+    b = bootstrap_mean(values, resamples=resamples, seed=seed)
+    return {name: b["mean"], f"{name}_low": b["low"], f"{name}_high": b["high"], f"{name}_n": b["n"]}
+
+
+def evaluate_run(cfg, run_dir: str) -> dict:
+    """The `evaluate` subcommand: greedy answers of the policy (and of `cfg.baseline`, on the same prompts)
+    scored with BLEU / ROUGE-L / exact match / demo attributes, the verifiable reward and the reward model,
+    each mean with its 95% bootstrap interval, and the paired differences policy − baseline (diff/…); the
+    reward model's pair accuracy on `preference_file`. Per-prompt answers and scores go to answers.jsonl.
+
+    The prompts are held out by the caller's word (`heldout`); with heldout=false every figure is named
+    train/… (heldout.py, rule 3)."""
+    import gc
+    import logging
+
+    from .config import to_dict
+    from .data import read_preferences, read_prompts, write_jsonl
+    from .demo.build import eval_records
+    from .generation import greedy_answers
+    from .heldout import TRAIN, warn_not_heldout
+    from .loading import load_model
+    from .rewards import REWARDS
+    from .rundir import RunDir
+    from .stats import paired_difference
+
+    log = logging.getLogger("rlhf.engine.evaluate")
+    run = RunDir(run_dir, to_dict(cfg))
+    with run:
+        if cfg.prompts_file:
+            records, source = read_prompts(cfg.prompts_file), f"prompts_file {cfg.prompts_file}"
+        else:
+            records, source = eval_records(cfg.demo_images, cfg.seed, cfg.demo_task), "fresh demo-world scenes"
+        if not cfg.heldout:
+            warn_not_heldout(log, "heldout=false", f"{cfg.prompts_file or 'the prompt set'} holds training prompts")
+        result: dict = {"prompts": len(records), "prompts_sha": prompt_set_fingerprint(records),
+                        "heldout": source if cfg.heldout else "none"}
+        answers: dict[str, list[str]] = {}
+        for name, model_cfg in (("policy", cfg.model), ("baseline", cfg.baseline)):
+            if model_cfg is None:
+                continue
+            model, processor = load_model(model_cfg, trainable=False)
+            answers[name] = greedy_answers(model, processor, records, max_new_tokens=cfg.max_new_tokens,
+                                           batch_size=cfg.batch_size)
+            del model, processor
+            gc.collect()
+            result.update({f"{name}/{k}": v for k, v in score_answers(records, answers[name]).items()})
+            for r, a in list(zip(records, answers[name], strict=True))[:5]:
+                log.info("%s example: %s → %r (reference %r)", name, r["prompt"], a, (r.get("reference") or [None])[0])
+        per_prompt: dict[str, dict[str, list[float]]] = {}
+        graded = [i for i, r in enumerate(records) if r.get("ground_truth") is not None]
+        if cfg.verifiable_reward and graded:
+            reward = REWARDS[cfg.verifiable_reward]
+            per_prompt["verifiable"] = {
+                name: [float(x) for x in reward([records[i]["prompt"] for i in graded], [texts[i] for i in graded],
+                                                ground_truth=[records[i]["ground_truth"] for i in graded],
+                                                reference=[records[i].get("reference") for i in graded])]
+                for name, texts in answers.items()}
+        elif cfg.verifiable_reward:
+            log.warning("verifiable_reward=%s but no prompt has ground_truth: no verifiable figures", cfg.verifiable_reward)
+        if cfg.answer_reward_model_path:
+            from .reward_model import load_reward_model, score
+
+            rm, rm_processor = load_reward_model(cfg.answer_reward_model_path, device=cfg.model.device)
+            images, prompts = [r["images"] for r in records], [r["prompt"] for r in records]
+            per_prompt["reward_model_score"] = {name: score(rm, rm_processor, images, prompts, texts).tolist()
+                                                for name, texts in answers.items()}
+            del rm
+        for metric, by_name in per_prompt.items():
+            for name, values in by_name.items():
+                result.update(interval_figures(f"{name}/{metric}", values, resamples=cfg.bootstrap, seed=cfg.seed))
+            if "baseline" in by_name:
+                d = paired_difference(by_name["policy"], by_name["baseline"], resamples=cfg.bootstrap, seed=cfg.seed)
+                result.update({f"diff/{metric}": d["mean"], f"diff/{metric}_low": d["low"],
+                               f"diff/{metric}_high": d["high"], f"diff/{metric}_n": d["n"]})
+        if cfg.reward_model_path:
+            from .reward_model import load_reward_model
+            from .train_reward import evaluate_pairs
+
+            rm, rm_processor = load_reward_model(cfg.reward_model_path, device=cfg.model.device)
+            rm_metrics = evaluate_pairs(rm, rm_processor, read_preferences(cfg.preference_file))
+            result.update({f"reward_model/{k}": v for k, v in rm_metrics.items()})
+            if rm_metrics.get("pairs"):
+                from .stats import wilson
+
+                low, high = wilson(rm_metrics["accuracy"] * rm_metrics["pairs"], rm_metrics["pairs"])
+                result.update({"reward_model/accuracy_low": low, "reward_model/accuracy_high": high})
+        positions = {"verifiable": {i: j for j, i in enumerate(graded)}}  # the other metrics score every prompt
+        rows = []
+        for i, r in enumerate(records):
+            row = {"prompt_id": r.get("prompt_id"), "prompt": r["prompt"], **{n: t[i] for n, t in answers.items()}}
+            for metric, by_name in per_prompt.items():
+                j = positions[metric].get(i) if metric in positions else i
+                if j is not None:
+                    row[metric] = {name: values[j] for name, values in by_name.items()}
+            rows.append(row)
+        write_jsonl(Path(run_dir) / "answers.jsonl", rows)
+        if not cfg.heldout:
+            keep = {"prompts", "prompts_sha", "heldout"}
+            result = {(k if k in keep else TRAIN + k): v for k, v in result.items()}
+        run.log_metrics(1, 1, **{k: v for k, v in result.items() if isinstance(v, int | float)})
+        run.write_result(result)
+        return result

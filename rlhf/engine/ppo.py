@@ -172,7 +172,8 @@ def _train(cfg: PPOConfig, acc, run: RunDir, resume: Path | None) -> dict:
 
     set_threads(cfg.threads)
     local_batch, mini_batch, micro_batch = check_ppo_batches(cfg, acc.num_processes)
-    train, held = split_prompts(cfg)
+    split = split_prompts(cfg)
+    train, held = split.train, split.measure
     device = acc.device
     reward_fn = CombinedReward.from_config(cfg, device=str(device))
 
@@ -216,7 +217,7 @@ def _train(cfg: PPOConfig, acc, run: RunDir, resume: Path | None) -> dict:
         if not acc.is_main_process:
             return {}
         return evaluate_reward(unwrapped.policy, processor, held, reward_fn, max_new_tokens=cfg.max_new_tokens,
-                               image_cache=image_cache)
+                               image_cache=image_cache, prefix=split.prefix)
 
     first_eval = evaluate() if start == 0 else {}
     if first_eval:
@@ -254,9 +255,11 @@ def _train(cfg: PPOConfig, acc, run: RunDir, resume: Path | None) -> dict:
     result = {"steps": cfg.steps, "resumed_from_step": start, "processes": acc.num_processes,
               "train_seconds": round(train_seconds, 2),
               "samples_per_second": round(samples_seen / max(train_seconds, 1e-9), 2),
-              "trainable_parameters": trainable, "held_out_prompts": len(held),
+              "trainable_parameters": trainable, "held_out_prompts": len(held) if split.heldout else 0,
+              "heldout": split.source,
               **{k: v for k, v in stats.items() if k.startswith(("objective/", "policy/", "val/"))}}
-    result.update({k.replace("eval/", "eval_before/"): v for k, v in _numbers(first_eval).items()})
+    before = split.prefix[:-1] + "_before/"  # eval_before/…, or train_before/… when not held out
+    result.update({k.replace(split.prefix, before, 1): v for k, v in _numbers(first_eval).items()})
     if acc.is_main_process:
         result.update(last_eval)
         run.log_metrics(cfg.steps, cfg.steps, **_numbers(last_eval), train_seconds=train_seconds)

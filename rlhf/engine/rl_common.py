@@ -1,5 +1,6 @@
 """What PPO, GRPO and RLOO share: the reward (reward-model score + weighted verifiable reward), the
-train / held-out split of a prompt set, and the held-out evaluation (greedy answers, mean reward)."""
+train / held-out split of a prompt set (the held-out rule of `heldout.py`), and the held-out evaluation
+(greedy answers, mean reward)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import torch
 
 from .data import load_images, read_prompts
+from .heldout import Split, split_lines, warn_not_heldout
 from .rewards import REWARDS
 
 log = logging.getLogger(__name__)
@@ -55,29 +57,31 @@ def _json(x):
     return json.loads(x) if isinstance(x, str) else x
 
 
-def split_prompts(cfg) -> tuple[list[dict], list[dict]]:
-    """(train, held-out) prompt records: held-out = `eval_file`, else the lines marked split=eval, else
-    the first `eval_prompts` lines (then also trained on: logged as not held out)."""
+def split_prompts(cfg) -> Split:
+    """Train and measured prompt records under the held-out rule: training never sees a split=eval line;
+    the measured set is `eval_file`, else those lines, else the first `eval_prompts` training prompts,
+    whose figures are then named `train/…` (``Split.prefix``) and logged as not held out."""
     rows = read_prompts(cfg.prompts_file)
-    if cfg.eval_file:
-        return rows, read_prompts(cfg.eval_file)[: cfg.eval_prompts]
-    held = [r for r in rows if r.get("split") == "eval"]
-    train = [r for r in rows if r.get("split") != "eval"]
-    if not train:
+    split = split_lines(rows, read_prompts(cfg.eval_file) if cfg.eval_file else None,
+                        train_file=cfg.prompts_file, eval_file=cfg.eval_file)
+    if not split.train:
         raise ValueError(f"{cfg.prompts_file}: no training prompts (every line is split=eval)")
-    if not held:
-        log.info("no split=eval prompts: evaluating on the first %d training prompts", cfg.eval_prompts)
-        held = train
-    return train, held[: cfg.eval_prompts]
+    if not split.heldout:
+        warn_not_heldout(log, "no eval_file and no split=eval prompts",
+                         f"the policy's reward is measured on the first {cfg.eval_prompts} training prompts")
+        split.measure = split.train
+    split.measure = split.measure[: cfg.eval_prompts]
+    return split
 
 
 @torch.no_grad()
 def evaluate_reward(model, processor, records: list[dict], reward_fn, *, max_new_tokens: int = 24,
                     batch_size: int = 32, image_cache: dict | None = None, samples: int = 4,
-                    seed: int = 1234) -> dict:
+                    seed: int = 1234, prefix: str = "eval/") -> dict:
     """Held-out reward, the metric every method reports: `eval/reward_mean` of greedy answers and
     `eval/reward_sampled` of `samples` answers per prompt at temperature 1 (fixed seed; the quantity the
-    RL objective raises, and less coarse than greedy on a tiny model)."""
+    RL objective raises, and less coarse than greedy on a tiny model). `prefix` names them otherwise when
+    `records` are not held out (``Split.prefix``)."""
     from .generation import sample
 
     if not records:
@@ -85,7 +89,7 @@ def evaluate_reward(model, processor, records: list[dict], reward_fn, *, max_new
     out = {}
     rng_state = torch.get_rng_state()
     torch.manual_seed(seed)
-    for name, do_sample, n in (("eval/reward_mean", False, 1), ("eval/reward_sampled", True, samples)):
+    for name, do_sample, n in ((f"{prefix}reward_mean", False, 1), (f"{prefix}reward_sampled", True, samples)):
         rows = [r for r in records for _ in range(n)]
         texts = []
         for s in range(0, len(rows), batch_size):
@@ -97,7 +101,7 @@ def evaluate_reward(model, processor, records: list[dict], reward_fn, *, max_new
                             ground_truth=[r.get("ground_truth") for r in rows])
         out[name] = float(sum(rewards) / len(rewards))
         if not do_sample:
-            out["eval/example"] = texts[0]
+            out[f"{prefix}example"] = texts[0]
     torch.set_rng_state(rng_state)
     return out
 

@@ -47,7 +47,8 @@ class PPOConfig(_RewardFields):
     prompts_file: str = _f("", "Prompt-set JSONL (prompt_id, images, prompt, ground_truth?); images relative "
                            "to its folder. Lines with \"split\": \"eval\" are held out for evaluation.")
     eval_file: str = _f("", "Optional held-out prompt set for eval/reward_mean; empty = the prompts_file lines "
-                        "marked split=eval, else its first `eval_prompts` lines.")
+                        "marked split=eval (never trained on), else its first `eval_prompts` training prompts, "
+                        "whose figures are then named train/… (not held out).")
     eval_prompts: int = _f(32, "Prompts in the held-out evaluation (greedy answers, mean reward).")
     eval_every: int = _f(0, "Evaluate every N iterations (0 = only before and after training).")
     steps: int = _f(20, "PPO iterations (rollout + optimisation).")
@@ -126,7 +127,8 @@ class GRPOConfig(_RewardFields):
     model: ModelConfig = _f(ModelConfig(), "The policy (base + LoRA).")
     prompts_file: str = _f("", "Prompt-set JSONL (prompt_id, images, prompt, ground_truth?); lines with "
                            "\"split\": \"eval\" are held out for evaluation.")
-    eval_file: str = _f("", "Optional held-out prompt set; empty = split=eval lines, else the first lines.")
+    eval_file: str = _f("", "Optional held-out prompt set; empty = the split=eval lines (never trained on), "
+                        "else the first training prompts, reported as train/… (not held out).")
     eval_prompts: int = _f(32, "Prompts in the held-out evaluation (greedy answers, mean reward).")
     eval_every: int = _f(0, "Evaluate every N steps (0 = only before and after training); eval time is "
                          "excluded from train_seconds.")
@@ -168,7 +170,11 @@ class DPOConfig:
 
     model: ModelConfig = _f(ModelConfig(), "The policy (base + LoRA); the reference is the adapter disabled.")
     train_file: str = _f("", "Preference-records JSONL (export format); images relative to its folder. Lines "
-                         "with \"split\": \"eval\" are held out for the margin report.")
+                         "with \"split\": \"eval\" are never trained on: without `eval_file` they are the "
+                         "held-out pairs of the margin report.")
+    eval_file: str = _f("", "Held-out preference records for the log-probability margin report (eval/…); empty = "
+                        "the train_file lines marked split=eval, else the first training pairs, reported as "
+                        "train/… (not held out).")
     steps: int = _f(20, "Optimiser steps (TRL max_steps).")
     seed: int = _f(0, "Seed.")
     lr: float = _f(1e-3, "Learning rate of the LoRA adapter (constant).")

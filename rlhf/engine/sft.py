@@ -1,6 +1,9 @@
 """Supervised fine-tuning of a policy on a prompt set with references (loss on the answer only),
 LoRA/QLoRA or full, runnable under `accelerate launch`. The checkpoint is the adapter (or the full model)
 plus the processor, loadable as `model.adapter_path` (or `model.path`) by every other subcommand.
+
+Lines marked `"split": "eval"` are held out: never trained on (heldout.py). SFT reports no held-out figure
+of its own; a round's evaluate step measures the policy on the held-out prompts.
 """
 
 from __future__ import annotations
@@ -36,7 +39,11 @@ def train_sft(cfg: SFTConfig, run_dir: str) -> dict:
     run = RunDir(run_dir, to_dict(cfg), is_main=acc.is_main_process)
     with run:
         set_seed(cfg.seed)
-        records = [r for r in read_prompts(cfg.train_file) if r.get("reference")]
+        rows = read_prompts(cfg.train_file)
+        records = [r for r in rows if r.get("reference") and r.get("split") != "eval"]  # held out: never trained on
+        held = sum(r.get("split") == "eval" for r in rows)
+        if held:
+            log.info("SFT: %d split=eval lines of %s are held out, not trained on", held, cfg.train_file)
         if not records:
             raise ValueError(f"{cfg.train_file}: no line has a `reference`; SFT needs reference answers")
         if cfg.batch_size % acc.num_processes:

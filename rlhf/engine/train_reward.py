@@ -21,6 +21,7 @@ from .config import RewardConfig, to_dict
 from .data import encode_completions, load_images, read_preferences
 from .demo.build import cosine_with_warmup
 from .evaluation import reward_model_metrics
+from .heldout import EVAL, split_lines, warn_not_heldout
 from .losses import bradley_terry_loss, reward_centering_loss
 from .reward_model import RewardModel, init_reward_model, save_reward_model, score
 from .rundir import RunDir, progress
@@ -101,10 +102,18 @@ def train_reward_model(cfg: RewardConfig, run_dir: str) -> dict:
 def _train(cfg: RewardConfig, acc, run: RunDir, set_seed) -> dict:
     set_seed(cfg.seed)
     records = read_preferences(cfg.train_file)
-    if cfg.eval_file:
-        train, held = records, read_preferences(cfg.eval_file)
-    else:
-        train, held = split_by_ranking(records, cfg.eval_fraction, cfg.seed)
+    split = split_lines(records, read_preferences(cfg.eval_file) if cfg.eval_file else None,
+                        train_file=cfg.train_file, eval_file=cfg.eval_file)
+    train, held, prefix = split.train, split.measure, EVAL
+    if not split.heldout:
+        # Pairs split off by ranking are not trained on, but they rank the same prompts as the training
+        # pairs do (other annotators, other tasks): not held out, so not eval/.
+        train, held = split_by_ranking(split.train, cfg.eval_fraction, cfg.seed)
+        prefix = "train_split/"
+        warn_not_heldout(log, "no eval_file and no split=eval pairs",
+                         f"accuracy is measured on {len(held)} pairs split off {cfg.train_file} by ranking_id "
+                         "(not trained on, but ranking training prompts)", prefix)
+    before_prefix = prefix[:-1] + "_before/"
     if not train:
         raise ValueError(f"{cfg.train_file}: no training pairs left after the eval split")
     world = acc.num_processes
@@ -130,7 +139,7 @@ def _train(cfg: RewardConfig, acc, run: RunDir, set_seed) -> dict:
     before = evaluate_pairs(rm, processor, held, cfg.eval_batch_size, image_cache) if acc.is_main_process else {}
     if before:
         log.info("held-out before training: %s", before)
-        run.log_metrics(0, total, **{f"eval/{k}": v for k, v in before.items()})
+        run.log_metrics(0, total, **{f"{prefix}{k}": v for k, v in before.items()})
 
     step, pairs_seen, t0 = 0, 0, time.monotonic()
     bar = progress(total=total, desc="reward model", enabled=acc.is_main_process)
@@ -160,15 +169,16 @@ def _train(cfg: RewardConfig, acc, run: RunDir, set_seed) -> dict:
     seconds = time.monotonic() - t0
     acc.wait_for_everyone()
     unwrapped = acc.unwrap_model(rm_ddp)
-    result = {"steps": step, "train_pairs": len(train), "eval_pairs": len(held), "processes": world,
+    result = {"steps": step, "train_pairs": len(train), "eval_pairs": len(held) if split.heldout else 0,
+              "heldout": split.source, "processes": world,
               "train_seconds": round(seconds, 2), "pairs_per_second": round(pairs_seen / max(seconds, 1e-9), 2)}
     if acc.is_main_process:
         after = evaluate_pairs(unwrapped, processor, held, cfg.eval_batch_size, image_cache)
         if after:
             log.info("held-out after training: %s", after)
-            run.log_metrics(step, total, **{f"eval/{k}": v for k, v in after.items()})
-        result.update({f"eval/{k}": v for k, v in after.items()})
-        result.update({f"eval_before/{k}": v for k, v in before.items()})
+            run.log_metrics(step, total, **{f"{prefix}{k}": v for k, v in after.items()})
+        result.update({f"{prefix}{k}": v for k, v in after.items()})
+        result.update({f"{before_prefix}{k}": v for k, v in before.items()})
         with run.checkpoint() as tmp:
             save_reward_model(unwrapped, processor, cfg.model, tmp)
         result["checkpoint"] = str(run.checkpoint_path)

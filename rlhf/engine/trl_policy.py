@@ -23,6 +23,7 @@ import torch
 
 from .config import to_dict
 from .data import encode_completions, load_images, read_preferences
+from .heldout import split_lines, warn_not_heldout
 from .rl_common import CombinedReward, evaluate_reward, set_threads, split_prompts, suppress_media_tokens
 from .rl_config import DPOConfig, GRPOConfig, RLOOConfig
 from .rundir import RunDir
@@ -100,8 +101,7 @@ def _run_dir_callback(run: RunDir, clock: _Clock, evaluate=None, eval_every: int
             metrics = evaluate(kwargs["model"])
             clock.paused += time.monotonic() - t
             if metrics:
-                run.log_metrics(step, state.max_steps, train_seconds=clock.seconds(),
-                                **{k: v for k, v in metrics.items() if k != "eval/example"})
+                run.log_metrics(step, state.max_steps, train_seconds=clock.seconds(), **_numbers(metrics))
 
     return RunDirCallback()
 
@@ -114,6 +114,10 @@ def _load_policy(cfg):
         raise ValueError(f"{type(cfg).__name__} needs a LoRA policy (model.lora=true): the reference is the "
                          "adapter disabled")
     return policy, processor
+
+
+def _numbers(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
 
 
 def _save(run: RunDir, trainer, processor) -> str:
@@ -147,7 +151,8 @@ def _train_group(cfg: GRPOConfig, run_dir: str, run: RunDir, method: str, state)
         from trl import RLOOConfig as TRLConfig
         from trl import RLOOTrainer as Trainer
 
-    train, held = split_prompts(cfg)
+    split = split_prompts(cfg)
+    train, held = split.train, split.measure
     device = str(state.device)
     reward_fn = CombinedReward.from_config(cfg, device=device)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, device=device))
@@ -155,9 +160,9 @@ def _train_group(cfg: GRPOConfig, run_dir: str, run: RunDir, method: str, state)
     suppress = suppress_media_tokens(policy, processor)
     image_cache: dict = {}
     before = evaluate_reward(policy, processor, held, reward_fn, max_new_tokens=cfg.max_new_tokens,
-                             image_cache=image_cache) if state.is_main_process else {}
+                             image_cache=image_cache, prefix=split.prefix) if state.is_main_process else {}
     if before:
-        run.log_metrics(0, cfg.steps, **{k: v for k, v in before.items() if k != "eval/example"}, train_seconds=0.0)
+        run.log_metrics(0, cfg.steps, **_numbers(before), train_seconds=0.0)
     args = TRLConfig(**_trainer_args(
         cfg, run_dir, per_device_train_batch_size=cfg.batch_size // state.num_processes,
         num_generations=cfg.num_generations, max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature,
@@ -167,7 +172,7 @@ def _train_group(cfg: GRPOConfig, run_dir: str, run: RunDir, method: str, state)
             return {}
         model = trainer.accelerator.unwrap_model(model)
         return evaluate_reward(model, processor, held, reward_fn, max_new_tokens=cfg.max_new_tokens,
-                               image_cache=image_cache)
+                               image_cache=image_cache, prefix=split.prefix)
 
     clock = _Clock()
     trainer = Trainer(model=policy, reward_funcs=[reward_fn], args=args, train_dataset=prompt_dataset(train),
@@ -180,15 +185,16 @@ def _train_group(cfg: GRPOConfig, run_dir: str, run: RunDir, method: str, state)
     result = {"method": method, "steps": trainer.state.global_step, "processes": state.num_processes,
               "train_seconds": round(seconds, 2),
               "samples_per_second": round(trainer.state.global_step * cfg.batch_size / max(seconds, 1e-9), 2),
-              "train_loss": out.training_loss, "objective/scores": last.get("reward"), "objective/kl": last.get("kl")}
+              "train_loss": out.training_loss, "objective/scores": last.get("reward"), "objective/kl": last.get("kl"),
+              "held_out_prompts": len(held) if split.heldout else 0, "heldout": split.source}
     if state.is_main_process:
         model = trainer.accelerator.unwrap_model(trainer.model)
         after = evaluate_reward(model, processor, held, reward_fn, max_new_tokens=cfg.max_new_tokens,
-                                image_cache=image_cache)
+                                image_cache=image_cache, prefix=split.prefix)
         result.update(after)
-        result.update({k.replace("eval/", "eval_before/"): v for k, v in before.items() if k != "eval/example"})
-        run.log_metrics(trainer.state.global_step, cfg.steps, **{k: v for k, v in after.items() if k != "eval/example"},
-                        train_seconds=seconds)
+        before_prefix = split.prefix[:-1] + "_before/"  # eval_before/…, or train_before/… when not held out
+        result.update({k.replace(split.prefix, before_prefix, 1): v for k, v in _numbers(before).items()})
+        run.log_metrics(trainer.state.global_step, cfg.steps, **_numbers(after), train_seconds=seconds)
         result["checkpoint"] = _save(run, trainer, processor)
     state.wait_for_everyone()
     return result
@@ -254,9 +260,17 @@ def _train_dpo(cfg: DPOConfig, run_dir: str, run: RunDir, state) -> dict:
     records = read_preferences(cfg.train_file)
     if not records:
         raise ValueError(f"{cfg.train_file}: no preference records")
-    held = [r for r in records if r.get("split") == "eval"]
-    train = [r for r in records if r.get("split") != "eval"] or records
-    held = (held or train)[: cfg.eval_pairs]
+    split = split_lines(records, read_preferences(cfg.eval_file) if cfg.eval_file else None,
+                        train_file=cfg.train_file, eval_file=cfg.eval_file)
+    train = split.train
+    if not train:
+        raise ValueError(f"{cfg.train_file}: no training pairs (every line is split=eval)")
+    if not split.heldout:
+        warn_not_heldout(log, "no eval_file and no split=eval pairs",
+                         f"the log-probability margin is measured on the first {cfg.eval_pairs} training pairs")
+        split.measure = train
+    held = split.measure[: cfg.eval_pairs]
+    after_key, before_key = f"{split.prefix}logprob_margin", f"{split.prefix[:-1]}_before/logprob_margin"
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, device=str(state.device)))
     policy, processor = _load_policy(cfg)
     before = logprob_margin(policy, processor, held) if state.is_main_process else math.nan
@@ -271,13 +285,13 @@ def _train_dpo(cfg: DPOConfig, run_dir: str, run: RunDir, state) -> dict:
     logs = [h for h in trainer.state.log_history if "loss" in h]
     last = logs[-1] if logs else {}
     result = {"method": "dpo", "steps": trainer.state.global_step, "processes": state.num_processes,
-              "train_pairs": len(train), "train_seconds": round(seconds, 2), "train_loss": out.training_loss,
+              "train_pairs": len(train), "heldout": split.source, "train_seconds": round(seconds, 2),
+              "train_loss": out.training_loss,
               **{k: v for k, v in last.items() if k.startswith(("rewards/", "logps/"))}}
     if state.is_main_process:
         after = logprob_margin(trainer.accelerator.unwrap_model(trainer.model), processor, held)
-        result.update({"eval_before/logprob_margin": before, "eval/logprob_margin": after,
-                       "eval/pairs": len(held)})
-        run.log_metrics(trainer.state.global_step, cfg.steps, **{"eval/logprob_margin": after})
+        result.update({before_key: before, after_key: after, f"{split.prefix}pairs": len(held)})
+        run.log_metrics(trainer.state.global_step, cfg.steps, **{after_key: after})
         result["checkpoint"] = _save(run, trainer, processor)
     state.wait_for_everyone()
     return result
