@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
 from django.urls import path
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation.api.permissions import project_for
+from rlhf.gate import decide_pending_gates
 from rlhf.leaderboard import leaderboard
 from rlhf.models import LoopSettings, ModelVersion, TrainingRun
 from rlhf.services import (
@@ -56,7 +57,8 @@ class VersionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = ModelVersion
-        fields = ["id", "label", "kind", "active", "parent", "reward_model", "base_model", "path", "weights", "metrics", "run", "created_at"]
+        fields = ["id", "label", "kind", "active", "parent", "reward_model", "base_model", "path", "weights", "metrics", "run",
+                  "gate_state", "gate_reason", "gate", "created_at"]
 
 
 class RoundSerializer(serializers.Serializer):
@@ -163,6 +165,7 @@ class VersionListView(APIView):
     @extend_schema(responses=VersionSerializer(many=True))
     def get(self, request, slug):
         project = project_for(request, slug)
+        decide_pending_gates(project)
         versions = ModelVersion.objects.filter(project=project).select_related("parent", "reward_model")
         return Response(VersionSerializer(versions, many=True).data)
 
@@ -182,10 +185,17 @@ class VersionActivateView(APIView):
 
 
 class LeaderboardView(APIView):
-    @extend_schema(responses={200: OpenApiResponse(description="Versions by Bradley–Terry rating with 95% CIs")})
+    @extend_schema(
+        parameters=[OpenApiParameter("split", str, enum=["train", "eval"], required=False,
+                                     description="Only the pairs of held-out (eval) or training prompts.")],
+        responses={200: OpenApiResponse(description="Versions by Bradley–Terry rating with 95% CIs")},
+    )
     def get(self, request, slug):
         project = project_for(request, slug)
-        return Response(leaderboard(project))
+        split = request.query_params.get("split") or None
+        if split not in (None, "train", "eval"):
+            return Response({"error": "invalid", "detail": "split must be train or eval"}, status=400)
+        return Response(leaderboard(project, split=split))
 
 
 class LoopSettingsSerializer(serializers.Serializer):
@@ -193,20 +203,33 @@ class LoopSettingsSerializer(serializers.Serializer):
                                                 help_text="Start a round every N new preference pairs (0 = off).")
     round_params = serializers.DictField(required=False, help_text="Parameters of automatic rounds and the "
                                          "project's engine settings (ROUND_ADVANCED), which every round uses.")
+    promotion_gate = serializers.ChoiceField(choices=LoopSettings.PromotionGate.values, required=False,
+                                             help_text="auto, human or off (docs/loop.md, the promotion gate).")
+    gate_reward = serializers.CharField(allow_blank=True, required=False,
+                                        help_text="Verifiable reward of the gate; empty = the round's.")
+    gate_comparisons = serializers.IntegerField(min_value=1, required=False,
+                                                help_text="Side-by-side rankings the human gate waits for.")
+    eval_prompts = serializers.IntegerField(min_value=0, required=False,
+                                            help_text="Held-out prompts each round evaluates on (0 = all).")
+
+
+def _loop_settings_out(row: LoopSettings | None) -> dict:
+    row = row or LoopSettings()
+    return {"auto_round_pairs": row.auto_round_pairs, "round_params": row.round_params,
+            "promotion_gate": row.promotion_gate, "gate_reward": row.gate_reward,
+            "gate_comparisons": row.gate_comparisons, "eval_prompts": row.eval_prompts}
 
 
 class LoopSettingsView(APIView):
     @extend_schema(responses=LoopSettingsSerializer)
     def get(self, request, slug):
         project = project_for(request, slug)
-        row = LoopSettings.objects.filter(project=project).first()
-        return Response({"auto_round_pairs": row.auto_round_pairs if row else 0,
-                         "round_params": row.round_params if row else {}})
+        return Response(_loop_settings_out(LoopSettings.objects.filter(project=project).first()))
 
     @extend_schema(request=LoopSettingsSerializer, responses=LoopSettingsSerializer)
     def patch(self, request, slug):
-        """Change the automatic-round trigger and/or some of the saved round parameters (validated like a
-        round's; those not named keep their saved values)."""
+        """Change the automatic-round trigger, some of the saved round parameters (validated like a round's;
+        those not named keep their saved values), and/or the held-out evaluation and promotion gate."""
         project = project_for(request, slug, admin=True)
         data = LoopSettingsSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -214,7 +237,7 @@ class LoopSettingsView(APIView):
             row = loop_settings_set(project=project, **data.validated_data)
         except LoopError as exc:
             return _loop_error(exc)
-        return Response({"auto_round_pairs": row.auto_round_pairs, "round_params": row.round_params})
+        return Response(_loop_settings_out(row))
 
 
 urlpatterns = [

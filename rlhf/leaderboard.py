@@ -4,6 +4,9 @@ come from different sources, with bootstrap confidence intervals.
 Bradley & Terry (1952): P(i ≻ j) = p_i / (p_i + p_j). Fitted with Hunter's (2004) MM iteration
 p_i ← W_i / Σ_j n_ij / (p_i + p_j), where W_i counts i's wins and n_ij the comparisons of i and j.
 Scores are reported as Elo-like ratings, 400·log10(p_i / geometric mean p) + 1000.
+
+``split="eval"`` fits only the pairs of held-out prompts (never trained on): versions compared on the same
+held-out set, as the versions page shows them by default.
 """
 
 from __future__ import annotations
@@ -52,12 +55,14 @@ def _rating(strength: float) -> float:
     return 1000 + 400 * math.log10(strength)
 
 
-def leaderboard(project: Project, *, bootstrap: int = 200, seed: int = 0) -> list[dict]:
-    """Rows sorted best first: source, rating, 95% interval, comparisons, win rate."""
+def leaderboard(project: Project, *, bootstrap: int = 200, seed: int = 0, split: str | None = None) -> list[dict]:
+    """Rows sorted best first: source, rating, 95% interval (bootstrap over rankings), comparisons (pairs),
+    rankings, win rate. ``split``: only the pairs of prompts of that split ("eval": held out)."""
+    pairs = PreferencePair.objects.filter(project=project)
+    if split:
+        pairs = pairs.filter(prompt__split=split)
     rows = list(
-        PreferencePair.objects.filter(project=project)
-        .exclude(chosen__source=F("rejected__source"))
-        .values_list("ranking_id", "chosen__source", "rejected__source")
+        pairs.exclude(chosen__source=F("rejected__source")).values_list("ranking_id", "chosen__source", "rejected__source")
     )
     if not rows:
         return []
@@ -77,6 +82,10 @@ def leaderboard(project: Project, *, bootstrap: int = 200, seed: int = 0) -> lis
             samples[player].append(_rating(s))
     games = Counter()
     won = Counter()
+    rankings_of: dict[str, set[int]] = defaultdict(set)
+    for ranking_id, a, b in rows:
+        rankings_of[a].add(ranking_id)
+        rankings_of[b].add(ranking_id)
     for (a, b), count in wins.items():
         games[a] += count
         games[b] += count
@@ -93,6 +102,7 @@ def leaderboard(project: Project, *, bootstrap: int = 200, seed: int = 0) -> lis
                 "ci_low": round(lo, 1),
                 "ci_high": round(hi, 1),
                 "comparisons": games[player],
+                "rankings": len(rankings_of[player]),
                 "win_rate": round(won[player] / games[player], 3) if games[player] else None,
             }
         )

@@ -9,6 +9,7 @@ policy and the reward model it was optimised against; candidates it generated ca
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -130,6 +131,16 @@ class ModelVersion(models.Model):
         ADAPTER = "adapter", "LoRA adapter"
         FULL = "full", "Full weights"
 
+    class Gate(models.TextChoices):
+        """What the promotion gate (``rlhf.gate``) made of a round's new policy."""
+
+        NONE = "", "No gate"  # the base model, reward models, versions from before the gate
+        PENDING = "pending", "Waiting for side-by-side rankings"
+        PASSED = "passed", "Passed the gate"
+        FAILED = "failed", "Held back by the gate"
+        OFF = "off", "Gate off"
+        SUPERSEDED = "superseded", "Superseded"
+
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="model_versions")
     kind = models.CharField(max_length=8, choices=Kind.choices)
     label = models.CharField(max_length=100, help_text="Shown as candidates' source, e.g. policy-v2.")
@@ -144,10 +155,16 @@ class ModelVersion(models.Model):
     metrics = models.JSONField(default=dict, blank=True)
     run = models.ForeignKey(TrainingRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="versions")
     active = models.BooleanField(default=False)
+    gate_state = models.CharField(max_length=12, choices=Gate.choices, default=Gate.NONE, blank=True)
+    gate_reason = models.TextField(blank=True, help_text="Why the gate let the policy through or held it back.")
+    gate = models.JSONField(
+        default=dict, blank=True, help_text="The gate's evidence: method, the version compared with, figures."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-id"]
+        indexes = [models.Index(fields=["gate_state"], condition=Q(gate_state="pending"), name="version_gate_pending_idx")]
         constraints = [
             models.UniqueConstraint(fields=["project", "label"], name="version_label_unique"),
             models.UniqueConstraint(
@@ -160,13 +177,37 @@ class ModelVersion(models.Model):
 
 
 class LoopSettings(models.Model):
-    """Per-project settings of the loop: automatic rounds and their default parameters."""
+    """Per-project settings of the loop: automatic rounds and their default parameters, the held-out
+    evaluation and the promotion gate (docs/loop.md)."""
+
+    class PromotionGate(models.TextChoices):
+        AUTO = "auto", "Verifiable reward where there is ground truth, else reward model and people"
+        HUMAN = "human", "Reward model and side-by-side rankings by people"
+        OFF = "off", "Off: every round's policy becomes active"
 
     project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="loop_settings")
     auto_round_pairs = models.PositiveIntegerField(
         default=0, help_text="Start a round whenever this many new preference pairs arrived (0 = off)."
     )
     round_params = models.JSONField(default=dict, blank=True, help_text="Parameters of automatic rounds.")
+    promotion_gate = models.CharField(
+        max_length=8, choices=PromotionGate.choices, default=PromotionGate.AUTO,
+        help_text="How a round's new policy must show it is not worse than the active one before it becomes active.",
+    )
+    gate_reward = models.CharField(
+        max_length=64, blank=True,
+        help_text="Verifiable reward the gate scores held-out answers with (rlhf.engine.rewards); empty = the "
+        "round's verifiable_reward, and without one the gate asks people.",
+    )
+    gate_comparisons = models.PositiveIntegerField(
+        default=30, validators=[MinValueValidator(1)],
+        help_text="Side-by-side rankings of the new and the active policy the human gate waits for.",
+    )
+    eval_prompts = models.PositiveIntegerField(
+        default=200,
+        help_text="Held-out prompts every round evaluates versions on, the first by id, so the same set each "
+        "round (0 = all).",
+    )
 
     def __str__(self) -> str:
         return f"loop settings of {self.project}"

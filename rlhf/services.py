@@ -387,7 +387,17 @@ def activate_version(version: ModelVersion) -> ModelVersion:
                               f"then make {version.label} active")
     if version.path and not Path(version.path).exists():
         raise LoopError(f"{version.label} cannot be made active: its files are gone ({version.path})")
-    activate_versions(version)
+    from rlhf.gate import supersede_pending
+
+    with transaction.atomic():
+        activate_versions(version)
+        # A gate still waiting for rankings must not later replace what an admin chose.
+        supersede_pending(project, why=f"{version.label} was made active by hand before this gate was decided")
+        if version.kind == ModelVersion.Kind.POLICY and version.gate_state in (
+            ModelVersion.Gate.FAILED, ModelVersion.Gate.SUPERSEDED
+        ):
+            note = f" Made active by hand on {timezone.now():%Y-%m-%d %H:%M} UTC."
+            ModelVersion.objects.filter(pk=version.pk).update(gate_reason=version.gate_reason + note)
     log.info("%s: %s %s made active by hand", project.slug, version.kind, version.label)
     version.refresh_from_db()
     return version
@@ -424,15 +434,32 @@ def maybe_start_auto_rounds() -> list[TrainingRun]:
     return started
 
 
-def loop_settings_set(*, project: Project, auto_round_pairs: int | None = None, round_params: dict | None = None):
-    """Change a project's automatic-round trigger and/or the parameters automatic rounds use.
+GATE_SETTINGS = ("promotion_gate", "gate_reward", "gate_comparisons", "eval_prompts")
+
+
+def loop_settings_set(*, project: Project, auto_round_pairs: int | None = None, round_params: dict | None = None,
+                      **gate_settings):
+    """Change a project's automatic-round trigger, the parameters automatic rounds use, and/or the
+    held-out evaluation and promotion gate (``GATE_SETTINGS``; docs/loop.md).
 
     Parameters are validated like a launched round's, so an automatic round never fails on them; saved
     parameters that `round_params` does not name keep their values.
     """
+    from rlhf.engine.rewards import REWARDS
     from rlhf.models import LoopSettings
 
-    defaults = {}
+    unknown = sorted(set(gate_settings) - set(GATE_SETTINGS))
+    if unknown:
+        raise LoopError(f"unknown loop settings {unknown}; known: auto_round_pairs, round_params, {', '.join(GATE_SETTINGS)}")
+    defaults = {k: v for k, v in gate_settings.items() if v is not None}
+    if "promotion_gate" in defaults and defaults["promotion_gate"] not in LoopSettings.PromotionGate.values:
+        raise LoopError(f"promotion_gate must be one of {LoopSettings.PromotionGate.values}")
+    if defaults.get("gate_reward") and defaults["gate_reward"] not in REWARDS:
+        raise LoopError(f"gate_reward {defaults['gate_reward']!r} is not one of {sorted(REWARDS)}")
+    for key in ("gate_comparisons", "eval_prompts"):
+        if key in defaults and (not isinstance(defaults[key], int) or isinstance(defaults[key], bool)
+                                or defaults[key] < (1 if key == "gate_comparisons" else 0)):
+            raise LoopError(f"{key} must be a whole number" + (" of at least 1" if key == "gate_comparisons" else " (0 = all)"))
     if auto_round_pairs is not None:
         if auto_round_pairs < 0:
             raise LoopError("auto_round_pairs must be 0 (off) or a positive number of pairs")

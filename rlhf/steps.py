@@ -2,7 +2,14 @@
 (the job marks it succeeded) or raises (EngineFailed / Cancelled / anything: the job records it).
 
 A round: export snapshot → reward model → policy (PPO, GRPO, DPO or SFT) → evaluate → register the
-new versions → generate K candidates per prompt from the new policy → open ranking tasks.
+new versions → generate K candidates per prompt from the active policy → open ranking tasks.
+
+Held-out data (DESIGN.md "Held-out data and promotion"): the export step writes the training records and
+prompts (``split: train``) apart from the held-out ones (``split: eval``); no step trains on the latter,
+and every step that measures gets them as its held-out file. The evaluate step answers the held-out
+prompts with the new and the active policy; the register step lets the promotion gate (``rlhf.gate``)
+decide whether the new policy becomes active, and the generate step opens the side-by-side tasks a
+human gate waits for.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import random
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +29,7 @@ from django.utils import timezone
 from annotation.models import Candidate, Prompt, Ranking, RankingTask
 from annotation.services.candidates import open_tasks_from_samples
 from annotation.services.exports import ExportFilter, write_export, write_prompt_set
+from rlhf import gate
 from rlhf.engine.config import GenerateConfig
 from rlhf.models import ModelVersion, TrainingRun
 from rlhf.runner import EngineFailed, run_engine
@@ -59,22 +68,28 @@ def _save(run: TrainingRun, **fields) -> None:
 
 
 def step_export(run: TrainingRun) -> None:
-    """Freeze the data of this round: preference records up to now, the train and eval prompt sets."""
+    """Freeze the data of this round: preference records up to now (those of training prompts to train on,
+    those of held-out prompts to measure on, apart), the train and held-out prompt sets."""
     project = run.project
     until = timezone.now()
     out = Path(run.run_dir)
-    records = write_export(ExportFilter(project=project, until=until), "records", out / "data")
+    records = write_export(ExportFilter(project=project, until=until, split="train"), "records", out / "data")
     if records["rows"] == 0:
-        raise EngineFailed("no preference pairs to train on yet: rank some tasks first")
+        raise EngineFailed("no preference pairs to train on yet: rank some tasks of training prompts first "
+                           "(the pairs of held-out prompts are never trained on)")
+    heldout = write_export(ExportFilter(project=project, until=until, split="eval"), "records", out / "heldout")
     train = write_prompt_set(project, out / "prompts", split="train", name="train.jsonl")
-    evalset = write_prompt_set(project, out / "prompts", split="eval", name="eval.jsonl")
+    # The first N held-out prompts by id: every round evaluates on the same set while the project keeps them.
+    limit = gate.loop_settings(project).eval_prompts or None
+    evalset = write_prompt_set(project, out / "prompts", split="eval", name="eval.jsonl", limit=limit)
     top = _write_top_ranked(project, until, out / "prompts" / "top_ranked.jsonl")
     # The pairs new since the project's last finished round: iterative DPO trains on those (they rank the
     # current policy's own samples), continuing the policy's adapter.
     previous = (TrainingRun.objects.filter(project=project, kind=K.ROUND, state=TrainingRun.State.SUCCEEDED)
                 .exclude(pk=run.round_id).order_by("-id").values_list("snapshot", flat=True).first())
     since = datetime.fromisoformat(previous["until"]) if previous and previous.get("until") else None
-    new = write_export(ExportFilter(project=project, since=since, until=until), "records", out / "new") if since else None
+    new = (write_export(ExportFilter(project=project, since=since, until=until, split="train"), "records", out / "new")
+           if since else None)
     rankings = Ranking.objects.filter(project=project, created_at__lt=until)
     _save(
         run,
@@ -84,10 +99,13 @@ def step_export(run: TrainingRun) -> None:
             "last_ranking_id": rankings.aggregate(m=Max("id"))["m"],
             "pairs": records["rows"],
             "records": str(out / "data" / "preferences.jsonl"),
+            "heldout_pairs": heldout["rows"],
+            "heldout_records": str(out / "heldout" / "preferences.jsonl") if heldout["rows"] else "",
             "new_records": str(out / "new" / "preferences.jsonl") if new and new["rows"] else "",
             "new_pairs": new["rows"] if new else records["rows"],
             "train_prompts": train["file"],
             "eval_prompts": evalset["file"] if evalset["rows"] else "",
+            "heldout_prompts": evalset["rows"],
             "top_ranked": str(top) if top else "",
         },
         step=1,
@@ -98,11 +116,11 @@ def step_export(run: TrainingRun) -> None:
 
 
 def _write_top_ranked(project, until, path: Path) -> Path | None:
-    """Prompt set whose reference is the candidate ranked first (for SFT on top-ranked answers)."""
+    """Prompt set whose reference is the candidate ranked first (for SFT on top-ranked answers), of the
+    training prompts only."""
     best: dict[int, int] = {}
-    for task_prompt, ordering in Ranking.objects.filter(project=project, created_at__lt=until, flag_all_bad=False).values_list(
-        "task__prompt_id", "ordering"
-    ):
+    rankings = Ranking.objects.filter(project=project, created_at__lt=until, flag_all_bad=False, task__prompt__split="train")
+    for task_prompt, ordering in rankings.values_list("task__prompt_id", "ordering"):
         best[task_prompt] = ordering[0][0]
     if not best:
         return None
@@ -113,7 +131,7 @@ def _write_top_ranked(project, until, path: Path) -> Path | None:
         prompt = prompts[prompt_id]
         lines.append(
             json.dumps({"prompt_id": prompt_id, "images": ["images/" + Path(prompt.image.file).name],
-                        "prompt": prompt.text, "reference": texts[candidate_id]})
+                        "prompt": prompt.text, "reference": texts[candidate_id], "split": prompt.split})
         )
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -126,12 +144,15 @@ def step_reward(run: TrainingRun) -> None:
     config = {
         "model": {"path": policy.base_model, "lora_r": params.get("lora_r", 8), "qlora": bool(params.get("qlora"))},
         "train_file": snapshot["records"],
+        # The pairs of held-out prompts: the reward model's accuracy is measured on them, never trained on.
+        "eval_file": snapshot.get("heldout_records", ""),
         "epochs": params.get("reward_epochs", 3.0),
         "seed": run.round_id or run.pk,
     }
     if params.get("reward_lr"):
         config["lr"] = params["reward_lr"]
-    _save(run, config=config, snapshot={k: snapshot[k] for k in ("rankings", "pairs", "last_ranking_id", "until")})
+    _save(run, config=config, snapshot={k: snapshot[k] for k in ("rankings", "pairs", "heldout_pairs", "last_ranking_id",
+                                                                 "until") if k in snapshot})
     result = run_engine(run, "train-reward", config)
     version = ModelVersion.objects.create(
         project=run.project,
@@ -163,7 +184,8 @@ def step_policy(run: TrainingRun) -> None:
     # round's reward model is still trained and registered, but the policy does not learn from it.
     use_rm = run.kind not in (K.PPO, K.GRPO) or params.get("use_reward_model", True)
     if run.kind in (K.PPO, K.GRPO):
-        config.update({"prompts_file": snapshot["train_prompts"], "reward_model_path": reward.path if use_rm else ""})
+        config.update({"prompts_file": snapshot["train_prompts"], "reward_model_path": reward.path if use_rm else "",
+                       "eval_file": snapshot.get("eval_prompts", "")})
         if params.get("verifiable_reward"):
             config.update(verifiable_reward=params["verifiable_reward"],
                           verifiable_weight=params.get("verifiable_weight", 1.0))
@@ -174,7 +196,8 @@ def step_policy(run: TrainingRun) -> None:
         # A policy that continues an earlier round's adapter trains on the pairs new since that round; all
         # pairs again each round overfit them (bench/loop.py: held-out accuracy fell round after round).
         train_file = snapshot.get("new_records") if policy.path else ""
-        config.update({"train_file": train_file or snapshot["records"], "beta": params.get("beta", 0.1)})
+        config.update({"train_file": train_file or snapshot["records"], "beta": params.get("beta", 0.1),
+                       "eval_file": snapshot.get("heldout_records", "")})
     elif run.kind == K.SFT:
         if not snapshot.get("top_ranked"):
             raise EngineFailed("no usable rankings for SFT (all flagged all-bad?)")
@@ -201,12 +224,35 @@ def step_policy(run: TrainingRun) -> None:
 
 
 def step_evaluate(run: TrainingRun) -> None:
+    """The new policy and the active one answer the same held-out prompts; each answer is scored by the
+    gate's verifiable reward (where there is ground truth) and by the round's reward model, with
+    intervals and paired differences (engine ``evaluate``); the reward model's accuracy is measured on
+    the held-out prompts' pairs. Without held-out prompts it measures on training prompts, and says so."""
     params = _params(run)
+    project = run.project
     snapshot = _sibling(run, K.EXPORT).snapshot
     new_policy = ModelVersion.objects.get(run=_policy_step(run))
-    config = {"model": _model_config(new_policy, params), "prompts_file": snapshot.get("eval_prompts") or ""}
+    reward = ModelVersion.objects.get(run=_sibling(run, K.REWARD))
+    active = base_policy(project)
+    plan = gate.plan(project, params)
+    prompts_file, heldout = snapshot.get("eval_prompts") or "", True
+    if not prompts_file:
+        heldout = False  # the engine then names every figure train/…, and the gate holds the policy back
+        limit = gate.loop_settings(project).eval_prompts or 200
+        prompts_file = write_prompt_set(project, Path(run.run_dir) / "prompts", split="train", name="train_sample.jsonl",
+                                        limit=limit)["file"]
+    config = {"model": _model_config(new_policy, params), "prompts_file": prompts_file, "heldout": heldout,
+              "answer_reward_model_path": reward.path}
+    if active.pk != new_policy.pk:
+        config["baseline"] = _model_config(active, params)
+    if plan["reward"]:
+        config["verifiable_reward"] = plan["reward"]
+    if snapshot.get("heldout_records"):
+        config.update(reward_model_path=reward.path, preference_file=snapshot["heldout_records"])
     _save(run, config=config)
-    run.input_versions.add(new_policy)
+    run.input_versions.add(new_policy, active, reward)
+    new_policy.gate = {**plan, "active": active.label, "active_id": active.pk}
+    new_policy.save(update_fields=["gate"])
     result = run_engine(run, "evaluate", config)
     new_policy.metrics = {**new_policy.metrics, "eval": result}
     new_policy.save(update_fields=["metrics"])
@@ -214,12 +260,19 @@ def step_evaluate(run: TrainingRun) -> None:
 
 
 def step_register(run: TrainingRun) -> None:
-    """Make the round's reward model and policy the active versions — only now, so a failed policy
-    step leaves the previous policy active."""
+    """Register the round's versions: the reward model becomes active; the policy becomes active only when
+    the promotion gate lets it (``rlhf.gate``) — only now, so a failed policy step leaves the previous
+    policy active. A human gate is decided later, once its side-by-side rankings are in."""
     policy = ModelVersion.objects.get(run=_policy_step(run))
     reward = ModelVersion.objects.get(run=_sibling(run, K.REWARD))
-    activate_versions(reward, policy)
-    _save(run, step=1, total_steps=1, result={"policy": policy.label, "reward": reward.label})
+    decision = gate.judge_new_policy(policy, policy.metrics.get("eval") or {})
+    with transaction.atomic():
+        activate_versions(reward)
+        gate.supersede_pending(run.project, keep=policy,
+                               why=f"a later round registered {policy.label} before this policy's gate was decided")
+        policy = gate.apply_decision(policy, decision)
+    _save(run, step=1, total_steps=1, result={"policy": policy.label, "reward": reward.label, "gate": policy.gate_state,
+                                              "gate_reason": policy.gate_reason, "policy_active": policy.active})
 
 
 def _generate_prompt_ids(project, n: int, seed: int) -> list[int]:
@@ -249,16 +302,16 @@ def uncertainty_priorities(samples: list[dict]) -> dict[int, float]:
 
 def step_generate(run: TrainingRun) -> None:
     """K candidates per prompt from the active policy — or, for a comparison run, half from each of two
-    versions in every task — then open them as ranking tasks."""
+    versions in every task — then open them as ranking tasks. In a round whose policy waits for a human
+    gate, also the side-by-side tasks that judge it (``_open_gate_tasks``)."""
     params = _params(run)
     project = run.project
     k = project.candidates_per_task
-    reward = ModelVersion.objects.filter(project=project, kind="reward", active=True).first()
     out = Path(run.run_dir)
+    pending = _pending_gate(run)
     prompt_ids = _generate_prompt_ids(project, params.get("generate_prompts", 64), seed=run.pk)
-    if not prompt_ids:
+    if not prompt_ids and pending is None:
         raise EngineFailed("every train prompt already has an open task; nothing to generate for")
-    prompt_set = write_prompt_set(project, out / "prompts", prompt_ids=prompt_ids, name="prompts.jsonl")
     compare = params.get("compare") or []
     if compare:
         versions = list(ModelVersion.objects.filter(project=project, kind="policy", label__in=compare))
@@ -267,7 +320,31 @@ def step_generate(run: TrainingRun) -> None:
         shares = [(versions[0], k - k // 2), (versions[1], k // 2)]
     else:
         shares = [(base_policy(project), k)]
-    samples, results, engine_configs = [], {}, {}
+    engine_configs: dict = {}
+    result: dict = {}
+    if prompt_ids:
+        samples, results = _sample(run, params, prompt_ids, shares, out, engine_configs, compare=bool(compare))
+        with transaction.atomic():
+            opened = open_tasks_from_samples(
+                project=project,
+                samples=samples,
+                source=shares[0][0].label,
+                priorities=uncertainty_priorities(samples),
+                origin=f"run-{run.pk}",
+            )
+        result = {**(results if compare else next(iter(results.values()))), **opened}
+    if pending is not None:
+        result["gate"] = _open_gate_tasks(run, params, pending, out / "gate", engine_configs)
+    _save(run, result=result)
+
+
+def _sample(run: TrainingRun, params: dict, prompt_ids: list[int], shares: list[tuple[ModelVersion, int]], out: Path,
+            engine_configs: dict, *, compare: bool) -> tuple[list[dict], dict]:
+    """Samples of every (version, share) for the prompts: K from one version, or for a comparison ``share``
+    distinct texts from each. Returns the samples (with ``source``) and the engine results by label."""
+    reward = ModelVersion.objects.filter(project=run.project, kind="reward", active=True).first()
+    prompt_set = write_prompt_set(run.project, out / "prompts", prompt_ids=prompt_ids, name="prompts.jsonl")
+    samples, results = [], {}
     for index, (version, share) in enumerate(shares):
         config = {
             "model": _model_config(version, params),
@@ -281,7 +358,7 @@ def step_generate(run: TrainingRun) -> None:
         if reward is not None and "reward_model_path" in {f.name for f in dataclasses.fields(GenerateConfig)}:
             config["reward_model_path"] = reward.path  # samples then carry rewards: uncertainty priorities
         sub = out / version.label if compare else out
-        engine_configs[version.label] = config
+        engine_configs[f"{out.name}/{version.label}" if out != Path(run.run_dir) else version.label] = config
         _save(run, config={**params, "engine": engine_configs})
         run.input_versions.add(version)
         results[version.label] = run_engine(run, "generate", config, run_dir=sub)
@@ -290,15 +367,44 @@ def step_generate(run: TrainingRun) -> None:
             row["source"] = version.label
             row["meta"] = {"model_version_id": version.pk}
         samples.extend(_take_per_prompt(rows, share, taken={s["text"] for s in samples}) if compare else rows)
+    return samples, results
+
+
+GATE_PRIORITY = 3.0  # above the generated tasks' (1, 2]: the gate's rankings decide what is sampled next
+
+
+def _pending_gate(run: TrainingRun) -> ModelVersion | None:
+    """The round's new policy when it waits for a human gate."""
+    if not run.round_id:
+        return None
+    return ModelVersion.objects.filter(run__round_id=run.round_id, kind=ModelVersion.Kind.POLICY,
+                                       gate_state=ModelVersion.Gate.PENDING).first()
+
+
+def _open_gate_tasks(run: TrainingRun, params: dict, policy: ModelVersion, out: Path, engine_configs: dict) -> dict:
+    """Side-by-side tasks on held-out prompts, each mixing answers of the new policy and the active one,
+    enough for the gate's ``gate_comparisons`` rankings: the first held-out prompts by id (the ones the
+    evaluate step answered), one task per prompt."""
+    project = run.project
+    k = project.candidates_per_task
+    active = ModelVersion.objects.filter(pk=policy.gate.get("active_id")).first()
+    if active is None:
+        return {"tasks": 0, "note": "the policy the gate compares with is gone"}
+    needed = math.ceil(gate.loop_settings(project).gate_comparisons / project.overlap)
+    prompt_ids = list(project.prompts.filter(split="eval").order_by("id").values_list("pk", flat=True)[:needed])
+    if not prompt_ids:
+        return {"tasks": 0, "note": "the project has no held-out prompts"}
+    shares = [(policy, k - k // 2), (active, k // 2)]
+    samples, _ = _sample(run, params, prompt_ids, shares, out, engine_configs, compare=True)
     with transaction.atomic():
         opened = open_tasks_from_samples(
             project=project,
             samples=samples,
-            source=shares[0][0].label,
-            priorities=uncertainty_priorities(samples),
-            origin=f"run-{run.pk}",
+            source=policy.label,
+            priorities=dict.fromkeys(prompt_ids, GATE_PRIORITY),
+            origin=gate.gate_origin(policy),
         )
-    _save(run, result={**(results if compare else next(iter(results.values()))), **opened})
+    return {**opened, "compares": [policy.label, active.label]}
 
 
 def _take_per_prompt(rows: list[dict], share: int, taken: set[str]) -> list[dict]:

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 WEB_MODULES = [
     "lensloop.urls", "lensloop.wsgi", "annotation.api.views", "annotation.views", "annotation.jobs",
     "rlhf.api", "rlhf.services", "rlhf.steps", "rlhf.jobs", "rlhf.runner", "rlhf.simulate", "rlhf.leaderboard",
-    "rlhf.engine.config", "rlhf.engine.demo.world", "rlhf.engine.rewards",
+    "rlhf.gate", "rlhf.views", "rlhf.engine.config", "rlhf.engine.demo.world", "rlhf.engine.rewards",
+    "rlhf.engine.stats", "rlhf.engine.heldout",
 ]
 
 

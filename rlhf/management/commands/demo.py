@@ -84,7 +84,10 @@ class Command(BaseCommand):
             # The demo model learns from RL only with lm_head trainable (docs/policy.md), and PPO on it was
             # unstable with the engine's 16 answers per step (KL to the reference above 20): every round
             # of the demo uses both settings.
-            loop_settings_set(project=project, round_params={**DEMO_POLICY_LORA, "policy_batch_size": 64})
+            # Its prompts carry ground truth, so the promotion gate judges each round's policy by the demo
+            # world's verifiable reward on the held-out prompts (docs/loop.md).
+            loop_settings_set(project=project, round_params={**DEMO_POLICY_LORA, "policy_batch_size": 64},
+                              gate_reward="demo_reward")
         if not project.prompts.exists():
             with tempfile.TemporaryDirectory(dir=settings.VAR_DIR) as tmp:
                 world.write_demo_manifest(tmp, n=images, seed=seed, task_type="caption", k=k)

@@ -58,11 +58,12 @@ def _worker_class():
 
 def _housekeeping(interval: float = 20.0) -> None:
     """Every few seconds (and once soon after start, as a worker started after a crash): fail runs whose
-    worker died, enqueue again steps whose jobs Redis lost, start automatic rounds, return expired
-    leases."""
+    worker died, enqueue again steps whose jobs Redis lost, decide the promotion gates whose side-by-side
+    rankings are in, start automatic rounds, return expired leases."""
     from django.db import close_old_connections
 
     from annotation.jobs import expire_leases_job
+    from rlhf.gate import decide_pending_gates
     from rlhf.services import maybe_start_auto_rounds, reap_stale_runs, requeue_lost_steps
 
     time.sleep(2.0)
@@ -71,6 +72,7 @@ def _housekeeping(interval: float = 20.0) -> None:
             close_old_connections()
             reap_stale_runs()
             requeue_lost_steps()
+            decide_pending_gates()
             maybe_start_auto_rounds()
             expire_leases_job()
         except Exception:
