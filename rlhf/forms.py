@@ -65,6 +65,35 @@ class RoundForm(forms.Form):
 assert set(RoundForm.base_fields) == set(ROUND_DEFAULTS), "round parameters changed; update RoundForm"
 
 
+class GateSettingsForm(forms.ModelForm):
+    """The held-out evaluation and the promotion gate (``rlhf.gate``); ``rlhf.services.loop_settings_set``
+    saves them."""
+
+    class Meta:
+        model = LoopSettings
+        fields = ["promotion_gate", "gate_reward", "gate_comparisons", "eval_prompts"]
+        labels = {
+            "promotion_gate": "Promotion gate",
+            "gate_reward": "Verifiable reward",
+            "gate_comparisons": "Side-by-side rankings",
+            "eval_prompts": "Held-out prompts per evaluation",
+        }
+        widgets = {
+            "gate_comparisons": forms.NumberInput(attrs={"min": 1, "step": 1}),
+            "eval_prompts": forms.NumberInput(attrs={"min": 0, "step": 1}),
+        }
+
+    def __init__(self, *args, **kwargs):
+        from rlhf.engine.rewards import REWARDS
+
+        super().__init__(*args, **kwargs)
+        self.fields["gate_reward"] = forms.ChoiceField(
+            required=False, label="Verifiable reward",
+            choices=[("", "The round's verifiable reward, if any")] + [(name, name) for name in sorted(REWARDS)],
+            help_text=LoopSettings._meta.get_field("gate_reward").help_text,
+        )
+
+
 class LoopSettingsForm(forms.ModelForm):
     class Meta:
         model = LoopSettings

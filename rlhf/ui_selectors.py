@@ -225,13 +225,20 @@ def lineage(version: ModelVersion) -> list[dict]:
     return stages
 
 
-def head_to_head(project: Project, a: str, b: str) -> dict:
-    """How often annotators ranked a candidate of source ``a`` above one of ``b``, and the reverse."""
+def head_to_head(project: Project, a: str, b: str, *, split: str | None = None) -> dict:
+    """How often annotators ranked a candidate of source ``a`` above one of ``b``, and the reverse (on the
+    prompts of ``split`` only, when given), with Wilson's 95% interval of a's share."""
+    from rlhf.engine.stats import wilson
+
     pairs = PreferencePair.objects.filter(project=project)
+    if split:
+        pairs = pairs.filter(prompt__split=split)
     a_won = pairs.filter(chosen__source=a, rejected__source=b).count()
     b_won = pairs.filter(chosen__source=b, rejected__source=a).count()
     total = a_won + b_won
-    return {"a": a, "b": b, "a_won": a_won, "b_won": b_won, "total": total, "a_rate": a_won / total if total else None}
+    low, high = wilson(a_won, total) if total else (None, None)
+    return {"a": a, "b": b, "a_won": a_won, "b_won": b_won, "total": total, "a_rate": a_won / total if total else None,
+            "a_low": low, "a_high": high}
 
 
 def expected_preference(rows: Iterable[dict], a: str, b: str) -> float | None:
@@ -240,3 +247,84 @@ def expected_preference(rows: Iterable[dict], a: str, b: str) -> float | None:
     if a not in ratings or b not in ratings:
         return None
     return 1 / (1 + 10 ** ((ratings[b] - ratings[a]) / 400))
+
+
+# ---- held-out evaluation, the promotion gate and the over-optimisation monitor -------------------------------
+
+HELDOUT_FIGURES = (("verifiable", "Verifiable reward"), ("reward_model_score", "Reward-model score"))
+
+
+def interval(figures: dict, name: str) -> dict | None:
+    """``{"mean", "low", "high", "n"}`` of a figure the engine's evaluate wrote as name, name_low, name_high,
+    name_n (a mean with its 95% bootstrap interval), or None."""
+    keys = (name, f"{name}_low", f"{name}_high")
+    values = [figures.get(k) for k in keys]
+    if any(not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) for v in values):
+        return None
+    return {"mean": values[0], "low": values[1], "high": values[2], "n": figures.get(f"{name}_n")}
+
+
+def heldout_round(version: ModelVersion) -> dict | None:
+    """A round's held-out evaluation as its pages show it: the new policy and the version it was compared
+    with (the active one then) on the same prompts, each figure with its interval and sample size, the
+    paired differences, people's side-by-side share, the gate's decision and the over-optimisation monitor.
+    None for a version no round evaluated."""
+    from rlhf.gate import overoptimisation
+
+    figures = (version.metrics or {}).get("eval") or {}
+    if not figures or "prompts" not in figures:
+        return None
+    heldout = figures.get("heldout") not in (None, "none")
+    prefix = "" if heldout else "train/"
+    flat = {k[len(prefix):]: v for k, v in figures.items() if k.startswith(prefix)} if prefix else figures
+    human = (version.gate or {}).get("human")
+    if human and not human.get("rankings"):
+        human = None
+    rows = []
+    for name, what in HELDOUT_FIGURES:
+        new, old, diff = interval(flat, f"policy/{name}"), interval(flat, f"baseline/{name}"), interval(flat, f"diff/{name}")
+        if new or old or diff:
+            rows.append({"name": name, "label": what, "new": new, "active": old, "diff": diff})
+    accuracy = flat.get("reward_model/accuracy")
+    monitor = overoptimisation(flat, human)
+    return {
+        "version": version,
+        "active": (version.gate or {}).get("active", ""),
+        "heldout": heldout,
+        "prompts": figures.get("prompts"),
+        "prompts_sha": figures.get("prompts_sha", ""),
+        "rows": rows,
+        "human": human,
+        "reward_model_accuracy": None if accuracy is None else {
+            "mean": accuracy, "low": flat.get("reward_model/accuracy_low"), "high": flat.get("reward_model/accuracy_high"),
+            "n": flat.get("reward_model/pairs")},
+        "monitor": monitor,
+        "gate_state": version.gate_state,
+        "gate_label": version.get_gate_state_display() if version.gate_state else "",
+        "gate_reason": version.gate_reason,
+    }
+
+
+def heldout_versions(policies: list[ModelVersion]) -> dict:
+    """Every policy's held-out verifiable reward, compared on one held-out set: the newest round's set
+    (its fingerprint). A version's figure comes from the round that trained it, or, for one no round
+    trained (the base), from the first round that compared a new policy with it. Rows measured on another
+    set are kept but marked, never mixed in silently."""
+    rounds = [r for r in (heldout_round(v) for v in sorted(policies, key=lambda v: v.pk)) if r is not None]
+    figures: dict[str, dict] = {}
+    for r in rounds:
+        for row in r["rows"]:
+            if row["name"] != "verifiable":
+                continue
+            if row["active"] and r["active"] and r["active"] not in figures:
+                figures[r["active"]] = {"figure": row["active"], "sha": r["prompts_sha"], "heldout": r["heldout"]}
+            if row["new"]:
+                figures[r["version"].label] = {"figure": row["new"], "sha": r["prompts_sha"], "heldout": r["heldout"]}
+    reference = rounds[-1]["prompts_sha"] if rounds else ""
+    table = []
+    for version in sorted(policies, key=lambda v: v.pk):
+        entry = figures.get(version.label)
+        if entry is not None:
+            table.append({"version": version, **entry, "same_set": entry["sha"] == reference})
+    return {"rounds": list(reversed(rounds)), "table": table, "reference": reference,
+            "prompts": rounds[-1]["prompts"] if rounds else None}

@@ -23,7 +23,8 @@ from annotation.selectors import queue_stats
 from annotation.views import with_csp
 from rlhf import ui_selectors
 from rlhf.charts import leaderboard_chart, run_panels
-from rlhf.forms import LoopSettingsForm, RoundForm
+from rlhf.forms import GateSettingsForm, LoopSettingsForm, RoundForm
+from rlhf.gate import decide_pending_gates
 from rlhf.hardware import cuda_available
 from rlhf.leaderboard import leaderboard
 from rlhf.models import LoopSettings, ModelVersion, TrainingRun
@@ -59,7 +60,7 @@ def _loop_settings(project: Project) -> LoopSettings:
     return LoopSettings.objects.filter(project=project).first() or LoopSettings(project=project)
 
 
-def _training_page(request, project, role, *, form=None, settings_form=None, status=200):
+def _training_page(request, project, role, *, form=None, settings_form=None, gate_form=None, status=200):
     loop = _loop_settings(project)
     cuda = cuda_available()
     context = {
@@ -72,6 +73,9 @@ def _training_page(request, project, role, *, form=None, settings_form=None, sta
         ],
         "auto_params": ui_selectors.readable_params(loop.round_params),
         "settings_form": settings_form or LoopSettingsForm(instance=loop),
+        "gate_form": gate_form or GateSettingsForm(instance=loop),
+        "pending_gates": ModelVersion.objects.filter(project=project, gate_state=ModelVersion.Gate.PENDING),
+        "heldout_prompts": project.prompts.filter(split="eval").count(),
         "loop": loop,
         "cuda": cuda,
         "runs": ui_selectors.runs_for(project),
@@ -91,6 +95,7 @@ def _training_page(request, project, role, *, form=None, settings_form=None, sta
 def training(request, slug):
     project, role = _project_for(request, slug)
     reap_stale_runs()
+    decide_pending_gates(project)
     return _training_page(request, project, role)
 
 
@@ -137,6 +142,24 @@ def loop_settings(request, slug):
 @login_required
 @with_csp
 @require_POST
+def gate_settings(request, slug):
+    """The held-out evaluation and promotion gate of a project (``rlhf.gate``)."""
+    project, role = _project_for(request, slug, admin=True)
+    form = GateSettingsForm(request.POST, instance=_loop_settings(project))
+    if not form.is_valid():
+        return _training_page(request, project, role, gate_form=form, status=400)
+    try:
+        loop_settings_set(project=project, **form.cleaned_data)
+    except LoopError as exc:
+        form.add_error(None, exc.message)
+        return _training_page(request, project, role, gate_form=form, status=exc.status)
+    messages.success(request, f"Promotion gate: {form.instance.get_promotion_gate_display().lower()}.")
+    return redirect(f"{reverse('training', args=[project.slug])}#gate-title")
+
+
+@login_required
+@with_csp
+@require_POST
 def generate(request, slug):
     project, _ = _project_for(request, slug, admin=True)
     run = start_generate(project=project, user=request.user)
@@ -176,12 +199,15 @@ def run_detail(request, run_id):
     for step in steps:
         ui_selectors.annotate(step, siblings=steps)
     log_run = _log_source(run, steps) if steps else run
+    decide_pending_gates(run.project)
+    round_policy = _round_policy(run)
     context = {
         "project": run.project,
         "role": role,
         "is_admin": role == Membership.Role.ADMIN,
         "run": run,
         "steps": steps,
+        "heldout": ui_selectors.heldout_round(round_policy) if round_policy is not None else None,
         "log_run": log_run,
         "sections": _curves(run, steps),
         "versions": [v for s in steps for v in s.versions.all()] + list(run.versions.all()),
@@ -195,6 +221,14 @@ def run_detail(request, run_id):
         "curves_url": reverse("run-curves", args=[run.pk]),
     }
     return render(request, "rlhf/run.html", context)
+
+
+def _round_policy(run: TrainingRun) -> ModelVersion | None:
+    """The new policy of the round ``run`` is (or belongs to), whose held-out evaluation its pages show."""
+    round_id = run.pk if run.kind == K.ROUND else run.round_id
+    if not round_id:
+        return None
+    return ModelVersion.objects.filter(run__round_id=round_id, kind=ModelVersion.Kind.POLICY).first()
 
 
 @login_required
@@ -247,17 +281,27 @@ def version_activate(request, slug, version_id):
     return redirect(f"{reverse('training-versions', args=[slug])}#v-{slugify(version.label)}")
 
 
+PROMPT_SETS = {"eval": "held-out prompts", "all": "all prompts, training ones included"}
+
+
 @login_required
 @with_csp
 @require_GET
 def versions(request, slug):
     project, role = _project_for(request, slug)
+    decide_pending_gates(project)
     rows = ui_selectors.versions_for(project)
     for version in rows:
         version.ui_lineage = ui_selectors.lineage(version)
         version.ui_metrics = ui_selectors.key_metrics(version.metrics)
         version.ui_all_metrics = sorted(ui_selectors.flat_metrics(version.metrics).items())
-    board = leaderboard(project)
+    # The leaderboard compares versions on held-out prompts when people ranked any of them side by side.
+    prompts = request.GET.get("prompts", "")
+    board = leaderboard(project, split="eval") if prompts != "all" else []
+    if not board and prompts != "eval":
+        prompts, board = "all", leaderboard(project)
+    else:
+        prompts = "eval"
     labels = {v.label for v in rows}
     for row in board:
         row["is_version"] = row["source"] in labels
@@ -270,7 +314,7 @@ def versions(request, slug):
     compare = None
     if a and b and a != b and a in sources and b in sources:
         compare = {
-            **ui_selectors.head_to_head(project, a, b),
+            **ui_selectors.head_to_head(project, a, b, split="eval" if prompts == "eval" else None),
             "expected": ui_selectors.expected_preference(board, a, b),
             "a_row": next(r for r in board if r["source"] == a),
             "b_row": next(r for r in board if r["source"] == b),
@@ -280,7 +324,11 @@ def versions(request, slug):
         "role": role,
         "policies": [v for v in rows if v.kind == "policy"],
         "rewards": [v for v in rows if v.kind == "reward"],
+        "heldout": ui_selectors.heldout_versions([v for v in rows if v.kind == "policy"]),
         "board": board,
+        "prompts": prompts,
+        "prompts_label": PROMPT_SETS[prompts],
+        "prompt_sets": PROMPT_SETS,
         "board_chart": leaderboard_chart(board),
         "sources": sources,
         "compare": compare,
