@@ -152,12 +152,19 @@ def flat_metrics(metrics, prefix: str = "") -> dict[str, float]:
     return out
 
 
+HELDOUT_HEADLINE = "eval/policy/verifiable"  # a round's held-out verifiable reward of the new policy
+
+
 def key_metrics(metrics, limit: int = 4) -> list[tuple[str, float]]:
-    """The few metrics worth a column: losses, rewards, KL and accuracies first."""
-    flat = flat_metrics(metrics)
+    """The few metrics worth a column: the held-out verifiable reward, then losses, rewards, KL and
+    accuracies. Not the ends of intervals, sample sizes, nor the figures of the version a round compared
+    with (the held-out section shows those beside each other)."""
+    flat = {k: v for k, v in flat_metrics(metrics).items()
+            if not k.endswith(("_low", "_high", "_n")) and "/baseline/" not in k and "/diff/" not in k}
     rank = {fam: i for i, (fam, _) in enumerate(FAMILIES)}
     ordered = sorted(flat.items(), key=lambda kv: (rank.get(family(kv[0]), len(rank)), kv[0].count("/"), kv[0]))
-    return [kv for kv in ordered if family(kv[0]) is not None][:limit]
+    head = [(HELDOUT_HEADLINE, flat[HELDOUT_HEADLINE])] if HELDOUT_HEADLINE in flat else []
+    return (head + [kv for kv in ordered if family(kv[0]) is not None])[:limit]
 
 
 def versions_for(project: Project) -> list[ModelVersion]:

@@ -83,6 +83,9 @@ def test_a_held_back_policy_says_why_and_an_admin_may_still_make_it_active(world
     version = page.split('id="v-policy-v1"')[1].split("</li>")[0]
     assert "Held back by the gate" in version and REASON.replace("'", "&#x27;") in version
     assert "A project admin may still make it active." in version and "Make active" in version
+    whole = page.split('id="v-policy-v1"')[1].split('id="v-base"')[0]
+    figures = whole.split('class="figures metric-figures"')[1].split("</dl>")[0]
+    assert "<dt>eval/policy/verifiable</dt>" in figures and "baseline" not in figures and "_high" not in figures
 
 
 def test_the_monitor_warns_on_the_run_and_versions_pages_when_the_reward_model_rises_and_the_truth_falls(world):
