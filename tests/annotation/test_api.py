@@ -265,6 +265,22 @@ def test_a_project_with_k_outside_2_to_9_is_refused(world):
     assert response.status_code == 400 and "candidates_per_task" in response.json()["fields"]
 
 
+def test_a_project_admin_sets_the_held_out_fraction_within_bounds(world):
+    alice = client_for(world["alice"])
+    response = alice.patch("/api/projects/shapes/", {"heldout_fraction": 0.2}, format="json")
+    assert response.status_code == 200 and response.json()["heldout_fraction"] == 0.2
+    world["project"].refresh_from_db()
+    assert world["project"].heldout_fraction == 0.2
+    too_many = alice.patch("/api/projects/shapes/", {"heldout_fraction": 0.9}, format="json")
+    assert too_many.status_code == 400 and "heldout_fraction" in too_many.json()["fields"]
+
+
+def test_the_export_keeps_one_split_on_request(world):
+    alice = client_for(world["alice"])
+    assert alice.get("/api/projects/shapes/export/?format=records&split=eval").status_code == 200
+    assert alice.get("/api/projects/shapes/export/?format=records&split=test").status_code == 400
+
+
 def test_the_export_streams_a_zip(world):
     alice = client_for(world["alice"])
     response = alice.get("/api/projects/shapes/export/?format=rankings")
