@@ -24,26 +24,44 @@ POLICY_RUNNERS = {"ppo": (".ppo", "train_ppo"), "grpo": (".trl_policy", "train_g
                   "rloo": (".trl_policy", "train_rloo"), "dpo": (".trl_policy", "train_dpo")}
 
 
-def run_build_demo(cfg, run_dir: str | None, data_dir: str | None = None) -> dict:
-    """Build (or find cached) the demo model; with a run dir, follow the run-directory contract (the model
-    itself lives in the cache, written under a temporary name and renamed when complete)."""
-    from .demo.build import demo_model_dir, ensure_demo_model
+def run_build_demo(cfg, run_dir: str | None, data_dir: str | None = None, ship_to: str | None = None) -> dict:
+    """Find the shipped or cached demo model, or build it; with a run dir, follow the run-directory contract
+    (the model itself lives in the cache, written under a temporary name and renamed when complete). With
+    `ship_to`, build it afresh (never the shipped copy) and copy it there with its checksums: how the demo
+    base in rlhf/engine/demo/base is made."""
+    from .demo.build import SHIPPED_DIR, demo_model_dir, ensure_demo_model, ship, shipped_build
     from .rundir import RunDir
 
     root = Path(data_dir) if data_dir else None
     run = RunDir(run_dir, to_dict(cfg)) if run_dir else None
     try:
-        cached = (demo_model_dir(cfg, root) / "build.json").is_file()
-        log.info("demo model %s (%s)", demo_model_dir(cfg, root), "cached" if cached else "building")
+        shipped = None if ship_to else shipped_build(cfg)
+        cached = shipped is not None or (demo_model_dir(cfg, root) / "build.json").is_file()
+        log.info("demo model %s (%s)", shipped or demo_model_dir(cfg, root),
+                 "shipped" if shipped else "cached" if cached else "building")
 
         def on_step(step: int, metrics: dict) -> None:
             if run and (step % 20 == 0 or step == cfg.steps):
                 run.log_metrics(step, cfg.steps, **metrics)
 
-        path = ensure_demo_model(cfg, root, on_step)
+        def on_wait(step: int, steps: int) -> None:
+            log.info("waiting for the demo model: step %d of %d (another process is building it)", step, steps)
+            if run:
+                run.log_metrics(step, steps, waiting_for_build=1)
+
+        path = ensure_demo_model(cfg, root, on_step, shipped=None if ship_to else SHIPPED_DIR,
+                                 on_wait=on_wait)
+        if ship_to:
+            path = ship(path, Path(ship_to))
+            log.info("shipped the demo model to %s", path)
         info = json.loads((path / "build.json").read_text())
-        result = {"model_path": str(path.resolve()), "cached": cached, "build_seconds": info["build_seconds"],
-                  "parameters": info["parameters"],
+        if info["steps"] < cfg.steps:
+            log.warning("the build stopped at step %d of %d: budget_seconds=%s bit, so this model is weaker than "
+                        "the full build and depends on this machine's speed", info["steps"], cfg.steps,
+                        cfg.budget_seconds)
+        result = {"model_path": str(path.resolve()), "cached": cached, "shipped": shipped is not None,
+                  "steps": info["steps"], "steps_planned": cfg.steps, "budget_reached": info["steps"] < cfg.steps,
+                  "build_seconds": info["build_seconds"], "parameters": info["parameters"],
                   **{f"eval/{k}": v for k, v in info["eval_caption"].items() if k != "examples"},
                   "eval/vqa/exact_match": info["eval_vqa"].get("vqa/exact_match")}
         if run:
@@ -125,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--run-dir", required=name != "build-demo", help="run directory to write")
         if name == "build-demo":
             p.add_argument("--data-dir", help="cache root (default $LENSLOOP_DATA_DIR or var/data)")
+            p.add_argument("--ship-to", help="build afresh and copy the model with its SHA256SUMS into this folder "
+                           "(rlhf/engine/demo/base for the shipped demo base)")
     p = sub.add_parser("demo-data", help="write a demo dataset: images, manifest, prompt set, preference records")
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, default=200)
@@ -160,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "build-demo":
-            result = run_build_demo(cfg, args.run_dir, args.data_dir)
+            result = run_build_demo(cfg, args.run_dir, args.data_dir, args.ship_to)
         elif args.command == "sft":
             from .sft import train_sft
 

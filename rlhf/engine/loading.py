@@ -58,13 +58,16 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_model_path(path: str) -> str:
-    """'demo' → the cached demo model (built with the default config if absent); a local folder must
-    exist and hold config.json; anything shaped like `org/name` is passed on as a hub id."""
+    """'demo' → the demo base shipped in the package (rlhf/engine/demo/base; checked against its checksums); a
+    local folder must exist and hold config.json; anything shaped like `org/name` is passed on as a hub id."""
     if path == "demo":
         from .config import BuildDemoConfig
-        from .demo.build import ensure_demo_model
+        from .demo.build import DemoModelError, ensure_demo_model
 
-        return str(ensure_demo_model(BuildDemoConfig()))
+        try:
+            return str(ensure_demo_model(BuildDemoConfig()))
+        except DemoModelError as e:
+            raise ModelLoadError(str(e)) from e
     p = Path(path)
     if p.exists():
         if not (p / "config.json").is_file():

@@ -9,7 +9,6 @@ any real VLM. Building is seeded and deterministic (fixed step count) and cached
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -22,9 +21,19 @@ from pathlib import Path
 
 import torch
 
-from ..config import BuildDemoConfig, data_dir
+from ..config import BuildDemoConfig
 from ..losses import sft_loss
 from . import world
+from .shipped import (  # noqa: F401  (re-exported: the build's cache key and the shipped base)
+    CHECKSUMS,
+    SHIPPED_DIR,
+    DemoModelError,
+    config_hash,
+    demo_model_dir,
+    ship,
+    shipped_build,
+    verify_checksums,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +49,6 @@ CHAT_TEMPLATE = (
     "{% endif %}{{ eos_token }} {% endif %}{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
 )
-
-
-def config_hash(cfg: BuildDemoConfig) -> str:
-    """Short hash of the fields that change the built model (not `threads`)."""
-    d = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "threads"}
-    if not d["label_noise"]:  # clean builds keep the folder names they had before the field existed
-        del d["label_noise"]
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def demo_model_dir(cfg: BuildDemoConfig, root: Path | None = None) -> Path:
-    """Cache folder of the demo model built from `cfg`."""
-    return (root or data_dir()) / "models" / f"demo-{config_hash(cfg)}"
 
 
 def _corpus(seed: int = 0) -> list[str]:
@@ -142,23 +138,33 @@ def _examples(gts: list[dict], rng: random.Random) -> tuple[list[tuple[int, str,
 
 
 class LabelNoise:
-    """`BuildDemoConfig.label_noise`: each occurrence of a true word in an answer is written as another word
-    with its probability, drawn afresh every time the example is used, so the model learns the biased
-    distribution (and must still see the difference: the other words keep their labels)."""
+    """`BuildDemoConfig.label_noise`, `omit_objects` and `extra_objects`: each occurrence of a true word in an
+    answer is written as another word with its probability, and a caption leaves out a shape that is there or
+    describes one that is not, all drawn afresh every time the example is used, so the model learns the
+    biased distribution (and must still see the difference: the other words keep their labels)."""
 
-    def __init__(self, triples: list[list]):
+    def __init__(self, triples: list[list], omit: float = 0.0, extra: float = 0.0):
         self.swaps = {true: (said, float(p)) for true, said, p in triples}
+        self.omit, self.extra = float(omit), float(extra)
 
     def __bool__(self) -> bool:
-        return bool(self.swaps)
+        return bool(self.swaps) or self.omit > 0 or self.extra > 0
 
     def word(self, w: str, rng: random.Random) -> str:
         said, p = self.swaps.get(w, (w, 0.0))
         return said if p and rng.random() < p else w
 
     def caption(self, gt: dict, rng: random.Random) -> str:
-        return world.caption_from_objects([(self.word(o["size"], rng), self.word(o["color"], rng),
-                                            self.word(o["shape"], rng)) for o in gt["objects"]])
+        objects = [(self.word(o["size"], rng), self.word(o["color"], rng), self.word(o["shape"], rng))
+                   for o in gt["objects"]]
+        u = rng.random() if (self.omit or self.extra) else 1.0
+        if u < self.omit and len(objects) >= 2:
+            del objects[rng.randrange(len(objects))]
+        elif self.omit <= u < self.omit + self.extra and len(objects) < world.MAX_OBJECTS:
+            # A shape that is not there, at a random place in the left-to-right order.
+            ghost = (rng.choice(list(world.SIZES)), rng.choice(list(world.COLORS)), rng.choice(world.SHAPES))
+            objects.insert(rng.randint(0, len(objects)), ghost)
+        return world.caption_from_objects(objects)
 
     def answer(self, answer: str, rng: random.Random) -> str:
         return self.word(answer, rng)
@@ -193,7 +199,7 @@ def train_demo_model(model, processor, cfg: BuildDemoConfig,
             answer_ids[a] = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         return answer_ids[a]
 
-    noise = LabelNoise(cfg.label_noise)
+    noise = LabelNoise(cfg.label_noise, cfg.omit_objects, cfg.extra_objects)
 
     def noisy(pick: tuple[int, str, str], caption: bool, step_rng: random.Random) -> tuple[int, str, str]:
         i, q, a = pick
@@ -296,20 +302,63 @@ def build_demo(cfg: BuildDemoConfig, out_dir: Path, on_step: Callable[[int, dict
     return info
 
 
+def _progress_file(final: Path) -> Path:
+    return final.parent / f".{final.name}.progress.json"
+
+
 def ensure_demo_model(cfg: BuildDemoConfig, root: Path | None = None,
-                      on_step: Callable[[int, dict], None] | None = None) -> Path:
-    """Path of the demo model for `cfg`, building it first if it is not cached. The build goes to a
-    temporary folder renamed into place when complete, so a killed build leaves no usable-looking model."""
+                      on_step: Callable[[int, dict], None] | None = None,
+                      shipped: Path | None = SHIPPED_DIR,
+                      on_wait: Callable[[int, int], None] | None = None) -> Path:
+    """Path of the demo model for `cfg`: the shipped build when it is that one, else the cached build, else
+    build it now. One build at a time per folder: a second process asking for the same model waits for the
+    first one's build (a file lock) and reports its progress through `on_wait(step, steps)` (default: a log
+    line every 15 s, "waiting for the demo model: step N of M"), instead of building it a second time. The
+    build goes to a temporary folder renamed into place when complete, so a killed build leaves no
+    usable-looking model."""
+    from filelock import FileLock, Timeout
+
+    if shipped is not None and (found := shipped_build(cfg, shipped)) is not None:
+        return found
     final = demo_model_dir(cfg, root)
     if (final / "build.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    log.info("building the demo model into %s", final)
-    build_demo(cfg, tmp, on_step)
+    lock = FileLock(str(final.parent / f".{final.name}.lock"))
+    while True:
+        try:
+            lock.acquire(timeout=float(os.environ.get("LENSLOOP_DEMO_WAIT_REPORT_SECONDS", "15")))
+            break
+        except Timeout:
+            try:
+                progress = json.loads(_progress_file(final).read_text())
+                step, steps = int(progress["step"]), int(progress["steps"])
+            except (OSError, ValueError, KeyError):
+                step, steps = 0, cfg.steps
+            if on_wait is not None:
+                on_wait(step, steps)
+            else:
+                log.info("waiting for the demo model: step %d of %d (another process is building it)", step, steps)
     try:
-        os.rename(tmp, final)
-    except OSError:  # another process finished the same build first; theirs is identical
+        if (final / "build.json").is_file():  # built by the process we waited for
+            return final
+        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-    return final
+        log.info("building the demo model into %s", final)
+        progress_path = _progress_file(final)
+
+        def step_and_progress(step: int, metrics: dict) -> None:
+            if step % 20 == 0 or step == cfg.steps:
+                progress_path.write_text(json.dumps({"step": step, "steps": cfg.steps, "pid": os.getpid()}))
+            if on_step is not None:
+                on_step(step, metrics)
+
+        info = build_demo(cfg, tmp, step_and_progress)
+        if info["steps"] < cfg.steps:
+            log.warning("the demo model stopped at step %d of %d (budget_seconds=%s): it is weaker than the "
+                        "full build", info["steps"], cfg.steps, cfg.budget_seconds)
+        os.rename(tmp, final)
+        progress_path.unlink(missing_ok=True)
+        return final
+    finally:
+        lock.release()

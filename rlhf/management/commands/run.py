@@ -35,17 +35,8 @@ class Command(BaseCommand):
         env = {**os.environ, "REDIS_URL": url, "PYTHONUNBUFFERED": "1", "LENSLOOP_DATA_DIR": str(settings.DATA_DIR)}
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
         children = [subprocess.Popen([*manage, "worker"], env=env) for _ in range(workers)]
-        background: list[subprocess.Popen] = []  # stopped with us, but may end on their own
         if not no_demo:
-            # The demo's policy is the tiny demo VLM: build it now (3–5 minutes on a laptop CPU, once;
-            # cached afterwards) so that it is ready by the time someone launches a round.
-            build_log = settings.VAR_DIR / "build-demo.log"
-            with build_log.open("ab") as log:
-                background.append(subprocess.Popen(
-                    [sys.executable, "-m", "rlhf.engine", "build-demo"],
-                    env=env, cwd=settings.BASE_DIR, stdout=log, stderr=subprocess.STDOUT,
-                ))
-            self.stdout.write(f"building the demo model in the background if needed (log: {build_log})")
+            self._check_demo_model()
         children.append(
             subprocess.Popen(
                 [
@@ -75,12 +66,30 @@ class Command(BaseCommand):
         except KeyboardInterrupt:
             pass
         finally:
-            for child in children + background:
+            for child in children:
                 if child.poll() is None:
                     child.terminate()
-            for child in children + background:
+            for child in children:
                 try:
                     child.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     child.kill()
             stop_embedded_redis()
+
+    def _check_demo_model(self):
+        """The demo's policy is the demo base shipped in the repository: nothing to build, but say so when its
+        files are damaged (a Git LFS pointer, a partial checkout) before someone launches a round on it."""
+        from rlhf.engine.config import BuildDemoConfig
+        from rlhf.engine.demo.shipped import SHIPPED_DIR, DemoModelError, shipped_build
+
+        try:
+            found = shipped_build(BuildDemoConfig())
+        except DemoModelError as e:
+            self.stderr.write(self.style.ERROR(str(e)))
+            return
+        if found is None:
+            self.stderr.write(self.style.WARNING(
+                f"{SHIPPED_DIR} does not hold the demo base of this version: the first round will build it "
+                "(python -m rlhf.engine build-demo does it now; var/data/models caches it)"))
+        else:
+            self.stdout.write(f"demo model: {found}")
