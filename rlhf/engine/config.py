@@ -118,6 +118,12 @@ class BuildDemoConfig:
                                  "[['purple', 'blue', 0.7]]: a starting policy that can see but was taught "
                                  "to say the wrong thing, as a base model trained on sloppy web captions is. "
                                  "Empty (the default): clean labels.")
+    omit_objects: float = _f(0.0, "Probability that a training caption of a scene with two or more shapes leaves "
+                             "one of them out (and counts one fewer): a base that sees every shape but was "
+                             "taught to omit some, the omission error of VLMs.")
+    extra_objects: float = _f(0.0, "Probability that a training caption of a scene with fewer than three shapes "
+                              "describes one more that is not there (and counts it): the hallucination error "
+                              "of VLMs.")
 
     def validate(self) -> None:
         vocab = set(world_words())
@@ -132,6 +138,10 @@ class BuildDemoConfig:
                    f"label_noise entry {entry!r}: the probability must lie in [0, 1]")
         _check(len({e[0] for e in self.label_noise}) == len(self.label_noise),
                "label_noise names a true word twice")
+        _check(0.0 <= self.omit_objects <= 1.0 and 0.0 <= self.extra_objects <= 1.0,
+               "omit_objects and extra_objects are probabilities: they must lie in [0, 1]")
+        _check(self.omit_objects + self.extra_objects <= 1.0,
+               "omit_objects + extra_objects must be at most 1 (a caption gets at most one of the two errors)")
         _check(self.image_size % self.patch_size == 0,
                f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
         _check(self.vision_hidden % self.heads == 0 and self.text_hidden % self.heads == 0,
@@ -215,6 +225,9 @@ class RewardConfig:
     likelihood_term: bool = _f(True, "Add α·log p(answer | image, prompt) under the backbone's own LM head, α "
                                "learnt from 0 (so the untrained reward is still at chance): the head can use what "
                                "the captioner knows word by word. Needs a model with an LM head.")
+    token_head: bool = _f(False, "Add a second linear head summed over the answer's tokens (starts at 0): a "
+                          "per-token score, so that one wrong word or one object too many or too few is judged "
+                          "where it is said (docs/engine.md, the reward model).")
     warmup_steps: int = _f(10, "Linear warm-up steps.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     margin_weight: float = _f(0.0, "Scale of the rank-distance margin m in -log σ(r_c - r_r - m·(margin-1)) "
