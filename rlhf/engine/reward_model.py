@@ -9,6 +9,13 @@ but the head can lean on what the captioner already knows, word by word, instead
 whole comparison of answer and image into one token (a generative-verifier prior; Zhang et al. 2024,
 "Generative Verifiers"). Save/load keeps the adapter (or the full backbone), the head and α;
 `RewardScorer` is a batched TRL reward function.
+
+With `token_head` (`RewardConfig.token_head`) the reward also sums a second linear head over the answer's own
+tokens, r += Σ_t u·h_t, a per-token score that starts at 0: an error in a caption is one wrong word (a colour,
+a shape, an object too many or too few), which the state at that word sees directly, where the last token's
+state must gather every word's verdict through attention (dense token-level rewards; Wu et al. 2023,
+"Fine-Grained Human Feedback Gives Better Rewards for Language Model Training", and process reward models,
+Lightman et al. 2023).
 """
 
 from __future__ import annotations
@@ -32,10 +39,12 @@ HEAD = "reward_head.pt"
 
 
 class RewardModel(nn.Module):
-    """backbone (a VLM, possibly PEFT-wrapped) + Linear(hidden, 1) head in float32, and with
-    `likelihood_term` a learnt weight α (float32, init 0) on the answer's log-likelihood."""
+    """backbone (a VLM, possibly PEFT-wrapped) + Linear(hidden, 1) head in float32, with `likelihood_term` a
+    learnt weight α (float32, init 0) on the answer's log-likelihood, and with `token_head` a Linear(hidden, 1)
+    (init 0) summed over the answer tokens."""
 
-    def __init__(self, backbone: nn.Module, hidden_size: int, likelihood_term: bool = False):
+    def __init__(self, backbone: nn.Module, hidden_size: int, likelihood_term: bool = False,
+                 token_head: bool = False):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(hidden_size, 1)
@@ -44,10 +53,16 @@ class RewardModel(nn.Module):
         nn.init.zeros_(self.head.bias)
         # Only a parameter when used: DDP without find_unused_parameters fails on unused parameters.
         self.likelihood_weight = nn.Parameter(torch.zeros(())) if likelihood_term else None
+        self.token_head = nn.Linear(hidden_size, 1) if token_head else None
+        if self.token_head is not None:  # starts at 0: the untrained reward is the last-token head's alone
+            nn.init.zeros_(self.token_head.weight)
+            nn.init.zeros_(self.token_head.bias)
 
     def to_head_device(self) -> None:
         """Put the head (and α) on the backbone's device."""
         self.head.to(self.backbone.device)
+        if self.token_head is not None:
+            self.token_head.to(self.backbone.device)
         if self.likelihood_weight is not None:
             self.likelihood_weight.data = self.likelihood_weight.data.to(self.backbone.device)
 
@@ -57,7 +72,8 @@ class RewardModel(nn.Module):
 
     def head_parameters(self) -> list[nn.Parameter]:
         """The parameters that are not the backbone's (trained with `RewardConfig.head_lr`)."""
-        return [*self.head.parameters(), *([self.likelihood_weight] if self.likelihood_term else [])]
+        return [*self.head.parameters(), *([self.likelihood_weight] if self.likelihood_term else []),
+                *(self.token_head.parameters() if self.token_head is not None else [])]
 
     def forward(self, completion_mask: torch.Tensor | None = None, **inputs) -> torch.Tensor:
         """(B,) rewards for a left- or right-padded batch of prompt + answer. `completion_mask` (B, T) marks
@@ -70,10 +86,13 @@ class RewardModel(nn.Module):
         idx = last_non_pad_index(inputs["attention_mask"])  # (B,)
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]  # (B, H)
         reward = self.head(last.float()).squeeze(-1)
+        if (self.likelihood_term or self.token_head is not None) and completion_mask is None:
+            raise ValueError("this reward model reads the answer's own tokens and needs `completion_mask` "
+                             "(from encode_completions); call score() or pass it")
+        if self.token_head is not None:
+            per_token = self.token_head(hidden.float()).squeeze(-1)  # (B, T)
+            reward = reward + (per_token * completion_mask.to(per_token.dtype)).sum(-1)
         if self.likelihood_term:
-            if completion_mask is None:
-                raise ValueError("this reward model adds the answer's log-likelihood and needs `completion_mask` "
-                                 "(from encode_completions); call score() or pass it")
             reward = reward + self.likelihood_weight * answer_logprob(self.backbone, hidden, inputs["input_ids"],
                                                                       completion_mask)
         return reward
@@ -98,7 +117,7 @@ def text_hidden_size(model) -> int:
 
 
 def init_reward_model(model_cfg: ModelConfig, seed: int = 0, device: str | None = None,
-                      likelihood_term: bool = False):
+                      likelihood_term: bool = False, token_head: bool = False):
     """A fresh reward model (trainable adapter or backbone, new head) and its processor."""
     if device is not None:
         model_cfg = dataclasses.replace(model_cfg, device=device)
@@ -110,7 +129,7 @@ def init_reward_model(model_cfg: ModelConfig, seed: int = 0, device: str | None 
     elif likelihood_term:
         raise ValueError("likelihood_term needs a backbone with an LM head (get_output_embeddings() is None); "
                          "set likelihood_term: false")
-    rm = RewardModel(backbone, text_hidden_size(backbone), likelihood_term)
+    rm = RewardModel(backbone, text_hidden_size(backbone), likelihood_term, token_head)
     rm.to_head_device()
     return rm, processor
 
@@ -128,12 +147,15 @@ def save_reward_model(rm: RewardModel, processor, model_cfg: ModelConfig, path: 
     head = {k: v.detach().cpu() for k, v in rm.head.state_dict().items()}
     if rm.likelihood_term:
         head["likelihood_weight"] = rm.likelihood_weight.detach().cpu()
+    if rm.token_head is not None:
+        head.update({f"token_head.{k}": v.detach().cpu() for k, v in rm.token_head.state_dict().items()})
     torch.save(head, path / HEAD)
     base = resolve_model_path(model_cfg.path) if is_peft else "backbone"
     if is_peft and Path(base).exists():
         base = str(Path(base).resolve())
     meta = {"format": 1, "base_model": base, "adapter": "adapter" if is_peft else None,
             "hidden_size": rm.head.in_features, "likelihood_term": rm.likelihood_term,
+            "token_head": rm.token_head is not None,
             "model": dataclasses.asdict(model_cfg)}
     (path / META).write_text(json.dumps(meta, indent=2))
 
@@ -153,10 +175,13 @@ def load_reward_model(path: str | Path, *, device: str = "auto", trainable: bool
     else:
         cfg = dataclasses.replace(cfg, path=str(path / "backbone"), adapter_path=None, lora=False, device=device)
     backbone, processor = load_model(cfg, trainable=trainable)
-    rm = RewardModel(backbone, meta["hidden_size"], meta.get("likelihood_term", False))
+    rm = RewardModel(backbone, meta["hidden_size"], meta.get("likelihood_term", False), meta.get("token_head", False))
     head = torch.load(path / HEAD, map_location="cpu")
     if rm.likelihood_term:
         rm.likelihood_weight.data.copy_(head.pop("likelihood_weight"))
+    if rm.token_head is not None:
+        rm.token_head.load_state_dict({k[len("token_head."):]: head.pop(k) for k in list(head)
+                                       if k.startswith("token_head.")})
     rm.head.load_state_dict(head)
     rm.to_head_device()
     rm.train(trainable)

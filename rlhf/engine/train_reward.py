@@ -127,7 +127,7 @@ def _train(cfg: RewardConfig, acc, run: RunDir, set_seed) -> dict:
 
     device = str(acc.device)
     rm, processor = init_reward_model(dataclasses.replace(cfg.model), cfg.seed, device=device,
-                                      likelihood_term=cfg.likelihood_term)
+                                      likelihood_term=cfg.likelihood_term, token_head=cfg.token_head)
     opt = make_optimizer(rm, cfg)
     params = [p for g in opt.param_groups for p in g["params"]]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(cfg.warmup_steps, total))

@@ -103,6 +103,28 @@ def test_a_plain_head_checkpoint_still_loads(tiny_model_path, tmp_path):
                           atol=1e-5)
 
 
+def test_the_token_head_scores_each_answer_token_and_survives_save_and_load(tiny_model_path, tmp_path):
+    cfg = ModelConfig(path=str(tiny_model_path), device="cpu")
+    rm, processor = init_reward_model(cfg, seed=0, token_head=True)
+    ims, prompts, comps = _examples(4, seed=6)
+    untrained = score(rm, processor, ims, prompts, comps)
+    with torch.no_grad():
+        rm.token_head.weight.normal_(0, 0.1)
+        rm.token_head.bias.fill_(0.25)
+    batch = encode_completions(processor, ims, prompts, comps)
+    with torch.no_grad():
+        hidden = rm.backbone(**batch.inputs, output_hidden_states=True).hidden_states[-1]
+        per_token = rm.token_head(hidden.float()).squeeze(-1)
+    expected = untrained + (per_token * batch.completion_mask).sum(-1)  # the answer's tokens only, not the prompt's
+    scored = score(rm, processor, ims, prompts, comps)
+    assert torch.allclose(scored, expected, atol=1e-4)
+    assert rm.token_head.weight in set(rm.head_parameters())
+    save_reward_model(rm, processor, cfg, tmp_path / "rm")
+    assert json.loads((tmp_path / "rm" / "reward_model.json").read_text())["token_head"] is True
+    rm2, processor2 = load_reward_model(tmp_path / "rm", device="cpu")
+    assert torch.allclose(scored, score(rm2, processor2, ims, prompts, comps), atol=1e-5)
+
+
 def test_the_scorer_is_a_trl_reward_function(fresh_rm):
     rm, processor, _ = fresh_rm
     ims, prompts, comps = _examples(3, seed=2)
