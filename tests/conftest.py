@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+# One torch (OpenMP) thread per test process and per engine subprocess it starts. `make test` runs two xdist
+# workers on two cores: with torch's default of one thread per core each, four busy threads on two cores
+# wait on each other (a 25 s reward-model test took 6 minutes). Results depend on the thread count (float
+# reduction order), so the learning tests' thresholds are measured with one thread as well.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 import pytest
 
 
@@ -61,12 +71,6 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
         db.setdefault("TEST", {})["NAME"] = f"{name}_{os.getpid()}"
 
 
-# A quicker, worse demo model (about 1 minute on 2 cores): its captions are half right, enough for the
-# reward model to have visual features to build on. No wall-clock cap: under CPU contention a cap would
-# silently give a worse, machine-dependent model.
-TINY_BUILD = {"steps": 800, "train_images": 2000, "eval_images": 20, "warmup_steps": 20, "budget_seconds": 0}
-
-
 @pytest.fixture(scope="session")
 def engine_data_dir(tmp_path_factory, worker_id):
     """Cache root for built models: shared by the xdist workers of one run (and between runs when
@@ -85,31 +89,37 @@ def engine_data_dir(tmp_path_factory, worker_id):
 @pytest.fixture(scope="session")
 def tiny_build_config():
     from rlhf.engine.config import BuildDemoConfig
+    from rlhf.engine.demo import TINY_BUILD
 
     return BuildDemoConfig(**TINY_BUILD)
 
 
 @pytest.fixture(scope="session")
-def demo_model_path(engine_data_dir):
-    """The default demo build (what `build-demo` makes, about a minute on 2 cores), for the tests whose
-    targets are stated for it; built once per test run like the tiny one."""
-    from filelock import FileLock
-
+def demo_model_path():
+    """The demo base shipped in the repository (what `make run` serves), for the tests whose targets are
+    stated for it. Nothing is built: a damaged copy fails with the command that rebuilds it."""
     from rlhf.engine.config import BuildDemoConfig
-    from rlhf.engine.demo.build import ensure_demo_model
+    from rlhf.engine.demo.build import shipped_build
 
-    # budget_seconds=0: the default build's wall-clock cap bit at step 641 of 2400 on a busy machine, and the
-    # tests' targets then failed against a weaker model. Without the cap the build is the same everywhere.
-    with FileLock(str(engine_data_dir / "build-default.lock")):
-        return ensure_demo_model(BuildDemoConfig(budget_seconds=0), engine_data_dir)
+    path = shipped_build(BuildDemoConfig())
+    assert path is not None, "rlhf/engine/demo/base does not hold the build of BuildDemoConfig()'s defaults"
+    return path
 
 
 @pytest.fixture(scope="session")
 def tiny_model_path(engine_data_dir, tiny_build_config):
-    """Path of the tiny demo model, built once per test run (the first worker builds, the others wait)."""
-    from filelock import FileLock
-
+    """The tiny demo model (`rlhf.engine.demo.TINY_BUILD`), shipped prebuilt in tests/assets/tiny-demo so that a
+    test run builds nothing and every machine tests the same weights; built (once per run, the first worker
+    building while the others wait) only if that folder holds another build."""
     from rlhf.engine.demo.build import ensure_demo_model
 
-    with FileLock(str(engine_data_dir / "build.lock")):
-        return ensure_demo_model(tiny_build_config, engine_data_dir)
+    return ensure_demo_model(tiny_build_config, engine_data_dir, shipped=TINY_ASSET)
+
+
+TINY_ASSET = Path(__file__).resolve().parent / "assets" / "tiny-demo"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first: xdist hands tests out in order, so a long test left for last keeps one worker busy
+    while the other idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

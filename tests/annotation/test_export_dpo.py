@@ -17,9 +17,10 @@ def _tiny_vlm(folder):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from rlhf.engine.config import BuildDemoConfig
+    from rlhf.engine.demo import TINY_BUILD
     from rlhf.engine.demo.build import build_model, build_processor, build_tokenizer
 
-    cfg = BuildDemoConfig(steps=1)
+    cfg = BuildDemoConfig(**TINY_BUILD)
     tokenizer = build_tokenizer()
     build_model(cfg, tokenizer).save_pretrained(folder)
     build_processor(cfg, tokenizer).save_pretrained(folder)
