@@ -92,36 +92,38 @@ def world_words() -> list[str]:
 @dataclass
 class BuildDemoConfig:
     """Build the tiny offline demo VLM: tokenizer, LLaVA-style model from configs, supervised on the
-    shapes world. Deterministic for a given config; cached under `<data dir>/models/demo-<hash>`."""
+    shapes world. Deterministic for a given config; cached under `<data dir>/models/demo-<hash>`. The defaults
+    are the demo base shipped in rlhf/engine/demo/base (a model that sees its world well and was taught to
+    say some of it wrong); `rlhf.engine.demo.TINY_BUILD` is the quick one the tests use."""
 
     seed: int = _f(0, "Seed for scenes, initialisation and batch order.")
-    image_size: int = _f(64, "Model input resolution (pixels); scenes are drawn larger and resized.")
+    image_size: int = _f(128, "Model input resolution (pixels); scenes are drawn at 128 and resized to it.")
     patch_size: int = _f(16, "Vision transformer patch size; (image_size / patch_size)^2 image tokens.")
-    vision_hidden: int = _f(64, "Vision tower width.")
+    vision_hidden: int = _f(128, "Vision tower width.")
     vision_layers: int = _f(2, "Vision tower depth.")
-    text_hidden: int = _f(64, "Language model width.")
+    text_hidden: int = _f(128, "Language model width.")
     text_layers: int = _f(2, "Language model depth.")
-    heads: int = _f(2, "Attention heads in both towers.")
-    steps: int = _f(2400, "Supervised training steps (the main knob for quality vs build time).")
+    heads: int = _f(4, "Attention heads in both towers.")
+    steps: int = _f(8000, "Supervised training steps (the main knob for quality vs build time).")
     batch_size: int = _f(32, "Examples per step (one image + one prompt + its answer each).")
     lr: float = _f(2e-3, "Peak AdamW learning rate (linear warm-up, cosine decay).")
-    warmup_steps: int = _f(50, "Linear warm-up steps.")
+    warmup_steps: int = _f(200, "Linear warm-up steps.")
     vqa_fraction: float = _f(0.35, "Fraction of training examples that are VQA questions (rest: captions).")
-    train_images: int = _f(6000, "Distinct training scenes (drawn once, reused across steps).")
-    eval_images: int = _f(200, "Held-out scenes for the report in result.json / build.json.")
-    budget_seconds: float = _f(270.0, "Wall-clock cap on training (0 = none), a safety net that keeps the "
-                               "build under 5 minutes on a slow or busy machine; when it bites the model depends "
-                               "on machine speed (a warning says so). `steps` is the deterministic knob.")
+    train_images: int = _f(20000, "Distinct training scenes (drawn once, reused across steps).")
+    eval_images: int = _f(300, "Held-out scenes for the report in result.json / build.json.")
+    budget_seconds: float = _f(0.0, "Wall-clock cap on training (0 = none). When it bites, the model depends on the "
+                               "machine's speed: the build stops early, build.json records the steps reached and "
+                               "build-demo's result says `budget_reached`. `steps` is the deterministic knob.")
     threads: int = _f(0, "torch CPU threads (0 = leave torch's default).")
-    label_noise: list[list] = _f([], "Systematic errors in the training captions and answers, as "
-                                 "[true word, word written instead, probability] triples, e.g. "
+    label_noise: list[list] = _f([["purple", "blue", 0.8], ["yellow", "green", 0.8]],
+                                 "Systematic errors in the training captions and answers, as [true word, word written instead, probability] triples, e.g. "
                                  "[['purple', 'blue', 0.7]]: a starting policy that can see but was taught "
                                  "to say the wrong thing, as a base model trained on sloppy web captions is. "
-                                 "Empty (the default): clean labels.")
-    omit_objects: float = _f(0.0, "Probability that a training caption of a scene with two or more shapes leaves "
+                                 "[] for clean labels. The default is the demo base's.")
+    omit_objects: float = _f(0.3, "Probability that a training caption of a scene with two or more shapes leaves "
                              "one of them out (and counts one fewer): a base that sees every shape but was "
                              "taught to omit some, the omission error of VLMs.")
-    extra_objects: float = _f(0.0, "Probability that a training caption of a scene with fewer than three shapes "
+    extra_objects: float = _f(0.15, "Probability that a training caption of a scene with fewer than three shapes "
                               "describes one more that is not there (and counts it): the hallucination error "
                               "of VLMs.")
 

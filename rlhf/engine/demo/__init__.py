@@ -13,4 +13,5 @@ DEMO_POLICY_LORA = {"lora_modules_to_save": ["lm_head"]}
 # tests/assets/tiny-demo (`python -m rlhf.engine build-demo --config <these fields> --ship-to tests/assets/tiny-demo`).
 TINY_BUILD = {"seed": 0, "image_size": 64, "patch_size": 16, "vision_hidden": 64, "vision_layers": 2, "text_hidden": 64,
               "text_layers": 2, "heads": 2, "steps": 800, "batch_size": 32, "lr": 2e-3, "warmup_steps": 20,
-              "vqa_fraction": 0.35, "train_images": 2000, "eval_images": 20, "budget_seconds": 0}
+              "vqa_fraction": 0.35, "train_images": 2000, "eval_images": 20, "budget_seconds": 0,
+              "label_noise": [], "omit_objects": 0.0, "extra_objects": 0.0}
