@@ -60,8 +60,6 @@ RETRY_DELAYS_S = (0.5, 1, 2, 4, 8, 15, 30)  # the ranking page's (static/js/work
 # The default order lets one round meet three faults in turn (PostgreSQL during its reward model, Redis
 # during its policy step, the worker during its generation), and a second one the last.
 FAULTS = ("pg", "web", "redis", "worker-generate", "worker-reward")
-# The tests' tiny demo build (tests/conftest.py): about a minute on 2 cores, no wall-clock cap.
-TINY_BUILD = {"steps": 800, "train_images": 2000, "eval_images": 20, "warmup_steps": 20, "budget_seconds": 0}
 SLUG = "faults"
 
 T0 = time.monotonic()
@@ -249,12 +247,15 @@ for i in range(n_users):
 print(json.dumps({"admin": Token.objects.create(user=admin).key, "annotators": tokens, "tasks": report.tasks}))
 """
 
+# The tests' tiny demo model (rlhf.engine.demo.TINY_BUILD), prebuilt in tests/assets/tiny-demo: a round takes
+# about a minute.
 BUILD = """
 import sys
 from pathlib import Path
 from rlhf.engine.config import BuildDemoConfig
+from rlhf.engine.demo import TINY_BUILD
 from rlhf.engine.demo.build import ensure_demo_model
-print(ensure_demo_model(BuildDemoConfig(**TINY), Path(sys.argv[1])).resolve())
+print(ensure_demo_model(BuildDemoConfig(**TINY_BUILD), Path(sys.argv[1]), shipped=Path("tests/assets/tiny-demo")).resolve())
 """
 
 
@@ -734,7 +735,7 @@ def main() -> None:
           f"{args.seconds:.0f} s, faults {faults}; logs in {work}", flush=True)
 
     t = time.monotonic()
-    model = subprocess.run([sys.executable, "-c", BUILD.replace("TINY", repr(TINY_BUILD)), str(data)], cwd=ROOT,
+    model = subprocess.run([sys.executable, "-c", BUILD, str(data)], cwd=ROOT,
                            env={**os.environ, "LENSLOOP_DATA_DIR": str(data)}, capture_output=True, text=True)
     if model.returncode:
         raise SystemExit(f"demo build failed: {model.stderr[-3000:]}")

@@ -141,7 +141,7 @@ def run_arm(arm: str, args, work: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="", help="base model folder (default: the tiny demo build of the tests)")
+    ap.add_argument("--model", default="demo", help="base model folder (default: the shipped demo base)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rankings", type=int, default=500, help="rankings per round")
     ap.add_argument("--noise", type=float, default=0.1, help="chance that an annotator swaps a neighbouring pair")
@@ -165,14 +165,11 @@ def main() -> None:
         return
 
     work = Path(tempfile.mkdtemp(prefix="bench-loop-"))
-    from rlhf.engine.config import BuildDemoConfig, data_dir
     from rlhf.engine.demo import world
     from rlhf.engine.demo.annotators import write_demo_preferences
-    from rlhf.engine.demo.build import ensure_demo_model
+    from rlhf.engine.loading import resolve_model_path
 
-    if not args.model:  # the tiny build bench/policy.py and the tests use (see the module docstring)
-        args.model = str(ensure_demo_model(BuildDemoConfig(steps=800, train_images=2000, eval_images=20,
-                                                           warmup_steps=20, budget_seconds=0), data_dir()).resolve())
+    args.model = resolve_model_path(args.model)
     world.write_demo_manifest(work / "scenes", n=args.scenes, seed=5, k=4, eval_fraction=0.1)
     write_demo_preferences(work / "held", 200, seed=11, k=2)
     print(f"work folder {work}; model {args.model}; load average {os.getloadavg()}", flush=True)

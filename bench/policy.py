@@ -67,7 +67,7 @@ def time_to_reach(curve, target: float, column: int = 3) -> float | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="", help="model folder (default: the tiny test build of the demo model)")
+    ap.add_argument("--model", default="demo", help="model folder (default: the shipped demo base)")
     ap.add_argument("--steps", type=int, default=100, help="iterations (PPO) / optimiser steps (GRPO, RLOO)")
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--eval-prompts", type=int, default=160)
@@ -83,12 +83,10 @@ def main() -> None:
         plot(json.loads((out / "benchmarks" / "policy.json").read_text()), out / "policy_benchmark.png")
         return
 
-    from rlhf.engine.config import BuildDemoConfig, data_dir
     from rlhf.engine.demo.annotators import write_demo_preferences
-    from rlhf.engine.demo.build import ensure_demo_model
+    from rlhf.engine.loading import resolve_model_path
 
-    model = args.model or str(ensure_demo_model(BuildDemoConfig(steps=800, train_images=2000, eval_images=20,
-                                                                warmup_steps=20, budget_seconds=0), data_dir()))
+    model = resolve_model_path(args.model)
     work = Path(tempfile.mkdtemp(prefix="bench-policy-"))
     data = write_demo_preferences(work / "data", 240, seed=3, k=4)
     held = write_demo_preferences(work / "held", args.eval_prompts, seed=11, k=2)

@@ -14,18 +14,8 @@ from django.contrib.auth import get_user_model
 from annotation.models import Candidate, Membership, Project
 from annotation.services import queue
 from annotation.services.projects import member_set
+from rlhf.engine.demo.annotators import noisy_ordering
 from rlhf.engine.rewards import demo_reward
-
-
-def noisy_ordering(scores: dict[int, float], rng: random.Random, noise: float) -> list[list[int]]:
-    """Groups of candidate ids, best first; equal scores tie. Each neighbouring pair of groups is
-    swapped with probability ``noise`` (an annotator's occasional mistake)."""
-    distinct = sorted(set(scores.values()), reverse=True)
-    groups = [[cid for cid, s in scores.items() if s == value] for value in distinct]
-    for i in range(len(groups) - 1):
-        if rng.random() < noise:
-            groups[i], groups[i + 1] = groups[i + 1], groups[i]
-    return groups
 
 
 def simulated_annotators(project: Project, n: int) -> list:

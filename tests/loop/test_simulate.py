@@ -6,8 +6,8 @@ import pytest
 from django.core.management import call_command
 
 from annotation.models import Candidate, PreferencePair, Ranking
+from rlhf.engine.demo.annotators import noisy_ordering
 from rlhf.engine.rewards import demo_reward
-from rlhf.simulate import noisy_ordering
 
 
 def test_without_noise_the_ordering_follows_the_scores_with_ties():

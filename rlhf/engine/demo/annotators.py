@@ -24,6 +24,17 @@ def rank_candidates(prompt: str, candidates: list[str], gt: dict, rng: random.Ra
     return [distinct.index(s) for s in scores]
 
 
+def noisy_ordering(scores: dict, rng: random.Random, noise: float) -> list[list]:
+    """Groups of candidate keys, best first; equal scores tie. Each neighbouring pair of groups is swapped with
+    probability ``noise`` (an annotator's occasional mistake): the simulated annotators of the loop."""
+    distinct = sorted(set(scores.values()), reverse=True)
+    groups = [[key for key, s in scores.items() if s == value] for value in distinct]
+    for i in range(len(groups) - 1):
+        if rng.random() < noise:
+            groups[i], groups[i + 1] = groups[i + 1], groups[i]
+    return groups
+
+
 def ranking_to_pairs(candidates: list[str], ranks: list[int]) -> list[tuple[str, str, int]]:
     """(chosen, rejected, margin) for every pair with different ranks; margin = rank distance."""
     pairs = []
