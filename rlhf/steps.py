@@ -276,11 +276,18 @@ def step_register(run: TrainingRun) -> None:
 
 
 def _generate_prompt_ids(project, n: int, seed: int) -> list[int]:
-    """Train prompts without an open task, in a seeded random order."""
+    """Prompts without an open task, in a seeded random order: mostly train prompts, and the project's held-out
+    fraction of held-out ones, so that the rankings of the policy's own samples include held-out ones: the
+    next reward model is measured on those (never trained on), not on the rankings it learnt from."""
     busy = RankingTask.objects.filter(project=project, state__in=["open", "full"]).values("prompt_id")
-    ids = list(project.prompts.filter(split="train").exclude(pk__in=busy).values_list("pk", flat=True))
-    random.Random(seed).shuffle(ids)
-    return ids[:n]
+    free = project.prompts.exclude(pk__in=busy)
+    rng = random.Random(seed)
+    held = list(free.filter(split="eval").values_list("pk", flat=True))
+    rng.shuffle(held)
+    held = held[:round(n * project.heldout_fraction)]
+    train = list(free.filter(split="train").values_list("pk", flat=True))
+    rng.shuffle(train)
+    return train[:n - len(held)] + held
 
 
 def uncertainty_priorities(samples: list[dict]) -> dict[int, float]:

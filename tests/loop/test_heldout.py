@@ -123,9 +123,12 @@ def test_a_rounds_files_carry_the_split_and_every_step_gets_the_held_out_files(r
     assert evaluate["preference_file"] == snapshot["heldout_records"]
     assert evaluate["baseline"]["path"] == project.base_model and "adapter_path" in evaluate["model"]
     assert evaluate["answer_reward_model_path"] == ModelVersion.objects.get(project=project, kind="reward").path
-    # Nothing generated for the training queue comes from a held-out prompt.
+    # The new policy's samples go to the queue for training prompts and, in the project's held-out fraction,
+    # for held-out ones: their rankings are the next reward model's held-out pairs, exported apart.
     generated = [p for c, cfg in engine.calls if c == "generate" for p in _lines(cfg["prompts_file"])]
-    assert generated and {p["split"] for p in generated} == {"train"}
+    splits = [p["split"] for p in generated]
+    assert len(generated) == FAST_ROUND["generate_prompts"]
+    assert splits.count("eval") == round(FAST_ROUND["generate_prompts"] * project.heldout_fraction) == 1
 
 
 def test_the_round_evaluates_on_the_same_first_held_out_prompts_every_time(ranked_heldout, monkeypatch):
