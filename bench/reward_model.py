@@ -12,7 +12,8 @@ calibration and training time.
         [--variants lora,lora-token,full,full-token] [--epochs 2] [--seeds 0]
 
 Variants: `lora` (the loop's default: LoRA q/v + the likelihood term), `full` (all weights), `-token` adds
-the per-token head (`token_head`), `-nolik` drops the likelihood term.
+the per-token head summed over the answer (`token_head: sum`), `-tokenmean` averaged (`mean`), `-nolik`
+drops the likelihood term.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ sys.path.insert(0, str(ROOT))
 
 VARIANTS = {
     "lora": {},
-    "lora-token": {"token_head": True},
+    "lora-token": {"token_head": "sum"},
+    "lora-tokenmean": {"token_head": "mean"},
     "lora-nolik": {"likelihood_term": False},
     "full": {"model": {"lora": False}, "lr": 1e-4},
-    "full-token": {"model": {"lora": False}, "lr": 1e-4, "token_head": True},
-    "full-token-nolik": {"model": {"lora": False}, "lr": 1e-4, "token_head": True, "likelihood_term": False},
+    "full-token": {"model": {"lora": False}, "lr": 1e-4, "token_head": "sum"},
+    "full-tokenmean": {"model": {"lora": False}, "lr": 1e-4, "token_head": "mean"},
 }
 
 

@@ -227,9 +227,10 @@ class RewardConfig:
     likelihood_term: bool = _f(True, "Add α·log p(answer | image, prompt) under the backbone's own LM head, α "
                                "learnt from 0 (so the untrained reward is still at chance): the head can use what "
                                "the captioner knows word by word. Needs a model with an LM head.")
-    token_head: bool = _f(False, "Add a second linear head summed over the answer's tokens (starts at 0): a "
-                          "per-token score, so that one wrong word or one object too many or too few is judged "
-                          "where it is said (docs/engine.md, the reward model).")
+    token_head: str = _f("", "'' (off), 'mean' or 'sum': add a second linear head pooled over the answer's tokens "
+                         "(starts at 0), a per-token score, so that one wrong word or one object too many or too few "
+                         "is judged where it is said. 'mean' gives a longer answer nothing for its length alone "
+                         "(docs/engine.md, the reward model).")
     warmup_steps: int = _f(10, "Linear warm-up steps.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     margin_weight: float = _f(0.0, "Scale of the rank-distance margin m in -log σ(r_c - r_r - m·(margin-1)) "
@@ -242,6 +243,7 @@ class RewardConfig:
 
     def validate(self) -> None:
         self.model.validate()
+        _check(self.token_head in ("", "mean", "sum"), f"token_head={self.token_head!r}: use '', 'mean' or 'sum'")
         _check(bool(self.train_file), "train_file is empty: give a preference-records JSONL")
         _check(0.0 <= self.eval_fraction < 1.0, "eval_fraction must lie in [0, 1)")
         _check(self.epochs > 0 or self.max_steps > 0, "set epochs > 0 or max_steps > 0")

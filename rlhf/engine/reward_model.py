@@ -10,8 +10,8 @@ whole comparison of answer and image into one token (a generative-verifier prior
 "Generative Verifiers"). Save/load keeps the adapter (or the full backbone), the head and α;
 `RewardScorer` is a batched TRL reward function.
 
-With `token_head` (`RewardConfig.token_head`) the reward also sums a second linear head over the answer's own
-tokens, r += Σ_t u·h_t, a per-token score that starts at 0: an error in a caption is one wrong word (a colour,
+With `token_head` (`RewardConfig.token_head`: "mean" or "sum") the reward also pools a second linear head over
+the answer's own tokens, r += mean_t u·h_t (or Σ_t), a per-token score that starts at 0: an error in a caption is one wrong word (a colour,
 a shape, an object too many or too few), which the state at that word sees directly, where the last token's
 state must gather every word's verdict through attention (dense token-level rewards; Wu et al. 2023,
 "Fine-Grained Human Feedback Gives Better Rewards for Language Model Training", and process reward models,
@@ -40,11 +40,11 @@ HEAD = "reward_head.pt"
 
 class RewardModel(nn.Module):
     """backbone (a VLM, possibly PEFT-wrapped) + Linear(hidden, 1) head in float32, with `likelihood_term` a
-    learnt weight α (float32, init 0) on the answer's log-likelihood, and with `token_head` a Linear(hidden, 1)
-    (init 0) summed over the answer tokens."""
+    learnt weight α (float32, init 0) on the answer's log-likelihood, and with `token_head` ("mean" or "sum") a
+    Linear(hidden, 1) (init 0) pooled over the answer tokens."""
 
     def __init__(self, backbone: nn.Module, hidden_size: int, likelihood_term: bool = False,
-                 token_head: bool = False):
+                 token_head: str = ""):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(hidden_size, 1)
@@ -53,6 +53,11 @@ class RewardModel(nn.Module):
         nn.init.zeros_(self.head.bias)
         # Only a parameter when used: DDP without find_unused_parameters fails on unused parameters.
         self.likelihood_weight = nn.Parameter(torch.zeros(())) if likelihood_term else None
+        if token_head is True:  # checkpoints written before the pooling could be chosen summed
+            token_head = "sum"
+        if token_head not in ("", None, False, "mean", "sum"):
+            raise ValueError(f"token_head={token_head!r}: use '', 'mean' or 'sum'")
+        self.token_pooling = token_head or ""
         self.token_head = nn.Linear(hidden_size, 1) if token_head else None
         if self.token_head is not None:  # starts at 0: the untrained reward is the last-token head's alone
             nn.init.zeros_(self.token_head.weight)
@@ -91,7 +96,11 @@ class RewardModel(nn.Module):
                              "(from encode_completions); call score() or pass it")
         if self.token_head is not None:
             per_token = self.token_head(hidden.float()).squeeze(-1)  # (B, T)
-            reward = reward + (per_token * completion_mask.to(per_token.dtype)).sum(-1)
+            mask = completion_mask.to(per_token.dtype)
+            pooled = (per_token * mask).sum(-1)
+            if self.token_pooling == "mean":  # a longer answer earns nothing by its length alone
+                pooled = pooled / mask.sum(-1).clamp(min=1)
+            reward = reward + pooled
         if self.likelihood_term:
             reward = reward + self.likelihood_weight * answer_logprob(self.backbone, hidden, inputs["input_ids"],
                                                                       completion_mask)
@@ -117,7 +126,7 @@ def text_hidden_size(model) -> int:
 
 
 def init_reward_model(model_cfg: ModelConfig, seed: int = 0, device: str | None = None,
-                      likelihood_term: bool = False, token_head: bool = False):
+                      likelihood_term: bool = False, token_head: str = ""):
     """A fresh reward model (trainable adapter or backbone, new head) and its processor."""
     if device is not None:
         model_cfg = dataclasses.replace(model_cfg, device=device)
@@ -155,7 +164,7 @@ def save_reward_model(rm: RewardModel, processor, model_cfg: ModelConfig, path: 
         base = str(Path(base).resolve())
     meta = {"format": 1, "base_model": base, "adapter": "adapter" if is_peft else None,
             "hidden_size": rm.head.in_features, "likelihood_term": rm.likelihood_term,
-            "token_head": rm.token_head is not None,
+            "token_head": rm.token_pooling,
             "model": dataclasses.asdict(model_cfg)}
     (path / META).write_text(json.dumps(meta, indent=2))
 
@@ -175,7 +184,7 @@ def load_reward_model(path: str | Path, *, device: str = "auto", trainable: bool
     else:
         cfg = dataclasses.replace(cfg, path=str(path / "backbone"), adapter_path=None, lora=False, device=device)
     backbone, processor = load_model(cfg, trainable=trainable)
-    rm = RewardModel(backbone, meta["hidden_size"], meta.get("likelihood_term", False), meta.get("token_head", False))
+    rm = RewardModel(backbone, meta["hidden_size"], meta.get("likelihood_term", False), meta.get("token_head", ""))
     head = torch.load(path / HEAD, map_location="cpu")
     if rm.likelihood_term:
         rm.likelihood_weight.data.copy_(head.pop("likelihood_weight"))

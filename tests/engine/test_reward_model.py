@@ -17,6 +17,7 @@ from rlhf.engine.reward_model import (
     save_reward_model,
     score,
 )
+from tests.learning import learning_seed, record
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def test_a_plain_head_checkpoint_still_loads(tiny_model_path, tmp_path):
 
 def test_the_token_head_scores_each_answer_token_and_survives_save_and_load(tiny_model_path, tmp_path):
     cfg = ModelConfig(path=str(tiny_model_path), device="cpu")
-    rm, processor = init_reward_model(cfg, seed=0, token_head=True)
+    rm, processor = init_reward_model(cfg, seed=0, token_head="sum")
     ims, prompts, comps = _examples(4, seed=6)
     untrained = score(rm, processor, ims, prompts, comps)
     with torch.no_grad():
@@ -120,7 +121,7 @@ def test_the_token_head_scores_each_answer_token_and_survives_save_and_load(tiny
     assert torch.allclose(scored, expected, atol=1e-4)
     assert rm.token_head.weight in set(rm.head_parameters())
     save_reward_model(rm, processor, cfg, tmp_path / "rm")
-    assert json.loads((tmp_path / "rm" / "reward_model.json").read_text())["token_head"] is True
+    assert json.loads((tmp_path / "rm" / "reward_model.json").read_text())["token_head"] == "sum"
     rm2, processor2 = load_reward_model(tmp_path / "rm", device="cpu")
     assert torch.allclose(scored, score(rm2, processor2, ims, prompts, comps), atol=1e-5)
 
@@ -148,21 +149,25 @@ def rm_learning_dataset(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_reward_model_learns_ground_truth_preferences(demo_model_path, rm_learning_dataset, tmp_path):
-    """From chance to >= 0.85 held-out pairwise accuracy on demo-world preferences, seeded, in well under a
-    minute of CPU (one epoch, ~25 s of training on 2 cores), on the default demo build."""
+def test_reward_model_learns_ground_truth_preferences(tiny_model_path, rm_learning_dataset, tmp_path):
+    """From chance to well above it in held-out pairwise accuracy on demo-world preferences, seeded, in about a
+    minute on one core, on the tiny test model (the demo base's reward model is measured by bench/loop.py)."""
     from rlhf.engine.train_reward import train_reward_model
 
-    cfg = RewardConfig(model=ModelConfig(path=str(demo_model_path), device="cpu", **RM_MODEL),
+    seed = learning_seed(1)
+    cfg = RewardConfig(model=ModelConfig(path=str(tiny_model_path), device="cpu", **RM_MODEL),
                        train_file=str(rm_learning_dataset["preferences_train"]),
-                       eval_file=str(rm_learning_dataset["preferences_eval"]), seed=1, **RM_TRAIN)
+                       eval_file=str(rm_learning_dataset["preferences_eval"]), seed=seed, **RM_TRAIN)
     result = train_reward_model(cfg, str(tmp_path / "run"))
+    record("test_reward_model_learns_ground_truth_preferences", accuracy_before=result["eval_before/accuracy"],
+           accuracy=result["eval/accuracy"], ece=result["eval/ece"])
     assert 0.3 < result["eval_before/accuracy"] < 0.7
-    # Measured: 0.853 / 0.867 / 0.863 for seeds 0 / 1 / 2 (2 threads), 0.863 for seed 1 on 1 thread. The
-    # tests' smaller session backbone reaches only ~0.78: it names shapes too poorly (docs/benchmarks.md).
-    assert result["eval/accuracy"] >= 0.85, result
-    assert result["eval/ece"] < 0.1
+    assert result["eval/accuracy"] >= RM_MIN_ACCURACY, result
+    assert result["eval/ece"] < RM_MAX_ECE
 
 
 RM_MODEL = {"lora": False}
 RM_TRAIN = {"epochs": 1, "batch_size": 16, "lr": 3e-4}  # head_lr 3e-3 and the likelihood term: the defaults
+# Set from bench/learning_spread.py (seeds 0-9, one thread): see docs/benchmarks.md, "Learning tests".
+RM_MIN_ACCURACY = 0.70
+RM_MAX_ECE = 0.1
