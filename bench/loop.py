@@ -1,26 +1,32 @@
-"""Label efficiency of the closed loop on the demo world (issue 5).
+"""Label efficiency of the closed loop on the demo world.
 
-Per arm, a fresh project on the demo model goes through real rounds: the starting policy's samples become
-ranking tasks, simulated annotators (the demo world's ground truth, `--noise` chance of swapping each
-neighbouring pair) rank `--rankings` of them, a round runs (export → reward model → policy → evaluate →
-register → generate the next `--rankings` tasks from the new policy), and again, `--rounds` times. After
-each round the active policy's held-out caption accuracy is measured on scenes no project has seen.
+Per arm and seed, a fresh project on the demo base goes through real rounds: the starting policy's samples
+become ranking tasks, simulated annotators (the demo world's ground truth, `--noise` chance of swapping each
+neighbouring pair of ranks) rank `--rankings` of them, a round runs (export → reward model → policy →
+evaluate → register → generate the next `--rankings` tasks from the new policy), and again, `--rounds` times.
+After each round the active policy's held-out caption accuracy is measured on 200 scenes no project has seen.
 
-    .venv/bin/python bench/loop.py [--rounds 3] [--rankings 500] [--noise 0.1] [--arms ppo,grpo,dpo,gt-grpo]
+    .venv/bin/python bench/loop.py [--rounds 3] [--rankings 500] [--noise 0.1] [--seeds 3]
+        [--arms ppo,grpo,dpo,gt-grpo] [--parallel 2]
     .venv/bin/python bench/loop.py --plot-only     # redraw docs/loop_benchmark.png from the JSON
 
 Arms: `ppo`, `grpo` (against the reward model trained on the rankings), `dpo` (on the ranking pairs), and
 `gt-grpo`, GRPO trained on the ground-truth reward itself, the upper bound a perfect annotator would give
-(its rounds still train a reward model, unused, so its round time is comparable).
+(its rounds still train a reward model, unused, so its round time is comparable). The promotion gate is off:
+every round's policy becomes active, so the figures are what each method learns, not what the gate lets
+through (docs/loop.md, the promotion gate).
 
-The steps run through the loop's own code (`rlhf.jobs.run_step`, the job an rq worker runs: the engine in a
-subprocess per step) on a SQLite database of each arm's own; rq itself is left out. Seeds derive from run
-ids, so every arm starts from the same tasks, rankings and reward-model seed. Each arm runs in a
-process of its own, so the peak memory reported (max RSS of its engine subprocesses) is its own.
+A seed changes the project's scenes and the annotators' choices; each arm of one seed starts from the same
+scenes, tasks and rankings. The steps run through the loop's own code (`rlhf.jobs.run_step`, the job an rq
+worker runs: the engine in a subprocess per step) on a SQLite database of each run's own; rq itself is left
+out. Each (arm, seed) runs in a process of its own, so the peak memory reported is its own.
 
 Caption accuracy = `demo_reward` on caption prompts: the mean of count, colour and shape correctness
 (rlhf.engine.rewards.caption_reward), in points (× 100). "sampled": 4 answers per scene at T = 1, how the
-loop samples its candidates; "greedy": the most likely answer. Held-out: 200 scenes of another seed.
+loop samples its candidates; "greedy": the most likely answer. Held-out: 200 scenes of another seed. The
+reward model's accuracy is its own held-out figure in the round (`eval/accuracy`): the rankings of the
+round's held-out prompts, the policy's own samples it never trained on. Every figure is a mean over seeds
+with a 95% t-interval.
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,11 +91,11 @@ def evaluate(model_path: str, adapter: str, held: Path) -> dict:
     return {"greedy": round(100 * out["eval/reward_mean"], 1), "sampled": round(100 * out["eval/reward_sampled"], 1)}
 
 
-def run_arm(arm: str, args, work: Path) -> dict:
-    """One arm, in this process: project, starting tasks, then rounds of ranking + training. Each arm has
-    a database of its own, so its runs get the same ids, hence the same seeds, as the other arms': the
-    same starting tasks and rankings in round 1, the same reward-model seed."""
-    setup_django(work / arm)
+def run_arm(arm: str, seed: int, args, work: Path) -> dict:
+    """One arm and seed, in this process: project, starting tasks, then rounds of ranking + training. Each
+    has a database of its own, so its runs get the same ids, hence the same engine seeds, as the other arms'
+    of its seed: the same starting tasks and rankings in round 1, the same reward-model seed."""
+    setup_django(work / f"{arm}-{seed}")
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
@@ -96,13 +104,14 @@ def run_arm(arm: str, args, work: Path) -> dict:
     from annotation.services.projects import project_create
     from rlhf.jobs import run_step
     from rlhf.models import ModelVersion
-    from rlhf.services import start_generate, start_round
+    from rlhf.services import loop_settings_set, start_generate, start_round
     from rlhf.simulate import simulate
 
     project = project_create(name=f"bench {arm}", slug=f"bench-{arm}", task_type="caption", candidates_per_task=4)
     project.base_model = args.model
     project.save(update_fields=["base_model"])
-    import_bundle(project=project, path=work / "scenes", origin="bench")
+    loop_settings_set(project=project, promotion_gate="off")
+    import_bundle(project=project, path=work / f"scenes-{seed}", origin="bench")
     RankingTask.objects.filter(project=project).update(state="closed")  # the world's candidates: not the policy's
 
     def run(steps) -> None:
@@ -114,11 +123,11 @@ def run_arm(arm: str, args, work: Path) -> dict:
     t = time.monotonic()
     gen = start_generate(project=project, prompts=args.rankings, enqueue=False)
     run([gen])
-    print(f"{arm}: {RankingTask.objects.filter(project=project, state='open').count()} tasks from the starting "
+    print(f"{arm} seed {seed}: {RankingTask.objects.filter(project=project, state='open').count()} tasks from the starting "
           f"policy in {time.monotonic() - t:.0f} s", flush=True)
     points = []
     for r in range(1, args.rounds + 1):
-        done = simulate(project, annotators=4, noise=args.noise, limit=args.rankings, seed=r)
+        done = simulate(project, annotators=4, noise=args.noise, limit=args.rankings, seed=1000 * seed + r)
         t = time.monotonic()
         round_run = start_round(project=project, params=round_params(arm, args), enqueue=False)
         run(round_run.steps.order_by("position"))
@@ -128,15 +137,18 @@ def run_arm(arm: str, args, work: Path) -> dict:
         policy = ModelVersion.objects.get(project=project, kind="policy", active=True)
         acc = evaluate(args.model, policy.path, work / "held" / "prompts.jsonl")
         step_seconds = {s.kind: round((s.finished_at - s.started_at).total_seconds(), 1) for s in steps.values()}
-        reward_acc = (steps["reward"].result or {}).get("eval/accuracy")
+        reward_result = steps["reward"].result or {}
+        reward_acc = reward_result.get("eval/accuracy")
         point = {"round": r, "rankings": r * args.rankings, "ranked_this_round": done["rankings"],
                  "pairs": steps["export"].snapshot["pairs"], "round_seconds": round(seconds, 1),
-                 "step_seconds": step_seconds, "reward_model_accuracy": reward_acc, **acc,
+                 "step_seconds": step_seconds, "reward_model_accuracy": reward_acc,
+                 "reward_model_eval_pairs": reward_result.get("eval_pairs"), **acc,
                  "policy": policy.label, "state": round_run.state}
         points.append(point)
-        print(f"{arm} round {r}: {acc} in {seconds:.0f} s {step_seconds} (RM accuracy {reward_acc})", flush=True)
+        print(f"{arm} seed {seed} round {r}: {acc} in {seconds:.0f} s {step_seconds} (RM accuracy {reward_acc} on "
+              f"{reward_result.get('eval_pairs')} held-out pairs)", flush=True)
     return {"points": points, "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-            "params": round_params(arm, args)}
+            "params": round_params(arm, args), "seed": seed}
 
 
 def main() -> None:
@@ -146,13 +158,17 @@ def main() -> None:
     ap.add_argument("--rankings", type=int, default=500, help="rankings per round")
     ap.add_argument("--noise", type=float, default=0.1, help="chance that an annotator swaps a neighbouring pair")
     ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--seeds", type=int, default=3, help="seeds per arm (scenes and annotators' choices)")
+    ap.add_argument("--parallel", type=int, default=1, help="(arm, seed) runs at a time; each gets cores / parallel "
+                    "torch threads")
     ap.add_argument("--policy-steps", type=int, default=40, help="PPO iterations / GRPO steps per round (64 answers each)")
     ap.add_argument("--dpo-steps", type=int, default=200, help="DPO steps per round (16 pairs each)")
     ap.add_argument("--reward-epochs", type=float, default=2.0)
-    ap.add_argument("--scenes", type=int, default=1000, help="scenes in each arm's project")
+    ap.add_argument("--scenes", type=int, default=1000, help="scenes in each project")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     ap.add_argument("--plot-only", action="store_true")
-    ap.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm in this process
+    ap.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm and seed in this process
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
     out = Path(args.out)
@@ -160,8 +176,8 @@ def main() -> None:
         plot(json.loads((out / "benchmarks" / "loop.json").read_text()), out / "loop_benchmark.png")
         return
     if args.arm:
-        result = run_arm(args.arm, args, Path(args.work))
-        (Path(args.work) / f"{args.arm}.json").write_text(json.dumps(result))
+        result = run_arm(args.arm, args.seed, args, Path(args.work))
+        (Path(args.work) / f"{args.arm}-{args.seed}.json").write_text(json.dumps(result))
         return
 
     work = Path(tempfile.mkdtemp(prefix="bench-loop-"))
@@ -170,20 +186,30 @@ def main() -> None:
     from rlhf.engine.loading import resolve_model_path
 
     args.model = resolve_model_path(args.model)
-    world.write_demo_manifest(work / "scenes", n=args.scenes, seed=5, k=4, eval_fraction=0.1)
+    for seed in range(args.seeds):
+        world.write_demo_manifest(work / f"scenes-{seed}", n=args.scenes, seed=5 + 100 * seed, k=4, eval_fraction=0.1)
     write_demo_preferences(work / "held", 200, seed=11, k=2)
     print(f"work folder {work}; model {args.model}; load average {os.getloadavg()}", flush=True)
     start = evaluate(args.model, "", work / "held" / "prompts.jsonl")
     print(f"starting policy: {start}", flush=True)
 
-    arms = {}
-    for arm in args.arms.split(","):
-        cmd = [sys.executable, __file__, "--arm", arm, "--work", str(work), "--model", args.model]
+    threads = max(1, (os.cpu_count() or 2) // args.parallel)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+
+    def one(job: tuple[str, int]) -> None:
+        arm, seed = job
+        cmd = [sys.executable, __file__, "--arm", arm, "--seed", str(seed), "--work", str(work), "--model", args.model]
         for flag in ("rounds", "rankings", "noise", "policy_steps", "dpo_steps", "reward_epochs"):
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-        subprocess.run(cmd, cwd=ROOT, check=True)
-        arms[arm] = json.loads((work / f"{arm}.json").read_text())
+        subprocess.run(cmd, cwd=ROOT, check=True, env=env)
+
+    jobs = [(arm, seed) for seed in range(args.seeds) for arm in args.arms.split(",")]
+    with ThreadPoolExecutor(args.parallel) as pool:
+        list(pool.map(one, jobs))
+    arms = {arm: [json.loads((work / f"{arm}-{seed}.json").read_text()) for seed in range(args.seeds)]
+            for arm in args.arms.split(",")}
     results = {"start": start, "arms": arms, "rankings_per_round": args.rankings, "noise": args.noise,
+               "seeds": args.seeds, "parallel": args.parallel, "threads_per_run": threads,
                "model": args.model, "load_after": os.getloadavg()}
     report(results)
     (out / "benchmarks").mkdir(parents=True, exist_ok=True)
@@ -191,42 +217,72 @@ def main() -> None:
     plot(results, out / "loop_benchmark.png")
 
 
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # t(0.975, df)
+
+
+def mean_ci(xs: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% t-interval (0 for a single value)."""
+    m = statistics.mean(xs)
+    if len(xs) < 2:
+        return m, 0.0
+    return m, T95.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / len(xs) ** 0.5
+
+
+def fmt(xs: list[float], digits: int = 1, sign: bool = False) -> str:
+    m, h = mean_ci(xs)
+    return f"{m:+.{digits}f} ± {h:.{digits}f}" if sign else f"{m:.{digits}f} ± {h:.{digits}f}"
+
+
 def report(results: dict) -> None:
     start, arms = results["start"], results["arms"]
-    upper = arms.get("gt-grpo", {}).get("points", [{}])[-1].get("sampled")
-    print(f"\nstarting policy: sampled {start['sampled']}, greedy {start['greedy']}")
-    print("| arm | accuracy (sampled) after each round | gain over start | vs GT upper bound | greedy after each "
-          "round | round time s (max) | RM accuracy | peak RSS MB |")
-    print("|---|---|---:|---:|---|---:|---|---:|")
-    for arm, r in arms.items():
-        pts = r["points"]
-        sampled = " → ".join(str(p["sampled"]) for p in pts)
-        greedy = " → ".join(str(p["greedy"]) for p in pts)
-        gain = pts[-1]["sampled"] - start["sampled"]
-        gap = "" if upper is None or arm == "gt-grpo" else f"{pts[-1]['sampled'] - upper:+.1f}"
-        rm = ", ".join("" if p["reward_model_accuracy"] is None else f"{p['reward_model_accuracy']:.2f}" for p in pts)
-        print(f"| {arm} | {sampled} | {gain:+.1f} | {gap} | {greedy} | {max(p['round_seconds'] for p in pts):.0f} | "
-              f"{rm} | {r['peak_rss_mb']:.0f} |")
+    print(f"\nstarting policy: sampled {start['sampled']}, greedy {start['greedy']}; "
+          f"{results['seeds']} seeds per arm, mean ± 95% interval")
+    print("| arm | sampled after each round | gain over start | share of the bound's gain | greedy after each round "
+          "| RM held-out accuracy after each round | round time s (max) | peak RSS MB |")
+    print("|---|---|---:|---:|---|---|---:|---:|")
+    bound_gain = statistics.mean(r["points"][-1]["sampled"] - start["sampled"] for r in arms["gt-grpo"]) \
+        if "gt-grpo" in arms else None
+
+    def per_round(runs: list[dict], key: str, i: int) -> list[float]:
+        return [r["points"][i][key] for r in runs if r["points"][i].get(key) is not None]
+
+    for arm, runs in arms.items():
+        rounds = len(runs[0]["points"])
+        sampled = " → ".join(fmt(per_round(runs, "sampled", i)) for i in range(rounds))
+        greedy = " → ".join(fmt(per_round(runs, "greedy", i)) for i in range(rounds))
+        gains = [r["points"][-1]["sampled"] - start["sampled"] for r in runs]
+        share = "" if not bound_gain or arm == "gt-grpo" else f"{statistics.mean(gains) / bound_gain:.0%}"
+        rm = " → ".join(fmt([100 * x for x in per_round(runs, "reward_model_accuracy", i)])
+                        if per_round(runs, "reward_model_accuracy", i) else "–" for i in range(rounds))
+        slowest = max(p["round_seconds"] for r in runs for p in r["points"])
+        rss = max(r["peak_rss_mb"] for r in runs)
+        print(f"| {arm} | {sampled} | {fmt(gains, sign=True)} | {share} | {greedy} | {rm} | {slowest:.0f} | {rss:.0f} |")
 
 
 def plot(results: dict, path: Path) -> None:
-    """Held-out caption accuracy against rankings used (sampled: solid, greedy: dotted)."""
+    """Held-out caption accuracy (sampled) against rankings used, per arm: the mean over seeds, the 95%
+    interval shaded; the greedy means dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     start = results["start"]
-    for i, (arm, r) in enumerate(results["arms"].items()):
-        xs = [0] + [p["rankings"] for p in r["points"]]
-        for key, style in (("sampled", "-o"), ("greedy", ":")):
-            ys = [start[key]] + [p[key] for p in r["points"]]
-            ax.plot(xs, ys, style, color=f"C{i}", label=f"{arm} ({key})", markersize=4,
-                    alpha=1.0 if key == "sampled" else 0.6)
+    for i, (arm, runs) in enumerate(results["arms"].items()):
+        xs = [0] + [p["rankings"] for p in runs[0]["points"]]
+        stats = [mean_ci([start["sampled"]])] + [mean_ci([r["points"][j]["sampled"] for r in runs])
+                                                 for j in range(len(runs[0]["points"]))]
+        means = [m for m, _ in stats]
+        ax.plot(xs, means, "-o", color=f"C{i}", label=f"{arm} (sampled)", markersize=4)
+        ax.fill_between(xs, [m - h for m, h in stats], [m + h for m, h in stats], color=f"C{i}", alpha=0.18, lw=0)
+        greedy = [start["greedy"]] + [statistics.mean(r["points"][j]["greedy"] for r in runs)
+                                      for j in range(len(runs[0]["points"]))]
+        ax.plot(xs, greedy, ":", color=f"C{i}", alpha=0.6, label=f"{arm} (greedy)")
     ax.axhline(start["sampled"], color="grey", lw=0.8, ls="--", label="starting policy (sampled)")
     ax.set_xlabel(f"rankings used (simulated annotators, {results['noise']:.0%} noise)")
     ax.set_ylabel("held-out caption accuracy, points")
+    ax.set_title(f"mean of {results.get('seeds', 1)} seeds, 95% interval shaded", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

@@ -227,7 +227,7 @@ class RewardConfig:
     likelihood_term: bool = _f(True, "Add α·log p(answer | image, prompt) under the backbone's own LM head, α "
                                "learnt from 0 (so the untrained reward is still at chance): the head can use what "
                                "the captioner knows word by word. Needs a model with an LM head.")
-    token_head: str = _f("", "'' (off), 'mean' or 'sum': add a second linear head pooled over the answer's tokens "
+    token_head: str = _f("mean", "'' (off), 'mean' or 'sum': add a second linear head pooled over the answer's tokens "
                          "(starts at 0), a per-token score, so that one wrong word or one object too many or too few "
                          "is judged where it is said. 'mean' gives a longer answer nothing for its length alone "
                          "(docs/engine.md, the reward model).")
