@@ -1,13 +1,12 @@
 """The README's demo walkthrough, done for real, with screenshots: `manage.py run` (web server, rq worker,
-embedded Redis, the demo project on the tiny demo model) in a fresh var/ folder; simulated annotators rank
+embedded Redis, the demo project on the shipped demo base) in a fresh var/ folder; simulated annotators rank
 200 tasks; the admin launches a round from the Training page in Chromium; the worker runs it; then the
 pages a newcomer looks at are saved, ending with annotator1's queue serving the new policy's candidates.
 
     .venv/bin/python scripts/demo_walkthrough.py [--out docs/screenshots] [--port 8765]
 
-Needs Chromium (`apt-get install -y chromium`). Reuses the demo models built under `LENSLOOP_DATA_DIR`
-(default var/data) and builds the demo model there if it is missing. Takes 3–6 minutes on 2 cores. Exits non-zero,
-saying where it stopped, if any step fails.
+Needs Chromium (`apt-get install -y chromium`). Nothing is built: the demo base ships in the repository. Takes
+3–6 minutes on 2 cores. Exits non-zero, saying where it stopped, if any step fails.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.learning import learning_seed, record
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -18,7 +20,8 @@ def test_two_processes_match_one_process_within_noise(tiny_model_path, rm_datase
     if accelerate is None:
         pytest.skip("accelerate CLI not installed")
     cfg = {"model": {"path": str(tiny_model_path), "lora": False}, "train_file": str(rm_dataset["preferences_train"]),
-           "eval_file": str(demo_dataset["preferences_eval"]), "max_steps": 40, "batch_size": 16, "log_every": 10}
+           "eval_file": str(demo_dataset["preferences_eval"]), "max_steps": 40, "batch_size": 16, "log_every": 10,
+           "seed": learning_seed(0)}
     (tmp_path / "c.json").write_text(json.dumps(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     results = {}
@@ -34,5 +37,10 @@ def test_two_processes_match_one_process_within_noise(tiny_model_path, rm_datase
         results[n] = json.loads((run / "result.json").read_text())
     assert results[2]["processes"] == 2 and results[1]["processes"] == 1
     assert results[2]["steps"] == results[1]["steps"] == 40
-    assert abs(results[2]["eval/accuracy"] - results[1]["eval/accuracy"]) <= 0.05, results
+    record("test_two_processes_match_one_process_within_noise", accuracy_1=results[1]["eval/accuracy"],
+           accuracy_2=results[2]["eval/accuracy"],
+           difference=abs(results[2]["eval/accuracy"] - results[1]["eval/accuracy"]))
+    # Spread over seeds 0–9 (bench/learning_spread.py): 2 processes gave exactly the 1-process accuracy every time
+    # (0.687 ± 0.018 across seeds), so a gap of 0.02 already means the processes no longer train one model.
+    assert abs(results[2]["eval/accuracy"] - results[1]["eval/accuracy"]) <= 0.02, results
     assert (tmp_path / "run2" / "checkpoint" / "reward_model.json").is_file()

@@ -9,6 +9,7 @@ import torch
 
 from rlhf.engine.config import ModelConfig, load_config
 from rlhf.engine.demo import DEMO_POLICY_LORA
+from tests.learning import learning_seed, record
 
 
 @pytest.fixture(scope="module")
@@ -109,32 +110,45 @@ def test_rollout_log_probabilities_are_those_of_the_tempered_sampling_distributi
 def _ppo_config(tiny_model_path, demo_dataset, **overrides):
     data = {"model": {"path": str(tiny_model_path), "device": "cpu"}, "prompts_file": str(demo_dataset["prompts"]),
             "verifiable_reward": "demo_reward", "eval_prompts": 32, "batch_size": 16, "num_mini_batches": 2,
-            "ppo_epochs": 2, "max_new_tokens": 20, "threads": 2}
+            "ppo_epochs": 2, "max_new_tokens": 20, "threads": 1}
     data.update(overrides)
     return load_config("ppo", data)
 
 
 @pytest.mark.slow
-def test_ppo_raises_the_held_out_reward_with_bounded_kl(tiny_model_path, demo_dataset, held_out_prompts, tmp_path):
+def test_ppo_raises_the_held_out_reward_with_bounded_kl(demo_model_path, demo_dataset, held_out_prompts, tmp_path):
+    """On the shipped demo base, which sees its world but was taught to say some of it wrong (purple called
+    blue, objects left out or made up), 15 PPO iterations on the verifiable reward correct much of it."""
     from rlhf.engine.ppo import train_ppo
 
-    torch.manual_seed(0)
-    cfg = _ppo_config(tiny_model_path, demo_dataset, steps=60, seed=1, lr=3e-3, batch_size=128, num_mini_batches=4,
-                      ppo_epochs=2, eval_file=str(held_out_prompts), eval_prompts=160, eval_every=30, threads=1,
-                      model={"path": str(tiny_model_path), "device": "cpu", **DEMO_POLICY_LORA})
+    seed = learning_seed(1)
+    torch.manual_seed(seed)
+    cfg = _ppo_config(demo_model_path, demo_dataset, steps=15, seed=seed, lr=3e-3, batch_size=64, num_mini_batches=2,
+                      ppo_epochs=2, eval_file=str(held_out_prompts), eval_prompts=160, eval_every=0, threads=1,
+                      max_new_tokens=24, model={"path": str(demo_model_path), "device": "cpu", **DEMO_POLICY_LORA})
     result = train_ppo(cfg, str(tmp_path / "run"))
-    # The sampled-answer reward (4 answers per prompt at T = 1) is what PPO optimises; greedy answers are
-    # reported too and must not collapse.
-    before, after = result["eval_before/reward_sampled"], result["eval/reward_sampled"]
-    assert after >= before + 0.03, f"held-out sampled reward {before:.3f} → {after:.3f}"
-    assert result["eval/reward_mean"] >= result["eval_before/reward_mean"] - 0.06, result
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     kls = [r["objective/kl"] for r in rows if "objective/kl" in r]
+    # The sampled-answer reward (4 answers per prompt at T = 1) is what PPO optimises; greedy answers are
+    # reported too and must not get worse.
+    before, after = result["eval_before/reward_sampled"], result["eval/reward_sampled"]
+    greedy_change = result["eval/reward_mean"] - result["eval_before/reward_mean"]
+    record("test_ppo_raises_the_held_out_reward_with_bounded_kl", sampled_gain=after - before,
+           greedy_change=greedy_change, max_kl=max(kls))
+    assert after - before >= PPO_MIN_SAMPLED_GAIN, f"held-out sampled reward {before:.3f} → {after:.3f}"
+    assert greedy_change >= PPO_MIN_GREEDY_CHANGE, result
     assert max(kls) < 5.0, f"KL to the reference ran away: {kls}"
-    entropy = [r["policy/entropy"] for r in rows if "policy/entropy" in r]
-    assert sum(entropy[-10:]) < sum(entropy[:10]), "the answer distribution should sharpen"
     ckpt = tmp_path / "run" / "checkpoint"
     assert (ckpt / "adapter_config.json").is_file() and (ckpt / "value_head.safetensors").is_file()
+
+
+# Set from the spread over seeds 0–9 (bench/learning_spread.py, one torch thread, two runs at a time beside a
+# loop benchmark, load 4–6 on 2 cores; docs/benchmarks.md, "Learning tests"): sampled gain 0.187 ± 0.010 sd
+# (min 0.174, max 0.209), greedy change +0.099 ± 0.009 (min 0.083), max KL 1.87 ± 0.32 (max 2.63). Each
+# threshold sits more than 5 sd below the worst seed, and far above what a broken PPO gains (the tiny model's
+# sharpening alone gave 0.03–0.07).
+PPO_MIN_SAMPLED_GAIN = 0.10
+PPO_MIN_GREEDY_CHANGE = 0.03
 
 
 @pytest.mark.slow

@@ -161,13 +161,15 @@ def test_reward_model_learns_ground_truth_preferences(tiny_model_path, rm_learni
     result = train_reward_model(cfg, str(tmp_path / "run"))
     record("test_reward_model_learns_ground_truth_preferences", accuracy_before=result["eval_before/accuracy"],
            accuracy=result["eval/accuracy"], ece=result["eval/ece"])
-    assert 0.3 < result["eval_before/accuracy"] < 0.7
+    assert 0.2 < result["eval_before/accuracy"] < 0.8, "an untrained reward model ranks at chance"
     assert result["eval/accuracy"] >= RM_MIN_ACCURACY, result
     assert result["eval/ece"] < RM_MAX_ECE
 
 
 RM_MODEL = {"lora": False}
-RM_TRAIN = {"epochs": 1, "batch_size": 16, "lr": 3e-4}  # head_lr 3e-3 and the likelihood term: the defaults
-# Set from bench/learning_spread.py (seeds 0-9, one thread): see docs/benchmarks.md, "Learning tests".
-RM_MIN_ACCURACY = 0.70
+RM_TRAIN = {"epochs": 1, "batch_size": 16, "lr": 3e-4}  # head_lr 3e-3, the likelihood term, the token head: defaults
+# Set from the spread over seeds 0–9 (bench/learning_spread.py, one torch thread, two runs at a time beside a
+# loop benchmark; docs/benchmarks.md, "Learning tests"): accuracy 0.770 ± 0.007 sd (min 0.760, max 0.781),
+# before training 0.49 ± 0.07 (min 0.39, max 0.58), ECE 0.025 ± 0.005 (max 0.034).
+RM_MIN_ACCURACY = 0.72
 RM_MAX_ECE = 0.1
