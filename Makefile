@@ -11,19 +11,23 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "lensloop needs Python 3.11 (Django 5.2 LTS, the torch CPU wheel)")'
+	@echo "installing lensloop and its dependencies into $(VENV)/ (a few minutes the first time; torch is the large one) ..."
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
+	@echo "installed."
 
 install: $(STAMP)
 
 run: install
 	$(PY) manage.py run
 
+# Two workers on two cores, the slow tests first; a progress percentage as it goes and the slowest tests at the end.
 test: install
 	bash scripts/test-deps.sh
-	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	@echo "running the test suite (about 12 minutes on 2 cores) ..."
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

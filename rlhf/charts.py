@@ -51,8 +51,9 @@ def _number(value) -> float | None:
 
 
 def metric_series(metrics: Sequence[dict]) -> dict[str, list[tuple[float, float]]]:
-    """Every numeric, finite series in ``metrics``, keyed by name in order of first appearance; x is
-    the logged ``step`` (the row's index where a row has none)."""
+    """Every numeric, finite series in ``metrics``, keyed by name in alphabetical order (not the order
+    of appearance: PostgreSQL's jsonb does not keep a row's key order, and a chart's colours and legend
+    must not depend on the database); x is the logged ``step`` (the row's index where a row has none)."""
     series: dict[str, list[tuple[float, float]]] = {}
     for index, row in enumerate(metrics or []):
         if not isinstance(row, dict):
@@ -64,7 +65,7 @@ def metric_series(metrics: Sequence[dict]) -> dict[str, list[tuple[float, float]
             if key in NOT_CURVES or y is None:
                 continue
             series.setdefault(str(key), []).append((x, y))
-    return series
+    return dict(sorted(series.items()))
 
 
 def run_panels(metrics: Sequence[dict], *, id_prefix: str) -> tuple[list[dict], dict[str, float]]:

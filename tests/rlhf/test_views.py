@@ -472,3 +472,11 @@ def test_metric_series_keep_only_finite_numbers():
     assert charts.metric_series(rows) == {"loss": [(1.0, 1.0), (1.0, 0.5)]}  # the second row's x is its index
     panels, figures = charts.run_panels([{"step": 1, "accuracy": 0.7}], id_prefix="t")
     assert panels == [] and figures == {"accuracy": 0.7}
+
+
+def test_metric_series_come_in_the_same_order_whatever_order_a_row_keeps_its_keys_in():
+    # PostgreSQL's jsonb reorders a row's keys (shortest first); SQLite keeps them as written.
+    written = [{"step": 1, "objective/scores": 1.0, "objective/rlhf_reward": 0.5, "eval/reward_mean": 0.2}]
+    reordered = [dict(sorted(written[0].items(), key=lambda kv: (len(kv[0]), kv[0])))]
+    assert list(charts.metric_series(written)) == list(charts.metric_series(reordered)) == [
+        "eval/reward_mean", "objective/rlhf_reward", "objective/scores"]
