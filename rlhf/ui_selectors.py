@@ -258,7 +258,11 @@ def expected_preference(rows: Iterable[dict], a: str, b: str) -> float | None:
 
 # ---- held-out evaluation, the promotion gate and the over-optimisation monitor -------------------------------
 
-HELDOUT_FIGURES = (("verifiable", "Verifiable reward"), ("reward_model_score", "Reward-model score"))
+HELDOUT_FIGURES = (
+    ("verifiable", "Verifiable reward (greedy)"),  # of the greedy answer, what the gate judges
+    ("verifiable_sampled", "Verifiable reward, sampled (T = 1)"),  # the answers a round shows annotators
+    ("reward_model_score", "Reward-model score"),
+)
 
 
 def interval(figures: dict, name: str) -> dict | None:

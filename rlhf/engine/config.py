@@ -269,6 +269,9 @@ class EvaluateConfig:
                        "false: every figure is named train/… instead (measured on training data).")
     verifiable_reward: str = _f("", "A verifiable reward of rewards.REWARDS scored on each greedy answer of the "
                                 "prompts with `ground_truth`: policy/verifiable with its 95% bootstrap interval.")
+    samples: int = _f(4, "Answers sampled per prompt at temperature 1, besides the greedy one, scored by the verifiable "
+                      "reward: policy/verifiable_sampled, the per-prompt mean with its interval. These are the answers a "
+                      "round puts in front of annotators; 0 = greedy only.")
     answer_reward_model_path: str = _f("", "Reward-model checkpoint that scores each greedy answer: "
                                        "policy/reward_model_score (the over-optimisation monitor's other side).")
     bootstrap: int = _f(2000, "Bootstrap resamples of the 95% intervals.")
@@ -289,6 +292,7 @@ class EvaluateConfig:
         _check(not self.verifiable_reward or self.verifiable_reward in REWARDS,
                f"verifiable_reward={self.verifiable_reward!r} is unknown; use one of {sorted(REWARDS)} or ''")
         _check(self.bootstrap >= 100, "bootstrap must be at least 100 resamples")
+        _check(self.samples >= 0, "samples must be >= 0")
         _check(self.demo_task in ("caption", "vqa"), "demo_task must be 'caption' or 'vqa'")
         _check(self.demo_images >= 1 and self.batch_size >= 1, "demo_images and batch_size must be >= 1")
         _check(bool(self.reward_model_path) == bool(self.preference_file),

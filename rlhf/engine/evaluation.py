@@ -136,6 +136,29 @@ def evaluate_policy(model, processor, records: list[dict], *, max_new_tokens: in
     return metrics
 
 
+def sampled_answers(model, processor, records: list[dict], *, k: int, seed: int, max_new_tokens: int = 32,
+                    batch_size: int = 16) -> list[list[str]]:
+    """`k` answers per record sampled at temperature 1 (no top-p, no top-k), under a fixed seed: the answers a
+    round's generate step puts in front of annotators. Two policies sampled with the same seed are compared on
+    the same random draws as far as their distributions allow. The global RNG is left as it was."""
+    import torch
+
+    from .generation import sample
+
+    rng_state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        rows = [r for r in records for _ in range(k)]
+        texts: list[str] = []
+        for s in range(0, len(rows), batch_size):
+            chunk = rows[s:s + batch_size]
+            texts.extend(sample(model, processor, [r["images"] for r in chunk], [r["prompt"] for r in chunk],
+                                do_sample=True, max_new_tokens=max_new_tokens).texts)
+    finally:
+        torch.set_rng_state(rng_state)
+    return [texts[j * k:(j + 1) * k] for j in range(len(records))]
+
+
 def prompt_set_fingerprint(records: list[dict]) -> str:
     """Which prompts a figure was measured on, as 12 hex digits of the sha256 of their sorted ids: two
     versions' figures compare only when their fingerprints agree (the same held-out set)."""
@@ -156,6 +179,7 @@ def interval_figures(name: str, values: list[float], *, resamples: int, seed: in
 def evaluate_run(cfg, run_dir: str) -> dict:
     """The `evaluate` subcommand: greedy answers of the policy (and of `cfg.baseline`, on the same prompts)
     scored with BLEU / ROUGE-L / exact match / demo attributes, the verifiable reward and the reward model,
+    and `cfg.samples` answers per prompt at T = 1 scored with the verifiable reward (…/verifiable_sampled),
     each mean with its 95% bootstrap interval, and the paired differences policy − baseline (diff/…); the
     reward model's pair accuracy on `preference_file`. Per-prompt answers and scores go to answers.jsonl.
 
@@ -185,27 +209,41 @@ def evaluate_run(cfg, run_dir: str) -> dict:
             warn_not_heldout(log, "heldout=false", f"{cfg.prompts_file or 'the prompt set'} holds training prompts")
         result: dict = {"prompts": len(records), "prompts_sha": prompt_set_fingerprint(records),
                         "heldout": source if cfg.heldout else "none"}
+        graded = [i for i, r in enumerate(records) if r.get("ground_truth") is not None]
         answers: dict[str, list[str]] = {}
+        sampled: dict[str, list[list[str]]] = {}  # per graded prompt, cfg.samples answers at T = 1
         for name, model_cfg in (("policy", cfg.model), ("baseline", cfg.baseline)):
             if model_cfg is None:
                 continue
             model, processor = load_model(model_cfg, trainable=False)
             answers[name] = greedy_answers(model, processor, records, max_new_tokens=cfg.max_new_tokens,
                                            batch_size=cfg.batch_size)
+            if cfg.samples and cfg.verifiable_reward and graded:
+                sampled[name] = sampled_answers(model, processor, [records[i] for i in graded], k=cfg.samples,
+                                                seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
+                                                batch_size=cfg.batch_size)
             del model, processor
             gc.collect()
             result.update({f"{name}/{k}": v for k, v in score_answers(records, answers[name]).items()})
             for r, a in list(zip(records, answers[name], strict=True))[:5]:
                 log.info("%s example: %s → %r (reference %r)", name, r["prompt"], a, (r.get("reference") or [None])[0])
         per_prompt: dict[str, dict[str, list[float]]] = {}
-        graded = [i for i, r in enumerate(records) if r.get("ground_truth") is not None]
         if cfg.verifiable_reward and graded:
             reward = REWARDS[cfg.verifiable_reward]
-            per_prompt["verifiable"] = {
-                name: [float(x) for x in reward([records[i]["prompt"] for i in graded], [texts[i] for i in graded],
-                                                ground_truth=[records[i]["ground_truth"] for i in graded],
-                                                reference=[records[i].get("reference") for i in graded])]
-                for name, texts in answers.items()}
+
+            def scored(texts: list[str], rows: list[int]) -> list[float]:
+                return [float(x) for x in reward([records[i]["prompt"] for i in rows], texts,
+                                                 ground_truth=[records[i]["ground_truth"] for i in rows],
+                                                 reference=[records[i].get("reference") for i in rows])]
+
+            per_prompt["verifiable"] = {name: scored([texts[i] for i in graded], graded)
+                                        for name, texts in answers.items()}
+            if sampled:  # each prompt's figure is the mean over its samples, so prompts stay the unit of the interval
+                per_prompt["verifiable_sampled"] = {}
+                for name, per in sampled.items():
+                    flat = scored([t for texts in per for t in texts], [i for i in graded for _ in range(cfg.samples)])
+                    per_prompt["verifiable_sampled"][name] = [
+                        sum(flat[j * cfg.samples:(j + 1) * cfg.samples]) / cfg.samples for j in range(len(graded))]
         elif cfg.verifiable_reward:
             log.warning("verifiable_reward=%s but no prompt has ground_truth: no verifiable figures", cfg.verifiable_reward)
         if cfg.answer_reward_model_path:
@@ -235,7 +273,8 @@ def evaluate_run(cfg, run_dir: str) -> dict:
 
                 low, high = wilson(rm_metrics["accuracy"] * rm_metrics["pairs"], rm_metrics["pairs"])
                 result.update({"reward_model/accuracy_low": low, "reward_model/accuracy_high": high})
-        positions = {"verifiable": {i: j for j, i in enumerate(graded)}}  # the other metrics score every prompt
+        on_graded = {i: j for j, i in enumerate(graded)}
+        positions = {"verifiable": on_graded, "verifiable_sampled": on_graded}  # the other metrics score every prompt
         rows = []
         for i, r in enumerate(records):
             row = {"prompt_id": r.get("prompt_id"), "prompt": r["prompt"], **{n: t[i] for n, t in answers.items()}}

@@ -131,6 +131,14 @@ def test_evaluate_compares_a_policy_with_its_baseline_on_the_same_prompts(tiny_m
     answers = [json.loads(x) for x in (tmp_path / "run" / "answers.jsonl").read_text().splitlines()]
     assert len(answers) == 6 and answers[0]["policy"] == answers[0]["baseline"]
     assert set(answers[0]["verifiable"]) == {"policy", "baseline"}
+    # 4 answers per prompt sampled at T = 1 (the answers a round shows annotators), a mean per prompt; the same
+    # seed gives both policies the same draws, so identical weights differ by exactly nothing here too.
+    assert result["policy/verifiable_sampled_n"] == 6
+    assert result["diff/verifiable_sampled"] == result["diff/verifiable_sampled_low"] == 0.0
+    assert set(answers[0]["verifiable_sampled"]) == {"policy", "baseline"}
+    greedy_only = load_config("evaluate", {"model": model, "demo_images": 2, "max_new_tokens": 8, "samples": 0,
+                                           "verifiable_reward": "demo_reward", "bootstrap": 100})
+    assert "policy/verifiable_sampled" not in evaluate_run(greedy_only, str(tmp_path / "greedy"))
 
     not_held = load_config("evaluate", {"model": model, "demo_images": 2, "max_new_tokens": 8, "heldout": False,
                                         "verifiable_reward": "demo_reward", "bootstrap": 100})

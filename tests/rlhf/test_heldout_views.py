@@ -28,6 +28,10 @@ FIGURES = {
     "baseline/reward_model_score_high": 0.4, "baseline/reward_model_score_n": 40,
     "diff/reward_model_score": 0.7, "diff/reward_model_score_low": 0.5, "diff/reward_model_score_high": 0.9,
     "diff/reward_model_score_n": 40,
+    "policy/verifiable_sampled": 0.623, "policy/verifiable_sampled_low": 0.58, "policy/verifiable_sampled_high": 0.66,
+    "policy/verifiable_sampled_n": 40,
+    "diff/verifiable_sampled": 0.081, "diff/verifiable_sampled_low": 0.04, "diff/verifiable_sampled_high": 0.12,
+    "diff/verifiable_sampled_n": 40,
     "reward_model/accuracy": 0.75, "reward_model/accuracy_low": 0.6, "reward_model/accuracy_high": 0.86,
     "reward_model/pairs": 36,
 }
@@ -106,6 +110,8 @@ def test_the_run_page_shows_both_policies_held_out_figures_beside_each_other(wor
     verifiable = card.split('data-figure="verifiable"')[1].split("</tr>")[0]
     for text in ("0.412", "0.531", "-0.119", "[-0.180, -0.060] n=40"):
         assert text in verifiable, text
+    sampled = card.split('data-figure="verifiable_sampled"')[1].split("</tr>")[0]
+    assert "sampled (T = 1)" in sampled and "0.623" in sampled and "[0.040, 0.120] n=40" in sampled
     assert "Held back by the gate" in card
     assert "[0.600, 0.860] n=36 held-out pairs (Wilson)" in card
     step = client_for(world["bob"]).get(f"/runs/{round_run.steps.get(kind='evaluate').pk}/").content.decode()
