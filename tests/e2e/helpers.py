@@ -47,9 +47,9 @@ def open_work(page, live_server, slug: str = "shapes") -> int:
     return task_id(page)
 
 
-def wait_for_next(page, previous: int) -> int:
-    expect(page.locator("#work")).not_to_have_attribute("data-task-id", str(previous))
-    expect(page.locator("#work")).to_have_attribute("data-state", "ready")
+def wait_for_next(page, previous: int, timeout: float | None = None) -> int:
+    expect(page.locator("#work")).not_to_have_attribute("data-task-id", str(previous), timeout=timeout)
+    expect(page.locator("#work")).to_have_attribute("data-state", "ready", timeout=timeout)
     return task_id(page)
 
 

@@ -181,8 +181,10 @@ def state_of(task: int, annotator) -> str:
 
 
 def test_an_unreachable_server_says_reconnecting_and_the_ranking_is_stored_once(page, live_server, world):
-    """Refused, 503, then stored by the server with its answer lost (a 502 from the proxy): the page
-    says it is reconnecting, keeps the ranking frozen on screen, and resends the same client_uuid."""
+    """Refused and 503 for as long as the server is "down", then stored by the server with its answer lost
+    (a 502 from the proxy): the page says it is reconnecting, keeps the ranking frozen on screen, and
+    resends the same client_uuid. The server stays down until the test has seen all that, so a slow
+    machine cannot run through the retries before the page is looked at."""
     login(page, live_server, "bob")
     first = open_work(page, live_server)
     c = on_screen_ids(page)
@@ -192,18 +194,26 @@ def test_an_unreachable_server_says_reconnecting_and_the_ranking_is_stored_once(
     expect(page.locator("#ranking li")).to_have_count(4)
     expect(page.locator("#work")).not_to_have_attribute("aria-busy", "true")
     sent: list[str] = []
+    answered: list[str] = []
+    server = {"down": True, "answer_lost": False}
 
     def flaky(route):
         sent.append(route.request.post_data_json["client_uuid"])
-        if len(sent) == 1:
-            route.abort("connectionrefused")
-        elif len(sent) == 2:
-            route.fulfill(status=503, content_type="text/html", body="<h1>Service Unavailable</h1>")
-        elif len(sent) == 3:
+        if server["down"]:
+            if len(sent) % 2:
+                answered.append("refused")
+                route.abort("connectionrefused")
+            else:
+                answered.append("503")
+                route.fulfill(status=503, content_type="text/html", body="<h1>Service Unavailable</h1>")
+        elif not server["answer_lost"]:
+            server["answer_lost"] = True
             stored = route.fetch()  # the server stores it; the answer never reaches the page
             assert stored.status == 201
+            answered.append("stored, 502")
             route.fulfill(status=502, content_type="text/html", body="<h1>Bad Gateway</h1>")
         else:
+            answered.append("passed on")
             route.continue_()
 
     page.route("**/submit/", flaky)
@@ -215,9 +225,13 @@ def test_an_unreachable_server_says_reconnecting_and_the_ranking_is_stored_once(
     page.keyboard.press("Backspace")  # frozen while it is being sent: a retry resends what was sent
     expect(page.locator("#ranking li")).to_have_count(4)
     shot(page, "reconnecting")
-    second = wait_for_next(page, first)
+    # Both kinds of outage (refused, then 503) before the server comes back.
+    page.wait_for_function("() => Number(document.getElementById('work').dataset.attempts) >= 2")
+    server["down"] = False
+    second = wait_for_next(page, first, timeout=30_000)  # the next try comes after the backoff of the last
 
-    assert len(sent) == 4 and len(set(sent)) == 1, sent
+    assert answered[:2] == ["refused", "503"] and answered[-2:] == ["stored, 502", "passed on"], answered
+    assert len(set(sent)) == 1, sent
     assert second != first
     ranking = Ranking.objects.get(task_id=first)
     assert ranking.ordering == [[c[1]], [c[0]], [c[2]], [c[3]]]
