@@ -66,6 +66,8 @@ def test_write_demo_manifest_is_deterministic_and_follows_the_import_format(tmp_
     assert p1.read_text() == p2.read_text()
     rows = [json.loads(line) for line in p1.read_text().splitlines()]
     assert len(rows) == 10 and sum(r["split"] == "eval" for r in rows) == 2
+    # spread through the manifest (the queue serves it in order), not all at its end
+    assert [i for i, r in enumerate(rows) if r["split"] == "eval"] == [4, 9]
     for r in rows:
         assert set(r) == {"image", "prompt", "reference", "ground_truth", "split", "candidates"}
         assert (p1.parent / r["image"]).is_file() and r["prompt"] == world.CAPTION_PROMPT

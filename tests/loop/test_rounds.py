@@ -115,7 +115,9 @@ def test_a_rounds_snapshot_holds_the_pairs_new_since_the_last_finished_round(loo
     assert snapshot["new_records"] == "" and snapshot["new_pairs"] == snapshot["pairs"]  # no round before
     TrainingRun.objects.filter(round=first).update(state="succeeded")
     TrainingRun.objects.filter(pk=first.pk).update(state="succeeded", snapshot=snapshot)
-    before = PreferencePair.objects.filter(project=loop_project).count()
+    # Pairs to train on: those of held-out prompts go to the held-out file, not to pairs or new_pairs.
+    train_pairs = PreferencePair.objects.filter(project=loop_project, prompt__split="train")
+    before = train_pairs.count()
 
     world.write_demo_manifest(tmp_path / "more", n=8, seed=9, k=4)
     import_bundle(project=loop_project, path=tmp_path / "more")
@@ -123,7 +125,7 @@ def test_a_rounds_snapshot_holds_the_pairs_new_since_the_last_finished_round(loo
     second = start_round(project=loop_project, params={**FAST_ROUND, "algorithm": "dpo"}, enqueue=False)
     assert run_step(second.steps.get(kind="export").pk) == "succeeded"
     snapshot = second.steps.get(kind="export").snapshot
-    new = PreferencePair.objects.filter(project=loop_project).count() - before
+    new = train_pairs.count() - before
     assert new > 0 and snapshot["new_pairs"] == new and snapshot["pairs"] == before + new
     assert len(Path(snapshot["new_records"]).read_text().splitlines()) == new
 

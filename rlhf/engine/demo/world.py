@@ -331,7 +331,10 @@ def write_demo_manifest(
         else:
             prompt, reference = rng.choice(vqa_pairs(gt, rng))
         cands = demo_candidates(gt, k, rng, task=task_type, question=prompt if task_type == "vqa" else None)
-        split = "eval" if i >= n - n_eval else "train"
+        # Held-out rows spread evenly through the manifest (every 5th at 0.2), not all at its end: the queue
+        # serves tasks in manifest order, so the first rankings of a demo include held-out ones and the first
+        # round's reward model has held-out pairs to be measured on.
+        split = "eval" if (i + 1) * n_eval // n > i * n_eval // n else "train"
         row = {"image": rel, "prompt": prompt, "reference": [reference], "ground_truth": gt, "split": split,
                "candidates": cands}
         lines.append(json.dumps(row))
