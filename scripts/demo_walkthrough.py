@@ -5,8 +5,9 @@ pages a newcomer looks at are saved, ending with annotator1's queue serving the 
 
     .venv/bin/python scripts/demo_walkthrough.py [--out docs/screenshots] [--port 8765]
 
-Needs Chromium (`apt-get install -y chromium`). Nothing is built: the demo base ships in the repository. Takes
-3–6 minutes on 2 cores. Exits non-zero, saying where it stopped, if any step fails.
+Needs Chromium (`apt-get install -y chromium`). Nothing is built: the demo base ships in the repository. The round
+took 21 minutes on a 2-core machine busy with other training (load average 6–8); the script waits up to 40 minutes
+for it. Exits non-zero, saying where it stopped, if any step fails.
 """
 
 from __future__ import annotations
@@ -107,19 +108,21 @@ def browse(base: str, logins: dict, out: Path) -> None:
         print(f"round #{round_id} launched from the Training page", flush=True)
 
         def state() -> str | None:
-            runs = page.request.get(f"{base}/api/projects/{SLUG}/runs/").json()
+            runs = _get_json(page, f"{base}/api/projects/{SLUG}/runs/")
+            if runs is None:
+                return None
             run = next(r for r in runs if r["id"] == round_id)
             if run["state"] in ("failed", "cancelled"):
-                detail = page.request.get(f"{base}/api/runs/{round_id}/").json()
+                detail = _get_json(page, f"{base}/api/runs/{round_id}/")
                 raise SystemExit(f"round #{round_id} {run['state']}: {json.dumps(detail)[-3000:]}")
             return run["state"] if run["state"] == "succeeded" else None
 
         # A shot while it runs (the policy step), then wait for the end.
-        wait_until(lambda: _policy_running(page, base, round_id), 900, "the policy step to start", every=1.0)
+        wait_until(lambda: _policy_running(page, base, round_id), 2400, "the policy step to start", every=1.0)
         time.sleep(8)
         page.goto(f"{base}/projects/{SLUG}/training/")
         page.screenshot(path=str(out / "training.png"), full_page=True)
-        wait_until(state, 900, f"round #{round_id} to finish")
+        wait_until(state, 2400, f"round #{round_id} to finish")
         print(f"round #{round_id} succeeded", flush=True)
         page.goto(f"{base}/runs/{round_id}/")
         page.screenshot(path=str(out / "run.png"), full_page=True)
@@ -133,8 +136,22 @@ def browse(base: str, logins: dict, out: Path) -> None:
         browser.close()
 
 
+def _get_json(page, url: str):
+    """The JSON at url, or None when the connection was reset: gunicorn closes an idle keep-alive connection
+    after 2 s, and a poll every 2 s sometimes sends on one just as it closes. The next poll tries again."""
+    from playwright.sync_api import Error
+
+    try:
+        return page.request.get(url).json()
+    except Error as e:
+        if "ECONNRESET" not in str(e) and "socket hang up" not in str(e):
+            raise
+        print(f"(connection reset polling {url}; trying again)", flush=True)
+        return None
+
+
 def _policy_running(page, base: str, round_id: int) -> bool:
-    detail = page.request.get(f"{base}/api/runs/{round_id}/").json()
+    detail = _get_json(page, f"{base}/api/runs/{round_id}/") or {}
     return any(s["kind"] in ("ppo", "grpo", "dpo", "sft") and s["state"] == "running" and (s.get("step") or 0) > 0
                for s in detail.get("steps", []))
 
