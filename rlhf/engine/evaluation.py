@@ -143,17 +143,13 @@ def sampled_answers(model, processor, records: list[dict], *, k: int, seed: int,
     the same random draws as far as their distributions allow. The global RNG is left as it was."""
     import torch
 
-    from .generation import sample
+    from .generation import answers
 
     rng_state = torch.get_rng_state()
     torch.manual_seed(seed)
     try:
-        rows = [r for r in records for _ in range(k)]
-        texts: list[str] = []
-        for s in range(0, len(rows), batch_size):
-            chunk = rows[s:s + batch_size]
-            texts.extend(sample(model, processor, [r["images"] for r in chunk], [r["prompt"] for r in chunk],
-                                do_sample=True, max_new_tokens=max_new_tokens).texts)
+        texts = answers(model, processor, [r for r in records for _ in range(k)], do_sample=True,
+                        max_new_tokens=max_new_tokens, batch_size=batch_size)
     finally:
         torch.set_rng_state(rng_state)
     return [texts[j * k:(j + 1) * k] for j in range(len(records))]

@@ -116,16 +116,22 @@ def generate_candidates(
     return accepted
 
 
-def greedy_answers(model, processor, records: list[dict], *, max_new_tokens: int = 32,
-                   batch_size: int = 16) -> list[str]:
-    """One greedy answer per record (evaluation)."""
+def answers(model, processor, records: list[dict], *, do_sample: bool, max_new_tokens: int = 32,
+            batch_size: int = 16) -> list[str]:
+    """One answer per record, `batch_size` records per generate call: greedy, or sampled at T = 1."""
     out = []
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
         ro = sample(model, processor, [r["images"] for r in chunk], [r["prompt"] for r in chunk],
-                    do_sample=False, max_new_tokens=max_new_tokens)
+                    do_sample=do_sample, max_new_tokens=max_new_tokens)
         out.extend(ro.texts)
     return out
+
+
+def greedy_answers(model, processor, records: list[dict], *, max_new_tokens: int = 32,
+                   batch_size: int = 16) -> list[str]:
+    """One greedy answer per record (evaluation)."""
+    return answers(model, processor, records, do_sample=False, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
 def write_samples(path, records: list[dict], candidates: list[list[dict]], model_version: str) -> int:
