@@ -76,6 +76,7 @@ class RoundSerializer(serializers.Serializer):
     lora_target_modules = serializers.ListField(child=serializers.CharField(), required=False)
     lora_modules_to_save = serializers.ListField(child=serializers.CharField(), required=False)
     reward_lr = serializers.FloatField(min_value=0, required=False)
+    reward_lora = serializers.BooleanField(required=False)
     policy_batch_size = serializers.IntegerField(min_value=0, required=False)
     use_reward_model = serializers.BooleanField(required=False)
     verifiable_reward = serializers.CharField(allow_blank=True, required=False)

@@ -145,8 +145,10 @@ def decide_human(tally: dict, *, needed: int, new: str, active: str) -> Decision
 def overoptimisation(figures: dict, human: dict | None = None) -> dict | None:
     """The over-optimisation monitor of one round: the reward model's side (its mean score of the new
     policy's held-out answers, against the version it replaces) beside the held-out truth (the verifiable
-    reward, else people's share of wins − ½). ``warning`` when the first rises while the second falls;
-    ``beyond_noise`` when both intervals exclude zero. None without a reward-model figure."""
+    reward, else people's share of wins − ½). ``warning`` when the first rises while the second falls and at
+    least one of the two moved beyond noise (two changes that are both noise say nothing: a round whose
+    figures barely moved would raise it half the time); ``beyond_noise`` when both intervals exclude zero.
+    None without a reward-model figure."""
     rm = _interval(figures, "reward_model_score")
     if rm is None:
         return None
@@ -160,7 +162,8 @@ def overoptimisation(figures: dict, human: dict | None = None) -> dict | None:
         truth_n = human["rankings"]
     else:
         return {"reward_model": rm, "truth": None, "truth_name": "", "warning": False, "beyond_noise": False}
-    warning = rm[0] > 0 and truth_diff < 0
+    diverging = rm[0] > 0 and truth_diff < 0
+    warning = diverging and (rm[1] > 0 or truth_high < 0)
     return {"reward_model": rm, "truth": (truth_diff, truth_low, truth_high, truth_n), "truth_name": name,
             "warning": warning, "beyond_noise": warning and rm[1] > 0 and truth_high < 0}
 

@@ -39,6 +39,7 @@ ROUND_ADVANCED = {
     "lora_target_modules": [],  # [] = the engine's default: q_proj and v_proj of the language model
     "lora_modules_to_save": [],  # modules trained in full beside the adapter (PEFT modules_to_save)
     "reward_lr": 0.0,  # reward model's learning rate; 0 = the engine's default
+    "reward_lora": True,  # False: train every weight of the reward model's backbone (small models: the demo's)
     "policy_batch_size": 0,  # answers per policy step (PPO rollouts, GRPO prompts × K); 0 = the engine's default
     "use_reward_model": True,  # False: the policy is trained on the verifiable reward alone (PPO, GRPO)
     "verifiable_reward": "",  # a ground-truth reward added to the reward model's score (rlhf.engine.rewards)
@@ -147,8 +148,11 @@ def _validate_advanced(merged: dict) -> None:
     for key in ("reward_lr", "verifiable_weight"):
         if not isinstance(merged[key], int | float) or isinstance(merged[key], bool) or merged[key] < 0:
             raise LoopError(f"{key} must be a non-negative number")
-    if not isinstance(merged["use_reward_model"], bool):
-        raise LoopError("use_reward_model must be true or false")
+    for key in ("use_reward_model", "reward_lora"):
+        if not isinstance(merged[key], bool):
+            raise LoopError(f"{key} must be true or false")
+    if merged["qlora"] and not merged["reward_lora"]:
+        raise LoopError("qlora needs reward_lora=true: 4-bit weights are frozen, only an adapter on them trains")
     if merged["verifiable_reward"] and merged["verifiable_reward"] not in REWARDS:
         raise LoopError(f"verifiable_reward {merged['verifiable_reward']!r} is not one of {sorted(REWARDS)}")
     if not merged["use_reward_model"]:

@@ -142,7 +142,8 @@ def step_reward(run: TrainingRun) -> None:
     snapshot = _sibling(run, K.EXPORT).snapshot
     policy = base_policy(run.project)
     config = {
-        "model": {"path": policy.base_model, "lora_r": params.get("lora_r", 8), "qlora": bool(params.get("qlora"))},
+        "model": {"path": policy.base_model, "lora": params.get("reward_lora", True), "lora_r": params.get("lora_r", 8),
+                  "qlora": bool(params.get("qlora"))},
         "train_file": snapshot["records"],
         # The pairs of held-out prompts: the reward model's accuracy is measured on them, never trained on.
         "eval_file": snapshot.get("heldout_records", ""),
@@ -161,7 +162,7 @@ def step_reward(run: TrainingRun) -> None:
         parent=ModelVersion.objects.filter(project=run.project, kind="reward", active=True).first(),
         base_model=policy.base_model,
         path=str(Path(run.run_dir) / "checkpoint"),
-        weights=ModelVersion.Weights.ADAPTER,
+        weights=ModelVersion.Weights.ADAPTER if config["model"]["lora"] else ModelVersion.Weights.FULL,
         metrics=result,
         run=run,
     )

@@ -65,6 +65,7 @@ PARAM_LABELS = {
     "lora_target_modules": "LoRA target modules",
     "lora_modules_to_save": "Modules trained in full",
     "reward_lr": "Reward-model learning rate",
+    "reward_lora": "Reward model as a LoRA adapter",
     "policy_batch_size": "Answers per policy step",
     "use_reward_model": "Reward model in the policy's reward",
     "verifiable_reward": "Verifiable reward",
@@ -316,21 +317,24 @@ def heldout_round(version: ModelVersion) -> dict | None:
     }
 
 
+VERSION_TABLE_FIGURES = HELDOUT_FIGURES[:2]  # the verifiable rewards: the same truth for every version
+
+
 def heldout_versions(policies: list[ModelVersion]) -> dict:
-    """Every policy's held-out verifiable reward, compared on one held-out set: the newest round's set
-    (its fingerprint). A version's figure comes from the round that trained it, or, for one no round
-    trained (the base), from the first round that compared a new policy with it. Rows measured on another
-    set are kept but marked, never mixed in silently."""
+    """Every policy's held-out verifiable rewards (greedy, what the gate judges, and sampled, what annotators
+    see), compared on one held-out set: the newest round's set (its fingerprint). A version's figures come
+    from the round that trained it, or, for one no round trained (the base), from the first round that
+    compared a new policy with it. Rows measured on another set are kept but marked, never mixed in silently."""
     rounds = [r for r in (heldout_round(v) for v in sorted(policies, key=lambda v: v.pk)) if r is not None]
+    names = [name for name, _ in VERSION_TABLE_FIGURES]
     figures: dict[str, dict] = {}
     for r in rounds:
-        for row in r["rows"]:
-            if row["name"] != "verifiable":
+        for side, label in (("active", r["active"]), ("new", r["version"].label)):
+            found = {row["name"]: row[side] for row in r["rows"] if row["name"] in names and row[side]}
+            if not label or "verifiable" not in found or (side == "active" and label in figures):
                 continue
-            if row["active"] and r["active"] and r["active"] not in figures:
-                figures[r["active"]] = {"figure": row["active"], "sha": r["prompts_sha"], "heldout": r["heldout"]}
-            if row["new"]:
-                figures[r["version"].label] = {"figure": row["new"], "sha": r["prompts_sha"], "heldout": r["heldout"]}
+            figures[label] = {"figures": [found.get(name) for name in names], "sha": r["prompts_sha"],
+                              "heldout": r["heldout"]}
     reference = rounds[-1]["prompts_sha"] if rounds else ""
     table = []
     for version in sorted(policies, key=lambda v: v.pk):
@@ -338,4 +342,5 @@ def heldout_versions(policies: list[ModelVersion]) -> dict:
         if entry is not None:
             table.append({"version": version, **entry, "same_set": entry["sha"] == reference})
     return {"rounds": list(reversed(rounds)), "table": table, "reference": reference,
+            "columns": [label for _, label in VERSION_TABLE_FIGURES],
             "prompts": rounds[-1]["prompts"] if rounds else None}

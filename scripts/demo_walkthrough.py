@@ -5,9 +5,10 @@ pages a newcomer looks at are saved, ending with annotator1's queue serving the 
 
     .venv/bin/python scripts/demo_walkthrough.py [--out docs/screenshots] [--port 8765]
 
-Needs Chromium (`apt-get install -y chromium`). Nothing is built: the demo base ships in the repository. The round
-took 21 minutes on a 2-core machine busy with other training (load average 6–8); the script waits up to 40 minutes
-for it. Exits non-zero, saying where it stopped, if any step fails.
+Needs Chromium (`apt-get install -y chromium`). Nothing is built: the demo base ships in the repository; seeding
+the demo samples its first tasks from it (about 15 s). The round took under 2 minutes on a quiet 2-core machine
+and 20 on one busy with other training (load average 6–8); the script waits up to 40 minutes for it. Exits
+non-zero, saying where it stopped, if any step fails.
 """
 
 from __future__ import annotations
@@ -132,6 +133,9 @@ def browse(base: str, logins: dict, out: Path) -> None:
         login("annotator1")
         page.goto(f"{base}/projects/{SLUG}/work/")
         expect(page.locator("#work")).to_have_attribute("data-state", "ready")
+        # "ready" comes with the task's text; its image may still be on its way.
+        page.wait_for_function("() => { const i = document.getElementById('task-image'); "
+                               "return i && i.complete && i.naturalWidth > 0; }")
         page.screenshot(path=str(out / "ranking-new-policy.png"))
         browser.close()
 

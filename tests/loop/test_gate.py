@@ -66,6 +66,10 @@ def test_the_monitor_warns_when_the_reward_model_rises_while_the_held_out_score_
     monitor = gate.overoptimisation(rising)
     assert monitor["warning"] and monitor["beyond_noise"] and monitor["truth_name"] == "verifiable reward"
     assert not gate.overoptimisation(BETTER)["warning"]
+    one = gate.overoptimisation(_figures((-0.2, -0.3, -0.1), rm=(0.05, -0.05, 0.15)))
+    assert one["warning"] and not one["beyond_noise"]
+    # Opposite directions, both within noise: nothing to warn about.
+    assert not gate.overoptimisation(_figures((-0.02, -0.07, 0.02), rm=(0.01, -0.07, 0.1)))["warning"]
     # Without a verifiable reward, people's share of wins is the truth.
     no_truth = {k: v for k, v in rising.items() if "verifiable" not in k}
     human = {"rankings": 20, "share": 0.3, "low": 0.15, "high": 0.45}

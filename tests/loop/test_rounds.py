@@ -142,6 +142,10 @@ def test_bad_round_parameters_are_refused_with_a_reason(loop_project):
     with pytest.raises(LoopError, match="needs algorithm ppo or grpo"):
         start_round(project=loop_project, params={"algorithm": "dpo", "use_reward_model": False,
                                                   "verifiable_reward": "demo_reward"}, enqueue=False)
+    with pytest.raises(LoopError, match="reward_lora must be true or false"):
+        start_round(project=loop_project, params={"reward_lora": "no"}, enqueue=False)
+    with pytest.raises(LoopError, match="qlora needs reward_lora=true"):
+        start_round(project=loop_project, params={"qlora": True, "reward_lora": False}, enqueue=False)
     with pytest.raises(LoopError, match="lora_modules_to_save must be a list"):
         start_round(project=loop_project, params={"lora_modules_to_save": "lm_head"}, enqueue=False)
     assert not TrainingRun.objects.filter(project=loop_project).exists()
@@ -252,7 +256,8 @@ def _alive(pid: int) -> bool:
 
 
 # GRPO on the ground truth alone (a benchmark's upper bound), the demo model's RL configuration for PPO
-ENGINE_PARAMS = {"ppo": {"lora_modules_to_save": ["lm_head"], "verifiable_reward": "demo_reward", "reward_lr": 1e-3},
+ENGINE_PARAMS = {"ppo": {"lora_modules_to_save": ["lm_head"], "verifiable_reward": "demo_reward", "reward_lr": 1e-3,
+                         "reward_lora": False},
                  "grpo": {"use_reward_model": False, "verifiable_reward": "demo_reward"}, "dpo": {}}
 
 
@@ -278,6 +283,10 @@ def test_each_policy_algorithm_completes_a_round_with_a_tiny_budget(loop_project
         assert config["model"]["lora_modules_to_save"] == ["lm_head"] and config["verifiable_reward"] == "demo_reward"
         assert config["reward_model_path"] and policy.reward_model == steps["reward"].versions.get()
         assert steps["reward"].config["lr"] == 1e-3
+        # A reward model whose whole backbone trained, saved whole, and read by PPO.
+        reward = steps["reward"].versions.get()
+        assert steps["reward"].config["model"]["lora"] is False and reward.weights == "full"
+        assert (Path(reward.path) / "backbone").is_dir() and not (Path(reward.path) / "adapter").exists()
     if algorithm == "grpo":
         assert config["reward_model_path"] == "" and config["verifiable_reward"] == "demo_reward"
         assert config["beta"] == 0.05  # the round's KL coefficient

@@ -20,7 +20,7 @@ def test_with_full_noise_every_neighbouring_pair_is_swapped_in_turn():
 
 @pytest.mark.django_db
 def test_the_command_ranks_the_demo_queue_so_every_pair_agrees_with_the_ground_truth():
-    call_command("demo", images=12)
+    call_command("demo", images=12, candidates="world")
     call_command("simulate_annotators", project="demo-shapes", annotators=3, noise=0.0)
     assert Ranking.objects.count() == 12
     for pair in PreferencePair.objects.select_related("prompt__image", "chosen", "rejected"):
@@ -28,6 +28,27 @@ def test_the_command_ranks_the_demo_queue_so_every_pair_agrees_with_the_ground_t
         good, bad = demo_reward([pair.prompt.text] * 2, [pair.chosen.text, pair.rejected.text], ground_truth=[gt, gt])
         assert good > bad
     assert Candidate.objects.filter(source="import").count() == 48
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_demos_first_tasks_are_the_demo_bases_own_captions():
+    """A round learns from rankings of the policy's own samples; the demo's first round too. The demo command
+    samples them from the shipped base (the real engine, in a generate run like a round's last step)."""
+    from annotation.models import RankingTask
+    from rlhf.models import ModelVersion, TrainingRun
+
+    call_command("demo", images=12)
+    run = TrainingRun.objects.get(kind="generate")
+    assert run.state == "succeeded", run.error
+    base = ModelVersion.objects.get(kind="policy", active=True)
+    tasks = RankingTask.objects.filter(project__slug="demo-shapes")
+    assert tasks.count() == 12 and {t.origin for t in tasks} == {f"run-{run.pk}"}
+    candidates = Candidate.objects.filter(prompt__project__slug="demo-shapes")
+    assert candidates.count() == 48 and set(candidates.values_list("source", flat=True)) == {base.label}
+    assert tasks.filter(prompt__split="eval").exists()  # the first reward model is measured on held-out rankings
+    call_command("demo", images=12)  # a second start samples nothing more
+    assert TrainingRun.objects.filter(kind="generate").count() == 1 and tasks.count() == 12
 
 
 @pytest.mark.django_db

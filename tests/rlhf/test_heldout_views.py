@@ -78,6 +78,10 @@ def test_the_versions_page_compares_policies_on_the_held_out_set_with_intervals_
     assert "0.531" in rows["base"] and "[0.470, 0.590] n=40" in rows["base"]
     assert "0.412" in rows["policy-v1"] and "[0.350, 0.470] n=40" in rows["policy-v1"]
     assert "Held back by the gate" in rows["policy-v1"]
+    # Sampled answers too, where a round's gain mostly is: policy-v1's; the base's were not measured here.
+    assert "Verifiable reward, sampled (T = 1)" in table
+    assert "0.623 <span" in rows["policy-v1"] and "[0.580, 0.660] n=40" in rows["policy-v1"]
+    assert rows["base"].count('class="num"') == 2 and '<span class="muted">—</span>' in rows["base"]
     assert "95 % percentile-bootstrap interval" in section
 
 

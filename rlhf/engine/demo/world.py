@@ -311,7 +311,8 @@ def write_demo_manifest(
     format, one line per prompt) and return the manifest path. Seeded and deterministic.
 
     Each line: `{"image", "prompt", "reference": [..], "ground_truth", "split", "candidates": [k]}`.
-    For VQA one question per image is drawn from `vqa_pairs`.
+    For VQA one question per image is drawn from `vqa_pairs`. With ``k=0`` the lines carry no candidates: the
+    import then makes prompts without tasks, for a model's own samples to rank (the demo does this).
     """
     if task_type not in ("caption", "vqa"):
         raise ValueError(f"task_type must be 'caption' or 'vqa', not {task_type!r}")
@@ -330,13 +331,14 @@ def write_demo_manifest(
             prompt, reference = CAPTION_PROMPT, reference_caption(gt)
         else:
             prompt, reference = rng.choice(vqa_pairs(gt, rng))
-        cands = demo_candidates(gt, k, rng, task=task_type, question=prompt if task_type == "vqa" else None)
+        cands = demo_candidates(gt, k, rng, task=task_type, question=prompt if task_type == "vqa" else None) if k else []
         # Held-out rows spread evenly through the manifest (every 5th at 0.2), not all at its end: the queue
         # serves tasks in manifest order, so the first rankings of a demo include held-out ones and the first
         # round's reward model has held-out pairs to be measured on.
         split = "eval" if (i + 1) * n_eval // n > i * n_eval // n else "train"
-        row = {"image": rel, "prompt": prompt, "reference": [reference], "ground_truth": gt, "split": split,
-               "candidates": cands}
+        row = {"image": rel, "prompt": prompt, "reference": [reference], "ground_truth": gt, "split": split}
+        if cands:
+            row["candidates"] = cands
         lines.append(json.dumps(row))
     path = out / "manifest.jsonl"
     path.write_text("\n".join(lines) + "\n")
