@@ -110,21 +110,37 @@ def load_images(paths: list, cache: dict | None = None) -> list[Image.Image]:
 
 def prompt_text(processor, prompt: str, n_images: int) -> str:
     """The model's chat-formatted user turn with `n_images` images and a generation prompt."""
+    from .loading import fallback_chat_template
+
     content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
     messages = [{"role": "user", "content": content}]
-    if getattr(processor, "chat_template", None):
-        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    image_token = getattr(processor, "image_token", None) or getattr(processor.tokenizer, "image_token", "<image>")
-    return image_token * n_images + "\n" + prompt + "\n"
+    template = None if getattr(processor, "chat_template", None) else fallback_chat_template(processor)
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, chat_template=template)
 
 
 def encode_prompts(processor, images: list[list[Image.Image]], prompts: list[str]) -> dict[str, torch.Tensor]:
-    """Left-padded prompt batch: input_ids, attention_mask and the processor's image tensors."""
+    """Left-padded prompt batch: input_ids, attention_mask and the processor's image tensors.
+
+    The images go to the processor as one list per prompt: Gemma 3's, Idefics3's and SmolVLM's processors
+    read a flat list as every image belonging to one prompt. ``labels`` (PaliGemma's processor returns them)
+    are dropped: the engine builds its own targets, and a model given labels computes a loss of its own."""
     texts = [prompt_text(processor, p, len(ims)) for p, ims in zip(prompts, images, strict=True)]
-    flat = [im for ims in images for im in ims]
     processor.tokenizer.padding_side = "left"
-    batch = processor(text=texts, images=flat if flat else None, padding=True, return_tensors="pt")
-    return dict(batch)
+    nested = [list(ims) for ims in images] if any(images) else None
+    # A chat template that writes BOS itself (Gemma 3's, Idefics3's) would get a second one from the tokenizer.
+    bos = processor.tokenizer.bos_token
+    own_bos = {"add_special_tokens": False} if bos and all(t.startswith(bos) for t in texts) else {}
+    batch = dict(processor(text=texts, images=nested, padding=True, return_tensors="pt", **own_bos))
+    batch.pop("labels", None)
+    return batch
+
+
+def answer_token_type(processor, key: str) -> int:
+    """The value an answer token takes in a per-token tensor the processor returns beside input_ids.
+    PaliGemma's ``token_type_ids`` split the sequence into a prefix (0), attended in both directions, and a
+    suffix (1), attended causally: an answer is suffix, or its tokens would see the words after them. Gemma 3's
+    ``token_type_ids`` and Qwen2-VL's ``mm_token_type_ids`` mark image tokens (1): an answer is text (0)."""
+    return 1 if key == "token_type_ids" and type(processor).__name__.startswith("PaliGemma") else 0
 
 
 @dataclass
@@ -143,7 +159,8 @@ def encode_completions(
 ) -> CompletionBatch:
     """Prompt (through the processor) followed by completion tokens (+ EOS), joined and left-padded.
 
-    Text-aligned tensors other than input_ids/attention_mask (e.g. token_type_ids) are extended with 0.
+    Text-aligned tensors other than input_ids/attention_mask (e.g. token_type_ids) are extended over the
+    completion with ``answer_token_type`` (padding gets 0).
     """
     prompt_batch = encode_prompts(processor, images, prompts)
     tok = processor.tokenizer
@@ -171,6 +188,7 @@ def encode_completions(
         completion_mask[b, T - len(c):] = 1
         for k, v in ex.items():
             extra[k][b, T - n:T - len(c)] = v
+            extra[k][b, T - len(c):] = answer_token_type(processor, k)
     inputs = {k: v for k, v in prompt_batch.items() if k not in ("input_ids", "attention_mask", *text_keys)}
     inputs.update(input_ids=input_ids, attention_mask=attention_mask, **extra)
     return CompletionBatch(inputs, completion_mask)

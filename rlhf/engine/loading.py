@@ -98,12 +98,38 @@ def check_is_vlm(path: str):
     return config
 
 
+# A chat template for processors that have none (PaliGemma as shipped): the image tokens, the prompt, a new line,
+# and for an assistant turn its text and EOS. The engine's own prompts and TRL's conversational rows then read
+# the same way.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['content'] is string %}{% set parts = [{'type': 'text', 'text': message['content']}] %}"
+    "{% else %}{% set parts = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}"
+    "{% for part in parts %}{% if part['type'] == 'image' %}{{ image_token }}{% endif %}{% endfor %}"
+    "{% for part in parts %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{{ '\\n' }}"
+    "{% else %}"
+    "{% for part in parts %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{{ eos_token }}"
+    "{% endif %}{% endfor %}"
+)
+
+
 def load_processor(path: str):
-    """AutoProcessor with an image processor and a tokenizer; pad token set; left padding."""
+    """AutoProcessor with an image processor and a tokenizer; pad token set; left padding; a chat template
+    (``FALLBACK_CHAT_TEMPLATE`` where the processor has none).
+
+    Without torchvision, the processors of the families that also take video (Qwen2-VL, Qwen2.5-VL,
+    LLaVA-OneVision, SmolVLM) are loaded without their video processor, which needs it; their image
+    processors fall back to the PIL ones. Other missing packages give a ModelLoadError naming them."""
     from transformers import AutoProcessor
+    from transformers.utils import is_torchvision_available
 
     try:
-        processor = AutoProcessor.from_pretrained(path)
+        processor = None if is_torchvision_available() else _images_only_processor(path)
+        processor = processor or AutoProcessor.from_pretrained(path)
+    except ImportError as e:
+        raise ModelLoadError(f"cannot load the processor of {path}: a package it needs is missing ({e}); "
+                             "install it into lensloop's environment") from e
     except (OSError, ValueError, TypeError) as e:
         raise ModelLoadError(f"cannot load a processor from {path}: {e}. Save the processor next to the "
                              "model (processor.save_pretrained(path))") from e
@@ -114,7 +140,72 @@ def load_processor(path: str):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
+    if not getattr(processor, "chat_template", None):
+        processor.chat_template = fallback_chat_template(processor)
     return processor
+
+
+def fallback_chat_template(processor) -> str:
+    """``FALLBACK_CHAT_TEMPLATE`` with the processor's image token."""
+    image_token = (getattr(processor, "image_token", None) or getattr(processor.tokenizer, "image_token", None)
+                   or "<image>")
+    return FALLBACK_CHAT_TEMPLATE.replace("{{ image_token }}", image_token)
+
+
+class _NoVideo:
+    """Stands in for the video processor of a processor loaded without one: the settings that image-only
+    calls read (SmolVLM's chat template reads num_frames and fps) are None; anything else is missing, with the
+    reason (an AttributeError, so that transformers' probing with getattr(..., default) still works)."""
+
+    num_frames = None
+    fps = None
+
+    def __getattr__(self, name):
+        raise AttributeError(f"{name}: this processor was loaded without its video processor (torchvision is "
+                             "not installed); lensloop passes images only")
+
+
+def _images_only_processor(path: str):
+    """The model's processor class without its video processor, or None when the class has no video
+    processor (AutoProcessor then loads it as usual)."""
+    import json
+
+    import transformers
+    from transformers import AutoConfig
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    name = ""
+    for saved in ("processor_config.json", "tokenizer_config.json"):  # a processor saved on its own
+        file = Path(path) / saved
+        if not name and file.is_file():
+            name = json.loads(file.read_text()).get("processor_class") or ""
+    if not name:
+        try:
+            name = PROCESSOR_MAPPING_NAMES.get(AutoConfig.from_pretrained(path).model_type) or ""
+        except (OSError, ValueError):
+            return None
+    cls = getattr(transformers, name, None)
+    if cls is None or "video_processor" not in cls.get_attributes():
+        return None
+    return _images_only_class(cls).from_pretrained(path)
+
+
+def _images_only_class(cls):
+    """A subclass of processor class ``cls`` whose attributes leave out ``video_processor``; it keeps the
+    class's name (saved processors stay loadable by AutoProcessor) and is importable from this module
+    under another (so that it pickles)."""
+    qualname = f"_{cls.__name__}ImagesOnly"
+    if qualname not in globals():
+        def get_attributes(klass):
+            return [a for a in cls.get_attributes() if a != "video_processor"]
+
+        def from_args_and_dict(klass, args, processor_dict, **kwargs):  # SmolVLM's __init__ requires the argument
+            return super(klass, klass).from_args_and_dict(args, processor_dict, video_processor=None, **kwargs)
+
+        globals()[qualname] = type(cls.__name__, (cls,), {
+            "get_attributes": classmethod(get_attributes), "from_args_and_dict": classmethod(from_args_and_dict),
+            "video_processor": _NoVideo(), "__qualname__": qualname, "__module__": __name__})
+    return globals()[qualname]
 
 
 def lora_targets(model: torch.nn.Module, names: list[str], language_model_only: bool) -> str | list[str]:
@@ -232,13 +323,16 @@ def _keep_4bit_weights_trainable_on_cpu(model) -> None:
 
 
 def check_processor(model, processor) -> None:
-    """One tiny forward pass with a blank image; known mismatch errors become ModelLoadError with a fix."""
+    """One tiny forward pass on a batch of two prompts with a blank image each (a batch, because processors
+    that misread a batch's images fail only with more than one); known mismatch errors become ModelLoadError
+    with a fix."""
     from PIL import Image
 
     from .data import encode_prompts
 
     try:
-        batch = encode_prompts(processor, [[Image.new("RGB", (32, 32), (128, 128, 128))]], ["check"])
+        blank = [[Image.new("RGB", (32, 32), (128, 128, 128))], [Image.new("RGB", (48, 40), (96, 96, 96))]]
+        batch = encode_prompts(processor, blank, ["check", "a longer check"])
         batch = {k: v.to(model.device) for k, v in batch.items()}
         with torch.no_grad():
             model(**batch)

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from .config import to_dict
-from .data import load_images
+from .data import answer_token_type, load_images
 from .ops import gather_token_logprobs
 from .rl_common import CombinedReward, evaluate_reward, set_threads, split_prompts, suppress_media_tokens
 from .rl_config import PPOConfig, check_ppo_batches
@@ -61,25 +61,41 @@ OPTIMIZER_FILE = "optimizer.pt"
 
 
 def join_prompt_and_answer(prompt_inputs: dict[str, torch.Tensor], answer_ids: torch.Tensor,
-                           answer_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+                           answer_mask: torch.Tensor, processor=None) -> dict[str, torch.Tensor]:
     """Model inputs of prompt (left-padded, as generated) + answer (right-padded after its EOS).
 
     The padded prompt tensors are kept exactly as `generate` saw them, so the forward pass reproduces the
-    sampling distribution (re-padding would shift positions on models that count padding)."""
+    sampling distribution (re-padding would shift positions on models that count padding). Other per-token
+    tensors of the prompt (Qwen2-VL's ``mm_token_type_ids``, Gemma 3's and PaliGemma's ``token_type_ids``)
+    are continued over the answer with the value its tokens take (``data.answer_token_type``)."""
+    ids = prompt_inputs["input_ids"]
     inputs = dict(prompt_inputs)
-    inputs["input_ids"] = torch.cat([prompt_inputs["input_ids"], answer_ids], dim=1)
+    inputs["input_ids"] = torch.cat([ids, answer_ids], dim=1)
     inputs["attention_mask"] = torch.cat([prompt_inputs["attention_mask"], answer_mask.to(
         prompt_inputs["attention_mask"].dtype)], dim=1)
+    for key, value in prompt_inputs.items():
+        if key not in ("input_ids", "attention_mask") and torch.is_tensor(value) and value.shape == ids.shape:
+            fill = answer_token_type(processor, key) if processor is not None else 0
+            inputs[key] = torch.cat([value, torch.full_like(answer_ids, fill, dtype=value.dtype)], dim=1)
     return inputs
 
 
 def select_rows(inputs: dict[str, torch.Tensor], rows: torch.Tensor, images_per_row: list[int]) -> dict:
     """The sub-batch `rows` of a model batch: text tensors by row, image tensors (first dim = number of
-    images, LLaVA-style `pixel_values`) by the images of those rows."""
+    images, LLaVA-style `pixel_values`) by the images of those rows, and Qwen2-VL's flattened patches
+    (`pixel_values` of shape (patches, dim)) by the patches of those images, from `image_grid_thw`."""
     B = inputs["input_ids"].shape[0]
     n_images = sum(images_per_row)
     starts = [sum(images_per_row[:i]) for i in range(B)]
-    image_idx = torch.tensor([starts[r] + j for r in rows.tolist() for j in range(images_per_row[r])], dtype=torch.long)
+    images = [starts[r] + j for r in rows.tolist() for j in range(images_per_row[r])]
+    image_idx = torch.tensor(images, dtype=torch.long)
+    grid = inputs.get("image_grid_thw")
+    n_patches, patch_idx = -1, None
+    if torch.is_tensor(grid) and grid.shape[0] == n_images:
+        patches = grid.prod(-1).tolist()
+        n_patches = sum(patches)
+        first = [sum(patches[:i]) for i in range(n_images)]
+        patch_idx = torch.tensor([p for i in images for p in range(first[i], first[i] + patches[i])], dtype=torch.long)
     out = {}
     for k, v in inputs.items():
         if not torch.is_tensor(v) or v.dim() == 0:
@@ -88,6 +104,8 @@ def select_rows(inputs: dict[str, torch.Tensor], rows: torch.Tensor, images_per_
             out[k] = v[rows.to(v.device)]
         elif v.shape[0] == n_images:
             out[k] = v[image_idx.to(v.device)]
+        elif patch_idx is not None and v.shape[0] == n_patches:
+            out[k] = v[patch_idx.to(v.device)]
         else:
             raise ValueError(f"cannot split model input {k!r} of shape {tuple(v.shape)} by rows; this processor's "
                              "image layout is not supported by PPO minibatching")
@@ -235,8 +253,10 @@ def _train(cfg: PPOConfig, acc, run: RunDir, resume: Path | None) -> dict:
                                device, score_moments, acc.gather)
         stats.update(optimise(ac_ddp, opt, acc, params, batch, cfg, mini_batch, micro_batch,
                               torch.Generator().manual_seed(seed)))
-        kl_ctl.update(stats["objective/kl"], cfg.batch_size)
         stats = {k: acc.reduce(torch.tensor(v, device=device), "mean").item() for k, v in stats.items()}
+        # The processes' mean KL, so that an adaptive β stays the same in every process (each one's own KL
+        # would let them drift apart).
+        kl_ctl.update(stats["objective/kl"], cfg.batch_size)
         seconds = time.monotonic() - t_iter
         train_seconds += seconds
         samples_seen += cfg.batch_size
@@ -298,7 +318,7 @@ def rollout(ac: PolicyAndValue, processor, records: list[dict], cfg: PPOConfig, 
     ro = sample(ac.policy, processor, images, prompts, temperature=T, max_new_tokens=cfg.max_new_tokens)
     answer_ids, mask = ro.completion_ids, ro.completion_mask  # (B, L)
     L = answer_ids.shape[1]
-    inputs = join_prompt_and_answer(ro.prompt_inputs, answer_ids, mask)
+    inputs = join_prompt_and_answer(ro.prompt_inputs, answer_ids, mask, processor)
     logits, values = ac(inputs, L)
     logprobs = token_logprobs(logits, answer_ids, T)  # (B, L) log π_old(a_t|s_t)
     del logits

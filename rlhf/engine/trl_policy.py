@@ -12,6 +12,7 @@ TRL is imported inside the functions (it is heavy; see STYLE.md).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -116,6 +117,39 @@ def _load_policy(cfg):
     return policy, processor
 
 
+def for_trl(processor):
+    """The processor as TRL's GRPO and RLOO get it. TRL 1.16 hands every processor output to a log-prob
+    method with a fixed argument list, so PaliGemma's ``labels`` and LLaVA-OneVision's ``batch_num_images``
+    fail there (RLOO always, GRPO with beta > 0). This processor leaves them out: the labels are targets TRL
+    does not use, and ``batch_num_images`` of ones (one image per prompt) is what the model assumes without it.
+    With several images in a prompt, OneVision keeps it and TRL fails: train such prompts with PPO."""
+    cls = type(processor)
+    qualname = f"_{cls.__qualname__.strip('_')}ForTRL"
+    if qualname not in globals():
+        def __call__(self, *args, **kwargs):
+            out = cls.__call__(self, *args, **kwargs)
+            out.pop("labels", None)
+            counts = out.get("batch_num_images")
+            if counts is not None and bool((torch.as_tensor(counts) == 1).all()):
+                out.pop("batch_num_images")
+            return out
+
+        globals()[qualname] = type(cls.__name__, (cls,), {"__call__": __call__, "__qualname__": qualname,
+                                                         "__module__": __name__})
+    adapted = copy.copy(processor)
+    adapted.__class__ = globals()[qualname]
+    return adapted
+
+
+def check_dpo_support(processor) -> None:
+    """TRL 1.16's DPO collator calls the processor without images, which PaliGemma's refuses: say so before
+    training, with what works instead."""
+    if type(processor).__name__.startswith("PaliGemma"):
+        raise ValueError("DPO through TRL 1.16 cannot train PaliGemma: TRL's DPO collator calls the processor "
+                         "without images, and PaliGemma's processor requires them. Train PaliGemma with PPO, "
+                         "GRPO or RLOO on a reward model (or SFT) instead")
+
+
 def _numbers(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
 
@@ -176,7 +210,7 @@ def _train_group(cfg: GRPOConfig, run_dir: str, run: RunDir, method: str, state)
 
     clock = _Clock()
     trainer = Trainer(model=policy, reward_funcs=[reward_fn], args=args, train_dataset=prompt_dataset(train),
-                      processing_class=processor, callbacks=[_run_dir_callback(run, clock, evaluate, cfg.eval_every)])
+                      processing_class=for_trl(processor), callbacks=[_run_dir_callback(run, clock, evaluate, cfg.eval_every)])
     clock.start = time.monotonic()
     out = trainer.train()
     seconds = clock.seconds()
@@ -273,6 +307,7 @@ def _train_dpo(cfg: DPOConfig, run_dir: str, run: RunDir, state) -> dict:
     after_key, before_key = f"{split.prefix}logprob_margin", f"{split.prefix[:-1]}_before/logprob_margin"
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, device=str(state.device)))
     policy, processor = _load_policy(cfg)
+    check_dpo_support(processor)
     before = logprob_margin(policy, processor, held) if state.is_main_process else math.nan
     args = TRLDPOConfig(**_trainer_args(cfg, run_dir, per_device_train_batch_size=cfg.batch_size // state.num_processes,
                                         beta=cfg.beta, max_length=None))

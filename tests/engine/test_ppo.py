@@ -77,6 +77,35 @@ def test_training_forward_reproduces_the_sampling_log_probabilities(lora_policy,
     torch.testing.assert_close(sub_logits, logits[[2, 0]], atol=1e-5, rtol=1e-5)
 
 
+def test_minibatches_split_qwen2_vl_style_flattened_patches_by_their_images():
+    """Qwen2-VL's processor returns every image's patches in one (patches, dim) tensor, sized by
+    image_grid_thw: a minibatch's rows take exactly their images' patches."""
+    from rlhf.engine.ppo import select_rows
+
+    grid = torch.tensor([[1, 2, 2], [1, 2, 4], [1, 2, 2]])  # 4, 8 and 4 patches
+    pixel_values = torch.arange(16).float().unsqueeze(1).repeat(1, 3)
+    inputs = {"input_ids": torch.arange(15).reshape(3, 5), "attention_mask": torch.ones(3, 5),
+              "mm_token_type_ids": torch.zeros(3, 5, dtype=torch.long), "pixel_values": pixel_values,
+              "image_grid_thw": grid}
+    sub = select_rows(inputs, torch.tensor([2, 1]), [1, 1, 1])
+    assert sub["pixel_values"][:, 0].tolist() == [12, 13, 14, 15, *range(4, 12)]
+    assert sub["image_grid_thw"].tolist() == [[1, 2, 2], [1, 2, 4]]
+    assert sub["input_ids"].tolist() == [list(range(10, 15)), list(range(5, 10))]
+
+
+def test_an_answer_continues_the_prompts_per_token_types_as_text():
+    """Qwen2-VL's mm_token_type_ids and Gemma 3's token_type_ids mark image tokens: answer tokens are text
+    (0), and the tensors must cover the answer, or the model's position code fails on the joined inputs."""
+    from rlhf.engine.ppo import join_prompt_and_answer
+
+    prompt = {"input_ids": torch.tensor([[0, 5, 6, 7]]), "attention_mask": torch.tensor([[0, 1, 1, 1]]),
+              "mm_token_type_ids": torch.tensor([[0, 1, 1, 0]]), "pixel_values": torch.zeros(4, 3)}
+    joined = join_prompt_and_answer(prompt, torch.tensor([[8, 9]]), torch.tensor([[1, 1]]))
+    assert joined["mm_token_type_ids"].tolist() == [[0, 1, 1, 0, 0, 0]]
+    assert joined["input_ids"].shape == joined["mm_token_type_ids"].shape
+    assert joined["pixel_values"] is prompt["pixel_values"]
+
+
 def test_rollout_log_probabilities_are_those_of_the_tempered_sampling_distribution(lora_policy, demo_dataset):
     """At T ≠ 1 the answers come from softmax(z / T): PPO's old, new and reference log-probs must be those
     of that distribution, or the importance ratio is ≠ 1 before any update (the bug of log-probs at T = 1)."""
