@@ -135,6 +135,31 @@ def test_the_training_forward_pass_gives_the_log_probabilities_generate_sampled_
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_prompts_with_two_images_sample_train_and_split_into_minibatches(family, families):
+    """Two images in each prompt: the training forward pass reproduces the sampled log-probs, and a PPO
+    minibatch of one row (its two images, or for Qwen2-VL their patches) gives that row's logits."""
+    from PIL import Image
+
+    from rlhf.engine.generation import sample
+    from rlhf.engine.ops import gather_token_logprobs
+    from rlhf.engine.ppo import join_prompt_and_answer, select_rows
+
+    model, processor = _load(families, family)
+    images = [[Image.new("RGB", (40, 48), (200, 0, 0)), Image.new("RGB", (56, 40), (0, 200, 0))],
+              [Image.new("RGB", (48, 48), (0, 0, 200)), Image.new("RGB", (32, 64), (200, 200, 0))]]
+    torch.manual_seed(0)
+    ro = sample(model, processor, images, ["Compare the two images.", "Describe both."], max_new_tokens=5)
+    inputs = join_prompt_and_answer(ro.prompt_inputs, ro.completion_ids, ro.completion_mask, processor)
+    L = ro.completion_ids.shape[1]
+    with torch.no_grad():
+        logits = model(**inputs).logits[:, -L - 1:-1]
+        row = model(**select_rows(inputs, torch.tensor([1]), [2, 2])).logits[:, -L - 1:-1]
+    logprobs = gather_token_logprobs(logits.float(), ro.completion_ids) * ro.completion_mask
+    torch.testing.assert_close(logprobs, ro.token_logprobs * ro.completion_mask, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(row, logits[[1]], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_an_answer_token_does_not_see_the_tokens_after_it(family, families):
     """Two answers that differ only in their last word: every earlier answer token has the same log-prob.
     (PaliGemma's answer tokens in its bidirectional prefix block saw the words after them.)"""
