@@ -57,9 +57,9 @@ ARMS = {
 def round_params(arm: str, args) -> dict:
     from rlhf.engine.demo import DEMO_POLICY_LORA
 
-    # The reward model: every weight of the demo base trained (as the demo project does), or with --reward-lora a
-    # LoRA adapter (the engine's default; lr 1e-3 was the best of those tried).
-    reward = {"reward_lora": True, "reward_lr": 1e-3} if args.reward_lora else {"reward_lora": False, "reward_lr": 3e-4}
+    # The reward model: a LoRA adapter (the engine's default; lr 1e-3 was the best of those tried), or with
+    # --reward-full every weight of the demo base.
+    reward = {"reward_lora": False, "reward_lr": 3e-4} if args.reward_full else {"reward_lora": True, "reward_lr": 1e-3}
     common = {"generate_prompts": args.rankings, "reward_epochs": args.reward_epochs, **reward,
               "temperature": 1.0, **DEMO_POLICY_LORA}
     if ARMS[arm]["algorithm"] == "dpo":
@@ -167,8 +167,8 @@ def main() -> None:
     ap.add_argument("--policy-steps", type=int, default=40, help="PPO iterations / GRPO steps per round (64 answers each)")
     ap.add_argument("--dpo-steps", type=int, default=200, help="DPO steps per round (16 pairs each)")
     ap.add_argument("--reward-epochs", type=float, default=2.0)
-    ap.add_argument("--reward-lora", action="store_true", help="train the reward model as a LoRA adapter (r 8 on "
-                    "q/v) instead of every weight of the demo base")
+    ap.add_argument("--reward-full", action="store_true", help="train every weight of the reward model's backbone "
+                    "(reward_lora: false) instead of a LoRA adapter (r 8 on q/v)")
     ap.add_argument("--scenes", type=int, default=1000, help="scenes in each project")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     ap.add_argument("--plot-only", action="store_true")
@@ -206,7 +206,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--arm", arm, "--seed", str(seed), "--work", str(work), "--model", args.model]
         for flag in ("rounds", "rankings", "noise", "policy_steps", "dpo_steps", "reward_epochs"):
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-        cmd += ["--reward-lora"] if args.reward_lora else []
+        cmd += ["--reward-full"] if args.reward_full else []
         subprocess.run(cmd, cwd=ROOT, check=True, env=env)
 
     jobs = [(arm, seed) for seed in range(args.seeds) for arm in args.arms.split(",")]

@@ -39,7 +39,7 @@ ROUND_ADVANCED = {
     "lora_target_modules": [],  # [] = the engine's default: q_proj and v_proj of the language model
     "lora_modules_to_save": [],  # modules trained in full beside the adapter (PEFT modules_to_save)
     "reward_lr": 0.0,  # reward model's learning rate; 0 = the engine's default
-    "reward_lora": True,  # False: train every weight of the reward model's backbone (small models: the demo's)
+    "reward_lora": True,  # False: train every weight of the reward model's backbone (for small models)
     "policy_batch_size": 0,  # answers per policy step (PPO rollouts, GRPO prompts × K); 0 = the engine's default
     "use_reward_model": True,  # False: the policy is trained on the verifiable reward alone (PPO, GRPO)
     "verifiable_reward": "",  # a ground-truth reward added to the reward model's score (rlhf.engine.rewards)

@@ -61,7 +61,7 @@ def main() -> None:
         server = subprocess.Popen([*manage, "run", "--port", str(args.port)], env=env, cwd=ROOT, stdout=run_log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_until(lambda: _up(base), 120, "the web server")
+            wait_until(lambda: _up(base), 600, "the web server (seeding the demo samples its first tasks first)")
             print(f"lensloop is up at {base} (var: {var})", flush=True)
             sim = subprocess.run([*manage, "simulate_annotators", "--project", SLUG, "--annotators", "4", "--noise",
                                   "0.1", "--limit", str(args.rankings)], env=env, cwd=ROOT, capture_output=True, text=True)

@@ -98,10 +98,7 @@ class Command(BaseCommand):
             # of the demo uses both settings.
             # Its prompts carry ground truth, so the promotion gate judges each round's policy by the demo
             # world's verifiable reward on the held-out prompts (docs/loop.md).
-            # Its reward model trains every weight of the small demo base: 0.80 held-out pair accuracy on round-3
-            # pairs against 0.78 as a LoRA adapter (docs/benchmarks.md).
-            loop_settings_set(project=project, round_params={**DEMO_POLICY_LORA, "policy_batch_size": 64,
-                                                             "reward_lora": False},
+            loop_settings_set(project=project, round_params={**DEMO_POLICY_LORA, "policy_batch_size": 64},
                               gate_reward="demo_reward")
         if not project.prompts.exists():
             with tempfile.TemporaryDirectory(dir=settings.VAR_DIR) as tmp:
