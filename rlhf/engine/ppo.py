@@ -271,6 +271,10 @@ def _train(cfg: PPOConfig, acc, run: RunDir, resume: Path | None) -> dict:
             if acc.is_main_process:
                 save_checkpoint(run, unwrapped, processor, opt, iteration, kl_ctl.value, cfg, score_moments)
     acc.wait_for_everyone()
+    betas = acc.gather(torch.tensor([kl_ctl.value], device=device, dtype=torch.float64))
+    if float(betas.max() - betas.min()) > 1e-9:
+        raise RuntimeError(f"the processes' KL coefficients drifted apart ({betas.tolist()}): each must update "
+                           "its adaptive controller with the same, all-reduced KL")
     last_eval = evaluate()
     result = {"steps": cfg.steps, "resumed_from_step": start, "processes": acc.num_processes,
               "train_seconds": round(train_seconds, 2),

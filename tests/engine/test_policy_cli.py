@@ -135,7 +135,9 @@ def test_ppo_runs_under_accelerate_launch_with_two_processes(tiny_model_path, de
         pytest.skip("accelerate CLI not installed")
     cfg = {"model": {"path": str(tiny_model_path), "device": "cpu"}, "prompts_file": str(demo_dataset["prompts"]),
            "verifiable_reward": "demo_reward", "steps": 2, "batch_size": 8, "num_mini_batches": 2,
-           "gradient_accumulation_steps": 2, "eval_prompts": 4, "max_new_tokens": 10}
+           "gradient_accumulation_steps": 2, "eval_prompts": 4, "max_new_tokens": 10,
+           # an adaptive β: every process must update it with the same (all-reduced) KL, or the run stops
+           "target_kl": 0.5}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rlhf.engine", "ppo",
