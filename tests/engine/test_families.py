@@ -22,12 +22,14 @@ from tests.engine.tiny_families import FAMILIES
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "engine.md"
 COMMANDS = ("generate", "sft", "train-reward", "evaluate", "ppo", "grpo", "rloo", "dpo")
+QLORA = ("sft", "ppo")  # also run with model.qlora: the 4-bit base (bitsandbytes runs on CPU too) under LoRA
 NAMES = {"llava": "LLaVA", "llava_next": "LLaVA-Next", "llava_onevision": "LLaVA-OneVision", "qwen2_vl": "Qwen2-VL",
          "qwen2_5_vl": "Qwen2.5-VL", "idefics3": "Idefics3", "smolvlm": "SmolVLM", "paligemma": "PaliGemma",
          "gemma3": "Gemma 3"}
 # Where TRL itself cannot train a family, the engine refuses at once with this message (and the alternative).
 LIMITS = {("paligemma", "dpo"): "DPO through TRL 1.16 cannot train PaliGemma"}
-EXPECTED = {(family, command): LIMITS.get((family, command), "works") for family in FAMILIES for command in COMMANDS}
+COLUMNS = COMMANDS + tuple(f"{command} (QLoRA)" for command in QLORA)
+EXPECTED = {(family, column): LIMITS.get((family, column), "works") for family in FAMILIES for column in COLUMNS}
 
 pytestmark = pytest.mark.xdist_group("families")
 
@@ -70,15 +72,16 @@ def _config(command: str, model: dict, data: dict, run_root: Path) -> dict:
     }[command]
 
 
-def _run(command: str, family: str, families, family_data, run_root: Path) -> dict:
+def _run(command: str, family: str, families, family_data, run_root: Path, qlora: bool = False) -> dict:
     from rlhf.engine.cli import main
 
     run_root.mkdir(parents=True, exist_ok=True)
-    model = {"path": str(families[family]), "device": "cpu"}
-    config = run_root / f"{command}.json"
+    model = {"path": str(families[family]), "device": "cpu", "qlora": qlora}
+    name = f"{command}-qlora" if qlora else command
+    config = run_root / f"{name}.json"
     config.write_text(json.dumps(_config(command, model, family_data, run_root)))
-    code = main([command, "--config", str(config), "--run-dir", str(run_root / command)])
-    result = json.loads((run_root / command / "result.json").read_text())
+    code = main([command, "--config", str(config), "--run-dir", str(run_root / name)])
+    result = json.loads((run_root / name / "result.json").read_text())
     assert (code == 0) == (result["status"] == "completed"), result
     return result
 
@@ -86,13 +89,14 @@ def _run(command: str, family: str, families, family_data, run_root: Path) -> di
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_engine_command_runs_on_the_family(family, families, family_data, tmp_path):
-    for command in COMMANDS:
-        result = _run(command, family, families, family_data, tmp_path)
-        expected = EXPECTED[(family, command)]
+    runs = [(command, command, False) for command in COMMANDS] + [(f"{c} (QLoRA)", c, True) for c in QLORA]
+    for column, command, qlora in runs:
+        result = _run(command, family, families, family_data, tmp_path, qlora=qlora)
+        expected = EXPECTED[(family, column)]
         if expected == "works":
-            assert result["status"] == "completed", f"{family} {command}: {result.get('error', '')[-1500:]}"
+            assert result["status"] == "completed", f"{family} {column}: {result.get('error', '')[-1500:]}"
         else:
-            assert result["status"] == "failed" and expected in result["error"], (family, command, result)
+            assert result["status"] == "failed" and expected in result["error"], (family, column, result)
     evaluated = json.loads((tmp_path / "evaluate" / "result.json").read_text())
     assert evaluated["reward_model/pairs"] > 0 and "policy/reward_model_score" in evaluated
 
@@ -219,10 +223,10 @@ def test_lora_lands_only_in_the_language_model_by_default(family, families):
 
 def render_table() -> str:
     """The family × command table of docs/engine.md, from EXPECTED."""
-    head = "| family | " + " | ".join(f"`{c}`" for c in COMMANDS) + " |"
-    rows = [head, "|---|" + "---|" * len(COMMANDS)]
+    head = "| family | " + " | ".join(f"`{c}`" if c in COMMANDS else f"`{c.split()[0]}` QLoRA" for c in COLUMNS) + " |"
+    rows = [head, "|---|" + "---|" * len(COLUMNS)]
     for family in FAMILIES:
-        cells = ["works" if EXPECTED[(family, c)] == "works" else "TRL limit ¹" for c in COMMANDS]
+        cells = ["works" if EXPECTED[(family, c)] == "works" else "TRL limit ¹" for c in COLUMNS]
         rows.append(f"| {NAMES[family]} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
