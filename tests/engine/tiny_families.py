@@ -416,35 +416,34 @@ IMAGE_SEQ_LEN_SCALED = (TILE // PATCH) ** 2 // 4  # Idefics3 / SmolVLM pixel shu
 _SPLIT = dict(size={"longest_edge": 2 * TILE}, max_image_size={"longest_edge": TILE}, do_image_splitting=True)
 
 
+def _pixel_shuffle_family(tok, config_class, model_class, image_processor_class, processor: str, **extra) -> Parts:
+    """Idefics3 and SmolVLM: a SigLIP-style tower, pixel shuffle (scale factor 2) and image splitting."""
+    def model():
+        from transformers import LlamaConfig
+
+        text = LlamaConfig(**TEXT, **_text_ids(tok), tie_word_embeddings=False)
+        config = config_class(vision_config=dict(image_size=TILE, patch_size=PATCH, **VISION), text_config=text,
+                              image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=2,
+                              tie_word_embeddings=False)
+        return model_class(config)
+
+    return Parts(processor, image_processor_class(**_SPLIT), model, dict(image_seq_len=IMAGE_SEQ_LEN_SCALED), **extra)
+
+
 def _idefics3(tok) -> Parts:
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, LlamaConfig
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration
     from transformers.models.idefics3 import Idefics3ImageProcessorPil
 
-    def model():
-        text = LlamaConfig(**TEXT, **_text_ids(tok), tie_word_embeddings=False)
-        config = Idefics3Config(vision_config=dict(image_size=TILE, patch_size=PATCH, **VISION), text_config=text,
-                                image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=2,
-                                tie_word_embeddings=False)
-        return Idefics3ForConditionalGeneration(config)
-
-    return Parts("Idefics3Processor", Idefics3ImageProcessorPil(**_SPLIT), model,
-                 dict(image_seq_len=IMAGE_SEQ_LEN_SCALED))
+    return _pixel_shuffle_family(tok, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil,
+                                 "Idefics3Processor")
 
 
 def _smolvlm(tok) -> Parts:
-    from transformers import LlamaConfig, SmolVLMConfig, SmolVLMForConditionalGeneration
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
     from transformers.models.smolvlm import SmolVLMImageProcessorPil
 
-    def model():
-        text = LlamaConfig(**TEXT, **_text_ids(tok), tie_word_embeddings=False)
-        config = SmolVLMConfig(vision_config=dict(image_size=TILE, patch_size=PATCH, **VISION), text_config=text,
-                               image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=2,
-                               tie_word_embeddings=False)
-        return SmolVLMForConditionalGeneration(config)
-
-    return Parts("SmolVLMProcessor", SmolVLMImageProcessorPil(**_SPLIT), model,
-                 dict(image_seq_len=IMAGE_SEQ_LEN_SCALED),
-                 video_processor=("SmolVLMVideoProcessor", dict(_SPLIT)))
+    return _pixel_shuffle_family(tok, SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil,
+                                 "SmolVLMProcessor", video_processor=("SmolVLMVideoProcessor", dict(_SPLIT)))
 
 
 def _gemma_text() -> dict:
