@@ -190,22 +190,28 @@ def _images_only_processor(path: str):
     return _images_only_class(cls).from_pretrained(path)
 
 
-def _images_only_class(cls):
-    """A subclass of processor class ``cls`` whose attributes leave out ``video_processor``; it keeps the
-    class's name (saved processors stay loadable by AutoProcessor) and is importable from this module
-    under another (so that it pickles)."""
-    qualname = f"_{cls.__name__}ImagesOnly"
+def processor_subclass(cls, suffix: str, make_attributes) -> type:
+    """A subclass of processor class ``cls`` with the attributes ``make_attributes(cls)`` returns, made once.
+    It keeps the class's name (a processor it saves stays loadable by AutoProcessor) and is importable from
+    this module under another, ``_<name><suffix>`` (so that it pickles)."""
+    qualname = f"_{cls.__qualname__.strip('_')}{suffix}"
     if qualname not in globals():
-        def get_attributes(klass):
-            return [a for a in cls.get_attributes() if a != "video_processor"]
-
-        def from_args_and_dict(klass, args, processor_dict, **kwargs):  # SmolVLM's __init__ requires the argument
-            return super(klass, klass).from_args_and_dict(args, processor_dict, video_processor=None, **kwargs)
-
-        globals()[qualname] = type(cls.__name__, (cls,), {
-            "get_attributes": classmethod(get_attributes), "from_args_and_dict": classmethod(from_args_and_dict),
-            "video_processor": _NoVideo(), "__qualname__": qualname, "__module__": __name__})
+        globals()[qualname] = type(cls.__name__, (cls,), {**make_attributes(cls), "__qualname__": qualname,
+                                                          "__module__": __name__})
     return globals()[qualname]
+
+
+def _images_only_class(cls):
+    """``cls`` whose attributes leave out ``video_processor``."""
+    def get_attributes(klass):
+        return [a for a in cls.get_attributes() if a != "video_processor"]
+
+    def from_args_and_dict(klass, args, processor_dict, **kwargs):  # SmolVLM's __init__ requires the argument
+        return super(klass, klass).from_args_and_dict(args, processor_dict, video_processor=None, **kwargs)
+
+    return processor_subclass(cls, "ImagesOnly", lambda _: {
+        "get_attributes": classmethod(get_attributes), "from_args_and_dict": classmethod(from_args_and_dict),
+        "video_processor": _NoVideo()})
 
 
 def lora_targets(model: torch.nn.Module, names: list[str], language_model_only: bool) -> str | list[str]:

@@ -123,9 +123,9 @@ def for_trl(processor):
     fail there (RLOO always, GRPO with beta > 0). This processor leaves them out: the labels are targets TRL
     does not use, and ``batch_num_images`` of ones (one image per prompt) is what the model assumes without it.
     With several images in a prompt, OneVision keeps it and TRL fails: train such prompts with PPO."""
-    cls = type(processor)
-    qualname = f"_{cls.__qualname__.strip('_')}ForTRL"
-    if qualname not in globals():
+    from .loading import processor_subclass
+
+    def attributes(cls):
         def __call__(self, *args, **kwargs):
             out = cls.__call__(self, *args, **kwargs)
             out.pop("labels", None)
@@ -134,10 +134,10 @@ def for_trl(processor):
                 out.pop("batch_num_images")
             return out
 
-        globals()[qualname] = type(cls.__name__, (cls,), {"__call__": __call__, "__qualname__": qualname,
-                                                         "__module__": __name__})
+        return {"__call__": __call__}
+
     adapted = copy.copy(processor)
-    adapted.__class__ = globals()[qualname]
+    adapted.__class__ = processor_subclass(type(processor), "ForTRL", attributes)
     return adapted
 
 
