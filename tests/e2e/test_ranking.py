@@ -184,20 +184,18 @@ def test_an_unreachable_server_says_reconnecting_and_the_ranking_is_stored_once(
     """Refused and 503 for as long as the server is "down", then stored by the server with its answer lost
     (a 502 from the proxy): the page says it is reconnecting, keeps the ranking frozen on screen, and
     resends the same client_uuid. The server stays down until the test has seen all that, so a slow
-    machine cannot run through the retries before the page is looked at."""
-    login(page, live_server, "bob")
-    first = open_work(page, live_server)
-    c = on_screen_ids(page)
-    for key in ["2", "1", "3", "4"]:
-        page.keyboard.press(key)
-    # On a loaded machine the page may still be rendering the picks: submit only once all four show.
-    expect(page.locator("#ranking li")).to_have_count(4)
-    expect(page.locator("#work")).not_to_have_attribute("aria-busy", "true")
+    machine cannot run through the retries before the page is looked at.
+
+    The route is in place before the page loads and armed just before Enter: a route added to a page
+    that is already running let a submit through once on a loaded CI machine."""
     sent: list[str] = []
     answered: list[str] = []
-    server = {"down": True, "answer_lost": False}
+    server = {"armed": False, "down": True, "answer_lost": False}
 
     def flaky(route):
+        if not server["armed"]:
+            route.continue_()
+            return
         sent.append(route.request.post_data_json["client_uuid"])
         if server["down"]:
             if len(sent) % 2:
@@ -217,6 +215,15 @@ def test_an_unreachable_server_says_reconnecting_and_the_ranking_is_stored_once(
             route.continue_()
 
     page.route("**/submit/", flaky)
+    login(page, live_server, "bob")
+    first = open_work(page, live_server)
+    c = on_screen_ids(page)
+    for key in ["2", "1", "3", "4"]:
+        page.keyboard.press(key)
+    # On a loaded machine the page may still be rendering the picks: submit only once all four show.
+    expect(page.locator("#ranking li")).to_have_count(4)
+    expect(page.locator("#work")).not_to_have_attribute("aria-busy", "true")
+    server["armed"] = True
     page.keyboard.press("Enter")
     alert = page.locator("#alert")
     expect(alert).to_contain_text("Reconnecting")
@@ -243,19 +250,21 @@ def test_an_unreachable_server_says_reconnecting_and_the_ranking_is_stored_once(
 
 def test_enter_tries_again_at_once_while_reconnecting(page, live_server, world):
     """The waits between tries grow (0.5, 1, 2, 4, 8 s …); Enter does not sit them out."""
+    offline = {"on": False}
+    page.route("**/submit/", lambda route: route.abort("internetdisconnected") if offline["on"] else route.continue_())
     login(page, live_server, "bob")
     first = open_work(page, live_server)
     for key in ["1", "2", "3", "4"]:
         page.keyboard.press(key)
     expect(page.locator("#ranking li")).to_have_count(4)
     expect(page.locator("#work")).not_to_have_attribute("aria-busy", "true")
-    page.route("**/submit/", lambda route: route.abort("internetdisconnected"))
+    offline["on"] = True
     page.keyboard.press("Enter")
     expect(page.locator("#alert")).to_contain_text("Reconnecting")
     expect(page.locator("#btn-retry")).to_be_visible()
     # The fifth failure waits 8 s ± 20 % before its own next try: at least 6.4 s.
     expect(page.locator("#work")).to_have_attribute("data-attempts", "5", timeout=15_000)
-    page.unroute("**/submit/")
+    offline["on"] = False
     page.keyboard.press("Enter")
     expect(page.locator("#work")).not_to_have_attribute("data-task-id", str(first), timeout=5_000)
     assert Ranking.objects.filter(task_id=first).count() == 1
