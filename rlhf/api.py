@@ -11,12 +11,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation.api.permissions import project_for
+from rlhf.engine import round as round_schema
 from rlhf.gate import decide_pending_gates
 from rlhf.leaderboard import leaderboard
 from rlhf.models import LoopSettings, ModelVersion, TrainingRun
 from rlhf.services import (
-    ALGORITHMS,
-    ROUND_DEFAULTS,
     LoopError,
     activate_version,
     cancel_run,
@@ -61,26 +60,26 @@ class VersionSerializer(serializers.ModelSerializer):
                   "gate_state", "gate_reason", "gate", "created_at"]
 
 
-class RoundSerializer(serializers.Serializer):
-    algorithm = serializers.ChoiceField(choices=ALGORITHMS, default=ROUND_DEFAULTS["algorithm"])
-    policy_steps = serializers.IntegerField(min_value=1, required=False)
-    lr = serializers.FloatField(min_value=0, required=False)
-    lora_r = serializers.IntegerField(min_value=1, max_value=256, required=False)
-    qlora = serializers.BooleanField(required=False)
-    kl_coef = serializers.FloatField(min_value=0, required=False)
-    beta = serializers.FloatField(min_value=0, required=False)
-    reward_epochs = serializers.FloatField(min_value=0.1, required=False)
-    generate_prompts = serializers.IntegerField(min_value=1, required=False)
-    temperature = serializers.FloatField(min_value=0.01, required=False)
-    # ROUND_ADVANCED: engine settings; a project's saved ones (loop settings) apply when left out (start_round)
-    lora_target_modules = serializers.ListField(child=serializers.CharField(), required=False)
-    lora_modules_to_save = serializers.ListField(child=serializers.CharField(), required=False)
-    reward_lr = serializers.FloatField(min_value=0, required=False)
-    reward_lora = serializers.BooleanField(required=False)
-    policy_batch_size = serializers.IntegerField(min_value=0, required=False)
-    use_reward_model = serializers.BooleanField(required=False)
-    verifiable_reward = serializers.CharField(allow_blank=True, required=False)
-    verifiable_weight = serializers.FloatField(min_value=0, required=False)
+def _serializer_field(f) -> serializers.Field:
+    """The API field of a round parameter, from the round schema (``rlhf.engine.round``); every one may be
+    left out (the project's saved settings, else the defaults, apply)."""
+    meta, hint = f.metadata, round_schema.hint(f.name)
+    common = {"required": False, "help_text": meta["help"]}
+    if "choices" in meta:
+        return serializers.ChoiceField(choices=list(meta["choices"]), **common)
+    if hint is bool:
+        return serializers.BooleanField(**common)
+    if hint is str:
+        return serializers.CharField(allow_blank=True, **common)
+    if hint == list[str]:
+        return serializers.ListField(child=serializers.CharField(), **common)
+    bounds = {"min_value": meta.get("min"), "max_value": meta.get("max")}
+    return (serializers.IntegerField if hint is int else serializers.FloatField)(**bounds, **common)
+
+
+RoundSerializer = type("RoundSerializer", (serializers.Serializer,),
+                       {f.name: _serializer_field(f) for f in round_schema.fields()} |
+                       {"__doc__": "The parameters of a round (rlhf.engine.round.RoundConfig)."})
 
 
 def _loop_error(exc: LoopError) -> Response:

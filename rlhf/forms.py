@@ -4,42 +4,30 @@ from __future__ import annotations
 
 from django import forms
 
+from rlhf.engine import round as round_schema
 from rlhf.models import LoopSettings
-from rlhf.services import ALGORITHMS, ROUND_DEFAULTS
-
-ALGORITHM_CHOICES = [
-    ("ppo", "PPO: reward model, then policy optimisation against it (default)"),
-    ("grpo", "GRPO: group-relative policy optimisation against the reward model"),
-    ("dpo", "DPO: optimise directly on the preference pairs"),
-    ("sft", "SFT: fine-tune on the answers ranked first"),
-]
-assert {name for name, _ in ALGORITHM_CHOICES} == set(ALGORITHMS), "algorithms changed; update ALGORITHM_CHOICES"
+from rlhf.services import ROUND_DEFAULTS
 
 CUDA_HELP = "Needs a CUDA GPU on the training workers (set LENSLOOP_WORKERS_HAVE_CUDA=1 where they have one)."
 
 
-class RoundForm(forms.Form):
-    """The parameters of a round (``rlhf.services.ROUND_DEFAULTS``), defaults filled in."""
+def form_field(f) -> forms.Field:
+    """The form field of a round parameter, from its type, label, help and bounds in the round schema."""
+    meta, hint = f.metadata, round_schema.hint(f.name)
+    common = {"label": meta.get("label"), "help_text": meta["help"]}
+    if "choices" in meta:
+        return forms.ChoiceField(choices=list(meta["choices"].items()), **common)
+    if hint is bool:
+        return forms.BooleanField(required=False, **common)
+    bounds = {"min_value": meta.get("min"), "max_value": meta.get("max")}
+    if hint is int:
+        return forms.IntegerField(**bounds, **common)
+    return forms.FloatField(**bounds, **common)
 
-    algorithm = forms.ChoiceField(choices=ALGORITHM_CHOICES)
-    policy_steps = forms.IntegerField(
-        min_value=1, max_value=1_000_000, label="Policy steps", help_text="Optimisation steps of the policy."
-    )
-    lr = forms.FloatField(min_value=0, label="Learning rate", help_text="0 = the engine's default for the algorithm.")
-    lora_r = forms.IntegerField(min_value=1, max_value=256, label="LoRA rank", help_text="Rank of the adapter on q_proj and v_proj.")
-    qlora = forms.BooleanField(
-        required=False, label="QLoRA", help_text="Load the base weights in 4-bit (NF4) and train the LoRA adapter on top."
-    )
-    kl_coef = forms.FloatField(
-        min_value=0, label="KL coefficient", help_text="PPO and GRPO: how hard the policy is held near the reference policy."
-    )
-    beta = forms.FloatField(min_value=0, label="DPO β", help_text="DPO: strength of the implicit KL constraint.")
-    reward_epochs = forms.FloatField(min_value=0.1, label="Reward-model epochs", help_text="Passes over the preference pairs.")
-    generate_prompts = forms.IntegerField(
-        min_value=1, max_value=100_000, label="Prompts to sample",
-        help_text="Afterwards the new policy answers this many prompts, K candidates each, as new ranking tasks.",
-    )
-    temperature = forms.FloatField(min_value=0.01, max_value=5, label="Sampling temperature")
+
+class RoundForm(forms.Form):
+    """The launch page's round parameters (``rlhf.engine.round.RoundConfig``, groups main, algorithm and
+    more), defaults filled in; every field derived from the schema."""
 
     def __init__(self, *args, cuda: bool, defaults: dict | None = None, **kwargs):
         kwargs.setdefault("initial", {**ROUND_DEFAULTS, **(defaults or {})})
@@ -49,9 +37,11 @@ class RoundForm(forms.Form):
             self.fields["qlora"].disabled = True
             self.fields["qlora"].initial = False
             self.fields["qlora"].help_text = CUDA_HELP
-        self.main_fields = [self[name] for name in ("policy_steps", "lr", "lora_r", "qlora")]
-        self.algorithm_fields = [self[name] for name in ("kl_coef", "beta")]
-        self.more_fields = [self[name] for name in ("reward_epochs", "generate_prompts", "temperature")]
+        by_group = {g: [self[f.name] for f in round_schema.fields(g)] for g in (round_schema.MAIN, round_schema.ALGORITHM,
+                                                                             round_schema.MORE)}
+        self.main_fields = [b for b in by_group[round_schema.MAIN] if b.name != "algorithm"]
+        self.algorithm_fields = by_group[round_schema.ALGORITHM]
+        self.more_fields = by_group[round_schema.MORE]
 
     def more_open(self) -> bool:
         """Show the folded settings when one of them has an error."""
@@ -62,7 +52,9 @@ class RoundForm(forms.Form):
         return {name: self.cleaned_data[name] for name in ROUND_DEFAULTS}
 
 
-assert set(RoundForm.base_fields) == set(ROUND_DEFAULTS), "round parameters changed; update RoundForm"
+RoundForm.base_fields = {name: form_field(f) for name, f in ((f.name, f) for f in round_schema.fields())
+                         if name in ROUND_DEFAULTS}
+RoundForm.declared_fields = RoundForm.base_fields
 
 
 class GateSettingsForm(forms.ModelForm):

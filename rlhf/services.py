@@ -4,7 +4,6 @@ re-enqueuing of steps whose jobs the queue lost."""
 from __future__ import annotations
 
 import logging
-import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,38 +12,20 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from annotation.models import PreferencePair, Project
+from rlhf.engine import round as round_schema
+from rlhf.engine.config_base import ConfigError
 from rlhf.models import ModelVersion, TrainingRun
 
 K = TrainingRun.Kind
 S = TrainingRun.State
 log = logging.getLogger(__name__)
 
-ALGORITHMS = ("ppo", "grpo", "dpo", "sft")
-ROUND_DEFAULTS = {
-    "algorithm": "ppo",
-    "policy_steps": 40,
-    "lr": 0.0,  # 0 = the engine's default for the algorithm
-    "lora_r": 8,
-    "qlora": False,
-    "kl_coef": 0.05,
-    "beta": 0.1,
-    "reward_epochs": 3.0,
-    "generate_prompts": 64,
-    "temperature": 1.0,
-}
-# Engine settings a round passes through beyond the launch form's few. The API takes them per round; a
-# project keeps its own in its loop settings (`loop_settings_set`), and rounds launched from the page
-# use those (the demo project's LoRA targets, for example).
-ROUND_ADVANCED = {
-    "lora_target_modules": [],  # [] = the engine's default: q_proj and v_proj of the language model
-    "lora_modules_to_save": [],  # modules trained in full beside the adapter (PEFT modules_to_save)
-    "reward_lr": 0.0,  # reward model's learning rate; 0 = the engine's default
-    "reward_lora": True,  # False: train every weight of the reward model's backbone (for small models)
-    "policy_batch_size": 0,  # answers per policy step (PPO rollouts, GRPO prompts × K); 0 = the engine's default
-    "use_reward_model": True,  # False: the policy is trained on the verifiable reward alone (PPO, GRPO)
-    "verifiable_reward": "",  # a ground-truth reward added to the reward model's score (rlhf.engine.rewards)
-    "verifiable_weight": 1.0,
-}
+# The round's parameters are defined once, in the engine's RoundConfig (help, labels, bounds); these are
+# views of it. ROUND_DEFAULTS: the launch page's fields; ROUND_ADVANCED: the engine settings a project
+# keeps in its loop settings (`loop_settings_set`), which rounds launched from the page use too.
+ALGORITHMS = tuple(round_schema.ALGORITHMS)
+ROUND_DEFAULTS = round_schema.defaults(round_schema.MAIN, round_schema.ALGORITHM, round_schema.MORE)
+ROUND_ADVANCED = round_schema.defaults(round_schema.ADVANCED)
 
 
 class LoopError(Exception):
@@ -62,7 +43,7 @@ class RoundInProgress(LoopError):
 
 
 def stale_after() -> timedelta:
-    return timedelta(seconds=int(os.environ.get("LENSLOOP_RUN_STALE_SECONDS", "90")))
+    return timedelta(seconds=settings.LENSLOOP_RUN_STALE_SECONDS)
 
 
 def runs_root() -> Path:
@@ -110,57 +91,22 @@ def next_label(project: Project, kind: str) -> str:
     return f"{kind}-v{n}"
 
 
-def validate_round_params(params: dict) -> dict:
-    known = {**ROUND_DEFAULTS, **ROUND_ADVANCED}
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise LoopError(f"unknown round parameters {unknown}; known: {sorted(known)}")
-    merged = {**known, **params}
-    if merged["algorithm"] not in ALGORITHMS:
-        raise LoopError(f"algorithm must be one of {ALGORITHMS}, not {merged['algorithm']!r}")
-    for key in ("policy_steps", "lora_r", "generate_prompts"):
-        if not isinstance(merged[key], int) or isinstance(merged[key], bool) or merged[key] < 1:
-            raise LoopError(f"{key} must be a positive integer")
-    for key in ("lr", "kl_coef", "beta", "reward_epochs", "temperature"):
-        if not isinstance(merged[key], int | float) or merged[key] < 0:
-            raise LoopError(f"{key} must be a non-negative number")
-    if merged["temperature"] <= 0 or merged["reward_epochs"] <= 0:
-        raise LoopError("temperature and reward_epochs must be positive")
-    _validate_advanced(merged)
-    if merged["qlora"]:
+def validate_round_params(params: dict, *, base_model: str | None = None) -> dict:
+    """Every parameter of a round (defaults filled in), checked against the round schema
+    (``rlhf.engine.round``); with ``base_model``, also every engine config the round's steps will run
+    with. LoopError names the field."""
+    try:
+        cfg = round_schema.round_config(params)
+        if base_model is not None:
+            cfg.check_engine_configs(base_model)
+    except ConfigError as exc:
+        raise LoopError(str(exc)) from None
+    if cfg.qlora:
         from rlhf.hardware import cuda_available
 
         if not cuda_available():
             raise LoopError("QLoRA needs a CUDA GPU on the training workers; none is configured here")
-    return merged
-
-
-def _validate_advanced(merged: dict) -> None:
-    from rlhf.engine.rewards import REWARDS
-
-    for key in ("lora_target_modules", "lora_modules_to_save"):
-        value = merged[key]
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise LoopError(f"{key} must be a list of module names (or one regex), e.g. [\"q_proj\", \"v_proj\"]")
-    if not isinstance(merged["policy_batch_size"], int) or isinstance(merged["policy_batch_size"], bool) \
-            or merged["policy_batch_size"] < 0:
-        raise LoopError("policy_batch_size must be 0 (the engine's default) or a positive integer")
-    for key in ("reward_lr", "verifiable_weight"):
-        if not isinstance(merged[key], int | float) or isinstance(merged[key], bool) or merged[key] < 0:
-            raise LoopError(f"{key} must be a non-negative number")
-    for key in ("use_reward_model", "reward_lora"):
-        if not isinstance(merged[key], bool):
-            raise LoopError(f"{key} must be true or false")
-    if merged["qlora"] and not merged["reward_lora"]:
-        raise LoopError("qlora needs reward_lora=true: 4-bit weights are frozen, only an adapter on them trains")
-    if merged["verifiable_reward"] and merged["verifiable_reward"] not in REWARDS:
-        raise LoopError(f"verifiable_reward {merged['verifiable_reward']!r} is not one of {sorted(REWARDS)}")
-    if not merged["use_reward_model"]:
-        if merged["algorithm"] not in ("ppo", "grpo"):
-            raise LoopError(f"use_reward_model=false needs algorithm ppo or grpo ({merged['algorithm']} trains on "
-                            "the rankings themselves)")
-        if not merged["verifiable_reward"]:
-            raise LoopError("use_reward_model=false needs a verifiable_reward to train the policy on")
+    return round_schema.to_params(cfg)
 
 
 def advanced_params(params: dict | None) -> dict:
@@ -190,7 +136,8 @@ def start_round(*, project: Project, user=None, params: dict | None = None, enqu
     from the page, the API or the trigger trains the same way. Raises RoundInProgress when the project
     already has a queued or running round.
     """
-    params = validate_round_params({**advanced_params(saved_round_params(project)), **(params or {})})
+    params = validate_round_params({**advanced_params(saved_round_params(project)), **(params or {})},
+                                   base_model=project.base_model or "demo")
     if not PreferencePair.objects.filter(project=project).exists():
         raise LoopError("this project has no preference pairs yet: rank some tasks before starting a round")
     base_policy(project)

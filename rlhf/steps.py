@@ -14,7 +14,6 @@ human gate waits for.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import math
@@ -30,7 +29,7 @@ from annotation.models import Candidate, Prompt, Ranking, RankingTask
 from annotation.services.candidates import open_tasks_from_samples
 from annotation.services.exports import ExportFilter, write_export, write_prompt_set
 from rlhf import gate
-from rlhf.engine.config import GenerateConfig
+from rlhf.engine.round import RoundConfig, round_config
 from rlhf.models import ModelVersion, TrainingRun
 from rlhf.runner import EngineFailed, run_engine
 from rlhf.services import activate_versions, base_policy, next_label
@@ -42,6 +41,12 @@ def _params(run: TrainingRun) -> dict:
     return (run.round.config if run.round_id else run.config) or {}
 
 
+def _round(run: TrainingRun) -> RoundConfig:
+    """The round's parameters (a standalone generate run: its own, the rest defaults)."""
+    params = _params(run)
+    return round_config({k: v for k, v in params.items() if k in RoundConfig.__dataclass_fields__})
+
+
 def _sibling(run: TrainingRun, kind: str) -> TrainingRun:
     return TrainingRun.objects.get(round_id=run.round_id, kind=kind)
 
@@ -50,15 +55,9 @@ def _policy_step(run: TrainingRun) -> TrainingRun:
     return TrainingRun.objects.get(round_id=run.round_id, kind__in=TrainingRun.POLICY_KINDS)
 
 
-def _model_config(version: ModelVersion, params: dict) -> dict:
+def _model_config(version: ModelVersion, cfg: RoundConfig) -> dict:
     """The policy's `model` config: base, the version's adapter to continue, LoRA settings of the round."""
-    cfg = {"path": version.base_model, "lora_r": params.get("lora_r", 8), "qlora": bool(params.get("qlora"))}
-    for key in ("lora_target_modules", "lora_modules_to_save"):
-        if params.get(key):
-            cfg[key] = params[key]
-    if version.path:
-        cfg["adapter_path"] = version.path
-    return cfg
+    return cfg.model(version.base_model, version.path)
 
 
 def _save(run: TrainingRun, **fields) -> None:
@@ -138,20 +137,11 @@ def _write_top_ranked(project, until, path: Path) -> Path | None:
 
 
 def step_reward(run: TrainingRun) -> None:
-    params = _params(run)
     snapshot = _sibling(run, K.EXPORT).snapshot
     policy = base_policy(run.project)
-    config = {
-        "model": {"path": policy.base_model, "lora": params.get("reward_lora", True), "lora_r": params.get("lora_r", 8),
-                  "qlora": bool(params.get("qlora"))},
-        "train_file": snapshot["records"],
-        # The pairs of held-out prompts: the reward model's accuracy is measured on them, never trained on.
-        "eval_file": snapshot.get("heldout_records", ""),
-        "epochs": params.get("reward_epochs", 3.0),
-        "seed": run.round_id or run.pk,
-    }
-    if params.get("reward_lr"):
-        config["lr"] = params["reward_lr"]
+    # The pairs of held-out prompts: the reward model's accuracy is measured on them, never trained on.
+    config = _round(run).reward_config(base_model=policy.base_model, train_file=snapshot["records"],
+                                       eval_file=snapshot.get("heldout_records", ""), seed=run.round_id or run.pk)
     _save(run, config=config, snapshot={k: snapshot[k] for k in ("rankings", "pairs", "heldout_pairs", "last_ranking_id",
                                                                  "until") if k in snapshot})
     result = run_engine(run, "train-reward", config)
@@ -172,37 +162,26 @@ def step_reward(run: TrainingRun) -> None:
 
 
 def step_policy(run: TrainingRun) -> None:
-    params = _params(run)
+    cfg = _round(run)
     snapshot = _sibling(run, K.EXPORT).snapshot
     reward = ModelVersion.objects.get(run=_sibling(run, K.REWARD))
     policy = base_policy(run.project)
-    config = {"model": _model_config(policy, params), "steps": params.get("policy_steps", 40), "seed": run.round_id or run.pk}
-    if params.get("lr"):
-        config["lr"] = params["lr"]
-    if params.get("policy_batch_size"):
-        config["batch_size"] = params["policy_batch_size"]
+    if run.kind != cfg.algorithm:
+        raise EngineFailed(f"this {run.kind} step belongs to a round whose algorithm is {cfg.algorithm}")
     # use_reward_model=false (PPO/GRPO on a verifiable reward alone, e.g. a benchmark's upper bound): the
     # round's reward model is still trained and registered, but the policy does not learn from it.
-    use_rm = run.kind not in (K.PPO, K.GRPO) or params.get("use_reward_model", True)
-    if run.kind in (K.PPO, K.GRPO):
-        config.update({"prompts_file": snapshot["train_prompts"], "reward_model_path": reward.path if use_rm else "",
-                       "eval_file": snapshot.get("eval_prompts", "")})
-        if params.get("verifiable_reward"):
-            config.update(verifiable_reward=params["verifiable_reward"],
-                          verifiable_weight=params.get("verifiable_weight", 1.0))
-        # The KL coefficient holds either algorithm near the reference (GRPO: TRL's beta). Without it GRPO
-        # chased the first round's weak reward model and lost 5 points (bench/loop.py).
-        config["kl_coef" if run.kind == K.PPO else "beta"] = params.get("kl_coef", 0.05)
-    elif run.kind == K.DPO:
-        # A policy that continues an earlier round's adapter trains on the pairs new since that round; all
+    use_rm = run.kind not in (K.PPO, K.GRPO) or cfg.use_reward_model
+    if run.kind == K.SFT and not snapshot.get("top_ranked"):
+        raise EngineFailed("no usable rankings for SFT (all flagged all-bad?)")
+    config = cfg.policy_config(
+        base_model=policy.base_model, adapter_path=policy.path, seed=run.round_id or run.pk,
+        prompts_file=snapshot["train_prompts"], eval_prompts=snapshot.get("eval_prompts", ""),
+        # A policy that continues an earlier round's adapter trains DPO on the pairs new since that round; all
         # pairs again each round overfit them (bench/loop.py: held-out accuracy fell round after round).
-        train_file = snapshot.get("new_records") if policy.path else ""
-        config.update({"train_file": train_file or snapshot["records"], "beta": params.get("beta", 0.1),
-                       "eval_file": snapshot.get("heldout_records", "")})
-    elif run.kind == K.SFT:
-        if not snapshot.get("top_ranked"):
-            raise EngineFailed("no usable rankings for SFT (all flagged all-bad?)")
-        config["train_file"] = snapshot["top_ranked"]
+        records=(snapshot.get("new_records") if policy.path else "") or snapshot["records"],
+        heldout_records=snapshot.get("heldout_records", ""), top_ranked=snapshot.get("top_ranked", ""),
+        reward_model_path=reward.path,
+    )
     _save(run, config=config)
     run.input_versions.add(policy, *([reward] if use_rm else []))
     result = run_engine(run, run.kind, config)
@@ -230,6 +209,7 @@ def step_evaluate(run: TrainingRun) -> None:
     intervals and paired differences (engine ``evaluate``); the reward model's accuracy is measured on
     the held-out prompts' pairs. Without held-out prompts it measures on training prompts, and says so."""
     params = _params(run)
+    cfg = _round(run)
     project = run.project
     snapshot = _sibling(run, K.EXPORT).snapshot
     new_policy = ModelVersion.objects.get(run=_policy_step(run))
@@ -242,14 +222,13 @@ def step_evaluate(run: TrainingRun) -> None:
         limit = gate.loop_settings(project).eval_prompts or 200
         prompts_file = write_prompt_set(project, Path(run.run_dir) / "prompts", split="train", name="train_sample.jsonl",
                                         limit=limit)["file"]
-    config = {"model": _model_config(new_policy, params), "prompts_file": prompts_file, "heldout": heldout,
-              "answer_reward_model_path": reward.path}
-    if active.pk != new_policy.pk:
-        config["baseline"] = _model_config(active, params)
-    if plan["reward"]:
-        config["verifiable_reward"] = plan["reward"]
-    if snapshot.get("heldout_records"):
-        config.update(reward_model_path=reward.path, preference_file=snapshot["heldout_records"])
+    config = cfg.evaluate_config(
+        model=_model_config(new_policy, cfg), prompts_file=prompts_file, heldout=heldout,
+        baseline=_model_config(active, cfg) if active.pk != new_policy.pk else None,
+        verifiable_reward=plan["reward"], answer_reward_model_path=reward.path,
+        reward_model_path=reward.path if snapshot.get("heldout_records") else "",
+        preference_file=snapshot.get("heldout_records", ""),
+    )
     _save(run, config=config)
     run.input_versions.add(new_policy, active, reward)
     new_policy.gate = {**plan, "active": active.label, "active_id": active.pk}
@@ -317,7 +296,7 @@ def step_generate(run: TrainingRun) -> None:
     k = project.candidates_per_task
     out = Path(run.run_dir)
     pending = _pending_gate(run)
-    prompt_ids = _generate_prompt_ids(project, params.get("generate_prompts", 64), seed=run.pk)
+    prompt_ids = _generate_prompt_ids(project, _round(run).generate_prompts, seed=run.pk)
     if not prompt_ids and pending is None:
         raise EngineFailed("every train prompt already has an open task; nothing to generate for")
     compare = params.get("compare") or []
@@ -353,18 +332,16 @@ def _sample(run: TrainingRun, params: dict, prompt_ids: list[int], shares: list[
     reward = ModelVersion.objects.filter(project=run.project, kind="reward", active=True).first()
     prompt_set = write_prompt_set(run.project, out / "prompts", prompt_ids=prompt_ids, name="prompts.jsonl")
     samples, results = [], {}
+    cfg = _round(run)
     for index, (version, share) in enumerate(shares):
-        config = {
-            "model": _model_config(version, params),
-            "prompts_file": prompt_set["file"],
-            "model_version": version.label,
-            # Spare candidates per prompt, so that texts both versions wrote can be dropped.
-            "k": share + (2 if compare else 0),
-            "temperature": params.get("temperature", 1.0),
-            "seed": run.pk * 10 + index,  # two versions that are still alike must not sample alike
-        }
-        if reward is not None and "reward_model_path" in {f.name for f in dataclasses.fields(GenerateConfig)}:
-            config["reward_model_path"] = reward.path  # samples then carry rewards: uncertainty priorities
+        config = cfg.generate_config(
+            model=_model_config(version, cfg),
+            prompts_file=prompt_set["file"],
+            model_version=version.label,
+            k=share + (2 if compare else 0),  # spare candidates per prompt: texts both versions wrote are dropped
+            seed=run.pk * 10 + index,  # two versions that are still alike must not sample alike
+            reward_model_path=reward.path if reward is not None else "",  # uncertainty priorities
+        )
         sub = out / version.label if compare else out
         engine_configs[f"{out.name}/{version.label}" if out != Path(run.run_dir) else version.label] = config
         _save(run, config={**params, "engine": engine_configs})

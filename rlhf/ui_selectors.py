@@ -12,7 +12,7 @@ from django.forms.utils import pretty_name
 
 from annotation.models import Candidate, PreferencePair, Project, RankingTask
 from rlhf.charts import FAMILIES, family
-from rlhf.forms import ALGORITHM_CHOICES, RoundForm
+from rlhf.engine import round as round_schema
 from rlhf.models import ModelVersion, TrainingRun
 
 K = TrainingRun.Kind
@@ -60,26 +60,10 @@ def annotate(run: TrainingRun, siblings: list[TrainingRun] | None = None) -> Tra
     return run
 
 
-# Round parameters beyond the launch form's fields (rlhf.services.ROUND_ADVANCED), as people call them.
-PARAM_LABELS = {
-    "lora_target_modules": "LoRA target modules",
-    "lora_modules_to_save": "Modules trained in full",
-    "reward_lr": "Reward-model learning rate",
-    "reward_lora": "Reward model as a LoRA adapter",
-    "policy_batch_size": "Answers per policy step",
-    "use_reward_model": "Reward model in the policy's reward",
-    "verifiable_reward": "Verifiable reward",
-    "verifiable_weight": "Weight of the verifiable reward",
-}
-# What an empty or zero value of a parameter means (rlhf.services.ROUND_DEFAULTS and ROUND_ADVANCED).
-ENGINE_DEFAULT = "the engine's default"
-PARAM_EMPTY = {
-    "lr": ENGINE_DEFAULT,
-    "reward_lr": ENGINE_DEFAULT,
-    "policy_batch_size": ENGINE_DEFAULT,
-    "lora_target_modules": "q_proj, v_proj (" + ENGINE_DEFAULT + ")",
-}
-ALGORITHM_NAMES = {name: text.split(":")[0] for name, text in ALGORITHM_CHOICES}
+# What people call a round parameter, and what its empty or zero value means: from the round schema.
+PARAM_LABELS = {f.name: f.metadata.get("label") or pretty_name(f.name) for f in round_schema.fields()}
+PARAM_EMPTY = {f.name: f.metadata["empty"] for f in round_schema.fields() if "empty" in f.metadata}
+ALGORITHM_NAMES = {name: text.split(":")[0] for name, text in round_schema.ALGORITHMS.items()}
 
 
 def readable_value(value) -> str:
@@ -100,10 +84,9 @@ def readable_value(value) -> str:
 
 def readable_params(params: dict | None) -> list[tuple[str, str]]:
     """(label, value) per round parameter, labelled as the launch form labels them."""
-    form_labels = {name: field.label or pretty_name(name) for name, field in RoundForm.base_fields.items()}
     out = []
     for key, value in (params or {}).items():
-        label = form_labels.get(key) or PARAM_LABELS.get(key) or pretty_name(key)
+        label = PARAM_LABELS.get(key) or pretty_name(key)
         if key == "algorithm":
             text = ALGORITHM_NAMES.get(value, readable_value(value))
         elif key in PARAM_EMPTY and not value and not isinstance(value, bool):

@@ -14,26 +14,26 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import CONFIGS, ModelConfig, _check, _f
+from .config_base import ModelConfig, check, option
 
 
 @dataclass
 class _RewardFields:
     """The reward of the online methods: reward-model score + weight × verifiable reward."""
 
-    reward_model_path: str = _f("", "Reward-model checkpoint folder (the checkpoint/ of a train-reward run); "
+    reward_model_path: str = option("", "Reward-model checkpoint folder (the checkpoint/ of a train-reward run); "
                                 "may be empty when `verifiable_reward` is set (demo, benchmark).")
-    verifiable_reward: str = _f("", "Name of a verifiable reward in rewards.REWARDS (e.g. 'demo_reward'), "
+    verifiable_reward: str = option("", "Name of a verifiable reward in rewards.REWARDS (e.g. 'demo_reward'), "
                                 "scored against each prompt's `ground_truth`; empty = none.")
-    verifiable_weight: float = _f(1.0, "Weight w of the verifiable reward: reward = RM score + w · verifiable.")
+    verifiable_weight: float = option(1.0, "Weight w of the verifiable reward: reward = RM score + w · verifiable.")
 
     def _validate_reward(self) -> None:
         from .rewards import REWARDS  # plain Python, no torch
 
-        _check(bool(self.reward_model_path) or bool(self.verifiable_reward),
+        check(bool(self.reward_model_path) or bool(self.verifiable_reward),
                "no reward: set reward_model_path (a train-reward checkpoint) and/or verifiable_reward "
                f"(one of {sorted(REWARDS)})")
-        _check(not self.verifiable_reward or self.verifiable_reward in REWARDS,
+        check(not self.verifiable_reward or self.verifiable_reward in REWARDS,
                f"verifiable_reward={self.verifiable_reward!r} is unknown; use one of {sorted(REWARDS)} or ''")
 
 
@@ -42,78 +42,78 @@ class PPOConfig(_RewardFields):
     """PPO for a VLM policy with LoRA (Schulman et al. 2017; Ouyang et al. 2022), our implementation
     (TRL 1.x has no PPO trainer). One iteration = rollout of `batch_size` answers + `ppo_epochs` passes."""
 
-    model: ModelConfig = _f(ModelConfig(), "The policy (base + LoRA); the reference is the same weights "
+    model: ModelConfig = option(ModelConfig(), "The policy (base + LoRA); the reference is the same weights "
                             "with the adapter disabled.")
-    prompts_file: str = _f("", "Prompt-set JSONL (prompt_id, images, prompt, ground_truth?); images relative "
+    prompts_file: str = option("", "Prompt-set JSONL (prompt_id, images, prompt, ground_truth?); images relative "
                            "to its folder. Lines with \"split\": \"eval\" are held out for evaluation.")
-    eval_file: str = _f("", "Optional held-out prompt set for eval/reward_mean; empty = the prompts_file lines "
+    eval_file: str = option("", "Optional held-out prompt set for eval/reward_mean; empty = the prompts_file lines "
                         "marked split=eval (never trained on), else its first `eval_prompts` training prompts, "
                         "whose figures are then named train/… (not held out).")
-    eval_prompts: int = _f(32, "Prompts in the held-out evaluation (greedy answers, mean reward).")
-    eval_every: int = _f(0, "Evaluate every N iterations (0 = only before and after training).")
-    steps: int = _f(20, "PPO iterations (rollout + optimisation).")
-    seed: int = _f(0, "Seed for sampling, batch order and the value head.")
-    lr: float = _f(3e-3, "AdamW learning rate of the LoRA adapter and the value head (constant).")
-    batch_size: int = _f(16, "Rollouts (prompt + one sampled answer) per iteration, over all processes.")
-    num_mini_batches: int = _f(2, "Minibatches per PPO epoch; batch_size / processes must divide by it.")
-    gradient_accumulation_steps: int = _f(1, "Micro-batches per minibatch (memory knob; same maths).")
-    ppo_epochs: int = _f(2, "Passes over each rollout batch (K epochs of Schulman et al. 2017).")
-    max_new_tokens: int = _f(24, "Longest sampled answer in tokens.")
-    temperature: float = _f(1.0, "Sampling temperature T. The policy PPO optimises is the tempered one: "
+    eval_prompts: int = option(32, "Prompts in the held-out evaluation (greedy answers, mean reward).")
+    eval_every: int = option(0, "Evaluate every N iterations (0 = only before and after training).")
+    steps: int = option(20, "PPO iterations (rollout + optimisation).")
+    seed: int = option(0, "Seed for sampling, batch order and the value head.")
+    lr: float = option(3e-3, "AdamW learning rate of the LoRA adapter and the value head (constant).")
+    batch_size: int = option(16, "Rollouts (prompt + one sampled answer) per iteration, over all processes.")
+    num_mini_batches: int = option(2, "Minibatches per PPO epoch; batch_size / processes must divide by it.")
+    gradient_accumulation_steps: int = option(1, "Micro-batches per minibatch (memory knob; same maths).")
+    ppo_epochs: int = option(2, "Passes over each rollout batch (K epochs of Schulman et al. 2017).")
+    max_new_tokens: int = option(24, "Longest sampled answer in tokens.")
+    temperature: float = option(1.0, "Sampling temperature T. The policy PPO optimises is the tempered one: "
                             "rollout, training and reference log-probs all use logits / T.")
-    kl_coef: float = _f(0.05, "β of the per-token KL penalty to the reference (initial value if adaptive).")
-    kl_estimator: str = _f("k1", "Per-token KL estimator in the reward: 'k1' = log π − log π_ref "
+    kl_coef: float = option(0.05, "β of the per-token KL penalty to the reference (initial value if adaptive).")
+    kl_estimator: str = option("k1", "Per-token KL estimator in the reward: 'k1' = log π − log π_ref "
                            "(Ziegler et al. 2019), 'k3' = (r − 1) − log r, r = π_ref/π (Schulman 2020).")
-    target_kl: float = _f(0.0, "Adaptive β (Ziegler et al. 2019 §2.2) towards this KL per answer; 0 = fixed β.")
-    kl_horizon: int = _f(10000, "Horizon of the adaptive KL controller (rollouts).")
-    missing_eos_penalty: float = _f(1.0, "Subtracted from the score of an answer cut off without an EOS token.")
-    score_norm: bool = _f(True, "Normalise the sequence scores with the running mean and std of all scores so "
+    target_kl: float = option(0.0, "Adaptive β (Ziegler et al. 2019 §2.2) towards this KL per answer; 0 = fixed β.")
+    kl_horizon: int = option(10000, "Horizon of the adaptive KL controller (rollouts).")
+    missing_eos_penalty: float = option(1.0, "Subtracted from the score of an answer cut off without an EOS token.")
+    score_norm: bool = option(True, "Normalise the sequence scores with the running mean and std of all scores so "
                           "far before the KL penalty is added (TRL PPOTrainer use_score_norm).")
-    whiten_rewards: bool = _f(False, "Also whiten the per-token rewards over the batch (keeping their mean) before "
+    whiten_rewards: bool = option(False, "Also whiten the per-token rewards over the batch (keeping their mean) before "
                               "GAE, as TRL's PPOv2 `whiten_rewards`. Off: with sparse rewards it gives every token "
                               "the same offset, a length bias.")
-    gamma: float = _f(1.0, "Discount γ of GAE.")
-    lam: float = _f(0.95, "λ of GAE (Schulman et al. 2016).")
-    cliprange: float = _f(0.2, "ε of the clipped policy objective.")
-    cliprange_value: float = _f(0.2, "ε_v of the clipped value loss.")
-    vf_coef: float = _f(0.1, "Weight of the value loss in the shared-backbone loss.")
-    max_grad_norm: float = _f(1.0, "Gradient-norm clip.")
-    resume_from: str = _f("", "Checkpoint folder to resume (adapter, value head, optimizer, iteration); "
+    gamma: float = option(1.0, "Discount γ of GAE.")
+    lam: float = option(0.95, "λ of GAE (Schulman et al. 2016).")
+    cliprange: float = option(0.2, "ε of the clipped policy objective.")
+    cliprange_value: float = option(0.2, "ε_v of the clipped value loss.")
+    vf_coef: float = option(0.1, "Weight of the value loss in the shared-backbone loss.")
+    max_grad_norm: float = option(1.0, "Gradient-norm clip.")
+    resume_from: str = option("", "Checkpoint folder to resume (adapter, value head, optimizer, iteration); "
                           "'auto' = <run dir>/checkpoint when present.")
-    checkpoint_every: int = _f(0, "Write the checkpoint every N iterations as well as at the end (0 = end only).")
-    threads: int = _f(0, "torch CPU threads (0 = leave torch's default).")
+    checkpoint_every: int = option(0, "Write the checkpoint every N iterations as well as at the end (0 = end only).")
+    threads: int = option(0, "torch CPU threads (0 = leave torch's default).")
 
     def validate(self) -> None:
         self.model.validate()
         self._validate_reward()
-        _check(bool(self.prompts_file), "prompts_file is empty: give a prompt-set JSONL")
-        _check(self.steps >= 1, "steps must be at least 1")
-        _check(self.lr > 0, "lr must be positive")
-        _check(self.batch_size >= 1 and self.num_mini_batches >= 1 and self.gradient_accumulation_steps >= 1
+        check(bool(self.prompts_file), "prompts_file is empty: give a prompt-set JSONL")
+        check(self.steps >= 1, "steps must be at least 1")
+        check(self.lr > 0, "lr must be positive")
+        check(self.batch_size >= 1 and self.num_mini_batches >= 1 and self.gradient_accumulation_steps >= 1
                and self.ppo_epochs >= 1, "batch_size, num_mini_batches, gradient_accumulation_steps and "
                "ppo_epochs must be at least 1")
         check_ppo_batches(self, 1)
-        _check(self.kl_estimator in ("k1", "k2", "k3"), f"kl_estimator={self.kl_estimator!r}: use 'k1', 'k2' or 'k3'")
-        _check(self.kl_coef >= 0 and self.target_kl >= 0, "kl_coef and target_kl must be >= 0")
-        _check(0 < self.gamma <= 1 and 0 <= self.lam <= 1, "gamma must lie in (0, 1] and lam in [0, 1]")
-        _check(self.cliprange > 0 and self.cliprange_value > 0, "cliprange and cliprange_value must be positive")
-        _check(self.temperature > 0 and self.max_new_tokens >= 1, "temperature must be > 0, max_new_tokens >= 1")
-        _check(self.eval_prompts >= 0 and self.eval_every >= 0 and self.checkpoint_every >= 0,
+        check(self.kl_estimator in ("k1", "k2", "k3"), f"kl_estimator={self.kl_estimator!r}: use 'k1', 'k2' or 'k3'")
+        check(self.kl_coef >= 0 and self.target_kl >= 0, "kl_coef and target_kl must be >= 0")
+        check(0 < self.gamma <= 1 and 0 <= self.lam <= 1, "gamma must lie in (0, 1] and lam in [0, 1]")
+        check(self.cliprange > 0 and self.cliprange_value > 0, "cliprange and cliprange_value must be positive")
+        check(self.temperature > 0 and self.max_new_tokens >= 1, "temperature must be > 0, max_new_tokens >= 1")
+        check(self.eval_prompts >= 0 and self.eval_every >= 0 and self.checkpoint_every >= 0,
                "eval_prompts, eval_every and checkpoint_every must be >= 0")
 
 
 def check_ppo_batches(cfg: PPOConfig, world_size: int) -> tuple[int, int, int]:
     """(local batch, minibatch, micro-batch) per process, derived once with exact divisions
     ("N implementation details of RLHF", derived batch sizes); a ConfigError says what to change."""
-    _check(cfg.batch_size % world_size == 0,
+    check(cfg.batch_size % world_size == 0,
            f"batch_size={cfg.batch_size} does not divide by the {world_size} processes: make batch_size a "
            f"multiple of {world_size}")
     local = cfg.batch_size // world_size
-    _check(local % cfg.num_mini_batches == 0,
+    check(local % cfg.num_mini_batches == 0,
            f"batch_size / processes = {local} does not divide into num_mini_batches={cfg.num_mini_batches}: "
            f"make batch_size a multiple of {world_size * cfg.num_mini_batches} or change num_mini_batches")
     mini = local // cfg.num_mini_batches
-    _check(mini % cfg.gradient_accumulation_steps == 0,
+    check(mini % cfg.gradient_accumulation_steps == 0,
            f"the minibatch of {mini} rollouts does not divide into gradient_accumulation_steps="
            f"{cfg.gradient_accumulation_steps}: use a divisor of {mini}")
     return local, mini, mini // cfg.gradient_accumulation_steps
@@ -124,38 +124,38 @@ class GRPOConfig(_RewardFields):
     """GRPO through TRL's GRPOTrainer (Shao et al. 2024, DeepSeekMath §4.1): K answers per prompt,
     advantages relative to the group, no value function."""
 
-    model: ModelConfig = _f(ModelConfig(), "The policy (base + LoRA).")
-    prompts_file: str = _f("", "Prompt-set JSONL (prompt_id, images, prompt, ground_truth?); lines with "
+    model: ModelConfig = option(ModelConfig(), "The policy (base + LoRA).")
+    prompts_file: str = option("", "Prompt-set JSONL (prompt_id, images, prompt, ground_truth?); lines with "
                            "\"split\": \"eval\" are held out for evaluation.")
-    eval_file: str = _f("", "Optional held-out prompt set; empty = the split=eval lines (never trained on), "
+    eval_file: str = option("", "Optional held-out prompt set; empty = the split=eval lines (never trained on), "
                         "else the first training prompts, reported as train/… (not held out).")
-    eval_prompts: int = _f(32, "Prompts in the held-out evaluation (greedy answers, mean reward).")
-    eval_every: int = _f(0, "Evaluate every N steps (0 = only before and after training); eval time is "
+    eval_prompts: int = option(32, "Prompts in the held-out evaluation (greedy answers, mean reward).")
+    eval_every: int = option(0, "Evaluate every N steps (0 = only before and after training); eval time is "
                          "excluded from train_seconds.")
-    steps: int = _f(20, "Optimiser steps (TRL max_steps).")
-    seed: int = _f(0, "Seed.")
-    lr: float = _f(3e-3, "Learning rate of the LoRA adapter (constant).")
-    num_generations: int = _f(4, "K: answers per prompt (the group); must be at least 2.")
-    batch_size: int = _f(16, "Answers per optimiser step over all processes (prompts × K); a multiple of K.")
-    max_new_tokens: int = _f(24, "Longest sampled answer in tokens.")
-    temperature: float = _f(1.0, "Sampling temperature.")
-    beta: float = _f(0.0, "KL coefficient to the reference (adapter disabled); 0 = no reference pass "
+    steps: int = option(20, "Optimiser steps (TRL max_steps).")
+    seed: int = option(0, "Seed.")
+    lr: float = option(3e-3, "Learning rate of the LoRA adapter (constant).")
+    num_generations: int = option(4, "K: answers per prompt (the group); must be at least 2.")
+    batch_size: int = option(16, "Answers per optimiser step over all processes (prompts × K); a multiple of K.")
+    max_new_tokens: int = option(24, "Longest sampled answer in tokens.")
+    temperature: float = option(1.0, "Sampling temperature.")
+    beta: float = option(0.0, "KL coefficient to the reference (adapter disabled); 0 = no reference pass "
                      "(TRL's default since 0.19, after Dr. GRPO / DAPO).")
-    max_grad_norm: float = _f(1.0, "Gradient-norm clip.")
-    threads: int = _f(0, "torch CPU threads (0 = leave torch's default).")
+    max_grad_norm: float = option(1.0, "Gradient-norm clip.")
+    threads: int = option(0, "torch CPU threads (0 = leave torch's default).")
 
     def validate(self) -> None:
         self.model.validate()
         self._validate_reward()
-        _check(bool(self.prompts_file), "prompts_file is empty: give a prompt-set JSONL")
-        _check(self.num_generations >= 2, f"num_generations={self.num_generations}: group-relative advantages "
+        check(bool(self.prompts_file), "prompts_file is empty: give a prompt-set JSONL")
+        check(self.num_generations >= 2, f"num_generations={self.num_generations}: group-relative advantages "
                "need K >= 2 answers per prompt; set num_generations to 2 or more")
-        _check(self.batch_size % self.num_generations == 0,
+        check(self.batch_size % self.num_generations == 0,
                f"batch_size={self.batch_size} is not a multiple of num_generations={self.num_generations}: "
                f"use e.g. batch_size={self.num_generations * max(1, self.batch_size // self.num_generations)}")
-        _check(self.steps >= 1 and self.lr > 0, "steps must be >= 1 and lr positive")
-        _check(self.temperature > 0 and self.max_new_tokens >= 1, "temperature must be > 0, max_new_tokens >= 1")
-        _check(self.beta >= 0, "beta must be >= 0")
+        check(self.steps >= 1 and self.lr > 0, "steps must be >= 1 and lr positive")
+        check(self.temperature > 0 and self.max_new_tokens >= 1, "temperature must be > 0, max_new_tokens >= 1")
+        check(self.beta >= 0, "beta must be >= 0")
 
 
 @dataclass
@@ -168,31 +168,30 @@ class RLOOConfig(GRPOConfig):
 class DPOConfig:
     """DPO through TRL's DPOTrainer (Rafailov et al. 2023), reading the exported preference records."""
 
-    model: ModelConfig = _f(ModelConfig(), "The policy (base + LoRA); the reference is the adapter disabled.")
-    train_file: str = _f("", "Preference-records JSONL (export format); images relative to its folder. Lines "
+    model: ModelConfig = option(ModelConfig(), "The policy (base + LoRA); the reference is the adapter disabled.")
+    train_file: str = option("", "Preference-records JSONL (export format); images relative to its folder. Lines "
                          "with \"split\": \"eval\" are never trained on: without `eval_file` they are the "
                          "held-out pairs of the margin report.")
-    eval_file: str = _f("", "Held-out preference records for the log-probability margin report (eval/…); empty = "
+    eval_file: str = option("", "Held-out preference records for the log-probability margin report (eval/…); empty = "
                         "the train_file lines marked split=eval, else the first training pairs, reported as "
                         "train/… (not held out).")
-    steps: int = _f(20, "Optimiser steps (TRL max_steps).")
-    seed: int = _f(0, "Seed.")
-    lr: float = _f(1e-3, "Learning rate of the LoRA adapter (constant).")
-    beta: float = _f(0.1, "β of DPO: strength of the implicit KL to the reference.")
-    batch_size: int = _f(8, "Pairs per optimiser step over all processes.")
-    eval_pairs: int = _f(64, "Pairs in the before/after log-probability margin report.")
-    max_grad_norm: float = _f(1.0, "Gradient-norm clip.")
-    threads: int = _f(0, "torch CPU threads (0 = leave torch's default).")
+    steps: int = option(20, "Optimiser steps (TRL max_steps).")
+    seed: int = option(0, "Seed.")
+    lr: float = option(1e-3, "Learning rate of the LoRA adapter (constant).")
+    beta: float = option(0.1, "β of DPO: strength of the implicit KL to the reference.")
+    batch_size: int = option(8, "Pairs per optimiser step over all processes.")
+    eval_pairs: int = option(64, "Pairs in the before/after log-probability margin report.")
+    max_grad_norm: float = option(1.0, "Gradient-norm clip.")
+    threads: int = option(0, "torch CPU threads (0 = leave torch's default).")
 
     def validate(self) -> None:
         self.model.validate()
-        _check(bool(self.train_file), "train_file is empty: give a preference-records JSONL")
-        _check(self.steps >= 1 and self.lr > 0 and self.batch_size >= 1, "steps, batch_size >= 1 and lr > 0")
-        _check(self.beta > 0, "beta must be positive")
+        check(bool(self.train_file), "train_file is empty: give a preference-records JSONL")
+        check(self.steps >= 1 and self.lr > 0 and self.batch_size >= 1, "steps, batch_size >= 1 and lr > 0")
+        check(self.beta > 0, "beta must be positive")
 
 
 POLICY_CONFIGS = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig, "dpo": DPOConfig}
-CONFIGS.update(POLICY_CONFIGS)
 
 
 # ---- preflight: file checks before any model loads ------------------------------------------------------
@@ -235,7 +234,7 @@ def _tokenizer_fingerprint(folder: Path) -> str | None:
 def check_reward_model_matches(model_path: str, reward_model_path: str) -> None:
     """The reward model must read what the policy writes: same tokenizer vocabulary and image size."""
     rm = Path(reward_model_path)
-    _check((rm / "reward_model.json").is_file(),
+    check((rm / "reward_model.json").is_file(),
            f"reward_model_path={reward_model_path} holds no reward_model.json: give the checkpoint/ folder of "
            "a train-reward run")
     meta = json.loads((rm / "reward_model.json").read_text())
@@ -246,7 +245,7 @@ def check_reward_model_matches(model_path: str, reward_model_path: str) -> None:
     if rm_folder is None or policy_folder is None:
         return
     a, b = _tokenizer_fingerprint(policy_folder), _tokenizer_fingerprint(rm_folder)
-    _check(a is None or b is None or a == b,
+    check(a is None or b is None or a == b,
            f"the reward model at {reward_model_path} was trained on base {meta.get('base_model')!r}, whose "
            f"tokenizer or image size differs from the policy's processor at {model_path}: train the reward "
            "model on the policy's base model (train-reward with the same model.path)")
@@ -257,20 +256,20 @@ def preflight(cfg, n_processes: int | None = None) -> None:
     n = world_size() if n_processes is None else n_processes
     for name in ("prompts_file", "train_file", "eval_file"):
         value = getattr(cfg, name, "")
-        _check(not value or Path(value).is_file(), f"{name}={value} does not exist")
+        check(not value or Path(value).is_file(), f"{name}={value} does not exist")
     if cfg.model.adapter_path:
-        _check((Path(cfg.model.adapter_path) / "adapter_config.json").is_file(),
+        check((Path(cfg.model.adapter_path) / "adapter_config.json").is_file(),
                f"model.adapter_path={cfg.model.adapter_path} holds no adapter_config.json")
     if isinstance(cfg, PPOConfig):
         check_ppo_batches(cfg, n)
     if isinstance(cfg, GRPOConfig):
-        _check(cfg.batch_size % n == 0, f"batch_size={cfg.batch_size} does not divide by the {n} processes")
+        check(cfg.batch_size % n == 0, f"batch_size={cfg.batch_size} does not divide by the {n} processes")
         per = cfg.batch_size // n
-        _check(per % cfg.num_generations == 0 or cfg.num_generations % per == 0 or n == 1,
+        check(per % cfg.num_generations == 0 or cfg.num_generations % per == 0 or n == 1,
                f"batch_size / processes = {per} and num_generations={cfg.num_generations} do not tile the "
                "groups across processes: make batch_size a multiple of processes × num_generations")
     if isinstance(cfg, DPOConfig):
-        _check(cfg.batch_size % n == 0, f"batch_size={cfg.batch_size} does not divide by the {n} processes")
+        check(cfg.batch_size % n == 0, f"batch_size={cfg.batch_size} does not divide by the {n} processes")
     if getattr(cfg, "reward_model_path", ""):
         check_reward_model_matches(cfg.model.path, cfg.reward_model_path)
 

@@ -73,6 +73,14 @@ def test_bad_parameters_are_a_400_naming_the_field(world):
     assert response.status_code == 400 and {"algorithm", "lora_r"} <= set(response.json()["fields"])
 
 
+def test_a_value_an_engine_step_would_refuse_is_a_400_before_anything_is_queued(world):
+    _rank_one(world)
+    response = _client(world["alice"]).post("/api/projects/loopapi/rounds/", {"policy_batch_size": 3}, format="json")
+    assert response.status_code == 400, response.json()
+    assert "ppo step would refuse" in response.json()["detail"] and "policy_batch_size" in response.json()["detail"]
+    assert not TrainingRun.objects.filter(project__slug="loopapi").exists()
+
+
 def test_comparing_versions_needs_two_existing_policies(world):
     response = _client(world["alice"]).post("/api/projects/loopapi/generate/", {"compare": ["base", "policy-v9"]}, format="json")
     assert response.status_code == 400 and "two different policy versions" in response.json()["detail"]
@@ -105,7 +113,7 @@ def test_bad_engine_settings_are_refused_with_a_reason(world):
     bad = alice.patch("/api/projects/loopapi/loop-settings/", {"round_params": {"use_reward_model": False}}, format="json")
     assert bad.status_code == 400 and "needs a verifiable_reward" in bad.json()["detail"]
     bad = alice.patch("/api/projects/loopapi/loop-settings/", {"round_params": {"lora_rank": 4}}, format="json")
-    assert bad.status_code == 400 and "unknown round parameters ['lora_rank']" in bad.json()["detail"]
+    assert bad.status_code == 400 and "unknown field(s) ['lora_rank']" in bad.json()["detail"]
 
 
 @pytest.mark.parametrize("key", ["base_model", "model_path", "path", "adapter_path", "reward_model_path", "run_dir"])
@@ -115,7 +123,7 @@ def test_no_round_parameter_names_a_model_path(world, key):
     _rank_one(world)
     alice = _client(world["alice"])
     bad = alice.patch("/api/projects/loopapi/loop-settings/", {"round_params": {key: "/etc"}}, format="json")
-    assert bad.status_code == 400 and f"unknown round parameters ['{key}']" in bad.json()["detail"]
+    assert bad.status_code == 400 and f"unknown field(s) ['{key}']" in bad.json()["detail"]
     started = alice.post("/api/projects/loopapi/rounds/", {key: "/etc"}, format="json")
     assert started.status_code == 201
     assert "/etc" not in str(TrainingRun.objects.get(pk=started.json()["id"]).config)

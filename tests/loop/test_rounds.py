@@ -133,7 +133,7 @@ def test_a_rounds_snapshot_holds_the_pairs_new_since_the_last_finished_round(loo
 def test_bad_round_parameters_are_refused_with_a_reason(loop_project):
     with pytest.raises(LoopError, match="algorithm must be one of"):
         start_round(project=loop_project, params={"algorithm": "reinforce"}, enqueue=False)
-    with pytest.raises(LoopError, match="unknown round parameters"):
+    with pytest.raises(LoopError, match=r"round: unknown field\(s\) \['epochs'\]"):
         start_round(project=loop_project, params={"epochs": 3}, enqueue=False)
     with pytest.raises(LoopError, match="verifiable_reward 'truth' is not one of"):
         start_round(project=loop_project, params={"verifiable_reward": "truth"}, enqueue=False)
@@ -142,12 +142,21 @@ def test_bad_round_parameters_are_refused_with_a_reason(loop_project):
     with pytest.raises(LoopError, match="needs algorithm ppo or grpo"):
         start_round(project=loop_project, params={"algorithm": "dpo", "use_reward_model": False,
                                                   "verifiable_reward": "demo_reward"}, enqueue=False)
-    with pytest.raises(LoopError, match="reward_lora must be true or false"):
+    with pytest.raises(LoopError, match=r"round\.reward_lora: expected true or false, got 'no'"):
         start_round(project=loop_project, params={"reward_lora": "no"}, enqueue=False)
     with pytest.raises(LoopError, match="qlora needs reward_lora=true"):
         start_round(project=loop_project, params={"qlora": True, "reward_lora": False}, enqueue=False)
-    with pytest.raises(LoopError, match="lora_modules_to_save must be a list"):
-        start_round(project=loop_project, params={"lora_modules_to_save": "lm_head"}, enqueue=False)
+    with pytest.raises(LoopError, match=r"round\.lora_modules_to_save: expected a list of names"):
+        start_round(project=loop_project, params={"lora_modules_to_save": 3}, enqueue=False)
+    with pytest.raises(LoopError, match="lora_target_modules must be a list of module names"):
+        start_round(project=loop_project, params={"lora_target_modules": [""]}, enqueue=False)
+    # Values every web check passes but an engine step would refuse minutes later, in its subprocess:
+    with pytest.raises(LoopError, match=r"the ppo step would refuse this round: .*policy_batch_size"):
+        start_round(project=loop_project, params={"policy_batch_size": 3}, enqueue=False)
+    with pytest.raises(LoopError, match=r"the grpo step would refuse this round: .*num_generations"):
+        start_round(project=loop_project, params={"algorithm": "grpo", "policy_batch_size": 6}, enqueue=False)
+    with pytest.raises(LoopError, match="the dpo step would refuse this round: beta must be positive"):
+        start_round(project=loop_project, params={"algorithm": "dpo", "beta": 0}, enqueue=False)
     assert not TrainingRun.objects.filter(project=loop_project).exists()
 
 
@@ -175,7 +184,7 @@ def test_a_failing_step_fails_the_round_stops_the_chain_and_keeps_the_old_policy
     assert ModelVersion.objects.get(project=loop_project, kind="policy", active=True).label == "policy-v1"
 
 
-def test_a_worker_killed_mid_step_is_detected_and_its_engine_dies_with_it(loop_project, monkeypatch):
+def test_a_worker_killed_mid_step_is_detected_and_its_engine_dies_with_it(loop_project, monkeypatch, settings):
     round_run = start_round(project=loop_project, params={**FAST_ROUND, "reward_epochs": 400.0})
     worker = start_worker("train", "generate")
     try:
@@ -194,7 +203,7 @@ def test_a_worker_killed_mid_step_is_detected_and_its_engine_dies_with_it(loop_p
             worker.kill()
     _wait_for(lambda: not _alive(engine_pid), timeout=30, what="the orphaned engine to die")
     _wait_for(lambda: not any(_alive(pid) for pid in children), timeout=30, what="every child of the worker to die")
-    monkeypatch.setenv("LENSLOOP_RUN_STALE_SECONDS", "1")
+    settings.LENSLOOP_RUN_STALE_SECONDS = 1
     time.sleep(1.5)
     assert reap_stale_runs() == 1
     round_run.refresh_from_db()

@@ -1,0 +1,237 @@
+"""The parameters of one round of the loop, in one place.
+
+A round trains a reward model, then the policy (PPO, GRPO, DPO or SFT), evaluates it and samples new
+candidates. `RoundConfig` holds every parameter an admin or a script may set for it — help, label and
+bounds on each field — and says which engine config each step runs with (`reward_config`,
+`policy_config`, `evaluate_config`, `generate_config`). Everything else is derived from it: the launch
+form and the REST serializer (`rlhf.forms`, `rlhf.api`), the defaults a project starts from, and the
+check that a round's every engine config validates before anything is queued (`check_engine_configs`).
+
+Stdlib only, like the configs it builds (the Django web tier imports it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+
+from .config import build, load_config
+from .config_base import ConfigError, check, option
+
+ALGORITHMS = {
+    "ppo": "PPO: reward model, then policy optimisation against it (default)",
+    "grpo": "GRPO: group-relative policy optimisation against the reward model",
+    "dpo": "DPO: optimise directly on the preference pairs",
+    "sft": "SFT: fine-tune on the answers ranked first",
+}
+ENGINE_DEFAULT = "the engine's default"
+
+# Field groups, as the launch page shows them: the first fields, the algorithm's, the folded "more", and
+# the engine settings a project keeps in its loop settings (set through the API or the admin).
+MAIN, ALGORITHM, MORE, ADVANCED = "main", "algorithm", "more", "advanced"
+
+
+@dataclass
+class RoundConfig:
+    """The parameters of one round: export → reward model → policy → evaluate → register → generate."""
+
+    algorithm: str = option("ppo", "How the policy learns from the rankings.", label="Algorithm",
+                            choices=ALGORITHMS, group=MAIN)
+    policy_steps: int = option(40, "Optimisation steps of the policy.", label="Policy steps", min=1,
+                               max=1_000_000, group=MAIN)
+    lr: float = option(0.0, "0 = the engine's default for the algorithm.", label="Learning rate", min=0.0,
+                       group=MAIN, empty=ENGINE_DEFAULT)
+    lora_r: int = option(8, "Rank of the adapter on q_proj and v_proj.", label="LoRA rank", min=1, max=256,
+                         group=MAIN)
+    qlora: bool = option(False, "Load the base weights in 4-bit (NF4) and train the LoRA adapter on top.",
+                         label="QLoRA", group=MAIN)
+    kl_coef: float = option(0.05, "PPO and GRPO: how hard the policy is held near the reference policy.",
+                            label="KL coefficient", min=0.0, group=ALGORITHM)
+    beta: float = option(0.1, "DPO: strength of the implicit KL constraint.", label="DPO β", min=0.0,
+                         group=ALGORITHM)
+    reward_epochs: float = option(3.0, "Passes over the preference pairs.", label="Reward-model epochs", min=0.1,
+                                  max=1000.0, group=MORE)
+    generate_prompts: int = option(64, "Afterwards the new policy answers this many prompts, K candidates each, "
+                                   "as new ranking tasks.", label="Prompts to sample", min=1, max=100_000,
+                                   group=MORE)
+    temperature: float = option(1.0, "Temperature of the new candidates' sampling.", label="Sampling temperature",
+                                min=0.01, max=5.0, group=MORE)
+    lora_target_modules: list[str] = option([], "Modules that get the LoRA adapter; [] = q_proj and v_proj of "
+                                            "the language model.", label="LoRA target modules", group=ADVANCED,
+                                            empty="q_proj, v_proj (" + ENGINE_DEFAULT + ")")
+    lora_modules_to_save: list[str] = option([], "Modules trained in full beside the adapter (PEFT "
+                                             "modules_to_save).", label="Modules trained in full", group=ADVANCED)
+    reward_lr: float = option(0.0, "The reward model's learning rate; 0 = the engine's default.",
+                              label="Reward-model learning rate", min=0.0, group=ADVANCED, empty=ENGINE_DEFAULT)
+    reward_lora: bool = option(True, "Train the reward model as a LoRA adapter; false trains every weight of "
+                               "its backbone (for small models).", label="Reward model as a LoRA adapter",
+                               group=ADVANCED)
+    policy_batch_size: int = option(0, "Answers per policy step (PPO rollouts, GRPO prompts × K); 0 = the "
+                                    "engine's default.", label="Answers per policy step", min=0, group=ADVANCED,
+                                    empty=ENGINE_DEFAULT)
+    use_reward_model: bool = option(True, "False: PPO or GRPO trains on the verifiable reward alone (the round's "
+                                    "reward model is still trained and registered).",
+                                    label="Reward model in the policy's reward", group=ADVANCED)
+    verifiable_reward: str = option("", "A ground-truth reward (rlhf.engine.rewards) added to the reward model's "
+                                    "score; '' = none.", label="Verifiable reward", group=ADVANCED)
+    verifiable_weight: float = option(1.0, "Weight of the verifiable reward in the policy's reward.",
+                                      label="Weight of the verifiable reward", min=0.0, group=ADVANCED)
+
+    # ---- checks ---------------------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """The bounds of every field, then what the fields say together. ConfigError names the field."""
+        for f in dataclasses.fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if "choices" in meta:
+                check(value in meta["choices"], f"{f.name} must be one of {list(meta['choices'])}, not {value!r}")
+            if "min" in meta and value < meta["min"]:
+                check(False, f"{f.name}={value}: must be at least {meta['min']:g}")
+            if "max" in meta and value > meta["max"]:
+                check(False, f"{f.name}={value}: must be at most {meta['max']:g}")
+            if isinstance(value, list):
+                check(all(v for v in value), f"{f.name} must be a list of module names (or one regex), "
+                      'e.g. ["q_proj", "v_proj"]')
+        check(not self.qlora or self.reward_lora,
+              "qlora needs reward_lora=true: 4-bit weights are frozen, only an adapter on them trains")
+        if self.verifiable_reward:
+            from .rewards import REWARDS  # plain Python, no torch
+
+            check(self.verifiable_reward in REWARDS,
+                  f"verifiable_reward {self.verifiable_reward!r} is not one of {sorted(REWARDS)}")
+        if not self.use_reward_model:
+            check(self.algorithm in ("ppo", "grpo"), f"use_reward_model=false needs algorithm ppo or grpo "
+                  f"({self.algorithm} trains on the rankings themselves)")
+            check(bool(self.verifiable_reward), "use_reward_model=false needs a verifiable_reward to train the "
+                  "policy on")
+
+    def check_engine_configs(self, base_model: str) -> None:
+        """Build and validate the engine config of every step of this round, with stand-in file names (the
+        files exist only once the round runs): a value the engine would refuse minutes later, in a
+        subprocess, is refused now. ConfigError says which step and which round field."""
+        here = "<files of the round>"
+        configs = {
+            "train-reward": self.reward_config(base_model=base_model, train_file=here, seed=0),
+            self.algorithm: self.policy_config(base_model=base_model, seed=0, prompts_file=here, records=here,
+                                               top_ranked=here, reward_model_path=here),
+            "evaluate": self.evaluate_config(model=self.model(base_model), prompts_file=here, heldout=True),
+            "generate": self.generate_config(model=self.model(base_model), prompts_file=here, model_version="",
+                                             k=1, seed=0),
+        }
+        for kind, data in configs.items():
+            try:
+                load_config(kind, data)
+            except ConfigError as e:
+                names = ", ".join(f"{engine} is the round's {ours}" for engine, ours in ENGINE_NAMES.get(kind, {}).items()
+                                  if engine in str(e))
+                raise ConfigError(f"the {kind} step would refuse this round: {e}" + (f" ({names})" if names else "")) from None
+
+    # ---- the engine configs of the steps ---------------------------------------------------------------
+
+    def model(self, base_model: str, adapter_path: str = "") -> dict:
+        """The policy's `model` section: the base, the version's adapter to continue, the round's LoRA."""
+        cfg: dict = {"path": base_model, "lora_r": self.lora_r, "qlora": self.qlora}
+        if self.lora_target_modules:
+            cfg["lora_target_modules"] = list(self.lora_target_modules)
+        if self.lora_modules_to_save:
+            cfg["lora_modules_to_save"] = list(self.lora_modules_to_save)
+        if adapter_path:
+            cfg["adapter_path"] = adapter_path
+        return cfg
+
+    def reward_config(self, *, base_model: str, train_file: str, eval_file: str = "", seed: int) -> dict:
+        """`train-reward`: the reward model on the round's training pairs, measured on the held-out ones."""
+        config = {
+            "model": {"path": base_model, "lora": self.reward_lora, "lora_r": self.lora_r, "qlora": self.qlora},
+            "train_file": train_file,
+            "eval_file": eval_file,
+            "epochs": self.reward_epochs,
+            "seed": seed,
+        }
+        if self.reward_lr:
+            config["lr"] = self.reward_lr
+        return config
+
+    def policy_config(self, *, base_model: str, adapter_path: str = "", seed: int, prompts_file: str = "",
+                      eval_prompts: str = "", records: str = "", heldout_records: str = "", top_ranked: str = "",
+                      reward_model_path: str = "") -> dict:
+        """The policy step (`self.algorithm`): PPO/GRPO on the training prompts against the reward model (and
+        the verifiable reward), DPO on the pairs, SFT on the answers ranked first."""
+        config: dict = {"model": self.model(base_model, adapter_path), "steps": self.policy_steps, "seed": seed}
+        if self.lr:
+            config["lr"] = self.lr
+        if self.policy_batch_size:
+            config["batch_size"] = self.policy_batch_size
+        if self.algorithm in ("ppo", "grpo"):
+            config.update(prompts_file=prompts_file, eval_file=eval_prompts,
+                          reward_model_path=reward_model_path if self.use_reward_model else "")
+            if self.verifiable_reward:
+                config.update(verifiable_reward=self.verifiable_reward, verifiable_weight=self.verifiable_weight)
+            # The KL coefficient holds either algorithm near the reference (GRPO: TRL's beta). Without it GRPO
+            # chased the first round's weak reward model and lost 5 points (bench/loop.py).
+            config["kl_coef" if self.algorithm == "ppo" else "beta"] = self.kl_coef
+        elif self.algorithm == "dpo":
+            config.update(train_file=records, beta=self.beta, eval_file=heldout_records)
+        else:
+            config["train_file"] = top_ranked
+        return config
+
+    def evaluate_config(self, *, model: dict, prompts_file: str, heldout: bool, baseline: dict | None = None,
+                        verifiable_reward: str = "", answer_reward_model_path: str = "",
+                        reward_model_path: str = "", preference_file: str = "") -> dict:
+        """`evaluate`: the new policy (and the active one, `baseline`) on the held-out prompts."""
+        config: dict = {"model": model, "prompts_file": prompts_file, "heldout": heldout,
+                        "answer_reward_model_path": answer_reward_model_path}
+        if baseline is not None:
+            config["baseline"] = baseline
+        if verifiable_reward:
+            config["verifiable_reward"] = verifiable_reward
+        if reward_model_path:
+            config.update(reward_model_path=reward_model_path, preference_file=preference_file)
+        return config
+
+    def generate_config(self, *, model: dict, prompts_file: str, model_version: str, k: int, seed: int,
+                        reward_model_path: str = "") -> dict:
+        """`generate`: K candidates per prompt at the round's temperature; with the active reward model's
+        scores when there is one (uncertainty-first task priorities)."""
+        config = {"model": model, "prompts_file": prompts_file, "model_version": model_version, "k": k,
+                  "temperature": self.temperature, "seed": seed}
+        if reward_model_path:
+            config["reward_model_path"] = reward_model_path
+        return config
+
+
+# Engine fields a round sets under another name, for the messages of check_engine_configs.
+ENGINE_NAMES = {
+    "train-reward": {"epochs": "reward_epochs", "lr": "reward_lr"},
+    **{algorithm: {"steps": "policy_steps", "batch_size": "policy_batch_size"} for algorithm in ALGORITHMS},
+}
+
+
+def fields(group: str | None = None) -> list[dataclasses.Field]:
+    """The round's fields (of one group), in order."""
+    return [f for f in dataclasses.fields(RoundConfig) if group is None or f.metadata["group"] == group]
+
+
+def defaults(*groups: str) -> dict:
+    """Default value of each field of ``groups`` (all fields when none are named)."""
+    cfg = RoundConfig()
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if not groups or f.metadata["group"] in groups}
+
+
+def hint(name: str):
+    """The Python type of field ``name`` (int, float, bool, str, list[str])."""
+    return typing.get_type_hints(RoundConfig)[name]
+
+
+def round_config(params: dict | None) -> RoundConfig:
+    """A validated RoundConfig from JSON-like parameters (missing ones take their defaults)."""
+    cfg = build(RoundConfig, dict(params or {}), "round")
+    cfg.validate()
+    return cfg
+
+
+def to_params(cfg: RoundConfig) -> dict:
+    """Every parameter of ``cfg`` as JSON (what a round run stores)."""
+    return dataclasses.asdict(cfg)
