@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
+import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -21,7 +22,8 @@ def env_str(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
 
-def env_bool(name: str, default: bool = False) -> bool:
+def env_bool(name: str, default: bool | None = False) -> bool | None:
+    """A boolean; ``default`` (which may be None: "not said, find out") when the variable is unset."""
     raw = os.environ.get(name)
     if raw is None:
         return default
@@ -104,38 +106,36 @@ def secret_key(var_dir: Path) -> str:
 
 def database_from_url(url: str, *, conn_max_age: int = 0) -> dict:
     """Django ``DATABASES['default']`` from a URL: ``postgres://user:pw@host:port/db`` or
-    ``sqlite:///absolute/path.db`` (``sqlite:///:memory:`` too)."""
+    ``sqlite:///absolute/path.db`` (``sqlite:///:memory:`` too).
+
+    dj-database-url parses the URL; what it leaves to us is what lensloop adds: PostgreSQL URLs must name a
+    database and get ``prepare_threshold`` (below) and health checks on kept connections; SQLite gets the
+    WAL/IMMEDIATE options of ``sqlite_database``; any other scheme is refused."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    options = dict(parse_qsl(parts.query))
     if scheme in {"postgres", "postgresql", "pgsql"}:
-        if not parts.path.strip("/"):
+        # A kept connection is checked before a request reuses it: after a PostgreSQL restart every web
+        # thread's kept connection is dead, and without the check each answered one 500 before Django
+        # dropped it (bench/faults.py).
+        config = dict(dj_database_url.parse(url, conn_max_age=conn_max_age, conn_health_checks=conn_max_age > 0))
+        if not config.get("NAME"):
             raise ImproperlyConfigured(f"DATABASE_URL {url!r} names no database, e.g. postgres://host/lensloop")
+        options = dict(config.get("OPTIONS") or {})
         # psycopg prepares only what is asked for explicitly (the queue's statements, annotation.rawsql);
         # Django's own cursors never prepare. `?prepare_threshold=none` turns it off, e.g. behind a
         # pooler in transaction mode.
-        threshold = options.pop("prepare_threshold", "1000000000")
+        threshold = str(options.pop("prepare_threshold", "1000000000"))
         if threshold.lower() == "none":
             options["prepare_threshold"] = None
         elif threshold.isdigit():
             options["prepare_threshold"] = int(threshold)
         else:
             raise ImproperlyConfigured(f"DATABASE_URL {url!r}: prepare_threshold must be a number or none")
-        return {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": unquote(parts.path.lstrip("/")),
-            "USER": unquote(parts.username or ""),
-            "PASSWORD": unquote(parts.password or ""),
-            "HOST": parts.hostname or "",
-            "PORT": str(parts.port or ""),
-            "CONN_MAX_AGE": conn_max_age,
-            # A kept connection is checked before a request reuses it: after a PostgreSQL restart every
-            # web thread's kept connection is dead, and without the check each answered one 500 before
-            # Django dropped it (bench/faults.py).
-            "CONN_HEALTH_CHECKS": conn_max_age > 0,
-            "OPTIONS": options,
-        }
+        config["OPTIONS"] = options
+        return config
     if scheme == "sqlite":
+        # Not dj-database-url here: it reads sqlite://relative.db as an in-memory database, and lensloop's
+        # SQLite needs its own options (sqlite_database).
         path = unquote(parts.path)
         if path.startswith("/") and parts.netloc == "":
             name = path if path != "/:memory:" else ":memory:"

@@ -120,11 +120,16 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 LENSLOOP_MAX_UPLOAD_BYTES = env_int("LENSLOOP_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
 LENSLOOP_MAX_IMAGE_BYTES = env_int("LENSLOOP_MAX_IMAGE_BYTES", 32 * 1024**2, minimum=1)
 LENSLOOP_MAX_IMAGE_PIXELS = env_int("LENSLOOP_MAX_IMAGE_PIXELS", 50_000_000, minimum=1)
-LENSLOOP_DEFAULT_LEASE_MINUTES = env_int("LENSLOOP_DEFAULT_LEASE_MINUTES", 30, minimum=1)
 # Folders whose models project admins may name as a base model (the built-in `demo` always); superusers
 # may name any path. Hub ids (`org/name`) only with LENSLOOP_ALLOW_HUB_MODELS. See docs/operations.md.
 LENSLOOP_MODEL_ROOTS = env_paths("LENSLOOP_MODEL_ROOTS", [DATA_DIR / "models"])
 LENSLOOP_ALLOW_HUB_MODELS = env_bool("LENSLOOP_ALLOW_HUB_MODELS", False)
+# The loop's workers (docs/operations.md). How they start the engine (`accelerate launch …`; empty = this
+# Python); whether they have a CUDA GPU (None = ask nvidia-smi here: the web tier cannot import torch);
+# how long a running step may go without a heartbeat before it counts as failed (a killed worker).
+LENSLOOP_ENGINE_LAUNCH = env_str("LENSLOOP_ENGINE_LAUNCH", "").strip()
+LENSLOOP_WORKERS_HAVE_CUDA = env_bool("LENSLOOP_WORKERS_HAVE_CUDA", None)
+LENSLOOP_RUN_STALE_SECONDS = env_int("LENSLOOP_RUN_STALE_SECONDS", 90, minimum=1)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

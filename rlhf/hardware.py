@@ -1,12 +1,14 @@
-"""What the training workers have. The web tier must not import torch, so this asks the environment."""
+"""What the training workers have. The web tier must not import torch, so this asks the settings."""
 
-import os
 import shutil
+
+from django.conf import settings
 
 
 def cuda_available() -> bool:
-    """True when the training workers have a CUDA GPU (LENSLOOP_WORKERS_HAVE_CUDA=1, or nvidia-smi here)."""
-    flag = os.environ.get("LENSLOOP_WORKERS_HAVE_CUDA")
+    """True when the training workers have a CUDA GPU: ``settings.LENSLOOP_WORKERS_HAVE_CUDA`` where it is
+    set (from the environment variable of that name), else whether nvidia-smi is here."""
+    flag = settings.LENSLOOP_WORKERS_HAVE_CUDA
     if flag is not None:
-        return flag.strip().lower() in {"1", "true", "yes", "on"}
+        return bool(flag)
     return shutil.which("nvidia-smi") is not None

@@ -57,7 +57,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
 
 def launch_prefix() -> list[str]:
-    custom = os.environ.get("LENSLOOP_ENGINE_LAUNCH", "").strip()
+    custom = settings.LENSLOOP_ENGINE_LAUNCH
     if custom:
         return shlex.split(custom)
     return [sys.executable]

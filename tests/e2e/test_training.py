@@ -23,8 +23,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def loop_world(transactional_db, monkeypatch):
-    monkeypatch.setenv("LENSLOOP_WORKERS_HAVE_CUDA", "0")
+def loop_world(transactional_db, settings):
+    settings.LENSLOOP_WORKERS_HAVE_CUDA = False
     alice, bob = f.user("alice", is_staff=True), f.user("bob")
     proj = f.project("shapes", k=4, admins=[alice], annotators=[bob])
     proj.name = "Shapes captions"

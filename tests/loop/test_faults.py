@@ -218,7 +218,7 @@ def test_a_worker_killed_mid_step_is_found_by_the_next_worker_and_the_round_resu
 # --- the database restarting -----------------------------------------------------------------------------
 
 
-def test_a_training_step_outlives_a_database_that_drops_its_connection(ranked_project, monkeypatch, tmp_path):
+def test_a_training_step_outlives_a_database_that_drops_its_connection(ranked_project, monkeypatch, tmp_path, settings):
     """The engine needs no database: a step polling it through a restart goes on, and its figures are
     written once the database answers again. Before, the first failed poll killed the engine."""
     engine = tmp_path / "engine.sh"  # run as `sh engine.sh -m rlhf.engine CMD --config C --run-dir DIR`
@@ -227,7 +227,7 @@ def test_a_training_step_outlives_a_database_that_drops_its_connection(ranked_pr
         """echo '{"step": 2, "total_steps": 2, "loss": 0.25}' >> "$7/metrics.jsonl"\n"""
         """echo '{"status": "ok", "loss": 0.25}' > "$7/result.json"\n"""
     )
-    monkeypatch.setenv("LENSLOOP_ENGINE_LAUNCH", f"sh {engine}")
+    settings.LENSLOOP_ENGINE_LAUNCH = f"sh {engine}"
     monkeypatch.setattr("rlhf.runner.POLL_SECONDS", 0.2)
     run = TrainingRun.objects.create(project=ranked_project, kind="reward", state=S.RUNNING,
                                      run_dir=str(tmp_path / "run"))

@@ -20,8 +20,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def world(monkeypatch):
-    monkeypatch.setenv("LENSLOOP_WORKERS_HAVE_CUDA", "0")
+def world(settings):
+    settings.LENSLOOP_WORKERS_HAVE_CUDA = False
     root, bob = f.user("root", is_staff=True, is_superuser=True), f.user("bob")
     proj = f.project("shapes", k=4, annotators=[bob])
     rank(proj, bob, 3)

@@ -23,8 +23,8 @@ FORM = {k: ("on" if v is True else v) for k, v in ROUND_DEFAULTS.items() if v is
 
 
 @pytest.fixture
-def world(monkeypatch):
-    monkeypatch.setenv("LENSLOOP_WORKERS_HAVE_CUDA", "0")
+def world(settings):
+    settings.LENSLOOP_WORKERS_HAVE_CUDA = False
     alice, bob, charlie = f.user("alice"), f.user("bob"), f.user("charlie")
     proj = f.project("shapes", k=4, admins=[alice], annotators=[bob])
     rank(proj, bob, 6)
@@ -148,8 +148,8 @@ def test_qlora_cannot_be_switched_on_without_cuda(world):
     assert rounds().get().config["qlora"] is False
 
 
-def test_qlora_is_offered_where_the_workers_have_cuda(world, monkeypatch):
-    monkeypatch.setenv("LENSLOOP_WORKERS_HAVE_CUDA", "1")
+def test_qlora_is_offered_where_the_workers_have_cuda(world, settings):
+    settings.LENSLOOP_WORKERS_HAVE_CUDA = True
     alice = client_for(world["alice"])
     assert b"Needs a CUDA GPU" not in alice.get("/projects/shapes/training/").content
     launch(alice, qlora="on")
