@@ -18,88 +18,94 @@ from .config_base import ModelConfig, check, option
 
 
 @dataclass
-class _RewardFields:
-    """The reward of the online methods: reward-model score + weight × verifiable reward."""
+class OnlineConfig:
+    """What PPO, GRPO and RLOO share: the policy, the prompts it answers and the held-out ones it is
+    measured on, the reward (reward-model score + weight × verifiable reward), sampling and the budget."""
 
+    model: ModelConfig = option(ModelConfig(), "The policy (base + LoRA); the reference is the same weights "
+                                "with the adapter disabled.")
+    prompts_file: str = option("", "Prompt-set JSONL (prompt_id, images, prompt, ground_truth?); images relative "
+                               "to its folder. Lines with \"split\": \"eval\" are held out for evaluation.")
+    eval_file: str = option("", "Optional held-out prompt set for eval/reward_mean; empty = the prompts_file lines "
+                            "marked split=eval (never trained on), else its first `eval_prompts` training prompts, "
+                            "whose figures are then named train/… (not held out).")
+    eval_prompts: int = option(32, "Prompts in the held-out evaluation (greedy answers, mean reward).")
+    eval_every: int = option(0, "Evaluate every N steps (0 = only before and after training); eval time is "
+                             "excluded from train_seconds.")
     reward_model_path: str = option("", "Reward-model checkpoint folder (the checkpoint/ of a train-reward run); "
-                                "may be empty when `verifiable_reward` is set (demo, benchmark).")
+                                    "may be empty when `verifiable_reward` is set (demo, benchmark).")
     verifiable_reward: str = option("", "Name of a verifiable reward in rewards.REWARDS (e.g. 'demo_reward'), "
-                                "scored against each prompt's `ground_truth`; empty = none.")
+                                    "scored against each prompt's `ground_truth`; empty = none.")
     verifiable_weight: float = option(1.0, "Weight w of the verifiable reward: reward = RM score + w · verifiable.")
+    steps: int = option(20, "Optimiser steps.")
+    seed: int = option(0, "Seed for sampling, batch order and initialisation.")
+    lr: float = option(3e-3, "Learning rate of the LoRA adapter (constant).")
+    batch_size: int = option(16, "Answers per optimiser step over all processes.")
+    max_new_tokens: int = option(24, "Longest sampled answer in tokens.")
+    temperature: float = option(1.0, "Sampling temperature.")
+    max_grad_norm: float = option(1.0, "Gradient-norm clip.")
+    threads: int = option(0, "torch CPU threads (0 = leave torch's default).")
 
-    def _validate_reward(self) -> None:
+    def validate(self) -> None:
         from .rewards import REWARDS  # plain Python, no torch
 
+        self.model.validate()
         check(bool(self.reward_model_path) or bool(self.verifiable_reward),
-               "no reward: set reward_model_path (a train-reward checkpoint) and/or verifiable_reward "
-               f"(one of {sorted(REWARDS)})")
+              "no reward: set reward_model_path (a train-reward checkpoint) and/or verifiable_reward "
+              f"(one of {sorted(REWARDS)})")
         check(not self.verifiable_reward or self.verifiable_reward in REWARDS,
-               f"verifiable_reward={self.verifiable_reward!r} is unknown; use one of {sorted(REWARDS)} or ''")
+              f"verifiable_reward={self.verifiable_reward!r} is unknown; use one of {sorted(REWARDS)} or ''")
+        check(bool(self.prompts_file), "prompts_file is empty: give a prompt-set JSONL")
+        check(self.steps >= 1 and self.lr > 0, "steps must be >= 1 and lr positive")
+        check(self.batch_size >= 1, "batch_size must be at least 1")
+        check(self.temperature > 0 and self.max_new_tokens >= 1, "temperature must be > 0, max_new_tokens >= 1")
+        check(self.eval_prompts >= 0 and self.eval_every >= 0, "eval_prompts and eval_every must be >= 0")
 
 
 @dataclass
-class PPOConfig(_RewardFields):
+class PPOConfig(OnlineConfig):
     """PPO for a VLM policy with LoRA (Schulman et al. 2017; Ouyang et al. 2022), our implementation
     (TRL 1.x has no PPO trainer). One iteration = rollout of `batch_size` answers + `ppo_epochs` passes."""
 
-    model: ModelConfig = option(ModelConfig(), "The policy (base + LoRA); the reference is the same weights "
-                            "with the adapter disabled.")
-    prompts_file: str = option("", "Prompt-set JSONL (prompt_id, images, prompt, ground_truth?); images relative "
-                           "to its folder. Lines with \"split\": \"eval\" are held out for evaluation.")
-    eval_file: str = option("", "Optional held-out prompt set for eval/reward_mean; empty = the prompts_file lines "
-                        "marked split=eval (never trained on), else its first `eval_prompts` training prompts, "
-                        "whose figures are then named train/… (not held out).")
-    eval_prompts: int = option(32, "Prompts in the held-out evaluation (greedy answers, mean reward).")
-    eval_every: int = option(0, "Evaluate every N iterations (0 = only before and after training).")
     steps: int = option(20, "PPO iterations (rollout + optimisation).")
-    seed: int = option(0, "Seed for sampling, batch order and the value head.")
     lr: float = option(3e-3, "AdamW learning rate of the LoRA adapter and the value head (constant).")
     batch_size: int = option(16, "Rollouts (prompt + one sampled answer) per iteration, over all processes.")
+    temperature: float = option(1.0, "Sampling temperature T. The policy PPO optimises is the tempered one: "
+                                "rollout, training and reference log-probs all use logits / T.")
     num_mini_batches: int = option(2, "Minibatches per PPO epoch; batch_size / processes must divide by it.")
     gradient_accumulation_steps: int = option(1, "Micro-batches per minibatch (memory knob; same maths).")
     ppo_epochs: int = option(2, "Passes over each rollout batch (K epochs of Schulman et al. 2017).")
-    max_new_tokens: int = option(24, "Longest sampled answer in tokens.")
-    temperature: float = option(1.0, "Sampling temperature T. The policy PPO optimises is the tempered one: "
-                            "rollout, training and reference log-probs all use logits / T.")
     kl_coef: float = option(0.05, "β of the per-token KL penalty to the reference (initial value if adaptive).")
     kl_estimator: str = option("k1", "Per-token KL estimator in the reward: 'k1' = log π − log π_ref "
-                           "(Ziegler et al. 2019), 'k3' = (r − 1) − log r, r = π_ref/π (Schulman 2020).")
+                               "(Ziegler et al. 2019), 'k3' = (r − 1) − log r, r = π_ref/π (Schulman 2020).")
     target_kl: float = option(0.0, "Adaptive β (Ziegler et al. 2019 §2.2) towards this KL per answer; 0 = fixed β.")
     kl_horizon: int = option(10000, "Horizon of the adaptive KL controller (rollouts).")
     missing_eos_penalty: float = option(1.0, "Subtracted from the score of an answer cut off without an EOS token.")
     score_norm: bool = option(True, "Normalise the sequence scores with the running mean and std of all scores so "
-                          "far before the KL penalty is added (TRL PPOTrainer use_score_norm).")
-    whiten_rewards: bool = option(False, "Also whiten the per-token rewards over the batch (keeping their mean) before "
-                              "GAE, as TRL's PPOv2 `whiten_rewards`. Off: with sparse rewards it gives every token "
-                              "the same offset, a length bias.")
+                              "far before the KL penalty is added (TRL PPOTrainer use_score_norm).")
+    whiten_rewards: bool = option(False, "Also whiten the per-token rewards over the batch (keeping their mean) "
+                                  "before GAE, as TRL's PPOv2 `whiten_rewards`. Off: with sparse rewards it gives "
+                                  "every token the same offset, a length bias.")
     gamma: float = option(1.0, "Discount γ of GAE.")
     lam: float = option(0.95, "λ of GAE (Schulman et al. 2016).")
     cliprange: float = option(0.2, "ε of the clipped policy objective.")
     cliprange_value: float = option(0.2, "ε_v of the clipped value loss.")
     vf_coef: float = option(0.1, "Weight of the value loss in the shared-backbone loss.")
-    max_grad_norm: float = option(1.0, "Gradient-norm clip.")
     resume_from: str = option("", "Checkpoint folder to resume (adapter, value head, optimizer, iteration); "
-                          "'auto' = <run dir>/checkpoint when present.")
-    checkpoint_every: int = option(0, "Write the checkpoint every N iterations as well as at the end (0 = end only).")
-    threads: int = option(0, "torch CPU threads (0 = leave torch's default).")
+                              "'auto' = <run dir>/checkpoint when present.")
+    checkpoint_every: int = option(0, "Write the checkpoint every N iterations as well as at the end (0 = end "
+                                   "only).")
 
     def validate(self) -> None:
-        self.model.validate()
-        self._validate_reward()
-        check(bool(self.prompts_file), "prompts_file is empty: give a prompt-set JSONL")
-        check(self.steps >= 1, "steps must be at least 1")
-        check(self.lr > 0, "lr must be positive")
-        check(self.batch_size >= 1 and self.num_mini_batches >= 1 and self.gradient_accumulation_steps >= 1
-               and self.ppo_epochs >= 1, "batch_size, num_mini_batches, gradient_accumulation_steps and "
-               "ppo_epochs must be at least 1")
+        super().validate()
+        check(self.num_mini_batches >= 1 and self.gradient_accumulation_steps >= 1 and self.ppo_epochs >= 1,
+              "num_mini_batches, gradient_accumulation_steps and ppo_epochs must be at least 1")
         check_ppo_batches(self, 1)
         check(self.kl_estimator in ("k1", "k2", "k3"), f"kl_estimator={self.kl_estimator!r}: use 'k1', 'k2' or 'k3'")
         check(self.kl_coef >= 0 and self.target_kl >= 0, "kl_coef and target_kl must be >= 0")
         check(0 < self.gamma <= 1 and 0 <= self.lam <= 1, "gamma must lie in (0, 1] and lam in [0, 1]")
         check(self.cliprange > 0 and self.cliprange_value > 0, "cliprange and cliprange_value must be positive")
-        check(self.temperature > 0 and self.max_new_tokens >= 1, "temperature must be > 0, max_new_tokens >= 1")
-        check(self.eval_prompts >= 0 and self.eval_every >= 0 and self.checkpoint_every >= 0,
-               "eval_prompts, eval_every and checkpoint_every must be >= 0")
+        check(self.checkpoint_every >= 0, "checkpoint_every must be >= 0")
 
 
 def check_ppo_batches(cfg: PPOConfig, world_size: int) -> tuple[int, int, int]:
@@ -120,41 +126,23 @@ def check_ppo_batches(cfg: PPOConfig, world_size: int) -> tuple[int, int, int]:
 
 
 @dataclass
-class GRPOConfig(_RewardFields):
+class GRPOConfig(OnlineConfig):
     """GRPO through TRL's GRPOTrainer (Shao et al. 2024, DeepSeekMath §4.1): K answers per prompt,
     advantages relative to the group, no value function."""
 
-    model: ModelConfig = option(ModelConfig(), "The policy (base + LoRA).")
-    prompts_file: str = option("", "Prompt-set JSONL (prompt_id, images, prompt, ground_truth?); lines with "
-                           "\"split\": \"eval\" are held out for evaluation.")
-    eval_file: str = option("", "Optional held-out prompt set; empty = the split=eval lines (never trained on), "
-                        "else the first training prompts, reported as train/… (not held out).")
-    eval_prompts: int = option(32, "Prompts in the held-out evaluation (greedy answers, mean reward).")
-    eval_every: int = option(0, "Evaluate every N steps (0 = only before and after training); eval time is "
-                         "excluded from train_seconds.")
     steps: int = option(20, "Optimiser steps (TRL max_steps).")
-    seed: int = option(0, "Seed.")
-    lr: float = option(3e-3, "Learning rate of the LoRA adapter (constant).")
-    num_generations: int = option(4, "K: answers per prompt (the group); must be at least 2.")
     batch_size: int = option(16, "Answers per optimiser step over all processes (prompts × K); a multiple of K.")
-    max_new_tokens: int = option(24, "Longest sampled answer in tokens.")
-    temperature: float = option(1.0, "Sampling temperature.")
+    num_generations: int = option(4, "K: answers per prompt (the group); must be at least 2.")
     beta: float = option(0.0, "KL coefficient to the reference (adapter disabled); 0 = no reference pass "
-                     "(TRL's default since 0.19, after Dr. GRPO / DAPO).")
-    max_grad_norm: float = option(1.0, "Gradient-norm clip.")
-    threads: int = option(0, "torch CPU threads (0 = leave torch's default).")
+                         "(TRL's default since 0.19, after Dr. GRPO / DAPO).")
 
     def validate(self) -> None:
-        self.model.validate()
-        self._validate_reward()
-        check(bool(self.prompts_file), "prompts_file is empty: give a prompt-set JSONL")
+        super().validate()
         check(self.num_generations >= 2, f"num_generations={self.num_generations}: group-relative advantages "
-               "need K >= 2 answers per prompt; set num_generations to 2 or more")
+              "need K >= 2 answers per prompt; set num_generations to 2 or more")
         check(self.batch_size % self.num_generations == 0,
-               f"batch_size={self.batch_size} is not a multiple of num_generations={self.num_generations}: "
-               f"use e.g. batch_size={self.num_generations * max(1, self.batch_size // self.num_generations)}")
-        check(self.steps >= 1 and self.lr > 0, "steps must be >= 1 and lr positive")
-        check(self.temperature > 0 and self.max_new_tokens >= 1, "temperature must be > 0, max_new_tokens >= 1")
+              f"batch_size={self.batch_size} is not a multiple of num_generations={self.num_generations}: "
+              f"use e.g. batch_size={self.num_generations * max(1, self.batch_size // self.num_generations)}")
         check(self.beta >= 0, "beta must be >= 0")
 
 
