@@ -75,7 +75,7 @@ def write_pairs(samples: Path, noise: float, seed: int, split: str) -> dict:
     neighbouring pair of ranks swapped with probability `noise`) and write the pairs as preference records."""
     from rlhf.engine.demo import world
     from rlhf.engine.demo.annotators import noisy_ordering
-    from rlhf.engine.rewards import demo_reward
+    from rlhf.engine.demo.rewards import demo_reward
 
     rng = random.Random(seed)
     lines, distinct = [], []

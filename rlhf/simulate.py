@@ -15,7 +15,7 @@ from annotation.models import Candidate, Membership, Project
 from annotation.services import queue
 from annotation.services.projects import member_set
 from rlhf.engine.demo.annotators import noisy_ordering
-from rlhf.engine.rewards import demo_reward
+from rlhf.engine.demo.rewards import demo_reward
 
 
 def simulated_annotators(project: Project, n: int) -> list:

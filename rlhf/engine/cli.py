@@ -122,7 +122,11 @@ def run_evaluate(cfg, run_dir: str) -> dict:
     the reward model's scores, paired differences with intervals; optional reward-model pair accuracy."""
     from .evaluation import evaluate_run
 
-    return evaluate_run(cfg, run_dir)
+    if cfg.prompts_file:
+        return evaluate_run(cfg, run_dir)
+    from .demo.build import eval_records  # no prompt set: fresh scenes of the demo world
+
+    return evaluate_run(cfg, run_dir, eval_records(cfg.demo_images, cfg.seed, cfg.demo_task), "fresh demo-world scenes")
 
 
 def main(argv: list[str] | None = None) -> int:

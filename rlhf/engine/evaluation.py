@@ -1,6 +1,7 @@
-"""Evaluation: text metrics (BLEU, ROUGE-L, exact match), demo-world attribute accuracy, reward-model
-pairwise accuracy and calibration, and the `evaluate` subcommand (`evaluate_run`): a policy and the
-version it would replace on the same held-out prompts, with intervals (stats.py) and paired differences.
+"""Evaluation: text metrics (BLEU, ROUGE-L, exact match), the registered ground-truth answer metrics
+(`ANSWER_METRICS`: the demo world's attribute accuracy, from demo/rewards.py), reward-model pairwise
+accuracy and calibration, and the `evaluate` subcommand (`evaluate_run`): a policy and the version it would
+replace on the same held-out prompts, with intervals (stats.py) and paired differences.
 
 The metric functions on lists are pure; `evaluate_policy` decodes greedily and scores the answers.
 """
@@ -8,10 +9,15 @@ The metric functions on lists are pure; `evaluate_policy` decodes greedily and s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
-from .demo import world
-from .rewards import caption_attributes, normalize
+from .registry import Registry
+from .rewards import normalize, words
+
+ANSWER_METRICS: Registry[Callable[[list[dict], list[str]], dict[str, float]]] = Registry("answer metric")
+"""Name → `(records, answers) -> {figure: value}`: figures a world computes from its `ground_truth`
+(records without one are theirs to skip). `score_answers` reports every registered one."""
 
 
 def bleu(predictions: list[str], references: list[list[str]]) -> float:
@@ -43,7 +49,7 @@ def exact_match(predictions: list[str], references: list[list[str]]) -> float:
 
 def word_accuracy(prediction: str, reference: str) -> float:
     """Position-wise word agreement: matching words at the same index / the longer length."""
-    p, r = world.words(prediction), world.words(reference)
+    p, r = words(prediction), words(reference)
     if not p and not r:
         return 1.0
     return sum(a == b for a, b in zip(p, r, strict=False)) / max(len(p), len(r))
@@ -90,36 +96,16 @@ def reward_model_metrics(chosen_scores: list[float], rejected_scores: list[float
 
 
 def score_answers(records: list[dict], answers: list[str]) -> dict[str, float]:
-    """Text metrics over all records with a reference; demo-world attribute accuracy for caption records
-    with ground truth and exact match for question records with ground truth."""
+    """Text metrics over all records with a reference, then every registered answer metric (the demo
+    world's: attribute accuracy of captions, exact match of questions, on the records with ground truth)."""
     with_ref = [(r, a) for r, a in zip(records, answers, strict=True) if r.get("reference")]
     out: dict[str, float] = {"n": len(records)}
     if with_ref:
         preds = [a for _, a in with_ref]
         refs = [r["reference"] if isinstance(r["reference"], list) else [r["reference"]] for r, _ in with_ref]
         out.update(bleu=bleu(preds, refs), rouge_l=rouge_l(preds, refs), exact_match=exact_match(preds, refs))
-    captions = [(r, a) for r, a in zip(records, answers, strict=True)
-                if r.get("ground_truth") and normalize(r["prompt"]) == normalize(world.CAPTION_PROMPT)]
-    if captions:
-        attrs = [caption_attributes(a, r["ground_truth"]) for r, a in captions]
-        for key in ("count", "color", "shape", "size", "object"):
-            out[f"caption/{key}"] = sum(x[key] for x in attrs) / len(attrs)
-        out["caption/word_accuracy"] = sum(word_accuracy(a, world.reference_caption(r["ground_truth"]))
-                                           for r, a in captions) / len(captions)
-        out["caption/exact_match"] = sum(normalize(a) == normalize(world.reference_caption(r["ground_truth"]))
-                                         for r, a in captions) / len(captions)
-        out["caption/well_formed"] = sum(world.is_well_formed_caption(a) for _, a in captions) / len(captions)
-    questions = [(r, a) for r, a in zip(records, answers, strict=True)
-                 if r.get("ground_truth") and normalize(r["prompt"]) != normalize(world.CAPTION_PROMPT)]
-    if questions:
-        hits = []
-        for r, a in questions:
-            try:
-                hits.append(normalize(a) == normalize(world.answer_question(r["ground_truth"], r["prompt"])))
-            except ValueError:  # not a demo-world question
-                continue
-        if hits:
-            out["vqa/exact_match"] = sum(hits) / len(hits)
+    for metric in ANSWER_METRICS.values():
+        out.update(metric(records, answers))
     return out
 
 
@@ -172,21 +158,21 @@ def interval_figures(name: str, values: list[float], *, resamples: int, seed: in
     return {name: b["mean"], f"{name}_low": b["low"], f"{name}_high": b["high"], f"{name}_n": b["n"]}
 
 
-def evaluate_run(cfg, run_dir: str) -> dict:
+def evaluate_run(cfg, run_dir: str, records: list[dict] | None = None, source: str = "records given by the caller") -> dict:
     """The `evaluate` subcommand: greedy answers of the policy (and of `cfg.baseline`, on the same prompts)
     scored with BLEU / ROUGE-L / exact match / demo attributes, the verifiable reward and the reward model,
     and `cfg.samples` answers per prompt at T = 1 scored with the verifiable reward (…/verifiable_sampled),
     each mean with its 95% bootstrap interval, and the paired differences policy − baseline (diff/…); the
     reward model's pair accuracy on `preference_file`. Per-prompt answers and scores go to answers.jsonl.
 
-    The prompts are held out by the caller's word (`heldout`); with heldout=false every figure is named
-    train/… (heldout.py, rule 3)."""
+    The prompts are `cfg.prompts_file`, else `records` (described by `source`): the CLI passes fresh
+    demo-world scenes when no prompts_file is given (cli.run_evaluate). They are held out by the caller's
+    word (`heldout`); with heldout=false every figure is named train/… (heldout.py, rule 3)."""
     import gc
     import logging
 
     from .config import to_dict
     from .data import read_preferences, read_prompts, write_jsonl
-    from .demo.build import eval_records
     from .generation import greedy_answers
     from .heldout import TRAIN, warn_not_heldout
     from .loading import load_model
@@ -199,8 +185,8 @@ def evaluate_run(cfg, run_dir: str) -> dict:
     with run:
         if cfg.prompts_file:
             records, source = read_prompts(cfg.prompts_file), f"prompts_file {cfg.prompts_file}"
-        else:
-            records, source = eval_records(cfg.demo_images, cfg.seed, cfg.demo_task), "fresh demo-world scenes"
+        elif records is None:
+            raise ValueError("evaluate needs a prompt set: cfg.prompts_file, or the records the caller passes")
         if not cfg.heldout:
             warn_not_heldout(log, "heldout=false", f"{cfg.prompts_file or 'the prompt set'} holds training prompts")
         result: dict = {"prompts": len(records), "prompts_sha": prompt_set_fingerprint(records),

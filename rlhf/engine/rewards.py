@@ -2,17 +2,27 @@
 scoring completions against ground truth, no learned model.
 
 Every reward has TRL's reward-function signature `(prompts, completions, images=None, **kwargs) ->
-list[float]`; `kwargs` carry per-completion columns such as `ground_truth` (dicts of the demo world:
-`objects`, `count`, `boxes`, …) and `reference` (a string or a list of strings). Completions may be plain
-strings or TRL's conversational `[{"role": "assistant", "content": ...}]`. No torch here.
+list[float]`; `kwargs` carry per-completion columns such as `ground_truth` (a dict of the prompt's world)
+and `reference` (a string or a list of strings). Completions may be plain strings or TRL's conversational
+`[{"role": "assistant", "content": ...}]`. No torch here.
+
+`REWARDS` is the registry a config's `verifiable_reward` names. This module holds the world-independent
+parts (text normalisation, box IoU); a world's rewards register themselves from their own module
+(the demo world's: `demo/rewards.py`, loaded on the first lookup, see registry.py).
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 
-from .demo import world
+from .registry import Registry
+
+RewardFn = Callable[..., list[float]]
+
+REWARDS: Registry[RewardFn] = Registry("verifiable reward")
+"""Name → reward function; `@REWARDS.register` adds one. Configs name rewards by these keys."""
 
 
 def as_text(x) -> str:
@@ -30,12 +40,21 @@ def as_text(x) -> str:
     return str(x)
 
 
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def words(text: str) -> list[str]:
+    """Lower-case word tokens of a text, punctuation dropped."""
+    return _WORD.findall(text.lower())
+
+
 def normalize(text: str) -> str:
     """Lower case, words only, single spaces (for exact match)."""
-    return " ".join(world.words(text))
+    return " ".join(words(text))
 
 
-def _column(kwargs: dict, name: str, n: int) -> list:
+def column(kwargs: dict, name: str, n: int) -> list:
+    """The per-completion column `name` of a reward's keyword arguments, checked to have `n` entries."""
     col = kwargs.get(name)
     if col is None:
         raise ValueError(f"this reward needs the per-completion column {name!r} (got {sorted(kwargs)})")
@@ -44,80 +63,12 @@ def _column(kwargs: dict, name: str, n: int) -> list:
     return list(col)
 
 
-def _multiset_agreement(pred: list, truth: list) -> float:
+def multiset_agreement(pred: list, truth: list) -> float:
     """|pred ∩ truth| / max(|pred|, |truth|) over multisets (1 when both are empty)."""
     if not pred and not truth:
         return 1.0
     overlap = sum((Counter(pred) & Counter(truth)).values())
     return overlap / max(len(pred), len(truth))
-
-
-def caption_attributes(text: str, gt: dict) -> dict[str, float]:
-    """Per-attribute correctness of a caption against the ground truth, each in [0, 1]:
-    count (the stated count word), color, shape, size (multiset agreement of the described objects),
-    object (agreement of whole (size, colour, shape) triples)."""
-    parsed = world.parse_caption(text)
-    objs = parsed["objects"]
-    truth = [(o["size"], o["color"], o["shape"]) for o in gt["objects"]]
-    return {
-        "count": float(parsed["count"] == gt["count"]),
-        "color": _multiset_agreement([o[1] for o in objs], [t[1] for t in truth]),
-        "shape": _multiset_agreement([o[2] for o in objs], [t[2] for t in truth]),
-        "size": _multiset_agreement([o[0] for o in objs], [t[0] for t in truth]),
-        "object": _multiset_agreement(objs, truth),
-    }
-
-
-def caption_reward(prompts, completions, images=None, **kwargs) -> list[float]:
-    """Mean of count, colour and shape correctness of each caption against `ground_truth`."""
-    gts = _column(kwargs, "ground_truth", len(completions))
-    out = []
-    for c, gt in zip(completions, gts, strict=True):
-        a = caption_attributes(as_text(c), gt)
-        out.append((a["count"] + a["color"] + a["shape"]) / 3)
-    return out
-
-
-def _attribute_reward(attr: str):
-    def reward(prompts, completions, images=None, **kwargs) -> list[float]:
-        gts = _column(kwargs, "ground_truth", len(completions))
-        return [caption_attributes(as_text(c), gt)[attr] for c, gt in zip(completions, gts, strict=True)]
-
-    reward.__name__ = f"{attr}_reward"
-    reward.__doc__ = f"Caption {attr} correctness against `ground_truth`, in [0, 1]."
-    return reward
-
-
-count_reward = _attribute_reward("count")
-color_reward = _attribute_reward("color")
-shape_reward = _attribute_reward("shape")
-
-
-def _references(kwargs: dict, prompts, n: int) -> list[list[str]]:
-    """References per completion: the `reference` column, else answers derived from `ground_truth`."""
-    if kwargs.get("reference") is not None:
-        refs = _column(kwargs, "reference", n)
-        return [[r] if isinstance(r, str) else list(r) for r in refs]
-    gts = _column(kwargs, "ground_truth", n)
-    out = []
-    for p, gt in zip(prompts, gts, strict=True):
-        q = as_text(p)
-        out.append([world.reference_caption(gt)] if _is_caption_prompt(q) else [world.answer_question(gt, q)])
-    return out
-
-
-def _is_caption_prompt(prompt: str) -> bool:
-    return normalize(world.CAPTION_PROMPT) in normalize(prompt)
-
-
-def exact_match_reward(prompts, completions, images=None, **kwargs) -> list[float]:
-    """1 when the normalised completion equals a normalised reference (VQA exact match), else 0."""
-    refs = _references(kwargs, prompts, len(completions))
-    return [float(any(normalize(as_text(c)) == normalize(r) for r in rs)) for c, rs in zip(completions, refs,
-                                                                                          strict=True)]
-
-
-vqa_exact_match_reward = exact_match_reward
 
 
 _NUM = re.compile(r"-?\d+(?:\.\d+)?")
@@ -141,12 +92,13 @@ def box_iou(a: list[float], b: list[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
+@REWARDS.register
 def iou_reward(prompts, completions, images=None, **kwargs) -> list[float]:
     """IoU of the box stated in the completion with the target box (Visual-RFT's IoU reward).
 
     The target is `ground_truth["box"]` when present, else the best-matching box of
-    `ground_truth["boxes"]`; an answer without a box scores 0."""
-    gts = _column(kwargs, "ground_truth", len(completions))
+    `ground_truth["boxes"]` (or of its `objects`' boxes); an answer without a box scores 0."""
+    gts = column(kwargs, "ground_truth", len(completions))
     out = []
     for c, gt in zip(completions, gts, strict=True):
         box = parse_box(as_text(c))
@@ -155,33 +107,12 @@ def iou_reward(prompts, completions, images=None, **kwargs) -> list[float]:
     return out
 
 
-def format_reward(prompts, completions, images=None, **kwargs) -> list[float]:
-    """1 when an answer has the expected form: a caption prompt needs a well-formed caption of the demo
-    grammar ("two shapes: a small red circle and a large blue square."); any other prompt a short
-    answer of one to four words."""
-    out = []
-    for p, c in zip(prompts, completions, strict=True):
-        text = as_text(c).strip()
-        if _is_caption_prompt(as_text(p)):
-            out.append(float(world.is_well_formed_caption(text)))
-        else:
-            out.append(float(1 <= len(world.words(text)) <= 4))
-    return out
-
-
-def demo_reward(prompts, completions, images=None, **kwargs) -> list[float]:
-    """The demo world's overall correctness: caption_reward for caption prompts, exact match for
-    questions. The simulated annotators and the benchmarks rank by it."""
-    gts = _column(kwargs, "ground_truth", len(completions))
-    out = []
-    for p, c, gt in zip(prompts, completions, gts, strict=True):
-        q = as_text(p)
-        if _is_caption_prompt(q):
-            out.append(caption_reward([q], [c], ground_truth=[gt])[0])
-        else:
-            out.append(float(normalize(as_text(c)) == normalize(world.answer_question(gt, q))))
-    return out
-
-
-REWARDS = {f.__name__: f for f in (caption_reward, count_reward, color_reward, shape_reward, exact_match_reward,
-                                   iou_reward, format_reward, demo_reward)}
+def __getattr__(name: str):
+    """`rewards.<name>` of any registered reward (`from rlhf.engine.rewards import demo_reward` keeps working
+    for callers written before the demo's rewards moved to demo/rewards.py)."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    try:
+        return REWARDS[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

@@ -7,7 +7,7 @@ from django.core.management import call_command
 
 from annotation.models import Candidate, PreferencePair, Ranking
 from rlhf.engine.demo.annotators import noisy_ordering
-from rlhf.engine.rewards import demo_reward
+from rlhf.engine.demo.rewards import demo_reward
 
 
 def test_without_noise_the_ordering_follows_the_scores_with_ties():

@@ -5,7 +5,8 @@ drawn with Pillow at random, non-overlapping positions. The ground truth (labels
 boxes) makes every answer verifiable, which is what the demo's simulated annotators, the verifiable
 rewards and the benchmarks rely on.
 
-Pure Python (Pillow + stdlib): the Django web tier imports this module and must never pay for torch.
+Pure Python (Pillow, stdlib and the engine's torch-free rewards.py): the Django web tier imports this
+module and must never pay for torch.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import re
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from ..rewards import words  # the library's word tokens (world.words is this function)
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLORS = {
@@ -152,14 +155,6 @@ def vqa_pairs(gt: dict, rng: random.Random) -> list[tuple[str, str]]:
 
 # ---------------------------------------------------------------------------------------------------
 # Parsing answers back into attributes (used by the verifiable rewards)
-
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def words(text: str) -> list[str]:
-    """Lower-case word tokens of a text, punctuation dropped."""
-    return _WORD.findall(text.lower())
-
 
 def parse_caption(text: str) -> dict:
     """Read a caption in the world's grammar back into `{"count": int | None, "objects": [(size, color,
