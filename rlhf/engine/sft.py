@@ -16,9 +16,9 @@ import torch
 
 from .config import SFTConfig, to_dict
 from .data import encode_completions, load_images, read_prompts
-from .demo.build import cosine_with_warmup
 from .losses import sft_loss
 from .rundir import RunDir, progress
+from .schedules import warmup_cosine_schedule
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def train_sft(cfg: SFTConfig, run_dir: str) -> dict:
         log.info("SFT on %d examples; %d of %d parameters trainable", len(records), trainable, total_params)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(cfg.warmup_steps, cfg.steps))
+        sched = warmup_cosine_schedule(opt, cfg.warmup_steps, cfg.steps)
         model, opt = acc.prepare(model, opt)
         rng = random.Random(cfg.seed + acc.process_index)
         cache: dict = {}

@@ -19,12 +19,12 @@ import torch
 
 from .config import RewardConfig, to_dict
 from .data import encode_completions, load_images, read_preferences
-from .demo.build import cosine_with_warmup
 from .evaluation import reward_model_metrics
 from .heldout import EVAL, split_lines, warn_not_heldout
 from .losses import bradley_terry_loss, reward_centering_loss
 from .reward_model import RewardModel, init_reward_model, save_reward_model, score
 from .rundir import RunDir, progress
+from .schedules import warmup_cosine_schedule
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def _train(cfg: RewardConfig, acc, run: RunDir, set_seed) -> dict:
                                       likelihood_term=cfg.likelihood_term, token_head=cfg.token_head)
     opt = make_optimizer(rm, cfg)
     params = [p for g in opt.param_groups for p in g["params"]]
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(cfg.warmup_steps, total))
+    sched = warmup_cosine_schedule(opt, cfg.warmup_steps, total)
     loader = torch.utils.data.DataLoader(train, batch_size=per_device, shuffle=True, collate_fn=list,
                                          generator=torch.Generator().manual_seed(cfg.seed), drop_last=False)
     rm_ddp, opt, loader = acc.prepare(rm, opt, loader)

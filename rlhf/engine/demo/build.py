@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -23,6 +22,7 @@ import torch
 
 from ..config import BuildDemoConfig
 from ..losses import sft_loss
+from ..schedules import warmup_cosine_schedule
 from . import world
 from .shipped import (  # noqa: F401  (re-exported: the build's cache key and the shipped base)
     CHECKSUMS,
@@ -225,7 +225,7 @@ def train_demo_model(model, processor, cfg: BuildDemoConfig,
         return ids, mask, labels, pixels[[i for i, _, _ in picks]]
 
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(cfg.warmup_steps, cfg.steps))
+    sched = warmup_cosine_schedule(opt, cfg.warmup_steps, cfg.steps)
     model.train()
     step_rng = random.Random(cfg.seed + 2)
     start = time.monotonic()
@@ -248,18 +248,6 @@ def train_demo_model(model, processor, cfg: BuildDemoConfig,
             break
     model.eval()
     return {"steps": step, "final_loss": loss_v, "train_seconds": round(time.monotonic() - start, 1)}
-
-
-def cosine_with_warmup(warmup: int, total: int) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up to 1 over `warmup` steps, then cosine decay to 0.1 at `total`."""
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
 
 
 def eval_records(n: int, seed: int, task: str = "caption") -> list[dict]:
