@@ -1,16 +1,10 @@
 """Errors the annotation services raise; the API and the pages turn them into HTTP answers."""
 
+from lensloop.errors import ServiceError
 
-class AnnotationError(Exception):
-    """Base class. ``status`` is the HTTP status the web layer answers with; ``code`` is stable."""
 
-    status = 400
-    code = "invalid"
-
-    def __init__(self, message: str, **details):
-        super().__init__(message)
-        self.message = message
-        self.details = details
+class AnnotationError(ServiceError):
+    """Base class of the annotation services' errors (``status``, ``code``, ``message``, ``details``)."""
 
 
 class InvalidRanking(AnnotationError):

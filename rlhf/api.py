@@ -82,10 +82,6 @@ RoundSerializer = type("RoundSerializer", (serializers.Serializer,),
                        {"__doc__": "The parameters of a round (rlhf.engine.round.RoundConfig)."})
 
 
-def _loop_error(exc: LoopError) -> Response:
-    return Response({"error": exc.code, "detail": exc.message}, status=exc.status)
-
-
 class RoundView(APIView):
     @extend_schema(request=RoundSerializer, responses={201: RunDetailSerializer, 409: OpenApiResponse(description="A round is in progress")})
     def post(self, request, slug):
@@ -93,10 +89,7 @@ class RoundView(APIView):
         project = project_for(request, slug, admin=True)
         data = RoundSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            run = start_round(project=project, user=request.user, params=dict(data.validated_data))
-        except LoopError as exc:
-            return _loop_error(exc)
+        run = start_round(project=project, user=request.user, params=dict(data.validated_data))
         return Response(RunDetailSerializer(run).data, status=status.HTTP_201_CREATED)
 
 
@@ -115,10 +108,7 @@ class GenerateView(APIView):
         project = project_for(request, slug, admin=True)
         data = GenerateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            run = start_generate(project=project, user=request.user, **data.validated_data)
-        except LoopError as exc:
-            return _loop_error(exc)
+        run = start_generate(project=project, user=request.user, **data.validated_data)
         return Response(RunSerializer(run).data, status=201)
 
 
@@ -154,10 +144,7 @@ class RunCancelView(APIView):
 class RunResumeView(APIView):
     @extend_schema(request=None, responses=RunDetailSerializer)
     def post(self, request, run_id):
-        try:
-            run = resume_round(_run_for(request, run_id, admin=True))
-        except LoopError as exc:
-            return _loop_error(exc)
+        run = resume_round(_run_for(request, run_id, admin=True))
         return Response(RunDetailSerializer(run).data)
 
 
@@ -177,10 +164,7 @@ class VersionActivateView(APIView):
         round continues from it and new tasks are sampled from it. 409 while a round is in progress."""
         version = get_object_or_404(ModelVersion.objects.select_related("project"), pk=version_id)
         project_for(request, version.project.slug, admin=True)
-        try:
-            version = activate_version(version)
-        except LoopError as exc:
-            return _loop_error(exc)
+        version = activate_version(version)
         return Response(VersionSerializer(version).data)
 
 
@@ -194,7 +178,7 @@ class LeaderboardView(APIView):
         project = project_for(request, slug)
         split = request.query_params.get("split") or None
         if split not in (None, "train", "eval"):
-            return Response({"error": "invalid", "detail": "split must be train or eval"}, status=400)
+            raise LoopError("split must be train or eval")
         return Response(leaderboard(project, split=split))
 
 
@@ -233,10 +217,7 @@ class LoopSettingsView(APIView):
         project = project_for(request, slug, admin=True)
         data = LoopSettingsSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            row = loop_settings_set(project=project, **data.validated_data)
-        except LoopError as exc:
-            return _loop_error(exc)
+        row = loop_settings_set(project=project, **data.validated_data)
         return Response(_loop_settings_out(row))
 
 

@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from annotation.models import PreferencePair, Project
+from lensloop.errors import ServiceError
 from rlhf.engine import round as round_schema
 from rlhf.engine.config_base import ConfigError
 from rlhf.models import ModelVersion, TrainingRun
@@ -28,13 +29,8 @@ ROUND_DEFAULTS = round_schema.defaults(round_schema.MAIN, round_schema.ALGORITHM
 ROUND_ADVANCED = round_schema.defaults(round_schema.ADVANCED)
 
 
-class LoopError(Exception):
-    status = 400
-    code = "invalid"
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+class LoopError(ServiceError):
+    """Base class of the loop services' errors; the API's exception handler answers them."""
 
 
 class RoundInProgress(LoopError):
@@ -380,8 +376,10 @@ def maybe_start_auto_rounds() -> list[TrainingRun]:
             continue
         try:
             started.append(start_round(project=project, params=settings_row.round_params))
-        except LoopError:
-            continue
+        except RoundInProgress:
+            continue  # another worker started it a moment ago
+        except LoopError as exc:
+            log.warning("automatic round of project %s not started: %s", project.slug, exc.message)
     return started
 
 

@@ -1,6 +1,7 @@
 """Turn errors into HTTP answers of one shape: ``{"error": code, "detail": message, ...details}``.
 
-Service errors carry their own code and details; a Django ``ValidationError`` from a service answers
+Service errors (``lensloop.errors.ServiceError``: the annotation services' and the loop's) carry their
+own status, code and details, and are answered here only; a Django ``ValidationError`` from a service answers
 like a serializer's. DRF's own errors are brought into the same shape:
 a validation error answers ``{"error": "invalid", "detail": "field: message; ...", "fields": {field:
 [messages]}}`` (DRF's field map kept under ``fields``), and the others (401, 403, 404, 405, 415, 429,
@@ -16,7 +17,7 @@ from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from annotation.exceptions import AnnotationError
+from lensloop.errors import ServiceError
 
 
 def _jsonable(value):
@@ -47,7 +48,7 @@ def _code(exc) -> str:
 
 
 def exception_handler(exc, context):
-    if isinstance(exc, AnnotationError):
+    if isinstance(exc, ServiceError):
         body = {"error": exc.code, "detail": exc.message}
         body.update({key: _jsonable(value) for key, value in exc.details.items()})
         return Response(body, status=exc.status)

@@ -37,6 +37,7 @@ from django.db.models import BooleanField, Exists, F, Func, OuterRef
 
 from annotation.images import media_path
 from annotation.models import Candidate, Image, PreferencePair, Project, Prompt, Ranking
+from lensloop import formats
 
 FORMATS = ("records", "trl", "parquet", "rankings")
 SPLITS = tuple(Prompt.Split.values)
@@ -156,25 +157,9 @@ def preference_records(flt: ExportFilter) -> Iterator[tuple[dict, Image]]:
         )
 
 
-def _user_turn(text: str) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": text}]}]
-
-
-def _assistant_turn(text: str) -> list[dict]:
-    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
-
-
 def trl_row(record: dict) -> dict:
-    """One record in TRL's conversational preference format (with images)."""
-    return {
-        "id": record["id"],
-        "images": record["images"],
-        "prompt": _user_turn(record["prompt"]),
-        "chosen": _assistant_turn(record["chosen"]),
-        "rejected": _assistant_turn(record["rejected"]),
-        "margin": record["margin"],
-        "split": record["split"],
-    }
+    """One record in TRL's conversational preference format (with images), with its id, margin and split."""
+    return {"id": record["id"], **formats.preference_row(record), "margin": record["margin"], "split": record["split"]}
 
 
 def ranking_rows(flt: ExportFilter) -> Iterator[tuple[dict, Image]]:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from lensloop import formats
+
 from .config import to_dict
 from .data import encode_completions, load_images, read_preferences
 from .heldout import split_lines, warn_not_heldout
@@ -32,22 +34,12 @@ from .rundir import RunDir
 log = logging.getLogger(__name__)
 
 
-def user_message(prompt: str, n_images: int) -> list[dict]:
-    """TRL's conversational prompt: one user turn with `n_images` image placeholders and the text."""
-    return [{"role": "user", "content": [*({"type": "image"} for _ in range(n_images)),
-                                         {"type": "text", "text": prompt}]}]
-
-
-def assistant_message(text: str) -> list[dict]:
-    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
-
-
 def prompt_dataset(records: list[dict]):
     """A `datasets.Dataset` for GRPO/RLOO: prompt (conversational), images (PIL), ground_truth (JSON)."""
     from datasets import Dataset
 
     cache: dict = {}
-    return Dataset.from_list([{"prompt": user_message(r["prompt"], len(r["images"])),
+    return Dataset.from_list([{"prompt": formats.user_turn(r["prompt"], len(r["images"])),
                                "images": load_images(r["images"], cache),
                                "ground_truth": json.dumps(r.get("ground_truth"))} for r in records])
 
@@ -57,10 +49,8 @@ def preference_dataset(records: list[dict]):
     from datasets import Dataset
 
     cache: dict = {}
-    return Dataset.from_list([{"images": load_images(r["images"], cache),
-                               "prompt": user_message(r["prompt"], len(r["images"])),
-                               "chosen": assistant_message(r["chosen"]),
-                               "rejected": assistant_message(r["rejected"])} for r in records])
+    return Dataset.from_list([{**formats.preference_row(r), "images": load_images(r["images"], cache)}
+                              for r in records])
 
 
 def _trainer_args(cfg, run_dir: str, **extra) -> dict:
