@@ -36,45 +36,49 @@ MAIN, ALGORITHM, MORE, ADVANCED = "main", "algorithm", "more", "advanced"
 class RoundConfig:
     """The parameters of one round: export → reward model → policy → evaluate → register → generate."""
 
-    algorithm: str = option("ppo", "How the policy learns from the rankings.", label="Algorithm",
+    algorithm: str = option("ppo", "PPO, GRPO, DPO or SFT: how the policy learns from the rankings (step 3).",
+                            label="Algorithm",
                             choices=ALGORITHMS, group=MAIN)
     policy_steps: int = option(40, "Optimisation steps of the policy.", label="Policy steps", min=1,
                                max=1_000_000, group=MAIN)
     lr: float = option(0.0, "0 = the engine's default for the algorithm.", label="Learning rate", min=0.0,
                        group=MAIN, empty=ENGINE_DEFAULT)
-    lora_r: int = option(8, "Rank of the adapter on q_proj and v_proj.", label="LoRA rank", min=1, max=256,
+    lora_r: int = option(8, "Rank of the LoRA adapter of the reward model and the policy.", label="LoRA rank", min=1, max=256,
                          group=MAIN)
-    qlora: bool = option(False, "Load the base weights in 4-bit (NF4) and train the LoRA adapter on top.",
+    qlora: bool = option(False, "Load the base weights in 4-bit (NF4) and train the LoRA adapter on top; offered "
+                         "only where the training workers have CUDA.",
                          label="QLoRA", group=MAIN)
-    kl_coef: float = option(0.05, "PPO and GRPO: how hard the policy is held near the reference policy.",
+    kl_coef: float = option(0.05, "PPO and GRPO (TRL's beta): how hard the policy is held near the reference policy.",
                             label="KL coefficient", min=0.0, group=ALGORITHM)
     beta: float = option(0.1, "DPO: strength of the implicit KL constraint.", label="DPO β", min=0.0,
                          group=ALGORITHM)
-    reward_epochs: float = option(3.0, "Passes over the preference pairs.", label="Reward-model epochs", min=0.1,
+    reward_epochs: float = option(3.0, "Passes of the reward model over the preference pairs.", label="Reward-model epochs", min=0.1,
                                   max=1000.0, group=MORE)
-    generate_prompts: int = option(64, "Afterwards the new policy answers this many prompts, K candidates each, "
-                                   "as new ranking tasks.", label="Prompts to sample", min=1, max=100_000,
+    generate_prompts: int = option(64, "Step 6: the new policy answers this many prompts, K candidates each, as "
+                                   "new ranking tasks.", label="Prompts to sample", min=1, max=100_000,
                                    group=MORE)
-    temperature: float = option(1.0, "Temperature of the new candidates' sampling.", label="Sampling temperature",
+    temperature: float = option(1.0, "Temperature of the new candidates' sampling (step 6).", label="Sampling temperature",
                                 min=0.01, max=5.0, group=MORE)
     lora_target_modules: list[str] = option([], "Modules that get the LoRA adapter; [] = q_proj and v_proj of "
                                             "the language model.", label="LoRA target modules", group=ADVANCED,
                                             empty="q_proj, v_proj (" + ENGINE_DEFAULT + ")")
-    lora_modules_to_save: list[str] = option([], "Modules trained in full beside the adapter (PEFT "
-                                             "modules_to_save).", label="Modules trained in full", group=ADVANCED)
+    lora_modules_to_save: list[str] = option([], "Modules trained in full beside the adapter and saved with "
+                                             "it (PEFT modules_to_save), e.g. [\"lm_head\"].", label="Modules trained in full", group=ADVANCED)
     reward_lr: float = option(0.0, "The reward model's learning rate; 0 = the engine's default.",
                               label="Reward-model learning rate", min=0.0, group=ADVANCED, empty=ENGINE_DEFAULT)
     reward_lora: bool = option(True, "Train the reward model as a LoRA adapter; false trains every weight of "
-                               "its backbone (for small models).", label="Reward model as a LoRA adapter",
+                               "its backbone instead and saves it whole, for small models (not with qlora). On the "
+                               "demo base that gained 0.015–0.022 held-out pair accuracy on one round's data and "
+                               "nothing reliable in a whole loop (docs/benchmarks.md).", label="Reward model as a LoRA adapter",
                                group=ADVANCED)
-    policy_batch_size: int = option(0, "Answers per policy step (PPO rollouts, GRPO prompts × K); 0 = the "
-                                    "engine's default.", label="Answers per policy step", min=0, group=ADVANCED,
+    policy_batch_size: int = option(0, "Answers per policy step (PPO rollouts, GRPO prompts × K, DPO pairs); 0 = "
+                                    "the engine's default.", label="Answers per policy step", min=0, group=ADVANCED,
                                     empty=ENGINE_DEFAULT)
-    use_reward_model: bool = option(True, "False: PPO or GRPO trains on the verifiable reward alone (the round's "
-                                    "reward model is still trained and registered).",
+    use_reward_model: bool = option(True, "False: PPO or GRPO trains on the verifiable reward alone, a benchmark's "
+                                    "upper bound (the round's reward model is still trained and registered).",
                                     label="Reward model in the policy's reward", group=ADVANCED)
-    verifiable_reward: str = option("", "A ground-truth reward (rlhf.engine.rewards) added to the reward model's "
-                                    "score; '' = none.", label="Verifiable reward", group=ADVANCED)
+    verifiable_reward: str = option("", "A ground-truth reward (e.g. demo_reward) added to the reward model's "
+                                    "score, when the prompts carry ground truth; '' = none.", label="Verifiable reward", group=ADVANCED)
     verifiable_weight: float = option(1.0, "Weight of the verifiable reward in the policy's reward.",
                                       label="Weight of the verifiable reward", min=0.0, group=ADVANCED)
 

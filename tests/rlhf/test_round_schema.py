@@ -52,3 +52,4 @@ def test_a_round_value_is_checked_once_whatever_the_door():
     assert not api.is_valid() and "lora_r" in api.errors
     with pytest.raises(round_schema.ConfigError, match="lora_r=1000: must be at most 256"):
         round_schema.round_config(bad)
+
