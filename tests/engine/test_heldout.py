@@ -116,8 +116,8 @@ def test_the_reward_model_without_held_out_pairs_names_its_figures_train_split(t
 
 
 def test_evaluate_compares_a_policy_with_its_baseline_on_the_same_prompts(tiny_model_path, tmp_path):
+    from rlhf.engine.cli import run_evaluate as evaluate_run  # no prompts_file: the CLI draws fresh demo scenes
     from rlhf.engine.config import load_config
-    from rlhf.engine.evaluation import evaluate_run
 
     model = {"path": str(tiny_model_path), "device": "cpu"}
     cfg = load_config("evaluate", {"model": model, "baseline": model, "demo_images": 6, "max_new_tokens": 12,
