@@ -10,6 +10,7 @@ cancel, resume and "make active" are actions here, as on the Training pages.
 from django import forms
 from django.contrib import admin, messages
 
+from rlhf.forms import GateSettingsForm
 from rlhf.models import LoopSettings, ModelVersion, TrainingRun
 from rlhf.services import LoopError, activate_version, cancel_run, resume_round, validate_round_params
 
@@ -83,10 +84,12 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return obj is None or not obj.active  # make another version active first
 
 
-class LoopSettingsForm(forms.ModelForm):
-    class Meta:
-        model = LoopSettings
-        fields = ["project", "auto_round_pairs", "round_params"]
+class LoopSettingsForm(GateSettingsForm):
+    """Everything a project's loop settings hold: the automatic trigger, the saved round parameters, and the
+    held-out evaluation and promotion gate (the gate fields as the training page shows them)."""
+
+    class Meta(GateSettingsForm.Meta):
+        fields = ["project", "auto_round_pairs", "round_params", *GateSettingsForm.Meta.fields]
 
     def clean_round_params(self):
         """Validated as ``loop_settings_set`` does, so an automatic round never fails on its parameters."""

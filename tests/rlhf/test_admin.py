@@ -82,13 +82,26 @@ def test_runs_and_versions_are_not_added_by_hand(world):
 
 
 def test_loop_settings_in_the_admin_are_validated_like_the_apis(world):
-    form = {"project": world["project"].pk, "auto_round_pairs": 10, "round_params": json.dumps({"algorithm": "reinforce"})}
+    form = {"project": world["project"].pk, "auto_round_pairs": 10, "round_params": json.dumps({"algorithm": "reinforce"}),
+            "promotion_gate": "auto", "gate_reward": "", "gate_comparisons": 20, "eval_prompts": 100}
     response = world["admin"].post("/admin/rlhf/loopsettings/add/", form)
     assert response.status_code == 200 and "algorithm must be one of" in response.content.decode()
     assert not LoopSettings.objects.exists()
     response = world["admin"].post("/admin/rlhf/loopsettings/add/", {**form, "round_params": json.dumps({"policy_steps": 5})})
     assert response.status_code == 302
     assert LoopSettings.objects.get().round_params["policy_steps"] == 5
+
+
+def test_the_admin_sets_the_promotion_gate_too(world):
+    """The gate's settings are in the admin as on the training page; an unknown reward is refused."""
+    form = {"project": world["project"].pk, "auto_round_pairs": 0, "round_params": "{}", "promotion_gate": "human",
+            "gate_reward": "no_such_reward", "gate_comparisons": 12, "eval_prompts": 50}
+    response = world["admin"].post("/admin/rlhf/loopsettings/add/", form)
+    assert response.status_code == 200 and "no_such_reward" in response.content.decode()
+    response = world["admin"].post("/admin/rlhf/loopsettings/add/", {**form, "gate_reward": "demo_reward"})
+    assert response.status_code == 302
+    row = LoopSettings.objects.get()
+    assert (row.promotion_gate, row.gate_reward, row.gate_comparisons, row.eval_prompts) == ("human", "demo_reward", 12, 50)
 
 
 def test_every_admin_page_of_the_loop_renders(world):
