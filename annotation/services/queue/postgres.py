@@ -1,12 +1,13 @@
-"""The queue's hot paths on PostgreSQL: a lease in one statement, a submit in two.
+"""The queue on PostgreSQL: a lease in one statement, a submit in two.
 
-These are the same operations as the ORM code in ``annotation.services.queue`` (which SQLite uses, and
-whose docstring explains why the queue is race-safe); they exist because at hundreds of annotations per
-second the ORM's per-query Python cost, not the database, is the limit. The rules they keep:
+``PostgresQueue`` makes the same decisions as ``orm.OrmQueue`` (the contract tests hold both to the same
+behaviour); it exists because at hundreds of annotations per second the ORM's per-query Python cost, not
+the database, is the limit. Skip, release, close and the expiry itself are ``base.Queue``'s ORM code;
+only the lease, the submit and the scan for lapsed leases are SQL here. The rules they keep:
 
 * Locks are taken task first. Every write to an assignment happens while its task's row is locked, so
   locking the task alone serialises everything that touches one task's counters and leases.
-* ``state`` is derived from the counters exactly as ``queue._settle`` does it.
+* ``state`` is derived from the counters exactly as ``base.settle`` does it.
 * The unique constraints (task, annotator) and ``client_uuid`` stay the last line of defence.
 
 The statements run as prepared statements (``rawsql.execute``): planning the lease statement took longer than
@@ -21,11 +22,22 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime, timedelta
+from functools import cache
 
 from django.db import connection
 
+from annotation.exceptions import NotFound
 from annotation.models import Assignment, Candidate, Image, Project, Prompt, Ranking, RankingTask
+from annotation.pairs import normalise_ordering, pairs_from_groups
 from annotation.rawsql import execute
+from annotation.services.queue.base import (
+    Queue,
+    SubmitResult,
+    check_may_submit,
+    count_submit,
+    repeat_of,
+    stale_leases_orm,
+)
 
 # 1 the annotator's own live lease, if any; 2 otherwise the best open task they have not judged, locked
 # with SKIP LOCKED so that concurrent annotators each get a different one; 3 its counters and state;
@@ -86,14 +98,20 @@ JOIN annotation_image i ON i.id = p.image_id
 """
 
 
+@cache
+def _field_order(model) -> tuple[str, ...]:
+    return tuple(f.attname for f in model._meta.get_fields() if getattr(f, "concrete", False))
+
+
 def _loaded(model, **values):
     """An instance of ``model`` holding just ``values`` (attnames); every other field is deferred.
     ``from_db`` wants the values in the model's field order, which this takes care of."""
-    names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+    names = [name for name in _field_order(model) if name in values]
     return model.from_db(connection.alias, names, [values[name] for name in names])
 
 
-def next_task(*, annotator, project: Project, now: datetime) -> Assignment | None:
+def lease(*, annotator, project: Project, now: datetime) -> Assignment | None:
+    """``PostgresQueue._lease``: one statement."""
     until = now + timedelta(minutes=project.lease_minutes)
     with execute(NEXT_TASK_SQL, {"user": annotator.pk, "project": project.pk, "now": now, "until": until}) as cur:
         row = cur.fetchone()
@@ -186,7 +204,7 @@ def write_submit(
     *, annotator, task: RankingTask, assignment: Assignment, groups: list[list[int]], pairs: list[tuple[int, int, int]],
     flags, rationale: str, time_spent_ms: int | None, client_uuid: uuid.UUID, now: datetime,
 ) -> Ranking:
-    """Write what ``queue.submit_ranking`` decided; ``task`` carries the new counters and state."""
+    """Write what ``PostgresQueue._submit`` decided; ``task`` carries the new counters and state."""
     params = {
         "task": task.pk, "project": task.project_id, "prompt": task.prompt_id, "user": annotator.pk,
         "ordering": json.dumps(groups), "all_bad": "all_bad" in flags, "unsafe": "unsafe" in flags,
@@ -215,3 +233,35 @@ def expired_leases(*, project_id: int, now: datetime, limit: int) -> list[tuple[
     """(assignment id, task id) of leases that ran out; the partial index on active leases answers it."""
     with execute(EXPIRED_SQL, {"project": project_id, "now": now, "limit": limit}) as cur:
         return cur.fetchall()
+
+
+class PostgresQueue(Queue):
+    name = "postgres"
+
+    def _stale_leases(self, project, now, limit):
+        if project is None:  # the housekeeping job's sweep over every project; rare, the ORM does
+            return stale_leases_orm(project, now, limit)
+        return expired_leases(project_id=project.pk, now=now, limit=limit)
+
+    def _lease(self, *, annotator, project: Project, now: datetime) -> Assignment | None:
+        return lease(annotator=annotator, project=project, now=now)
+
+    def _submit(self, annotator, task_id, ordering, client_uuid, flags, rationale, time_spent_ms, now) -> SubmitResult:
+        """The same decisions as ``OrmQueue._submit`` in two statements: lock and read, then write."""
+        locked = lock_for_submit(annotator=annotator, task_id=task_id)
+        if locked is None:
+            raise NotFound(f"task {task_id} does not exist")
+        task, assignment = locked
+        if assignment is not None and assignment.state == Assignment.State.SUBMITTED:
+            # Ranked already: a repeat of that submit answers with it (else check_may_submit refuses).
+            repeat = repeat_of(client_uuid, annotator, task_id)
+            if repeat is not None:
+                return SubmitResult(repeat, created=False)
+        groups = normalise_ordering(ordering, task.candidate_ids)
+        check_may_submit(task, assignment, now)
+        count_submit(task, assignment)
+        ranking = write_submit(
+            annotator=annotator, task=task, assignment=assignment, groups=groups, pairs=pairs_from_groups(groups),
+            flags=flags, rationale=rationale, time_spent_ms=time_spent_ms, client_uuid=client_uuid, now=now,
+        )
+        return SubmitResult(ranking, created=True)
