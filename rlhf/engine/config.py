@@ -51,8 +51,8 @@ class BuildDemoConfig:
     train_images: int = option(20000, "Distinct training scenes (drawn once, reused across steps).")
     eval_images: int = option(300, "Held-out scenes for the report in result.json / build.json.")
     budget_seconds: float = option(0.0, "Wall-clock cap on training (0 = none). When it bites, the model depends on the "
-                               "machine's speed: the build stops early, build.json records the steps reached and "
-                               "build-demo's result says `budget_reached`. `steps` is the deterministic knob.")
+                                   "machine's speed: the build stops early, build.json records the steps reached and "
+                                   "build-demo's result says `budget_reached`. `steps` is the deterministic knob.")
     threads: int = option(0, "torch CPU threads (0 = leave torch's default).")
     label_noise: list[list] = option([["purple", "blue", 0.8], ["yellow", "green", 0.8]],
                                  "Systematic errors in the training captions and answers, as [true word, word written instead, probability] triples, e.g. "
@@ -60,33 +60,33 @@ class BuildDemoConfig:
                                  "to say the wrong thing, as a base model trained on sloppy web captions is. "
                                  "[] for clean labels. The default is the demo base's.")
     omit_objects: float = option(0.3, "Probability that a training caption of a scene with two or more shapes leaves "
-                             "one of them out (and counts one fewer): a base that sees every shape but was "
-                             "taught to omit some, the omission error of VLMs.")
+                                 "one of them out (and counts one fewer): a base that sees every shape but was "
+                                 "taught to omit some, the omission error of VLMs.")
     extra_objects: float = option(0.15, "Probability that a training caption of a scene with fewer than three shapes "
-                              "describes one more that is not there (and counts it): the hallucination error "
-                              "of VLMs.")
+                                  "describes one more that is not there (and counts it): the hallucination error "
+                                  "of VLMs.")
 
     def validate(self) -> None:
         vocab = set(world_words())
         for entry in self.label_noise:
             check(isinstance(entry, (list, tuple)) and len(entry) == 3,
-                   f"label_noise entry {entry!r}: give [true word, word written instead, probability]")
+                  f"label_noise entry {entry!r}: give [true word, word written instead, probability]")
             true, said, p = entry
             check(true in vocab and said in vocab and true != said,
-                   f"label_noise entry {entry!r}: both words must be distinct colours, shapes or sizes of the demo "
-                   f"world ({', '.join(sorted(vocab))})")
+                  f"label_noise entry {entry!r}: both words must be distinct colours, shapes or sizes of the demo "
+                  f"world ({', '.join(sorted(vocab))})")
             check(isinstance(p, (int, float)) and 0.0 <= p <= 1.0,
-                   f"label_noise entry {entry!r}: the probability must lie in [0, 1]")
+                  f"label_noise entry {entry!r}: the probability must lie in [0, 1]")
         check(len({e[0] for e in self.label_noise}) == len(self.label_noise),
-               "label_noise names a true word twice")
+              "label_noise names a true word twice")
         check(0.0 <= self.omit_objects <= 1.0 and 0.0 <= self.extra_objects <= 1.0,
-               "omit_objects and extra_objects are probabilities: they must lie in [0, 1]")
+              "omit_objects and extra_objects are probabilities: they must lie in [0, 1]")
         check(self.omit_objects + self.extra_objects <= 1.0,
-               "omit_objects + extra_objects must be at most 1 (a caption gets at most one of the two errors)")
+              "omit_objects + extra_objects must be at most 1 (a caption gets at most one of the two errors)")
         check(self.image_size % self.patch_size == 0,
-               f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
+              f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
         check(self.vision_hidden % self.heads == 0 and self.text_hidden % self.heads == 0,
-               "vision_hidden and text_hidden must be multiples of heads")
+              "vision_hidden and text_hidden must be multiples of heads")
         check(self.steps >= 1, "steps must be at least 1")
         check(self.batch_size >= 1, "batch_size must be at least 1")
         check(0.0 <= self.vqa_fraction <= 1.0, "vqa_fraction must lie in [0, 1]")
@@ -101,7 +101,7 @@ class SFTConfig:
 
     model: ModelConfig = option(ModelConfig(), "The policy to fine-tune.")
     train_file: str = option("", "Prompt-set JSONL with a `reference` per line; images relative to its folder. Lines "
-                         "marked \"split\": \"eval\" are held out: never trained on.")
+                             "marked \"split\": \"eval\" are held out: never trained on.")
     steps: int = option(100, "Optimiser steps.")
     batch_size: int = option(16, "Global examples per step (divided across processes).")
     lr: float = option(2e-4, "Peak AdamW learning rate (linear warm-up, cosine decay).")
@@ -131,11 +131,11 @@ class GenerateConfig:
     max_new_tokens: int = option(32, "Longest candidate in tokens.")
     batch_size: int = option(8, "Prompts per generate call (each expands to K sequences).")
     max_resample_rounds: int = option(8, "Rounds of fresh samples to replace duplicate or empty candidates; each "
-                                  "round raises the temperature by `resample_temperature_step`.")
+                                      "round raises the temperature by `resample_temperature_step`.")
     resample_temperature_step: float = option(0.25, "Temperature added per resampling round.")
     seed: int = option(0, "Sampling seed.")
     reward_model_path: str = option("", "Optional reward-model checkpoint: every sample line then carries "
-                                "`reward` (its score), for uncertainty-first task priorities.")
+                                    "`reward` (its score), for uncertainty-first task priorities.")
 
     def validate(self) -> None:
         self.model.validate()
@@ -154,28 +154,28 @@ class RewardConfig:
     model: ModelConfig = option(ModelConfig(), "Backbone of the reward model.")
     train_file: str = option("", "Preference-records JSONL (export format); images relative to its folder.")
     eval_file: str = option("", "Held-out preference records (eval/… figures); empty = the train_file lines marked "
-                        "split=eval (never trained on), else `eval_fraction` split off train_file by ranking_id, "
-                        "whose figures are named train_split/… (not held out: they rank training prompts).")
+                            "split=eval (never trained on), else `eval_fraction` split off train_file by ranking_id, "
+                            "whose figures are named train_split/… (not held out: they rank training prompts).")
     eval_fraction: float = option(0.2, "Fraction split off by ranking_id when there is no held-out data.")
     epochs: float = option(2.0, "Passes over the training pairs (fractional allowed).")
     max_steps: int = option(0, "Stop after this many optimiser steps (0 = use epochs).")
     batch_size: int = option(16, "Global pairs per step; must divide by the number of processes.")
     lr: float = option(3e-4, "Peak AdamW learning rate for the adapter (or backbone).")
     head_lr: float = option(3e-3, "Peak learning rate of the new scalar head (and the likelihood weight α); "
-                        "0 = same as lr. The head starts from scratch and needs a larger step than the backbone.")
+                            "0 = same as lr. The head starts from scratch and needs a larger step than the backbone.")
     likelihood_term: bool = option(True, "Add α·log p(answer | image, prompt) under the backbone's own LM head, α "
-                               "learnt from 0 (so the untrained reward is still at chance): the head can use what "
-                               "the captioner knows word by word. Needs a model with an LM head.")
+                                   "learnt from 0 (so the untrained reward is still at chance): the head can use what "
+                                   "the captioner knows word by word. Needs a model with an LM head.")
     token_head: str = option("mean", "'' (off), 'mean' or 'sum': add a second linear head pooled over the answer's tokens "
-                         "(starts at 0), a per-token score, so that one wrong word or one object too many or too few "
-                         "is judged where it is said. 'mean' gives a longer answer nothing for its length alone "
-                         "(docs/engine.md, the reward model).")
+                             "(starts at 0), a per-token score, so that one wrong word or one object too many or too few "
+                             "is judged where it is said. 'mean' gives a longer answer nothing for its length alone "
+                             "(docs/engine.md, the reward model).")
     warmup_steps: int = option(10, "Linear warm-up steps.")
     weight_decay: float = option(0.0, "AdamW weight decay.")
     margin_weight: float = option(0.0, "Scale of the rank-distance margin m in -log σ(r_c - r_r - m·(margin-1)) "
-                              "(Touvron et al. 2023, Llama 2 §3.2.2); 0 = plain Bradley–Terry.")
+                                  "(Touvron et al. 2023, Llama 2 §3.2.2); 0 = plain Bradley–Terry.")
     center_weight: float = option(0.01, "Weight of the (r_c + r_r)^2 penalty that keeps rewards centred "
-                              "(Eisenstein et al. 2023); 0 = off.")
+                                  "(Eisenstein et al. 2023); 0 = off.")
     seed: int = option(0, "Seed for head initialisation, split and batch order.")
     log_every: int = option(5, "Log metrics every N steps.")
     eval_batch_size: int = option(32, "Pairs per evaluation batch.")
@@ -199,20 +199,20 @@ class EvaluateConfig:
 
     model: ModelConfig = option(ModelConfig(), "The policy to evaluate.")
     baseline: ModelConfig | None = option(None, "Optional second policy (e.g. the active one) evaluated on the same "
-                                      "prompts: its figures are baseline/…, and diff/… the paired differences "
-                                      "policy − baseline with their bootstrap intervals (the promotion gate).")
+                                          "prompts: its figures are baseline/…, and diff/… the paired differences "
+                                          "policy − baseline with their bootstrap intervals (the promotion gate).")
     prompts_file: str = option("", "The held-out prompt set: JSONL with `reference` (and `ground_truth` for attribute "
-                           "scores and the verifiable reward); empty = a fresh demo-world eval set of "
-                           "`demo_images` scenes.")
+                               "scores and the verifiable reward); empty = a fresh demo-world eval set of "
+                               "`demo_images` scenes.")
     heldout: bool = option(True, "Whether prompts_file and preference_file are held out of training (the caller's word). "
-                       "false: every figure is named train/… instead (measured on training data).")
+                           "false: every figure is named train/… instead (measured on training data).")
     verifiable_reward: str = option("", "A verifiable reward of rewards.REWARDS scored on each greedy answer of the "
-                                "prompts with `ground_truth`: policy/verifiable with its 95% bootstrap interval.")
+                                    "prompts with `ground_truth`: policy/verifiable with its 95% bootstrap interval.")
     samples: int = option(4, "Answers sampled per prompt at temperature 1, besides the greedy one, scored by the verifiable "
-                      "reward: policy/verifiable_sampled, the per-prompt mean with its interval. These are the answers a "
-                      "round puts in front of annotators; 0 = greedy only.")
+                          "reward: policy/verifiable_sampled, the per-prompt mean with its interval. These are the answers a "
+                          "round puts in front of annotators; 0 = greedy only.")
     answer_reward_model_path: str = option("", "Reward-model checkpoint that scores each greedy answer: "
-                                       "policy/reward_model_score (the over-optimisation monitor's other side).")
+                                           "policy/reward_model_score (the over-optimisation monitor's other side).")
     bootstrap: int = option(2000, "Bootstrap resamples of the 95% intervals.")
     demo_images: int = option(100, "Scenes in the generated demo eval set (when prompts_file is empty).")
     demo_task: str = option("caption", "'caption' or 'vqa' for the generated demo eval set.")
@@ -229,13 +229,13 @@ class EvaluateConfig:
         if self.baseline is not None:
             self.baseline.validate()
         check(not self.verifiable_reward or self.verifiable_reward in REWARDS,
-               f"verifiable_reward={self.verifiable_reward!r} is unknown; use one of {sorted(REWARDS)} or ''")
+              f"verifiable_reward={self.verifiable_reward!r} is unknown; use one of {sorted(REWARDS)} or ''")
         check(self.bootstrap >= 100, "bootstrap must be at least 100 resamples")
         check(self.samples >= 0, "samples must be >= 0")
         check(self.demo_task in ("caption", "vqa"), "demo_task must be 'caption' or 'vqa'")
         check(self.demo_images >= 1 and self.batch_size >= 1, "demo_images and batch_size must be >= 1")
         check(bool(self.reward_model_path) == bool(self.preference_file),
-               "reward_model_path and preference_file go together: set both or neither")
+              "reward_model_path and preference_file go together: set both or neither")
 
 
 CONFIGS: dict[str, type] = {

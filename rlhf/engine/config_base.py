@@ -45,38 +45,38 @@ class ModelConfig:
     """Which VLM to load and how to adapt it."""
 
     path: str = option("demo", "Local folder (or hub id) of a model that AutoModelForImageTextToText and "
-                   "AutoProcessor load; 'demo' means the tiny demo model built by `build-demo` (default build).")
+                       "AutoProcessor load; 'demo' means the tiny demo model built by `build-demo` (default build).")
     adapter_path: str | None = option(None, "Optional folder of a saved LoRA adapter to load on top of `path` "
-                                  "(e.g. the policy of a previous round).")
+                                      "(e.g. the policy of a previous round).")
     device: str = option("auto", "'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
     dtype: str = option("auto", "'auto' (bfloat16 on CUDA with bf16 support, float32 otherwise), 'float32', "
-                    "'bfloat16' or 'float16'.")
+                        "'bfloat16' or 'float16'.")
     lora: bool = option(True, "Train LoRA adapters (Hu et al. 2021) instead of all weights.")
     lora_r: int = option(8, "LoRA rank r.")
     lora_alpha: int = option(16, "LoRA scaling alpha (the update is scaled by alpha / r).")
     lora_dropout: float = option(0.0, "Dropout on the LoRA input.")
     lora_target_modules: list[str] = option(["q_proj", "v_proj"], "Module names (last component) that get LoRA.")
     lora_language_model_only: bool = option(True, "Restrict LoRA targets to the language model: a bare "
-                                        "['q_proj','v_proj'] also matches the vision tower's attention.")
+                                            "['q_proj','v_proj'] also matches the vision tower's attention.")
     lora_modules_to_save: list[str] = option([], "Modules trained in full beside the LoRA adapter and saved with it "
-                                         "(PEFT `modules_to_save`; a module matches when its name ends with the "
-                                         "entry). 'language_model.norm', the language model's final RMSNorm, "
-                                         "lets the policy rescale its logits: see docs/policy.md.")
+                                             "(PEFT `modules_to_save`; a module matches when its name ends with the "
+                                             "entry). 'language_model.norm', the language model's final RMSNorm, "
+                                             "lets the policy rescale its logits: see docs/policy.md.")
     qlora: bool = option(False, "Load the base weights in 4-bit NF4 through bitsandbytes (Dettmers et al. 2023) "
-                     "and train LoRA on top; needs `lora: true`.")
+                         "and train LoRA on top; needs `lora: true`.")
     qlora_skip_modules: list[str] = option(
         ["lm_head", "multi_modal_projector", "vision_tower", "visual", "vision_model", "connector"],
         "Modules left unquantised under QLoRA (projector, vision tower, output head).")
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass to save memory.")
     check_processor: bool = option(True, "After loading, run one tiny forward pass to check that the processor "
-                               "and the model agree (image token count, image size); fails with a hint.")
+                                   "and the model agree (image token count, image size); fails with a hint.")
 
     def validate(self) -> None:
         check(bool(self.path), "model.path is empty: give a model folder, a hub id or 'demo'")
         check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-               f"model.device={self.device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+              f"model.device={self.device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
         check(self.dtype in ("auto", "float32", "bfloat16", "float16"),
-               f"model.dtype={self.dtype!r}: use 'auto', 'float32', 'bfloat16' or 'float16'")
+              f"model.dtype={self.dtype!r}: use 'auto', 'float32', 'bfloat16' or 'float16'")
         check(self.lora_r >= 1, f"model.lora_r={self.lora_r}: the LoRA rank must be at least 1")
         check(self.lora_alpha > 0, "model.lora_alpha must be positive")
         check(0.0 <= self.lora_dropout < 1.0, "model.lora_dropout must lie in [0, 1)")

@@ -112,16 +112,16 @@ def check_ppo_batches(cfg: PPOConfig, world_size: int) -> tuple[int, int, int]:
     """(local batch, minibatch, micro-batch) per process, derived once with exact divisions
     ("N implementation details of RLHF", derived batch sizes); a ConfigError says what to change."""
     check(cfg.batch_size % world_size == 0,
-           f"batch_size={cfg.batch_size} does not divide by the {world_size} processes: make batch_size a "
-           f"multiple of {world_size}")
+          f"batch_size={cfg.batch_size} does not divide by the {world_size} processes: make batch_size a "
+          f"multiple of {world_size}")
     local = cfg.batch_size // world_size
     check(local % cfg.num_mini_batches == 0,
-           f"batch_size / processes = {local} does not divide into num_mini_batches={cfg.num_mini_batches}: "
-           f"make batch_size a multiple of {world_size * cfg.num_mini_batches} or change num_mini_batches")
+          f"batch_size / processes = {local} does not divide into num_mini_batches={cfg.num_mini_batches}: "
+          f"make batch_size a multiple of {world_size * cfg.num_mini_batches} or change num_mini_batches")
     mini = local // cfg.num_mini_batches
     check(mini % cfg.gradient_accumulation_steps == 0,
-           f"the minibatch of {mini} rollouts does not divide into gradient_accumulation_steps="
-           f"{cfg.gradient_accumulation_steps}: use a divisor of {mini}")
+          f"the minibatch of {mini} rollouts does not divide into gradient_accumulation_steps="
+          f"{cfg.gradient_accumulation_steps}: use a divisor of {mini}")
     return local, mini, mini // cfg.gradient_accumulation_steps
 
 
@@ -158,11 +158,11 @@ class DPOConfig:
 
     model: ModelConfig = option(ModelConfig(), "The policy (base + LoRA); the reference is the adapter disabled.")
     train_file: str = option("", "Preference-records JSONL (export format); images relative to its folder. Lines "
-                         "with \"split\": \"eval\" are never trained on: without `eval_file` they are the "
-                         "held-out pairs of the margin report.")
+                             "with \"split\": \"eval\" are never trained on: without `eval_file` they are the "
+                             "held-out pairs of the margin report.")
     eval_file: str = option("", "Held-out preference records for the log-probability margin report (eval/…); empty = "
-                        "the train_file lines marked split=eval, else the first training pairs, reported as "
-                        "train/… (not held out).")
+                            "the train_file lines marked split=eval, else the first training pairs, reported as "
+                            "train/… (not held out).")
     steps: int = option(20, "Optimiser steps (TRL max_steps).")
     seed: int = option(0, "Seed.")
     lr: float = option(1e-3, "Learning rate of the LoRA adapter (constant).")
@@ -223,8 +223,8 @@ def check_reward_model_matches(model_path: str, reward_model_path: str) -> None:
     """The reward model must read what the policy writes: same tokenizer vocabulary and image size."""
     rm = Path(reward_model_path)
     check((rm / "reward_model.json").is_file(),
-           f"reward_model_path={reward_model_path} holds no reward_model.json: give the checkpoint/ folder of "
-           "a train-reward run")
+          f"reward_model_path={reward_model_path} holds no reward_model.json: give the checkpoint/ folder of "
+          "a train-reward run")
     meta = json.loads((rm / "reward_model.json").read_text())
     rm_folder = rm / "processor" if meta.get("adapter") else rm / "backbone"
     if not rm_folder.is_dir():
@@ -234,9 +234,9 @@ def check_reward_model_matches(model_path: str, reward_model_path: str) -> None:
         return
     a, b = _tokenizer_fingerprint(policy_folder), _tokenizer_fingerprint(rm_folder)
     check(a is None or b is None or a == b,
-           f"the reward model at {reward_model_path} was trained on base {meta.get('base_model')!r}, whose "
-           f"tokenizer or image size differs from the policy's processor at {model_path}: train the reward "
-           "model on the policy's base model (train-reward with the same model.path)")
+          f"the reward model at {reward_model_path} was trained on base {meta.get('base_model')!r}, whose "
+          f"tokenizer or image size differs from the policy's processor at {model_path}: train the reward "
+          "model on the policy's base model (train-reward with the same model.path)")
 
 
 def preflight(cfg, n_processes: int | None = None) -> None:
@@ -247,15 +247,15 @@ def preflight(cfg, n_processes: int | None = None) -> None:
         check(not value or Path(value).is_file(), f"{name}={value} does not exist")
     if cfg.model.adapter_path:
         check((Path(cfg.model.adapter_path) / "adapter_config.json").is_file(),
-               f"model.adapter_path={cfg.model.adapter_path} holds no adapter_config.json")
+              f"model.adapter_path={cfg.model.adapter_path} holds no adapter_config.json")
     if isinstance(cfg, PPOConfig):
         check_ppo_batches(cfg, n)
     if isinstance(cfg, GRPOConfig):
         check(cfg.batch_size % n == 0, f"batch_size={cfg.batch_size} does not divide by the {n} processes")
         per = cfg.batch_size // n
         check(per % cfg.num_generations == 0 or cfg.num_generations % per == 0 or n == 1,
-               f"batch_size / processes = {per} and num_generations={cfg.num_generations} do not tile the "
-               "groups across processes: make batch_size a multiple of processes × num_generations")
+              f"batch_size / processes = {per} and num_generations={cfg.num_generations} do not tile the "
+              "groups across processes: make batch_size a multiple of processes × num_generations")
     if isinstance(cfg, DPOConfig):
         check(cfg.batch_size % n == 0, f"batch_size={cfg.batch_size} does not divide by the {n} processes")
     if getattr(cfg, "reward_model_path", ""):
