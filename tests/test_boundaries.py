@@ -12,7 +12,7 @@ WEB_MODULES = [
     "lensloop.urls", "lensloop.wsgi", "annotation.api.views", "annotation.views", "annotation.jobs",
     "rlhf.api", "rlhf.services", "rlhf.steps", "rlhf.jobs", "rlhf.runner", "rlhf.simulate", "rlhf.leaderboard",
     "rlhf.gate", "rlhf.views", "rlhf.engine.config", "rlhf.engine.demo.world", "rlhf.engine.rewards",
-    "rlhf.engine.stats", "rlhf.engine.heldout",
+    "rlhf.engine.stats", "rlhf.engine.heldout", "rlhf.engine.round", "lensloop.formats", "lensloop.errors",
 ]
 
 
@@ -40,3 +40,23 @@ def test_the_annotation_app_imports_nothing_from_rlhf():
                 names = [node.module]
             offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n == "rlhf" or n.startswith("rlhf.")]
     assert not offenders, offenders
+
+
+def test_the_engine_takes_only_the_file_formats_from_the_django_project():
+    """The engine imports no Django; of the project's own packages it may read only ``lensloop.formats``
+    (TRL's conversational rows, shared with the export), which is stdlib only."""
+    offenders = []
+    for path in (ROOT / "rlhf" / "engine").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module + "." + a.name for a in node.names]
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names
+                          if n.split(".")[0] in ("lensloop", "annotation") and n != "lensloop.formats"]
+    assert not offenders, offenders
+    formats = ast.parse((ROOT / "lensloop" / "formats.py").read_text())
+    imported = {n.module for n in ast.walk(formats) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(formats) if isinstance(n, ast.Import) for a in n.names}
+    assert imported <= {"__future__"}, imported
