@@ -5,6 +5,7 @@ With nothing set, lensloop runs embedded: SQLite (WAL) and an embedded Redis und
 
 from pathlib import Path
 
+from lensloop import csp
 from lensloop.env import (
     database_from_url,
     env_bool,
@@ -51,6 +52,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",  # the Content-Security-Policy of every page (lensloop/csp.py)
 ]
 
 ROOT_URLCONF = "lensloop.urls"
@@ -162,6 +164,7 @@ SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 X_FRAME_OPTIONS = "DENY"
+CONTENT_SECURITY_POLICY = {"DIRECTIVES": csp.DIRECTIVES}
 
 LOGGING = {
     "version": 1,

@@ -20,7 +20,6 @@ from django.views.decorators.http import require_GET, require_POST
 from annotation.models import Membership, Project
 from annotation.permissions import project_and_role
 from annotation.selectors import queue_stats
-from annotation.views import with_csp
 from rlhf import ui_selectors
 from rlhf.charts import leaderboard_chart, run_panels
 from rlhf.forms import GateSettingsForm, LoopSettingsForm, RoundForm
@@ -90,7 +89,6 @@ def _training_page(request, project, role, *, form=None, settings_form=None, gat
 
 
 @login_required
-@with_csp
 @require_GET
 def training(request, slug):
     project, role = _project_for(request, slug)
@@ -100,7 +98,6 @@ def training(request, slug):
 
 
 @login_required
-@with_csp
 @require_POST
 def launch_round(request, slug):
     """Start a round with the form's parameters, or (``action=save_auto``) keep them for automatic rounds."""
@@ -126,7 +123,6 @@ def launch_round(request, slug):
 
 
 @login_required
-@with_csp
 @require_POST
 def loop_settings(request, slug):
     project, role = _project_for(request, slug, admin=True)
@@ -140,7 +136,6 @@ def loop_settings(request, slug):
 
 
 @login_required
-@with_csp
 @require_POST
 def gate_settings(request, slug):
     """The held-out evaluation and promotion gate of a project (``rlhf.gate``)."""
@@ -158,7 +153,6 @@ def gate_settings(request, slug):
 
 
 @login_required
-@with_csp
 @require_POST
 def generate(request, slug):
     project, _ = _project_for(request, slug, admin=True)
@@ -189,7 +183,6 @@ def _curves(run: TrainingRun, steps: list[TrainingRun]) -> list[dict]:
 
 
 @login_required
-@with_csp
 @require_GET
 def run_detail(request, run_id):
     run, role = _run_for(request, run_id)
@@ -232,7 +225,6 @@ def _round_policy(run: TrainingRun) -> ModelVersion | None:
 
 
 @login_required
-@with_csp
 @require_GET
 def run_curves(request, run_id):
     """The curves section alone, for the run page to swap in while the run trains."""
@@ -243,7 +235,6 @@ def run_curves(request, run_id):
 
 
 @login_required
-@with_csp
 @require_POST
 def run_cancel(request, run_id):
     run, _ = _run_for(request, run_id, admin=True)
@@ -253,7 +244,6 @@ def run_cancel(request, run_id):
 
 
 @login_required
-@with_csp
 @require_POST
 def run_resume(request, run_id):
     run, _ = _run_for(request, run_id, admin=True)
@@ -267,7 +257,6 @@ def run_resume(request, run_id):
 
 
 @login_required
-@with_csp
 @require_POST
 def version_activate(request, slug, version_id):
     project, _ = _project_for(request, slug, admin=True)
@@ -285,7 +274,6 @@ PROMPT_SETS = {"eval": "held-out prompts", "all": "all prompts, training ones in
 
 
 @login_required
-@with_csp
 @require_GET
 def versions(request, slug):
     project, role = _project_for(request, slug)
