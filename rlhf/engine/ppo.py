@@ -13,6 +13,9 @@ Huang et al. 2024, and CleanRL `ppo.py`):
     6 `ppo_epochs` × minibatches: clipped policy loss + vf_coef × clipped value loss, gradient
       accumulation over micro-batches, gradient clipping
 
+The learner's state (actor-critic, optimiser, reward, β, score moments, batch sizes) is one `PPOState`
+built by `setup`; `rollout` (steps 1–5) and `optimise` (step 6) take it and the iteration's batch.
+
 Runs under `accelerate launch` (DDP; every process rolls out `batch_size / processes` answers). The
 checkpoint (adapter, value head, optimizer, iteration, β) is written atomically through RunDir, and
 `resume_from` continues the same run: per-iteration seeds make a resumed run sample what an unbroken
@@ -28,6 +31,7 @@ import logging
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -126,21 +130,93 @@ class RolloutBatch:
     returns: torch.Tensor  # (B, L) value targets
 
 
+# ---- the learner's state -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class PPOState:
+    """What the PPO steps share, built once by `setup`: the actor-critic, its optimiser, the reward, the KL
+    controller and score moments, and the batch sizes. `rollout` (steps 1–5) and `optimise` (step 6) read it;
+    the controller and the moments are updated in place."""
+
+    cfg: PPOConfig
+    acc: Any  # accelerate.Accelerator
+    ac: PolicyAndValue  # policy (base + LoRA) + value head; π_ref is the same policy with its adapter disabled
+    ac_ddp: torch.nn.Module  # `ac` as Accelerate prepared it (DDP under several processes): the training forward
+    opt: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]  # the trainable ones (gradient clipping)
+    processor: Any
+    reward_fn: CombinedReward
+    kl_ctl: AdaptiveKLController  # β, fixed or adaptive
+    score_moments: RunningMoments  # running mean and std of every score so far (step 3)
+    eos_ids: torch.Tensor
+    local_batch: int  # rollouts per process and iteration
+    mini_batch: int
+    micro_batch: int
+    image_cache: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.acc.device
+
+
+def setup(cfg: PPOConfig, acc, resume: Path | None) -> tuple[PPOState, int]:
+    """The learner's state, and the iteration it starts after (0, or the resumed checkpoint's)."""
+    from .loading import load_model
+    from .reward_model import text_hidden_size
+
+    local_batch, mini_batch, micro_batch = check_ppo_batches(cfg, acc.num_processes)
+    device = acc.device
+    reward_fn = CombinedReward.from_config(cfg, device=str(device))
+
+    # Actor-critic: base + LoRA (continuing model.adapter_path, or the resumed checkpoint's adapter).
+    model_cfg = dataclasses.replace(cfg.model, device=str(device))
+    if resume is not None:
+        model_cfg = dataclasses.replace(model_cfg, adapter_path=str(resume))
+    policy, processor = load_model(model_cfg, trainable=True)
+    if not hasattr(policy, "disable_adapter"):
+        raise ValueError("PPO needs a LoRA policy (model.lora=true): the reference is the adapter disabled")
+    # Sampling never emits an image placeholder token; π is otherwise unchanged (like a top-p cut).
+    suppress_media_tokens(policy, processor)
+    torch.manual_seed(cfg.seed)
+    ac = PolicyAndValue(policy, text_hidden_size(policy)).to(device)
+    ac.eval()  # no dropout anywhere: old and new log-probs must agree at the first step ("N details", 6)
+    params = [p for p in ac.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5)
+    kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl or None, cfg.kl_horizon)
+    score_moments = RunningMoments()
+    start = 0
+    if resume is not None:
+        saved = json.loads((resume / STATE_FILE).read_text())
+        start, kl_ctl.value = saved["iteration"], saved["kl_coef"]
+        score_moments = RunningMoments(**saved.get("score_moments", {}))
+        load_value_head(ac.value_head, resume)
+        opt.load_state_dict(torch.load(resume / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
+        log.info("resumed from %s at iteration %d", resume, start)
+    ac_ddp, opt = acc.prepare(ac, opt)
+    eos_id = policy.generation_config.eos_token_id
+    eos_id = eos_id if eos_id is not None else processor.tokenizer.eos_token_id
+    eos_ids = torch.tensor(eos_id if isinstance(eos_id, list) else [eos_id], device=device)
+    state = PPOState(cfg=cfg, acc=acc, ac=acc.unwrap_model(ac_ddp), ac_ddp=ac_ddp, opt=opt, params=params,
+                     processor=processor, reward_fn=reward_fn, kl_ctl=kl_ctl, score_moments=score_moments,
+                     eos_ids=eos_ids, local_batch=local_batch, mini_batch=mini_batch, micro_batch=micro_batch)
+    return state, start
+
+
 # ---- checkpoint ----------------------------------------------------------------------------------------
 
 
-def save_checkpoint(run: RunDir, ac: PolicyAndValue, processor, opt, iteration: int, kl_coef: float,
-                    cfg: PPOConfig, score_moments: RunningMoments) -> None:
+def save_checkpoint(run: RunDir, state: PPOState, iteration: int) -> None:
     """Adapter + processor + value head + optimizer + state (iteration, β, score moments), renamed into
     `checkpoint/` when complete."""
     with run.checkpoint() as tmp:
-        ac.policy.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        save_value_head(ac.value_head, tmp)
-        torch.save(opt.state_dict(), tmp / OPTIMIZER_FILE)
-        (tmp / STATE_FILE).write_text(json.dumps({"iteration": iteration, "kl_coef": kl_coef,
-                                                  "score_moments": score_moments.state_dict(),
-                                                  "config": to_dict(cfg)}, indent=2))
+        state.ac.policy.save_pretrained(tmp)
+        state.processor.save_pretrained(tmp)
+        save_value_head(state.ac.value_head, tmp)
+        torch.save(state.opt.state_dict(), tmp / OPTIMIZER_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps({"iteration": iteration, "kl_coef": state.kl_ctl.value,
+                                                  "score_moments": state.score_moments.state_dict(),
+                                                  "config": to_dict(state.cfg)}, indent=2))
 
 
 def resume_folder(cfg: PPOConfig, run_dir: str) -> Path | None:
@@ -165,77 +241,35 @@ def train_ppo(cfg: PPOConfig, run_dir: str) -> dict:
     acc = Accelerator(cpu=cfg.model.device == "cpu" or not torch.cuda.is_available())
     check_ppo_batches(cfg, acc.num_processes)  # before any model loads
     resume = resume_folder(cfg, run_dir)
-    kept_metrics = _metrics_before(Path(run_dir), resume) if acc.is_main_process else []
-    run = RunDir(run_dir, to_dict(cfg), is_main=acc.is_main_process)
-    if kept_metrics and run._metrics is not None:  # a resumed run keeps its curve up to the checkpoint
-        run._metrics.writelines(kept_metrics)
+    if resume is None:
+        run = RunDir(run_dir, to_dict(cfg), is_main=acc.is_main_process)
+    else:  # a resumed run keeps its curve up to the checkpoint
+        upto = json.loads((resume / STATE_FILE).read_text())["iteration"]
+        run = RunDir.resume(run_dir, to_dict(cfg), upto, is_main=acc.is_main_process)
     with run:
         result = _train(cfg, acc, run, resume)
         run.write_result(result)
         return result
 
 
-def _metrics_before(run_dir: Path, resume: Path | None) -> list[str]:
-    """metrics.jsonl lines up to the resumed iteration, when resuming inside the same run directory."""
-    path = run_dir / "metrics.jsonl"
-    if resume is None or not path.is_file():
-        return []
-    upto = json.loads((resume / STATE_FILE).read_text())["iteration"]
-    return [line + "\n" for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= upto]
-
-
 def _train(cfg: PPOConfig, acc, run: RunDir, resume: Path | None) -> dict:
-    from .loading import count_parameters, load_model
-    from .reward_model import text_hidden_size
+    from .loading import count_parameters
 
     set_threads(cfg.threads)
-    local_batch, mini_batch, micro_batch = check_ppo_batches(cfg, acc.num_processes)
     split = split_prompts(cfg)
     train, held = split.train, split.measure
-    device = acc.device
-    reward_fn = CombinedReward.from_config(cfg, device=str(device))
-
-    # Actor-critic: base + LoRA (continuing model.adapter_path, or the resumed checkpoint's adapter).
-    model_cfg = dataclasses.replace(cfg.model, device=str(device))
-    if resume is not None:
-        model_cfg = dataclasses.replace(model_cfg, adapter_path=str(resume))
-    policy, processor = load_model(model_cfg, trainable=True)
-    if not hasattr(policy, "disable_adapter"):
-        raise ValueError("PPO needs a LoRA policy (model.lora=true): the reference is the adapter disabled")
-    # Sampling never emits an image placeholder token; π is otherwise unchanged (like a top-p cut).
-    suppress_media_tokens(policy, processor)
-    torch.manual_seed(cfg.seed)
-    ac = PolicyAndValue(policy, text_hidden_size(policy)).to(device)
-    ac.eval()  # no dropout anywhere: old and new log-probs must agree at the first step ("N details", 6)
-    params = [p for p in ac.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5)
-    kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl or None, cfg.kl_horizon)
-    score_moments = RunningMoments()
-    start = 0
-    if resume is not None:
-        state = json.loads((resume / STATE_FILE).read_text())
-        start, kl_ctl.value = state["iteration"], state["kl_coef"]
-        score_moments = RunningMoments(**state.get("score_moments", {}))
-        load_value_head(ac.value_head, resume)
-        opt.load_state_dict(torch.load(resume / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
-        log.info("resumed from %s at iteration %d", resume, start)
-    trainable, total_params = count_parameters(ac)
+    state, start = setup(cfg, acc, resume)
+    trainable, total_params = count_parameters(state.ac)
     log.info("PPO: %d train / %d held-out prompts, %d processes × %d rollouts, minibatch %d, micro-batch %d; "
-             "%d of %d parameters trainable", len(train), len(held), acc.num_processes, local_batch, mini_batch,
-             micro_batch, trainable, total_params)
-    ac_ddp, opt = acc.prepare(ac, opt)
-    unwrapped: PolicyAndValue = acc.unwrap_model(ac_ddp)
-    tok = processor.tokenizer
-    eos_id = policy.generation_config.eos_token_id
-    eos_id = eos_id if eos_id is not None else tok.eos_token_id
-    eos_ids = torch.tensor(eos_id if isinstance(eos_id, list) else [eos_id], device=device)
-    image_cache: dict = {}
+             "%d of %d parameters trainable", len(train), len(held), acc.num_processes, state.local_batch,
+             state.mini_batch, state.micro_batch, trainable, total_params)
+    device = state.device
 
     def evaluate() -> dict:
         if not acc.is_main_process:
             return {}
-        return evaluate_reward(unwrapped.policy, processor, held, reward_fn, max_new_tokens=cfg.max_new_tokens,
-                               image_cache=image_cache, prefix=split.prefix)
+        return evaluate_reward(state.ac.policy, state.processor, held, state.reward_fn,
+                               max_new_tokens=cfg.max_new_tokens, image_cache=state.image_cache, prefix=split.prefix)
 
     first_eval = evaluate() if start == 0 else {}
     if first_eval:
@@ -248,19 +282,17 @@ def _train(cfg: PPOConfig, acc, run: RunDir, resume: Path | None) -> dict:
         seed = cfg.seed * 1_000_003 + iteration * 1009 + acc.process_index
         torch.manual_seed(seed)
         rng = random.Random(seed)
-        records = [rng.choice(train) for _ in range(local_batch)]
-        batch, stats = rollout(unwrapped, processor, records, cfg, reward_fn, kl_ctl.value, eos_ids, image_cache,
-                               device, score_moments, acc.gather)
-        stats.update(optimise(ac_ddp, opt, acc, params, batch, cfg, mini_batch, micro_batch,
-                              torch.Generator().manual_seed(seed)))
+        records = [rng.choice(train) for _ in range(state.local_batch)]
+        batch, stats = rollout(state, records)  # steps 1–5
+        stats.update(optimise(state, batch, torch.Generator().manual_seed(seed)))  # step 6
         stats = {k: acc.reduce(torch.tensor(v, device=device), "mean").item() for k, v in stats.items()}
         # The processes' mean KL, so that an adaptive β stays the same in every process (each one's own KL
         # would let them drift apart).
-        kl_ctl.update(stats["objective/kl"], cfg.batch_size)
+        state.kl_ctl.update(stats["objective/kl"], cfg.batch_size)
         seconds = time.monotonic() - t_iter
         train_seconds += seconds
         samples_seen += cfg.batch_size
-        stats.update({"objective/kl_coef": kl_ctl.value, "charts/samples_per_s": cfg.batch_size / seconds,
+        stats.update({"objective/kl_coef": state.kl_ctl.value, "charts/samples_per_s": cfg.batch_size / seconds,
                       "train_seconds": train_seconds})
         if cfg.eval_every and iteration % cfg.eval_every == 0 and iteration != cfg.steps:
             last_eval = evaluate()
@@ -269,9 +301,9 @@ def _train(cfg: PPOConfig, acc, run: RunDir, resume: Path | None) -> dict:
         if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0 and iteration != cfg.steps:
             acc.wait_for_everyone()
             if acc.is_main_process:
-                save_checkpoint(run, unwrapped, processor, opt, iteration, kl_ctl.value, cfg, score_moments)
+                save_checkpoint(run, state, iteration)
     acc.wait_for_everyone()
-    betas = acc.gather(torch.tensor([kl_ctl.value], device=device, dtype=torch.float64))
+    betas = acc.gather(torch.tensor([state.kl_ctl.value], device=device, dtype=torch.float64))
     if float(betas.max() - betas.min()) > 1e-9:
         raise RuntimeError(f"the processes' KL coefficients drifted apart ({betas.tolist()}): each must update "
                            "its adaptive controller with the same, all-reduced KL")
@@ -287,7 +319,7 @@ def _train(cfg: PPOConfig, acc, run: RunDir, resume: Path | None) -> dict:
     if acc.is_main_process:
         result.update(last_eval)
         run.log_metrics(cfg.steps, cfg.steps, **_numbers(last_eval), train_seconds=train_seconds)
-        save_checkpoint(run, unwrapped, processor, opt, cfg.steps, kl_ctl.value, cfg, score_moments)
+        save_checkpoint(run, state, cfg.steps)
         result["checkpoint"] = str(run.checkpoint_path)
     acc.wait_for_everyone()
     return result
@@ -305,24 +337,26 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     return gather_token_logprobs(logits / temperature, tokens)
 
 
+# ---- steps 1–5: rollout --------------------------------------------------------------------------------
+
+
 @torch.no_grad()
-def rollout(ac: PolicyAndValue, processor, records: list[dict], cfg: PPOConfig, reward_fn, kl_coef: float,
-            eos_ids: torch.Tensor, image_cache: dict, device, score_moments: RunningMoments | None = None,
-            gather=None) -> tuple[RolloutBatch, dict]:
+def rollout(state: PPOState, records: list[dict]) -> tuple[RolloutBatch, dict]:
     """Steps 1–5: sample, score, normalise, KL-shape, GAE. Returns the batch for step 6 and its metrics.
-    `gather` collects a tensor from every process, so the running score moments stay identical on all."""
+    The score moments are updated with every process's scores, so they stay identical on all."""
     from .generation import sample
 
-    images = [load_images(r["images"], image_cache) for r in records]
+    cfg, ac, kl_coef = state.cfg, state.ac, state.kl_ctl.value
+    images = [load_images(r["images"], state.image_cache) for r in records]
     prompts = [r["prompt"] for r in records]
 
     # 1. Generate answers with sampling at temperature T; recompute log π_old and V_old with the training
     #    forward pass, at the same temperature.
     T = cfg.temperature
-    ro = sample(ac.policy, processor, images, prompts, temperature=T, max_new_tokens=cfg.max_new_tokens)
+    ro = sample(ac.policy, state.processor, images, prompts, temperature=T, max_new_tokens=cfg.max_new_tokens)
     answer_ids, mask = ro.completion_ids, ro.completion_mask  # (B, L)
     L = answer_ids.shape[1]
-    inputs = join_prompt_and_answer(ro.prompt_inputs, answer_ids, mask, processor)
+    inputs = join_prompt_and_answer(ro.prompt_inputs, answer_ids, mask, state.processor)
     logits, values = ac(inputs, L)
     logprobs = token_logprobs(logits, answer_ids, T)  # (B, L) log π_old(a_t|s_t)
     del logits
@@ -330,9 +364,9 @@ def rollout(ac: PolicyAndValue, processor, records: list[dict], cfg: PPOConfig, 
     maskf = mask.float()
 
     # 2. Score: reward model + w · verifiable reward; an answer cut off without EOS loses `missing_eos_penalty`.
-    raw = torch.tensor(reward_fn(prompts, ro.texts, images=[r["images"] for r in records],
-                                 ground_truth=[r.get("ground_truth") for r in records]), device=device)
-    has_eos = (torch.isin(answer_ids, eos_ids) & mask.bool()).any(-1)
+    raw = torch.tensor(state.reward_fn(prompts, ro.texts, images=[r["images"] for r in records],
+                                       ground_truth=[r.get("ground_truth") for r in records]), device=state.device)
+    has_eos = (torch.isin(answer_ids, state.eos_ids) & mask.bool()).any(-1)
     scores = raw - cfg.missing_eos_penalty * (~has_eos).float()
 
     # 3. Normalise the scores with the running mean and std of every score so far, this batch included
@@ -341,9 +375,9 @@ def rollout(ac: PolicyAndValue, processor, records: list[dict], cfg: PPOConfig, 
     #    with raw scores in [0, 1] and λ < 1 the untrained critic would credit late tokens more than early
     #    ones and so reward short answers.
     norm_scores = scores
-    if cfg.score_norm and score_moments is not None:
-        score_moments.update(gather(scores) if gather is not None else scores)
-        norm_scores = score_moments.normalise(scores)
+    if cfg.score_norm:
+        state.score_moments.update(state.acc.gather(scores))
+        norm_scores = state.score_moments.normalise(scores)
 
     # 4. Per-token KL to the reference (estimator cfg.kl_estimator) as a reward penalty −β·KL_t
     #    (Ziegler et al. 2019, eq. 2); the score is added on the last answer token. Optionally whiten the
@@ -368,30 +402,39 @@ def rollout(ac: PolicyAndValue, processor, records: list[dict], cfg: PPOConfig, 
     return batch, stats
 
 
-def optimise(ac_ddp, opt, acc, params, batch: RolloutBatch, cfg: PPOConfig, mini_batch: int, micro_batch: int,
-             gen: torch.Generator) -> dict:
+# ---- step 6: optimise ----------------------------------------------------------------------------------
+
+
+def optimise(state: PPOState, batch: RolloutBatch, gen: torch.Generator) -> dict:
     """Step 6: `ppo_epochs` passes of shuffled minibatches; each minibatch accumulates gradients over
     micro-batches (DDP syncs on the last only), clips the global norm and steps the optimiser."""
+    cfg, acc = state.cfg, state.acc
     B, L = batch.answer_ids.shape
     totals: dict[str, float] = {}
     n = 0
     for _epoch in range(cfg.ppo_epochs):
         order = torch.randperm(B, generator=gen)
-        for mb_start in range(0, B, mini_batch):
-            mb = order[mb_start:mb_start + mini_batch]
-            micro_starts = list(range(0, mini_batch, micro_batch))
+        for mb_start in range(0, B, state.mini_batch):
+            mb = order[mb_start:mb_start + state.mini_batch]
+            micro_starts = list(range(0, state.mini_batch, state.micro_batch))
             for i, mc_start in enumerate(micro_starts):
-                rows = mb[mc_start:mc_start + micro_batch]
-                sync = contextlib.nullcontext() if i == len(micro_starts) - 1 else acc.no_sync(ac_ddp)
+                rows = mb[mc_start:mc_start + state.micro_batch]
+                sync = contextlib.nullcontext() if i == len(micro_starts) - 1 else acc.no_sync(state.ac_ddp)
                 with sync:
-                    logits, vpred = ac_ddp(select_rows(batch.inputs, rows, batch.images_per_row), L)
+                    # 6a. log π_θ and V_θ of the rows under the current weights, the tempered policy as in the rollout.
+                    logits, vpred = state.ac_ddp(select_rows(batch.inputs, rows, batch.images_per_row), L)
                     mask = batch.mask[rows]
-                    logits = logits / cfg.temperature  # the tempered policy, as in the rollout
+                    logits = logits / cfg.temperature
                     new_logprobs = gather_token_logprobs(logits, batch.answer_ids[rows])
+                    # 6b. Clipped surrogate (Schulman et al. 2017, eq. 7), per-token mean over the answer:
+                    #     ratio = exp(log π_θ − log π_old),  L_pg = mean( max(−A·ratio, −A·clip(ratio, 1 − ε, 1 + ε)) )
                     pg_loss, pg_stats = clipped_policy_loss(new_logprobs, batch.logprobs[rows], batch.advantages[rows],
                                                             mask, cfg.cliprange)
+                    # 6c. Clipped value loss (OpenAI baselines ppo2):
+                    #     V_clip = V_old + clip(V_θ − V_old, −ε_v, ε_v),  L_V = ½ mean( max((V_θ − R)², (V_clip − R)²) )
                     vf_loss, vf_clipfrac = clipped_value_loss(vpred, batch.values[rows], batch.returns[rows], mask,
                                                               cfg.cliprange_value)
+                    # 6d. loss = L_pg + c_v · L_V, its gradient averaged over the minibatch's micro-batches.
                     loss = pg_loss + cfg.vf_coef * vf_loss
                     acc.backward(loss / len(micro_starts))
                 with torch.no_grad():
@@ -401,7 +444,8 @@ def optimise(ac_ddp, opt, acc, params, batch: RolloutBatch, cfg: PPOConfig, mini
                              "val/clipfrac": vf_clipfrac}.items():
                     totals[k] = totals.get(k, 0.0) + float(v.detach())
                 n += 1
-            acc.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            # 6e. Clip the global gradient norm and step.
+            acc.clip_grad_norm_(state.params, cfg.max_grad_norm)
+            state.opt.step()
+            state.opt.zero_grad(set_to_none=True)
     return {k: v / max(n, 1) for k, v in totals.items()}

@@ -56,6 +56,21 @@ class RunDir:
         logger.addHandler(self._handler)
         logger.setLevel(logging.INFO)
 
+    @classmethod
+    def resume(cls, path: str | Path, config: dict, step: int, is_main: bool = True) -> RunDir:
+        """The run directory of a run that continues from its checkpoint of `step`: metrics.jsonl keeps its
+        lines up to that step (the curve up to the checkpoint) and the run appends after them; the other
+        files start afresh as for a new run."""
+        kept: list[str] = []
+        metrics = Path(path) / "metrics.jsonl"
+        if is_main and metrics.is_file():
+            kept = [line + "\n" for line in metrics.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= step]
+        run = cls(path, config, is_main=is_main)
+        if run._metrics is not None:
+            run._metrics.writelines(kept)
+        return run
+
     @property
     def checkpoint_path(self) -> Path:
         return self.path / "checkpoint"
