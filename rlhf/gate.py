@@ -33,7 +33,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from annotation.models import Candidate, Project, Ranking, RankingTask
+from annotation.models import Project, Ranking, RankingTask
+from rlhf import lineage
 from rlhf.engine.stats import bootstrap_mean
 from rlhf.models import LoopSettings, ModelVersion, TrainingRun
 
@@ -172,7 +173,8 @@ def overoptimisation(figures: dict, human: dict | None = None) -> dict | None:
 
 
 def gate_origin(version: ModelVersion) -> str:
-    """The ``origin`` of the side-by-side tasks that judge ``version``."""
+    """The ``origin`` text of the side-by-side tasks that judge ``version`` (what the queue shows; the gate
+    finds its tasks by their ``RunTask.gate_for`` link)."""
     return f"gate-{version.pk}"
 
 
@@ -190,16 +192,15 @@ def ranking_share(ordering: list[list[int]], new_ids: set[int], old_ids: set[int
 def human_tally(version: ModelVersion) -> dict:
     """The side-by-side rankings that judge ``version`` so far: their number, the new policy's mean share of
     wins with its bootstrap interval, and how many of the comparison's tasks are still open."""
-    active = version.gate.get("active", "")
-    tasks = RankingTask.objects.filter(project=version.project, origin=gate_origin(version))
+    active_id = version.gate.get("active_id")
+    tasks = lineage.gate_tasks(version)
     open_tasks = tasks.filter(state__in=[RankingTask.State.OPEN, RankingTask.State.FULL]).count()
     rows = list(Ranking.objects.filter(task__in=tasks).values_list("ordering", "task__candidate_ids"))
-    ids = {cid for _, candidate_ids in rows for cid in candidate_ids}
-    source = dict(Candidate.objects.filter(pk__in=ids).values_list("pk", "source"))
+    written_by = lineage.versions_of({cid for _, candidate_ids in rows for cid in candidate_ids})
     shares = []
     for ordering, candidate_ids in rows:
-        new = {c for c in candidate_ids if source.get(c) == version.label}
-        old = {c for c in candidate_ids if source.get(c) == active}
+        new = {c for c in candidate_ids if written_by.get(c) == version.pk}
+        old = {c for c in candidate_ids if active_id is not None and written_by.get(c) == active_id}
         share = ranking_share(ordering, new, old)
         if share is not None:
             shares.append(share)

@@ -2,8 +2,10 @@
 
 Lineage is answerable from these rows: a reward ModelVersion points at the TrainingRun that trained it,
 whose ``snapshot`` names the rankings it used; a policy ModelVersion points at its run, its parent
-policy and the reward model it was optimised against; candidates it generated carry its label as
-``source`` and its id in ``meta``.
+policy and the reward model it was optimised against. The candidates a version generated and the ranking
+tasks a run opened are linked by key (``GeneratedCandidate``, ``RunTask``): rlhf-owned rows pointing at the
+annotation app's, since the annotation app knows nothing of rlhf. Their ``source`` and ``origin`` texts
+are what annotators and exports see; no query of the loop joins on them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 
-from annotation.models import Project
+from annotation.models import Candidate, Project, RankingTask
 
 
 class TrainingRun(models.Model):
@@ -211,3 +213,31 @@ class LoopSettings(models.Model):
 
     def __str__(self) -> str:
         return f"loop settings of {self.project}"
+
+
+class GeneratedCandidate(models.Model):
+    """The model version that wrote a candidate (and the run that sampled it): the key its lineage, the
+    leaderboard and the promotion gate follow, written in the transaction that stores the candidate."""
+
+    candidate = models.OneToOneField(Candidate, on_delete=models.CASCADE, primary_key=True, related_name="rlhf_lineage")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="generated_candidates")
+    run = models.ForeignKey(TrainingRun, null=True, blank=True, on_delete=models.SET_NULL,
+                            related_name="generated_candidates")
+
+    def __str__(self) -> str:
+        return f"candidate {self.candidate_id} by {self.model_version_id}"
+
+
+class RunTask(models.Model):
+    """A ranking task a run opened: a generate run's tasks, and the side-by-side tasks that judge a policy
+    at its promotion gate (``gate_for``), written in the transaction that opens the task."""
+
+    task = models.OneToOneField(RankingTask, on_delete=models.CASCADE, primary_key=True, related_name="rlhf_lineage")
+    run = models.ForeignKey(TrainingRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="opened_tasks")
+    gate_for = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.CASCADE, related_name="gate_tasks",
+        help_text="The policy whose promotion gate these side-by-side rankings judge.",
+    )
+
+    def __str__(self) -> str:
+        return f"task {self.task_id} of run {self.run_id}"

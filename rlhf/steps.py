@@ -26,9 +26,8 @@ from django.db.models import Max
 from django.utils import timezone
 
 from annotation.models import Candidate, Prompt, Ranking, RankingTask
-from annotation.services.candidates import open_tasks_from_samples
 from annotation.services.exports import ExportFilter, write_export, write_prompt_set
-from rlhf import gate
+from rlhf import gate, lineage
 from rlhf.engine.round import RoundConfig, round_config
 from rlhf.models import ModelVersion, TrainingRun
 from rlhf.runner import EngineFailed, run_engine
@@ -311,14 +310,13 @@ def step_generate(run: TrainingRun) -> None:
     result: dict = {}
     if prompt_ids:
         samples, results = _sample(run, params, prompt_ids, shares, out, engine_configs, compare=bool(compare))
-        with transaction.atomic():
-            opened = open_tasks_from_samples(
-                project=project,
-                samples=samples,
-                source=shares[0][0].label,
-                priorities=uncertainty_priorities(samples),
-                origin=f"run-{run.pk}",
-            )
+        opened = lineage.open_linked_tasks(  # one transaction: candidates, tasks and their links
+            run=run,
+            samples=samples,
+            source=shares[0][0].label,
+            priorities=uncertainty_priorities(samples),
+            origin=f"run-{run.pk}",
+        )
         result = {**(results if compare else next(iter(results.values()))), **opened}
     if pending is not None:
         result["gate"] = _open_gate_tasks(run, params, pending, out / "gate", engine_configs)
@@ -381,14 +379,14 @@ def _open_gate_tasks(run: TrainingRun, params: dict, policy: ModelVersion, out: 
         return {"tasks": 0, "note": "the project has no held-out prompts"}
     shares = [(policy, k - k // 2), (active, k // 2)]
     samples, _ = _sample(run, params, prompt_ids, shares, out, engine_configs, compare=True)
-    with transaction.atomic():
-        opened = open_tasks_from_samples(
-            project=project,
-            samples=samples,
-            source=policy.label,
-            priorities=dict.fromkeys(prompt_ids, GATE_PRIORITY),
-            origin=gate.gate_origin(policy),
-        )
+    opened = lineage.open_linked_tasks(
+        run=run,
+        samples=samples,
+        source=policy.label,
+        priorities=dict.fromkeys(prompt_ids, GATE_PRIORITY),
+        origin=gate.gate_origin(policy),
+        gate_for=policy,
+    )
     return {**opened, "compares": [policy.label, active.label]}
 
 

@@ -10,9 +10,10 @@ from collections.abc import Iterable
 from django.db.models import Count, Prefetch, Q
 from django.forms.utils import pretty_name
 
-from annotation.models import Candidate, PreferencePair, Project, RankingTask
+from annotation.models import Project, RankingTask
 from rlhf.charts import FAMILIES, family
 from rlhf.engine import round as round_schema
+from rlhf.lineage import candidates_of, player_pairs, tasks_opened_by
 from rlhf.models import ModelVersion, TrainingRun
 
 K = TrainingRun.Kind
@@ -201,9 +202,8 @@ def lineage(version: ModelVersion) -> list[dict]:
             text = f"{version.label}: the project's base model"
         stages.append({"stage": "Policy", "text": text, "run": run, "label": version.label})
         generated = _generate_runs(version)
-        candidates = Candidate.objects.filter(prompt__project=version.project, source=version.label).count()
-        tasks = RankingTask.objects.filter(origin__in=[f"run-{g.pk}" for g in generated])
-        counts = tasks.aggregate(all=Count("id"), done=Count("id", filter=Q(state=RankingTask.State.DONE)))
+        candidates = candidates_of(version).count()
+        counts = tasks_opened_by(generated).aggregate(all=Count("id"), done=Count("id", filter=Q(state=RankingTask.State.DONE)))
         if generated or candidates:
             text = f"{candidates} candidates"
             if counts["all"]:
@@ -217,15 +217,14 @@ def lineage(version: ModelVersion) -> list[dict]:
 
 
 def head_to_head(project: Project, a: str, b: str, *, split: str | None = None) -> dict:
-    """How often annotators ranked a candidate of source ``a`` above one of ``b``, and the reverse (on the
+    """How often annotators ranked a candidate of ``a`` above one of ``b`` (players as the leaderboard names
+    them: ``rlhf.lineage.player_pairs``), and the reverse (on the
     prompts of ``split`` only, when given), with Wilson's 95% interval of a's share."""
     from rlhf.engine.stats import wilson
 
-    pairs = PreferencePair.objects.filter(project=project)
-    if split:
-        pairs = pairs.filter(prompt__split=split)
-    a_won = pairs.filter(chosen__source=a, rejected__source=b).count()
-    b_won = pairs.filter(chosen__source=b, rejected__source=a).count()
+    pairs = player_pairs(project, split=split)
+    a_won = pairs.filter(chosen_player=a, rejected_player=b).count()
+    b_won = pairs.filter(chosen_player=b, rejected_player=a).count()
     total = a_won + b_won
     low, high = wilson(a_won, total) if total else (None, None)
     return {"a": a, "b": b, "a_won": a_won, "b_won": b_won, "total": total, "a_rate": a_won / total if total else None,

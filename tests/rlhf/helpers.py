@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from annotation.models import Candidate, RankingTask
 from annotation.services import queue
-from rlhf.models import ModelVersion, TrainingRun
+from rlhf.models import GeneratedCandidate, ModelVersion, RunTask, TrainingRun
 from rlhf.services import activate_versions, base_policy, start_round
 from tests import factories as f
 
@@ -106,6 +106,10 @@ def fake_round(project, user, *, algorithm: str = "ppo", generate_tasks: int = 3
     for _ in range(generate_tasks):
         task = f.task(project, source="policy-v1")
         RankingTask.objects.filter(pk=task.pk).update(origin=f"run-{gen.pk}")
+        RunTask.objects.create(task=task, run=gen)  # what rlhf.lineage.open_linked_tasks writes
+        GeneratedCandidate.objects.bulk_create(
+            GeneratedCandidate(candidate_id=pk, model_version=policy, run=gen) for pk in task.candidate_ids
+        )
     gen.result = {"tasks": generate_tasks, "candidates": generate_tasks * project.candidates_per_task}
     gen.save()
     round_run.state, round_run.started_at, round_run.finished_at = "succeeded", started, now
