@@ -47,7 +47,7 @@ def test_every_html_page_sends_the_policy(world):
     client.force_login(world["root"])
     expected = {name: set(values) for name, values in csp.DIRECTIVES.items()}
     pages = []
-    for route in sorted(set(_routes())) + ["admin/", "admin/rlhf/trainingrun/", "admin/annotation/project/"]:
+    for route in [*sorted(set(_routes())), "admin/", "admin/rlhf/trainingrun/", "admin/annotation/project/"]:
         path = "/" + route
         for name, value in world["values"].items():
             for converter in ("slug", "int"):
