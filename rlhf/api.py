@@ -29,12 +29,13 @@ from rlhf.services import (
 
 class RunSerializer(serializers.ModelSerializer):
     progress = serializers.FloatField(read_only=True)
+    status = serializers.CharField(read_only=True, help_text="The sentence under the progress bar (TrainingRun.status_text).")
     versions = serializers.SlugRelatedField(many=True, read_only=True, slug_field="label")
 
     class Meta:
         model = TrainingRun
         fields = [
-            "id", "kind", "state", "round", "position", "config", "step", "total_steps", "progress", "result",
+            "id", "kind", "state", "round", "position", "config", "step", "total_steps", "progress", "status", "result",
             "error", "snapshot", "versions", "created_at", "started_at", "finished_at",
         ]
 

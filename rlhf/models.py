@@ -98,7 +98,8 @@ class TrainingRun(models.Model):
     @property
     def progress(self) -> float:
         """0..1, the one number every progress bar shows: the pages (``rlhf.ui_selectors``) read it here, the
-        pages' script (``static/js/runs.js``) from the API's ``progress``. A round counts its finished steps
+        pages' script (``static/js/runs.js``) from the API's ``progress`` (and the text beside it, from
+        ``status_text``, as the API's ``status``). A round counts its finished steps
         whole and its running step in part, so its bar moves while the policy trains, not only between steps.
         A round's steps come from ``self.steps.all()``, so prefetch them when listing rounds."""
         if self.kind == self.Kind.ROUND and self.pk:
@@ -110,6 +111,40 @@ class TrainingRun(models.Model):
                            for s in steps)
                 return min(1.0, done / len(steps))
         return min(1.0, self.step / self.total_steps) if self.total_steps else (1.0 if self.finished else 0.0)
+
+    def status_text(self, steps: list[TrainingRun] | None = None) -> str:
+        """The sentence under the progress bar: what is happening now, or how it ended. The one source of
+        it: the pages render it, the API's runs carry it as ``status`` for the pages' script to show.
+
+        ``steps`` are a round's steps, or, for a step of a round, its siblings (fetched when not given)."""
+        S = self.State
+        if self.kind == self.Kind.ROUND:
+            steps = sorted(steps if steps is not None else self.steps.all(), key=lambda s: s.position)
+            current = next((s for s in steps if s.state == S.RUNNING), None)
+            failed = next((s for s in steps if s.state == S.FAILED), None)
+            if self.state == S.QUEUED or (self.state == S.RUNNING and current is None):
+                return "waiting for a worker"
+            if current is not None:
+                counter = f" {current.step}/{current.total_steps}" if current.total_steps else ""
+                return f"step {current.position} of {len(steps)}: {current.get_kind_display()}{counter}"
+            if self.state == S.FAILED and failed is not None:
+                return f"failed at step {failed.position} ({failed.get_kind_display()})"
+            return ""  # finished: the state badge says it all
+        if self.state == S.QUEUED:
+            # A later step of a round is queued in rq as a deferred job: no worker takes it before the step
+            # before it has succeeded, so "waiting for a worker" would send people looking for a worker.
+            previous = self.waiting_for(steps)
+            if previous is not None:
+                return f"waiting for step {previous.position} ({previous.get_kind_display()})"
+            return "waiting for a worker"
+        if self.state == S.RUNNING:
+            return f"{self.step}/{self.total_steps}" if self.total_steps else "starting"
+        return ""
+
+    @property
+    def status(self) -> str:
+        """``status_text`` with the steps fetched (what the API serialises)."""
+        return self.status_text()
 
     def waiting_for(self, siblings: list[TrainingRun] | None = None) -> TrainingRun | None:
         """The step of the same round a queued step waits for: its rq job depends on the previous step's

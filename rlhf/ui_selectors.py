@@ -17,38 +17,7 @@ from rlhf.lineage import candidates_of, player_pairs, tasks_opened_by
 from rlhf.models import ModelVersion, TrainingRun
 
 K = TrainingRun.Kind
-S = TrainingRun.State
 RUNS_SHOWN = 50
-
-
-def status_text(run: TrainingRun, steps: list[TrainingRun] | None = None) -> str:
-    """A short sentence under the progress bar: what is happening now, or how it ended.
-
-    ``steps`` are a round's steps, or, for a step of a round, its siblings (fetched when not given).
-    ``static/js/runs.js`` (``statusText``) writes the same sentences while it polls; keep them alike.
-    """
-    if run.kind == K.ROUND:
-        steps = sorted(steps if steps is not None else run.steps.all(), key=lambda s: s.position)
-        current = next((s for s in steps if s.state == S.RUNNING), None)
-        failed = next((s for s in steps if s.state == S.FAILED), None)
-        if run.state == S.QUEUED or (run.state == S.RUNNING and current is None):
-            return "waiting for a worker"
-        if current is not None:
-            counter = f" {current.step}/{current.total_steps}" if current.total_steps else ""
-            return f"step {current.position} of {len(steps)}: {current.get_kind_display()}{counter}"
-        if run.state == S.FAILED and failed is not None:
-            return f"failed at step {failed.position} ({failed.get_kind_display()})"
-        return ""  # finished: the state badge says it all
-    if run.state == S.QUEUED:
-        # A later step of a round is queued in rq as a deferred job: no worker takes it before the step
-        # before it has succeeded, so "waiting for a worker" would send people looking for a worker.
-        previous = run.waiting_for(steps)
-        if previous is not None:
-            return f"waiting for step {previous.position} ({previous.get_kind_display()})"
-        return "waiting for a worker"
-    if run.state == S.RUNNING:
-        return f"{run.step}/{run.total_steps}" if run.total_steps else "starting"
-    return ""
 
 
 def annotate(run: TrainingRun, siblings: list[TrainingRun] | None = None) -> TrainingRun:
@@ -57,7 +26,7 @@ def annotate(run: TrainingRun, siblings: list[TrainingRun] | None = None) -> Tra
     steps = list(run.steps.all()) if run.kind == K.ROUND else siblings
     run.ui_progress = run.progress
     run.ui_percent = round(100 * run.ui_progress)
-    run.ui_status = status_text(run, steps)
+    run.ui_status = run.status_text(steps)
     return run
 
 

@@ -14,45 +14,14 @@ const kindLabels = JSON.parse(document.getElementById("kind-labels")?.textConten
 const stateLabel = (s) => s.charAt(0).toUpperCase() + s.slice(1);
 const kindLabel = (k) => kindLabels[k] || k;
 
-/** 0…1: the API's ``progress``, which TrainingRun.progress computes (a round: finished steps plus the
- * running step's fraction), the same number the server rendered into the page. */
+/** 0…1 and the sentence beside it: the API's ``progress`` and ``status``, which TrainingRun.progress and
+ * TrainingRun.status_text compute, the same the server rendered into the page. Nothing is worked out here. */
 export function progressOf(run) {
   return run.progress ?? 0;
 }
 
-/** The step of the same round that a queued step waits for, as TrainingRun.waiting_for: its rq job
- * depends on the previous step's, so no worker takes it before that one has succeeded. */
-export function waitingFor(run, siblings) {
-  if (run.state !== "queued" || !run.round || !siblings || run.position <= 1) return null;
-  const previous = siblings.find((s) => s.position === run.position - 1);
-  return previous && ACTIVE.has(previous.state) ? previous : null;
-}
-
-/** The sentence under a progress bar; the same sentences as ui_selectors.status_text. ``siblings``: the
- * steps of a step's round. */
-export function statusText(run, siblings) {
-  if (run.kind === "round" && run.steps) {
-    const steps = [...run.steps].sort((a, b) => a.position - b.position);
-    const current = steps.find((s) => s.state === "running");
-    const failed = steps.find((s) => s.state === "failed");
-    if (run.state === "queued" || (run.state === "running" && !current)) return "waiting for a worker";
-    if (current) {
-      const counter = current.total_steps ? ` ${current.step}/${current.total_steps}` : "";
-      return `step ${current.position} of ${steps.length}: ${kindLabel(current.kind)}${counter}`;
-    }
-    if (run.state === "failed" && failed) return `failed at step ${failed.position} (${kindLabel(failed.kind)})`;
-    return "";
-  }
-  if (run.state === "queued") {
-    const previous = waitingFor(run, siblings);
-    return previous ? `waiting for step ${previous.position} (${kindLabel(previous.kind)})` : "waiting for a worker";
-  }
-  if (run.state === "running") return run.total_steps ? `${run.step}/${run.total_steps}` : "starting";
-  return "";
-}
-
 /** Put a run's state, progress and status into the element holding data-field children. */
-function paint(el, run, siblings) {
+function paint(el, run) {
   const pct = Math.round(100 * progressOf(run));
   el.dataset.state = run.state;
   const state = el.querySelector("[data-field=state]");
@@ -66,7 +35,7 @@ function paint(el, run, siblings) {
     bar.textContent = `${pct}%`;
   }
   const status = el.querySelector("[data-field=status]");
-  if (status) status.textContent = statusText(run, siblings);
+  if (status) status.textContent = run.status ?? "";
 }
 
 function runUrl(template, id) {
@@ -115,7 +84,7 @@ function trainingPage(table) {
       if (!row) continue;
       const before = row.dataset.state;
       if (!ACTIVE.has(before) && !ACTIVE.has(summary.state)) continue;
-      // A round's own row has no step counter: its steps (in the detail) tell how far it is.
+      // A round's detail also names the versions its steps produced.
       const detail = summary.kind === "round" ? await getJSON(runUrl(table.dataset.apiRun, summary.id)) : null;
       const run = detail?.ok ? detail.data : summary;
       paint(row, run);
@@ -173,13 +142,11 @@ function runPage(root) {
     const response = await getJSON(root.dataset.api);
     if (!response.ok) return wasActive;
     const run = response.data;
-    // A queued step of a round waits for the step before it: only the round's detail knows that one.
-    const round = run.round && run.state === "queued" ? await getJSON(runUrl(apiRun, run.round)) : null;
-    paint(root.querySelector(".run-head"), run, round?.ok ? round.data.steps : undefined);
+    paint(root.querySelector(".run-head"), run);
     root.dataset.state = run.state;
     for (const step of run.steps || []) {
       const row = root.querySelector(`#steps-table tr[data-run-id="${step.id}"]`);
-      if (row) paint(row, step, run.steps);
+      if (row) paint(row, step);
     }
     const errorBox = document.getElementById("run-error-box");
     if (run.error) {

@@ -481,3 +481,20 @@ def test_metric_series_come_in_the_same_order_whatever_order_a_row_keeps_its_key
     reordered = [dict(sorted(written[0].items(), key=lambda kv: (len(kv[0]), kv[0])))]
     assert list(charts.metric_series(written)) == list(charts.metric_series(reordered)) == [
         "eval/reward_mean", "objective/rlhf_reward", "objective/scores"]
+
+
+def test_the_api_carries_the_status_text_the_page_shows_so_the_script_computes_nothing(world):
+    """TrainingRun.status_text is the one source of the sentence under a progress bar: the pages render
+    it and the API's ``status`` carries it to static/js/runs.js, which only displays it."""
+    run = start_round(project=world["project"], enqueue=False)
+    TrainingRun.objects.filter(pk=run.pk).update(state="running")
+    run.steps.filter(position=1).update(state="succeeded")
+    run.steps.filter(position=2).update(state="running", step=3, total_steps=30)
+    alice = client_for(world["alice"])
+    detail = alice.get(f"/api/runs/{run.pk}/").json()
+    assert detail["status"] == "step 2 of 6: Reward model 3/30"
+    assert [s["status"] for s in detail["steps"]][:4] == ["", "3/30", "waiting for step 2 (Reward model)",
+                                                          "waiting for step 3 (PPO)"]
+    listed = {r["id"]: r for r in alice.get("/api/projects/shapes/runs/").json()}
+    assert listed[run.pk]["status"] == detail["status"]
+    assert detail["status"] in alice.get("/projects/shapes/training/").content.decode()
