@@ -4,6 +4,23 @@ plus the processor, loadable as `model.adapter_path` (or `model.path`) by every 
 
 Lines marked `"split": "eval"` are held out: never trained on (heldout.py). SFT reports no held-out figure
 of its own; a round's evaluate step measures the policy on the held-out prompts.
+
+Why our loop and not TRL's SFTTrainer (which DPO/GRPO use, trl_policy.py). Tried with TRL 1.16 on the tiny demo
+model on CPU: a conversational prompt-completion dataset with images trains (loss on the answer only), so the
+trainer itself works. It does not keep this command's behaviour:
+- tokenization: TRL's vision collator writes the answer through the chat template (which ends a turn with the
+  template's own end-of-turn text, e.g. Gemma 3's `<end_of_turn>`) and right-pads; the engine's answers are the
+  text + the tokenizer's EOS after a left-padded prompt (data.encode_completions), the encoding generate, PPO,
+  the reward model and the DPO margin all use. On the demo model the two write the same text (checked on
+  decoded rows); where a family's end of turn is not its EOS, an SFT policy would learn to end answers as
+  nothing else in the engine samples or scores them, and the family matrix (tests/engine/test_families.py:
+  one BOS, PaliGemma's processor) was not re-verified through TRL's collator;
+- data order: each step here draws `batch_size` prompts with replacement and one of their references at random
+  (seeded per process); the Trainer walks shuffled epochs of fixed rows;
+- metrics.jsonl: the Trainer logs `learning_rate` and a loss averaged over the logging window, not `lr`, the
+  step's loss and `charts/examples_per_s`, which the run pages chart.
+Keeping all three means our collator, our sampler, our optimiser and schedule and a renaming callback inside
+SFTTrainer, which then runs nothing of its own but the loop below.
 """
 
 from __future__ import annotations
