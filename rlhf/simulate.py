@@ -14,8 +14,7 @@ from django.contrib.auth import get_user_model
 from annotation.models import Candidate, Membership, Project
 from annotation.services import queue
 from annotation.services.projects import member_set
-from rlhf.engine.demo.annotators import noisy_ordering
-from rlhf.engine.demo.rewards import demo_reward
+from rlhf.engine.demo.annotators import simulated_ordering
 
 
 def simulated_annotators(project: Project, n: int) -> list:
@@ -51,9 +50,7 @@ def simulate(project: Project, *, annotators: int = 4, noise: float = 0.1, limit
                 skipped += 1
                 continue
             texts = dict(Candidate.objects.filter(pk__in=task.candidate_ids).values_list("pk", "text"))
-            ids = list(texts)
-            rewards = demo_reward([prompt.text] * len(ids), [texts[i] for i in ids], ground_truth=[ground_truth] * len(ids))
-            ordering = noisy_ordering(dict(zip(ids, rewards, strict=True)), rng, noise)
+            ordering = simulated_ordering(prompt.text, texts, ground_truth, rng, noise)
             queue.submit_ranking(
                 annotator=person, task_id=task.pk, ordering=ordering, client_uuid=uuid.uuid4(),
                 time_spent_ms=rng.randint(2000, 9000),

@@ -1,12 +1,17 @@
 """Simulated annotators rank through the queue services by the demo world's verifiable reward."""
 
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
 
 from annotation.models import Candidate, PreferencePair, Ranking
-from rlhf.engine.demo.annotators import noisy_ordering
+from annotation.pairs import pairs_from_groups
+from rlhf.engine.demo import world
+from rlhf.engine.demo.annotators import noisy_ordering, ranking_to_pairs, simulated_ordering
 from rlhf.engine.demo.rewards import demo_reward
 
 
@@ -16,6 +21,34 @@ def test_without_noise_the_ordering_follows_the_scores_with_ties():
 
 def test_with_full_noise_every_neighbouring_pair_is_swapped_in_turn():
     assert noisy_ordering({1: 3.0, 2: 2.0, 3: 1.0}, random.Random(0), 1.0) == [[2], [3], [1]]
+
+
+def test_the_demos_pairs_follow_the_apps_rule_in_the_order_of_the_candidates():
+    """The engine demo's preference records come from annotation.pairs.pairs_from_groups (one rule), in the
+    order the demo wrote them before: by the chosen candidate's position, then the rejected one's."""
+    ranks = [1, 0, 2, 0]  # b and d tie for best
+    assert ranking_to_pairs(["a", "b", "c", "d"], ranks) == [
+        ("a", "c", 1), ("b", "a", 1), ("b", "c", 2), ("d", "a", 1), ("d", "c", 2),
+    ]
+    groups = [[1, 3], [0], [2]]
+    assert sorted(pairs_from_groups(groups)) == [(i, j, m) for i, j, m in
+                                                 [(0, 2, 1), (1, 0, 1), (1, 2, 2), (3, 0, 1), (3, 2, 2)]]
+
+
+def test_the_simulated_annotator_judges_by_the_demo_reward():
+    _, gt = world.make_scene(random.Random(3))
+    texts = {7: world.reference_caption(gt), 8: "A blue square.", 9: "Nothing at all."}
+    scores = dict(zip(texts, demo_reward([world.CAPTION_PROMPT] * 3, list(texts.values()), ground_truth=[gt] * 3), strict=True))
+    assert simulated_ordering(world.CAPTION_PROMPT, texts, gt, random.Random(0), 0.0) == noisy_ordering(scores, random.Random(0), 0.0)
+    assert simulated_ordering(world.CAPTION_PROMPT, texts, gt, random.Random(0), 0.0)[0] == [7]
+
+
+def test_the_demo_annotators_import_no_django():
+    code = "import sys, rlhf.engine.demo.annotators; print(any(m.split('.')[0] == 'django' for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.django_db

@@ -1,7 +1,9 @@
 """Simulated annotators for the demo world: rank candidates by their verifiable correctness and turn
-rankings into preference records in the export format of DESIGN.md. Pure Python (no torch).
+rankings into preference records in the export format of DESIGN.md. Pure Python (no torch, no Django).
 
-Used by the engine's tests and benchmarks and by the demo before any human has ranked anything.
+The one place of the simulated annotator's judgement: the engine's tests and benchmarks use it here, and
+the loop's simulated people (``rlhf.simulate``) rank their queue's tasks with ``simulated_ordering``.
+Rankings become pairs by the app's own rule, ``annotation.pairs.pairs_from_groups`` (a pure module).
 """
 
 from __future__ import annotations
@@ -11,14 +13,21 @@ import random
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..rewards import demo_reward
+from annotation.pairs import pairs_from_groups
+
 from . import world
+from .rewards import demo_reward
+
+
+def demo_scores(prompt: str, candidates: list[str], gt: dict) -> list[float]:
+    """What a simulated annotator judges by: each candidate's verifiable reward against the ground truth."""
+    return demo_reward([prompt] * len(candidates), candidates, ground_truth=[gt] * len(candidates))
 
 
 def rank_candidates(prompt: str, candidates: list[str], gt: dict, rng: random.Random, noise: float = 0.0) -> list[int]:
     """Ranks (0 = best) of `candidates` by demo_reward; equal rewards share a rank (ties). With `noise`
     > 0 a Gaussian of that scale perturbs each score first (a less reliable annotator)."""
-    scores = demo_reward([prompt] * len(candidates), candidates, ground_truth=[gt] * len(candidates))
+    scores = demo_scores(prompt, candidates, gt)
     scores = [s + rng.gauss(0, noise) if noise else s for s in scores]
     distinct = sorted(set(scores), reverse=True)
     return [distinct.index(s) for s in scores]
@@ -35,14 +44,19 @@ def noisy_ordering(scores: dict, rng: random.Random, noise: float) -> list[list]
     return groups
 
 
+def simulated_ordering(prompt: str, candidates: dict, gt: dict, rng: random.Random, noise: float) -> list[list]:
+    """A simulated annotator's ranking of ``candidates`` (key → text) as groups of keys, best first: by
+    ``demo_scores``, with ``noisy_ordering``'s occasional swaps."""
+    keys = list(candidates)
+    return noisy_ordering(dict(zip(keys, demo_scores(prompt, [candidates[k] for k in keys], gt), strict=True)), rng, noise)
+
+
 def ranking_to_pairs(candidates: list[str], ranks: list[int]) -> list[tuple[str, str, int]]:
-    """(chosen, rejected, margin) for every pair with different ranks; margin = rank distance."""
-    pairs = []
-    for i, a in enumerate(candidates):
-        for j, b in enumerate(candidates):
-            if ranks[i] < ranks[j]:
-                pairs.append((a, b, ranks[j] - ranks[i]))
-    return pairs
+    """(chosen, rejected, margin) for every pair with different ranks; margin = rank distance (``ranks`` as
+    ``rank_candidates`` gives them: 0, 1, … without gaps). The app's rule (``pairs_from_groups``) on the
+    candidates' positions, in the order of the positions (chosen's, then rejected's)."""
+    groups = [[i for i, r in enumerate(ranks) if r == level] for level in sorted(set(ranks))]
+    return [(candidates[i], candidates[j], margin) for i, j, margin in sorted(pairs_from_groups(groups))]
 
 
 def write_demo_preferences(out_dir: str | Path, n: int, seed: int, k: int = 4, task_type: str = "caption",
