@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 from annotation.exceptions import InvalidRanking
+
+T = TypeVar("T")  # candidate ids in the app, positions in the engine demo
 
 
 def normalise_ordering(ordering: object, candidate_ids: Iterable[int]) -> list[list[int]]:
@@ -50,10 +53,12 @@ def normalise_ordering(ordering: object, candidate_ids: Iterable[int]) -> list[l
     return groups
 
 
-def pairs_from_groups(groups: Sequence[Sequence[int]]) -> list[tuple[int, int, int]]:
+def pairs_from_groups(groups: Sequence[Sequence[T]]) -> list[tuple[T, T, int]]:
     """Every (chosen, rejected, margin) implied by a ranking; tied candidates give no pair.
 
-    ``margin`` is the rank distance between the two groups (1 for neighbours).
+    ``margin`` is the rank distance between the two groups (1 for neighbours). The one rule from a ranking
+    to pairs: the queue's submits use it, and so do the engine demo's simulated annotators
+    (``rlhf.engine.demo.annotators``), which is why this module stays free of Django.
     """
     pairs = []
     for i, better in enumerate(groups):
