@@ -1,34 +1,30 @@
-"""Server-rendered pages of the annotation app, and the JSON endpoints the ranking page talks to.
+"""Server-rendered pages of the annotation app.
 
-Views fetch, check the role, call one service (the same ones the REST API calls), and render. The
-ranking page's JSON endpoints answer a submit or a skip together with the next task, in one round trip;
-a separate read, made while the annotator works, names the images they will most likely see next so the
-browser can load them meanwhile.
+Views fetch, check the role, call one service (the same ones the REST API calls), and render. Pages
+that act do so through the REST API (``annotation.api``) with the session and the CSRF header: the
+ranking page leases, submits, skips and releases there, like any other client.
 """
 
 from __future__ import annotations
 
-import json
 from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection
-from django.http import Http404, JsonResponse
+from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from rest_framework.exceptions import ValidationError as InvalidInput
+from django.views.decorators.http import require_GET, require_http_methods
 
 from annotation import charts, ui_selectors
-from annotation.api.serializers import SkipSerializer, parse_submit
-from annotation.exceptions import AnnotationError
+from annotation.api.serializers import FLAG_LABELS
 from annotation.forms import ExportForm, MemberForm, ProjectForm
-from annotation.models import Membership, Project, RankingTask
+from annotation.models import Membership, Project
 from annotation.permissions import project_and_role
-from annotation.selectors import annotator_progress, projects_for, queue_stats, role_in, task_payload
-from annotation.services import projects, queue
+from annotation.selectors import annotator_progress, projects_for, queue_stats, role_in
+from annotation.services import projects
 from annotation.services.imports import MODES
 
 # Pages hold no inline script and no inline style, so a candidate text that slipped through escaping
@@ -70,23 +66,22 @@ def home(request):
 @with_csp
 @require_GET
 def work(request, slug):
-    """The ranking page. The task itself arrives by POST to ``work_next`` (taking a lease is a write)."""
+    """The ranking page. Everything it does after loading goes to the REST API with the session and
+    the CSRF header: the task itself arrives by ``POST /api/projects/<slug>/next/`` (taking a lease is
+    a write), each submit and skip answers with the next task (``?next=1``), and
+    ``GET /api/projects/<slug>/upcoming/`` names the images to load ahead."""
     project, role = _project_for(request, slug)
     config = {
         "project": project.slug,
         "user": request.user.pk,  # keys the unsent rankings this browser keeps, so they never cross accounts
         "k": project.candidates_per_task,
         "leaseMinutes": project.lease_minutes,
-        "prefetch": request.GET.get("prefetch", "1") != "0",
         "urls": {
-            "next": reverse("work-next", args=[project.slug]),
-            "ahead": reverse("work-ahead", args=[project.slug]),
-            "submit": reverse("work-submit", args=[project.slug, 0]),
-            "skip": reverse("work-skip", args=[project.slug, 0]),
-            "apiNext": reverse("api-next-task", args=[project.slug]),
-            "apiSubmit": reverse("api-submit", args=[0]),
-            "apiSkip": reverse("api-skip", args=[0]),
-            "apiRelease": reverse("api-release", args=[0]),
+            "next": reverse("api-next-task", args=[project.slug]),
+            "upcoming": reverse("api-upcoming", args=[project.slug]),
+            "submit": reverse("api-submit", args=[0]),
+            "skip": reverse("api-skip", args=[0]),
+            "release": reverse("api-release", args=[0]),
             "home": reverse("home"),
         },
     }
@@ -96,104 +91,9 @@ def work(request, slug):
         "config": config,
         "instructions": ui_selectors.instructions_html(project),
         "progress": annotator_progress(request.user, project),
-        "flags": [("all_bad", "All bad"), ("unsafe", "Unsafe"), ("image_unclear", "Image unclear")],
+        "flags": list(FLAG_LABELS.items()),
     }
     return render(request, "annotation/work.html", context)
-
-
-def _json_body(request) -> dict:
-    try:
-        body = json.loads(request.body or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise AnnotationError("the request body is not JSON") from None
-    if not isinstance(body, dict):
-        raise AnnotationError("the request body must be a JSON object")
-    return body
-
-
-def _error(status: int, code: str, detail) -> JsonResponse:
-    return JsonResponse({"error": code, "detail": detail}, status=status)
-
-
-def json_endpoint(view):
-    """Member check, JSON in and out, service errors as ``{"error", "detail"}`` like the REST API."""
-
-    @wraps(view)
-    def wrapper(request, slug, *args, **kwargs):
-        if not request.user.is_authenticated:
-            return _error(401, "not_authenticated", "your session ended; log in again (your work is still on screen)")
-        try:
-            project, _ = _project_for(request, slug)
-            return view(request, project, *args, **kwargs)
-        except PermissionDenied as exc:
-            return _error(403, "forbidden", str(exc))
-        except Http404:
-            return _error(404, "not_found", "no such project or task")
-        except AnnotationError as exc:
-            return _error(exc.status, exc.code, exc.message)
-
-    return wrapper
-
-
-def _next_for(request, project: Project, *, ahead: bool) -> dict:
-    """The annotator's next task (leased); with ``ahead``, also what ``work_ahead`` answers."""
-    assignment = queue.next_task(annotator=request.user, project=project)
-    body = {"task": task_payload(assignment) if assignment is not None else None}
-    if ahead:
-        body.update(_ahead(request, project, body["task"]["task_id"] if body["task"] else None))
-    return body
-
-
-def _ahead(request, project: Project, current_task_id: int | None) -> dict:
-    upcoming = ui_selectors.upcoming_images(annotator=request.user, project=project, exclude_task_id=current_task_id)
-    return {"upcoming": upcoming if current_task_id else [], "progress": annotator_progress(request.user, project)}
-
-
-def _task_of(project: Project, task_id: int) -> RankingTask:
-    task = RankingTask.objects.filter(pk=task_id, project=project).only("pk").first()
-    if task is None:
-        raise Http404
-    return task
-
-
-@require_POST
-@json_endpoint
-def work_next(request, project):
-    return JsonResponse(_next_for(request, project, ahead=True))
-
-
-@require_GET
-@json_endpoint
-def work_ahead(request, project):
-    """What the page fetches while the annotator works on a task, off the submit's critical path: the
-    images of the tasks likely to come next, and fresh progress figures."""
-    current = request.GET.get("task")
-    return JsonResponse(_ahead(request, project, int(current) if current and current.isdigit() else None))
-
-
-@require_POST
-@json_endpoint
-def work_submit(request, project, task_id):
-    """Submit a ranking (idempotent on client_uuid) and answer with the next task in the same response."""
-    task = _task_of(project, task_id)
-    try:
-        values = parse_submit(_json_body(request))
-    except InvalidInput as exc:
-        return _error(400, "invalid", exc.detail)
-    result = queue.submit_ranking(annotator=request.user, task_id=task.pk, **values)
-    body = {"ranking": {"id": result.ranking.pk, "created": result.created}, **_next_for(request, project, ahead=False)}
-    return JsonResponse(body, status=201 if result.created else 200)
-
-
-@require_POST
-@json_endpoint
-def work_skip(request, project, task_id):
-    task = _task_of(project, task_id)
-    data = SkipSerializer(data=_json_body(request))
-    if not data.is_valid():
-        return _error(400, "invalid", data.errors)
-    queue.skip_task(annotator=request.user, task_id=task.pk, reason=data.validated_data["reason"])
-    return JsonResponse(_next_for(request, project, ahead=False))
 
 
 # --- admin pages -----------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ class TaskSerializer(serializers.Serializer):
 
 
 FLAG_CHOICES = ["all_bad", "unsafe", "image_unclear"]
+FLAG_LABELS = {flag: flag.replace("_", " ").capitalize() for flag in FLAG_CHOICES}  # "All bad", ...
 MAX_RATIONALE = 10_000
 
 
@@ -127,6 +128,29 @@ class SkipSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=500)
 
 
+class UpcomingImageSerializer(serializers.Serializer):
+    task_id = serializers.IntegerField()
+    image_url = serializers.CharField()
+
+
+class ProgressSerializer(serializers.Serializer):
+    done_today = serializers.IntegerField(help_text="Your rankings in this project since midnight UTC.")
+    done_total = serializers.IntegerField(help_text="All your rankings in this project.")
+    open_in_queue = serializers.IntegerField(help_text="Tasks of the project still open.")
+
+
+class UpcomingSerializer(serializers.Serializer):
+    """What a client reads while the annotator works: whose images to load ahead, and fresh figures."""
+
+    upcoming = UpcomingImageSerializer(many=True, help_text="The tasks the queue would most likely hand you next "
+                                       "(a guess: nothing is leased), best first.")
+    progress = ProgressSerializer()
+
+
+class NextTaskAnswerSerializer(serializers.Serializer):
+    next_task = TaskSerializer(allow_null=True, help_text="Your next task, leased; null when the queue is empty.")
+
+
 class RankingSerializer(serializers.Serializer):
     """A stored ranking. Fields spelled out rather than a ModelSerializer: this answers every submit, and
     a ModelSerializer introspects the model on each instantiation."""
@@ -165,3 +189,12 @@ class MembershipSerializer(serializers.ModelSerializer):
         model = Membership
         fields = ["username", "role", "created_at"]
         read_only_fields = ["created_at"]
+
+
+class SubmitAnswerSerializer(RankingSerializer):
+    """The stored ranking; with ``?next=1`` also your next task."""
+
+    next_task = TaskSerializer(
+        read_only=True, allow_null=True, required=False,
+        help_text="Only with `?next=1`: your next task, leased; null when the queue is empty.",
+    )

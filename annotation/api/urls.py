@@ -7,6 +7,7 @@ urlpatterns = [
     path("projects/<slug:slug>/", views.ProjectDetailView.as_view(), name="api-project"),
     path("projects/<slug:slug>/stats/", views.ProjectStatsView.as_view(), name="api-project-stats"),
     path("projects/<slug:slug>/next/", views.NextTaskView.as_view(), name="api-next-task"),
+    path("projects/<slug:slug>/upcoming/", views.UpcomingView.as_view(), name="api-upcoming"),
     path("projects/<slug:slug>/rankings/", views.RankingListView.as_view(), name="api-rankings"),
     path("projects/<slug:slug>/images/<int:image_id>/", views.ImageView.as_view(), name="api-image"),
     path("projects/<slug:slug>/imports/", views.ImportView.as_view(), name="api-import"),

@@ -21,11 +21,14 @@ from annotation.api.serializers import (
     ExportQuerySerializer,
     ImportSerializer,
     MembershipSerializer,
+    NextTaskAnswerSerializer,
     ProjectSerializer,
     RankingSerializer,
     SkipSerializer,
+    SubmitAnswerSerializer,
     SubmitSerializer,
     TaskSerializer,
+    UpcomingSerializer,
     parse_submit,
     ranking_payload,
 )
@@ -42,6 +45,19 @@ from annotation.selectors import (
     task_payload,
 )
 from annotation.services import exports, imports, projects, queue
+from annotation.ui_selectors import upcoming_images
+
+NEXT = OpenApiParameter("next", bool, description="Also lease and return your next task, as `next_task`")
+
+
+def _wants_next(request) -> bool:
+    return request.query_params.get("next") in ("1", "true")
+
+
+def _next_task_payload(request, project: Project) -> dict | None:
+    """The annotator's next task, leased (their own unexpired lease first); None when the queue is empty."""
+    assignment = queue.next_task(annotator=request.user, project=project)
+    return task_payload(assignment) if assignment is not None else None
 
 
 class ProjectListView(generics.ListCreateAPIView):
@@ -83,10 +99,27 @@ class NextTaskView(APIView):
     def post(self, request, slug):
         """Your current task in this project, or a new lease on the best open one."""
         project = project_for(request, slug)
-        assignment = queue.next_task(annotator=request.user, project=project)
-        if assignment is None:
+        task = _next_task_payload(request, project)
+        if task is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return Response(task_payload(assignment))
+        return Response(task)
+
+
+class UpcomingView(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("task", int, description="The task you are working on (left out of the guess)")],
+        responses=UpcomingSerializer,
+    )
+    def get(self, request, slug):
+        """The images of the tasks the queue would most likely hand you next, and your progress figures.
+        A read that leases nothing: a client loads those images while the annotator works, so the next
+        task shows at once when it comes (a guess: under contention another annotator may take them)."""
+        project = project_for(request, slug)
+        current = request.query_params.get("task", "")
+        upcoming = upcoming_images(
+            annotator=request.user, project=project, exclude_task_id=int(current) if current.isdigit() else None
+        )
+        return Response({"upcoming": upcoming, "progress": annotator_progress(request.user, project)})
 
 
 def _check_task_member(request, task_id: int) -> Project:
@@ -97,10 +130,10 @@ def _check_task_member(request, task_id: int) -> Project:
 class SubmitView(APIView):
     @extend_schema(
         request=SubmitSerializer,
-        parameters=[OpenApiParameter("next", bool, description="Also lease and return your next task")],
+        parameters=[NEXT],
         responses={
-            201: RankingSerializer,
-            200: OpenApiResponse(RankingSerializer, description="Repeat of an earlier submit (same client_uuid)"),
+            201: SubmitAnswerSerializer,
+            200: OpenApiResponse(SubmitAnswerSerializer, description="Repeat of an earlier submit (same client_uuid)"),
             400: OpenApiResponse(description="The ordering does not cover exactly the task's candidates"),
             409: OpenApiResponse(description="Lease lost: the task went to someone else; nothing was saved"),
         },
@@ -111,19 +144,30 @@ class SubmitView(APIView):
         project = _check_task_member(request, task_id)
         result = queue.submit_ranking(annotator=request.user, task_id=task_id, **parse_submit(request.data))
         body = ranking_payload(result.ranking)
-        if request.query_params.get("next") in ("1", "true"):
-            assignment = queue.next_task(annotator=request.user, project=project)
-            body["next_task"] = task_payload(assignment) if assignment is not None else None
+        if _wants_next(request):
+            body["next_task"] = _next_task_payload(request, project)
         return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
 
 class SkipView(APIView):
-    @extend_schema(request=SkipSerializer, responses={204: None, 409: OpenApiResponse(description="Not yours")})
+    @extend_schema(
+        request=SkipSerializer,
+        parameters=[NEXT],
+        responses={
+            204: None,
+            200: OpenApiResponse(NextTaskAnswerSerializer, description="With `?next=1`: your next task"),
+            409: OpenApiResponse(description="Not yours"),
+        },
+    )
     def post(self, request, task_id):
-        _check_task_member(request, task_id)
+        """Hand the task back for good: you will not get it again. With `?next=1` the answer carries your
+        next task as `next_task` (null when the queue is empty)."""
+        project = _check_task_member(request, task_id)
         data = SkipSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         queue.skip_task(annotator=request.user, task_id=task_id, reason=data.validated_data["reason"])
+        if _wants_next(request):
+            return Response({"next_task": _next_task_payload(request, project)})
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -2,10 +2,14 @@
 // S skips, F flags, R rationale. Every text from the server is model output or user input and goes
 // into the page with textContent, never as HTML.
 //
-// No waiting: a submit (or skip) answers with the next task in the same response, and the images of
-// the tasks likely to come next are downloaded and decoded while the annotator works, so the next
-// task is on screen as soon as that one response arrives. ?prefetch=0 turns both off (REST API
-// submit, then REST API next, then load the image) for comparison; see bench/ui.py.
+// One HTTP surface: the page talks to the REST API (/api/…) like any other client, with the session
+// cookie and Django's CSRF header; config.urls names the endpoints.
+//
+// No waiting: a submit (or skip) answers with the next task in the same response (?next=1), and the
+// images of the tasks likely to come next (GET …/upcoming/) are downloaded and decoded while the
+// annotator works, so the next task is on screen as soon as that one response arrives. How long that
+// takes is recorded as standard User Timing measures ("lensloop:next-task", "lensloop:next-task-answer"),
+// which bench/ui.py reads.
 //
 // Never losing work: when the server cannot be reached (a restarting web worker or database, a proxy's
 // 502/503, a dropped connection) the page says "Reconnecting…", keeps the ranking on screen and tries
@@ -50,7 +54,6 @@ const state = {
   leaseSeconds: config.leaseMinutes * 60,
 };
 const prefetched = new Map(); // image URL → decoded <img>, the few most likely next
-window.lensloop = { timings: [], state };
 
 const url = (name, id) => config.urls[name].replace("/0/", `/${id}/`);
 
@@ -158,7 +161,6 @@ function imageFor(task) {
 }
 
 function prefetch(upcoming) {
-  if (!config.prefetch) return;
   for (const { image_url: src } of upcoming || []) {
     if (prefetched.has(src) || src === state.task?.image_url) continue;
     const img = new Image();
@@ -223,37 +225,41 @@ async function showTask(task) {
   return ready;
 }
 
-function showEmpty(progress) {
+function showEmpty() {
   state.task = null;
   work.hidden = true;
   work.dataset.state = "empty";
   work.removeAttribute("aria-busy");
   delete work.dataset.taskId;
   $("empty").hidden = false;
-  if (progress) $("empty-done").textContent = progress.done_today;
+  $("empty-done").textContent = $("done-today").textContent;
   $("empty-title").focus();
 }
 
 function showProgress(progress) {
   if (!progress) return;
   $("done-today").textContent = progress.done_today;
+  $("empty-done").textContent = progress.done_today;
   $("open-in-queue").textContent = progress.open_in_queue;
 }
 
+/** The count of today's rankings, one more: a submit was stored. (The queue's count comes with the next read.) */
+function countOneMore() {
+  showProgress({ done_today: Number($("done-today").textContent) + 1, open_in_queue: $("open-in-queue").textContent });
+}
+
 /**
- * Put a next-task answer on screen at once (keys work from here on) and return a promise that
- * resolves when its image is decoded and painted.
+ * Put the next task (null: the queue is empty) on screen at once (keys work from here on) and return
+ * a promise that resolves when its image is decoded and painted.
  */
-function present(data) {
-  showProgress(data.progress);
-  if (!data.task) {
-    showEmpty(data.progress);
+function present(task) {
+  if (!task) {
+    showEmpty();
     return Promise.resolve();
   }
-  const ready = showTask(data.task);
+  const ready = showTask(task);
   // Keys work from the first moment; focus never jumps away from where the annotator put it.
   if (!document.activeElement || document.activeElement === document.body) work.focus();
-  prefetch(data.upcoming);
   return ready.then(() => new Promise((r) => requestAnimationFrame(() => r())));
 }
 
@@ -421,9 +427,16 @@ class ServerDown extends Error {
   }
 }
 
-function failure(res, what) {
+/**
+ * A refusal from the REST API: its body is ``{"error": code, "detail": sentence}`` (annotation/api/errors.py).
+ * Says what happened and keeps the ranking on screen.
+ */
+function failure(res) {
   if (res.status >= 500) throw new ServerDown(res.status); // call() tries again
-  const detail = describe(res.data, `the server answered ${res.status}`);
+  const detail =
+    res.status === 401
+      ? "your session ended"
+      : describe(res.data, `the server answered ${res.status}`).replace(/\.$/, "");
   if (res.status === 409) {
     state.lost = true;
     if (state.task) dropDraft(state.task.task_id); // it cannot be saved any more, reloaded or not
@@ -502,37 +515,32 @@ async function call(what, fn) {
   if (result?.after) await result.after;
 }
 
-/** While the annotator works: fresh progress, and the images of the tasks likely to come next. */
-function fetchAhead(taskId) {
-  if (!config.prefetch || !taskId) return;
-  getJSON(`${config.urls.ahead}?task=${taskId}`)
+/**
+ * Once a task is on screen (or the queue is empty): fresh progress figures, and the images of the
+ * tasks likely to come next, downloaded and decoded while the annotator works. A read that leases
+ * nothing, off every critical path.
+ */
+function fetchUpcoming(taskId) {
+  getJSON(taskId ? `${config.urls.upcoming}?task=${taskId}` : config.urls.upcoming)
     .then((res) => {
       if (!res.ok) return;
       showProgress(res.data.progress);
-      prefetch(res.data.upcoming);
+      if (state.task) prefetch(res.data.upcoming);
     })
     .catch(() => {}); // only an optimisation: the next task still loads without it
 }
 
-async function nextViaPage() {
-  const res = await postJSON(config.urls.next);
-  if (!res.ok) return { error: res };
-  return res.data;
-}
-
-async function nextViaApi() {
-  const res = await postJSON(config.urls.apiNext);
-  if (res.status === 204) return { task: null, upcoming: [] };
-  if (!res.ok) return { error: res };
-  return { task: res.data, upcoming: [] };
+/** Show ``task`` (or the empty queue), then look ahead. */
+function proceed(task) {
+  return present(task).then(() => fetchUpcoming(task?.task_id));
 }
 
 async function loadNext() {
   await call("fetching your next task", async () => {
-    const res = await postJSON(config.urls.next);
-    if (!res.ok) return failure(res, "fetching your next task");
+    const res = await postJSON(config.urls.next); // 200 with a task, 204 when the queue is empty
+    if (!res.ok) return failure(res);
     delete work.dataset.error;
-    return { after: present(res.data) };
+    return { after: proceed(res.status === 204 ? null : res.data) };
   });
 }
 
@@ -568,32 +576,23 @@ async function submit() {
 
 async function sendRanking(taskId, body, attempt) {
   const t0 = performance.now();
-  let data;
-  if (config.prefetch) {
-    const res = await postJSON(url("submit", taskId), body);
-    if (!res.ok) return failure(res, "submitting");
-    data = res.data;
-    // created is false when an earlier try was stored before its answer was lost: still one more.
-    const done = Number($("done-today").textContent) + (data.ranking.created || attempt > 1 ? 1 : 0);
-    data.progress = { done_today: done, open_in_queue: $("open-in-queue").textContent };
-  } else {
-    const res = await postJSON(url("apiSubmit", taskId), body);
-    if (!res.ok) return failure(res, "submitting");
-    data = await nextViaApi();
-    if (data.error) return failure(data.error, "fetching your next task");
-    const done = Number($("done-today").textContent) + 1;
-    data.progress = { done_today: done, open_in_queue: $("open-in-queue").textContent };
-  }
+  const res = await postJSON(`${url("submit", taskId)}?next=1`, body);
+  if (!res.ok) return failure(res);
+  // 201: stored now. 200: stored before, by this same client_uuid: by an earlier try whose answer was
+  // lost (one more all the same), or before a reload (already in the count the page came with).
+  if (res.status === 201 || attempt > 1) countOneMore();
   dropDraft(taskId);
   state.sending = false; // keys work on the next task from the moment it is on screen
   freeze(false);
   delete work.dataset.error;
   say("Saved. Next task.");
   const answered = performance.now();
-  const shown = present(data).then(() => {
-    const ms = performance.now() - t0;
-    window.lensloop.timings.push({ kind: "submit", ms, answerMs: answered - t0, prefetch: config.prefetch });
-    fetchAhead(data.task?.task_id);
+  const task = res.data.next_task;
+  const shown = present(task).then(() => {
+    // Standard User Timing entries (bench/ui.py reads them): submit sent → answer, → next task painted.
+    performance.measure("lensloop:next-task-answer", { start: t0, end: answered });
+    performance.measure("lensloop:next-task", { start: t0 });
+    fetchUpcoming(task?.task_id);
   });
   return { after: shown };
 }
@@ -602,19 +601,20 @@ async function skip() {
   if (!state.task || state.busy) return;
   const taskId = state.task.task_id;
   await call("skipping", async (attempt) => {
-    const res = await postJSON(url(config.prefetch ? "skip" : "apiSkip", taskId), {});
+    const res = await postJSON(`${url("skip", taskId)}?next=1`, {});
     // A 409 on a later try: an earlier one was stored before its answer was lost; the task is ours no more.
     const skippedBefore = res.status === 409 && attempt > 1;
-    if (!res.ok && !skippedBefore) return failure(res, "skipping");
-    let data = res.data;
-    if (skippedBefore || !config.prefetch) {
-      data = await (config.prefetch ? nextViaPage() : nextViaApi());
-      if (data.error) return failure(data.error, "fetching your next task");
+    if (!res.ok && !skippedBefore) return failure(res);
+    let task = res.data?.next_task ?? null;
+    if (skippedBefore) {
+      const next = await postJSON(config.urls.next);
+      if (!next.ok) return failure(next);
+      task = next.status === 204 ? null : next.data;
     }
     dropDraft(taskId);
     delete work.dataset.error;
     say("Skipped. Next task.");
-    return { after: present(data).then(() => fetchAhead(data.task?.task_id)) };
+    return { after: proceed(task) };
   });
 }
 
@@ -807,7 +807,7 @@ window.addEventListener("pagehide", () => {
   if (!state.task || state.lost || state.sending || state.busy || touched()) return;
   const taskId = state.task.task_id;
   state.released = taskId;
-  fetch(url("apiRelease", taskId), {
+  fetch(url("release", taskId), {
     method: "POST",
     keepalive: true,
     credentials: "same-origin",

@@ -8,12 +8,15 @@ import io
 import json
 import uuid
 import zipfile
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from annotation.models import PreferencePair, Prompt, Ranking
+from annotation.models import Assignment, Membership, PreferencePair, Prompt, Ranking, RankingTask
+from annotation.services import queue
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db
@@ -51,6 +54,7 @@ ENDPOINTS = {
     "detail": ("get", "/api/projects/shapes/"),
     "stats": ("get", "/api/projects/shapes/stats/"),
     "next": ("post", "/api/projects/shapes/next/"),
+    "upcoming": ("get", "/api/projects/shapes/upcoming/"),
     "rankings": ("get", "/api/projects/shapes/rankings/"),
     "members": ("get", "/api/projects/shapes/members/"),
     "export": ("get", "/api/projects/shapes/export/?format=records"),
@@ -59,10 +63,14 @@ ENDPOINTS = {
 
 # persona -> endpoint -> expected status
 MATRIX = {
-    "alice": {"detail": 200, "stats": 200, "next": 200, "rankings": 200, "members": 200, "export": 200, "import": 201},
-    "bob": {"detail": 200, "stats": 200, "next": 200, "rankings": 200, "members": 403, "export": 403, "import": 403},
-    "charlie": {"detail": 403, "stats": 403, "next": 403, "rankings": 403, "members": 403, "export": 403, "import": 403},
-    None: {"detail": 401, "stats": 401, "next": 401, "rankings": 401, "members": 401, "export": 401, "import": 401},
+    "alice": {"detail": 200, "stats": 200, "next": 200, "upcoming": 200, "rankings": 200, "members": 200, "export": 200,
+              "import": 201},
+    "bob": {"detail": 200, "stats": 200, "next": 200, "upcoming": 200, "rankings": 200, "members": 403, "export": 403,
+            "import": 403},
+    "charlie": {"detail": 403, "stats": 403, "next": 403, "upcoming": 403, "rankings": 403, "members": 403,
+                "export": 403, "import": 403},
+    None: {"detail": 401, "stats": 401, "next": 401, "upcoming": 401, "rankings": 401, "members": 401, "export": 401,
+           "import": 401},
 }
 
 
@@ -112,6 +120,98 @@ def test_submit_with_next_answers_with_the_next_task_until_the_queue_is_empty(wo
             assert bob.post("/api/projects/shapes/next/").json()["task_id"] == task["task_id"]
     assert len(seen) == len(set(seen)) == 3
     assert Ranking.objects.filter(annotator=world["bob"]).count() == 3
+
+
+def test_next_leases_a_task_without_sources_and_asking_again_gives_the_same_one(world):
+    bob = client_for(world["bob"])
+    task = bob.post("/api/projects/shapes/next/").json()
+    assert Assignment.objects.get(task_id=task["task_id"], annotator=world["bob"]).state == Assignment.State.ACTIVE
+    assert len(task["candidates"]) == 2 and all(set(c) == {"id", "text"} for c in task["candidates"])  # no source
+    assert task["lease_seconds_left"] > 0 and task["image_url"].startswith("/api/projects/shapes/images/")
+    assert bob.post("/api/projects/shapes/next/").json()["task_id"] == task["task_id"]  # the lease holds
+
+
+def test_upcoming_names_the_images_likely_to_follow_and_the_progress_without_leasing(world):
+    """What the ranking page reads while the annotator works: images to load ahead, fresh figures."""
+    bob = client_for(world["bob"])
+    task = bob.post("/api/projects/shapes/next/").json()
+    leases = Assignment.objects.count()
+    data = bob.get(f"/api/projects/shapes/upcoming/?task={task['task_id']}").json()
+    assert len(data["upcoming"]) == 2 and task["task_id"] not in [u["task_id"] for u in data["upcoming"]]
+    assert all(u["image_url"].startswith("/api/projects/shapes/images/") for u in data["upcoming"])
+    assert data["progress"] == {"done_today": 0, "done_total": 0, "open_in_queue": 2}  # one of 3 is leased
+    assert Assignment.objects.count() == leases
+    # Tasks bob holds or has judged are no guess for his next one.
+    ids = [c["id"] for c in task["candidates"]]
+    bob.post(f"/api/tasks/{task['task_id']}/submit/", {"ordering": [ids], "client_uuid": str(uuid.uuid4())}, format="json")
+    data = bob.get("/api/projects/shapes/upcoming/").json()
+    assert task["task_id"] not in [u["task_id"] for u in data["upcoming"]] and len(data["upcoming"]) == 2
+    assert data["progress"]["done_today"] == data["progress"]["done_total"] == 1
+
+
+def test_submit_with_next_stores_the_ranking_once_and_answers_with_the_next_task(world):
+    """What the ranking page sends for each annotation; a retry with the same client_uuid stores nothing new."""
+    bob = client_for(world["bob"])
+    task = bob.post("/api/projects/shapes/next/").json()
+    a, b = (c["id"] for c in task["candidates"])
+    body = {"ordering": [[b], [a]], "client_uuid": str(uuid.uuid4()), "flags": ["unsafe"], "rationale": "r"}
+    response = bob.post(f"/api/tasks/{task['task_id']}/submit/?next=1", body, format="json")
+    assert response.status_code == 201
+    data = response.json()
+    assert data["next_task"]["task_id"] != task["task_id"]
+    ranking = Ranking.objects.get(task_id=task["task_id"])
+    assert data["id"] == ranking.pk
+    assert ranking.ordering == [[b], [a]] and ranking.flag_unsafe and ranking.rationale == "r"
+    assert set(PreferencePair.objects.filter(ranking=ranking).values_list("chosen_id", "rejected_id")) == {(b, a)}
+
+    again = bob.post(f"/api/tasks/{task['task_id']}/submit/?next=1", body, format="json")
+    assert again.status_code == 200 and again.json()["id"] == ranking.pk
+    assert again.json()["next_task"]["task_id"] == data["next_task"]["task_id"]  # the same lease, not another
+    assert Ranking.objects.count() == 1
+
+
+def test_a_submit_after_the_lease_ran_out_and_the_task_went_to_someone_else_is_a_409(world):
+    dave = f.user("dave")
+    Membership.objects.create(project=world["project"], user=dave)
+    bob = client_for(world["bob"])
+    task = bob.post("/api/projects/shapes/next/").json()
+    Assignment.objects.filter(annotator=world["bob"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+    RankingTask.objects.exclude(pk=task["task_id"]).update(state=RankingTask.State.CLOSED)
+    assert queue.next_task(annotator=dave, project=world["project"]).task_id == task["task_id"]
+    ordering = [[c["id"]] for c in task["candidates"]]
+    response = bob.post(
+        f"/api/tasks/{task['task_id']}/submit/?next=1", {"ordering": ordering, "client_uuid": str(uuid.uuid4())}, format="json"
+    )
+    assert response.status_code == 409
+    assert response.json()["error"] == "lease_lost"
+    assert "another annotator" in response.json()["detail"]  # the ranking page shows it as it is
+    assert not Ranking.objects.exists()
+
+
+def test_a_submit_to_a_task_that_does_not_exist_is_a_404(world):
+    response = client_for(world["bob"]).post("/api/tasks/999999/submit/?next=1", {}, format="json")
+    assert response.status_code == 404 and response.json()["error"] == "not_found"
+
+
+def test_skip_with_next_ends_the_lease_and_answers_with_the_next_task(world):
+    bob = client_for(world["bob"])
+    task = bob.post("/api/projects/shapes/next/").json()
+    response = bob.post(f"/api/tasks/{task['task_id']}/skip/?next=1", {"reason": "blurry"}, format="json")
+    assert response.status_code == 200
+    assert response.json()["next_task"]["task_id"] != task["task_id"]
+    skipped = Assignment.objects.get(task_id=task["task_id"], annotator=world["bob"])
+    assert skipped.state == Assignment.State.SKIPPED and skipped.skip_reason == "blurry"
+    # Skipped before: a retry whose first try got through is refused, and the task is not handed back.
+    assert bob.post(f"/api/tasks/{task['task_id']}/skip/?next=1", {}, format="json").status_code == 409
+
+
+def test_with_the_queue_empty_next_is_a_204_and_skip_and_upcoming_say_so(world):
+    bob = client_for(world["bob"])
+    task = bob.post("/api/projects/shapes/next/").json()
+    RankingTask.objects.exclude(pk=task["task_id"]).update(state=RankingTask.State.DONE)
+    assert bob.post(f"/api/tasks/{task['task_id']}/skip/?next=1", {}, format="json").json() == {"next_task": None}
+    assert bob.post("/api/projects/shapes/next/").status_code == 204
+    assert bob.get("/api/projects/shapes/upcoming/").json()["upcoming"] == []
 
 
 def test_an_unknown_token_or_an_inactive_users_token_is_a_401(world):
@@ -292,7 +392,10 @@ def test_the_openapi_schema_and_docs_are_served(world):
     client = client_for(world["bob"])
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/json")
     assert schema.status_code == 200
-    assert "/api/tasks/{task_id}/submit/" in schema.json()["paths"]
+    paths = schema.json()["paths"]
+    assert "/api/tasks/{task_id}/submit/" in paths and "/api/projects/{slug}/upcoming/" in paths
+    skip = paths["/api/tasks/{task_id}/skip/"]["post"]
+    assert {p["name"] for p in skip["parameters"]} >= {"next"} and {"200", "204"} <= set(skip["responses"])
     assert client.get("/api/docs/").status_code == 200
 
 

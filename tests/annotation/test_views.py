@@ -1,4 +1,5 @@
-"""The server-rendered pages and the ranking page's JSON endpoints, over real URLs with Django's client.
+"""The server-rendered pages over real URLs with Django's client, and the REST API calls the ranking
+page makes with its session and CSRF header (the API itself is tested in test_api.py).
 
 Personas: alice is a project admin (and staff), bob an annotator, charlie an outsider.
 """
@@ -14,7 +15,7 @@ from django.test import Client
 from django.utils import timezone
 
 from annotation import charts, ui_selectors
-from annotation.models import Assignment, Candidate, Membership, PreferencePair, Project, Ranking, RankingTask
+from annotation.models import Assignment, Candidate, Membership, Project, Ranking, RankingTask
 from annotation.services import queue
 from tests import factories as f
 
@@ -36,26 +37,15 @@ def client_for(user=None) -> Client:
     return client
 
 
-def post_json(client, url, body=None):
-    return client.post(url, data=json.dumps(body or {}), content_type="application/json")
-
-
 def test_pages_send_anonymous_visitors_to_the_login_page():
     for url in ["/", "/projects/shapes/work/", "/projects/new/", "/projects/shapes/dashboard/"]:
         response = client_for().get(url)
         assert response.status_code == 302 and response["Location"].startswith("/accounts/login/"), url
 
 
-def test_json_endpoints_answer_401_to_anonymous_clients(world):
-    response = post_json(client_for(), "/projects/shapes/work/next/")
-    assert response.status_code == 401
-    assert "log in again" in response.json()["detail"]
-
-
 def test_outsiders_are_refused_everywhere(world):
     charlie = client_for(world["charlie"])
     assert charlie.get("/projects/shapes/work/").status_code == 403
-    assert post_json(charlie, "/projects/shapes/work/next/").status_code == 403
     for page in ["dashboard", "import", "members", "export"]:
         assert charlie.get(f"/projects/shapes/{page}/").status_code == 403, page
 
@@ -87,114 +77,57 @@ def test_the_ranking_page_sends_a_strict_content_security_policy_and_no_inline_s
     assert 'type="application/json"' in html  # the page's config is data, not code
 
 
-def test_next_leases_a_task_and_names_the_images_likely_to_follow(world):
-    bob = client_for(world["bob"])
-    body = post_json(bob, "/projects/shapes/work/next/").json()
-    task = body["task"]
-    assert Assignment.objects.get(task_id=task["task_id"], annotator=world["bob"]).state == Assignment.State.ACTIVE
-    assert len(task["candidates"]) == 3 and all(set(c) == {"id", "text"} for c in task["candidates"])  # no source
-    assert [u["task_id"] for u in body["upcoming"]] and task["task_id"] not in [u["task_id"] for u in body["upcoming"]]
-    assert body["progress"]["done_today"] == 0
-    # Asking again gives the same task: the lease holds.
-    assert post_json(bob, "/projects/shapes/work/next/").json()["task"]["task_id"] == task["task_id"]
-
-
-def test_the_page_gives_an_untouched_lease_back_with_its_session_and_csrf_header(world):
-    """What the ranking page sends on ``pagehide``: a keepalive POST to the config's release URL that
-    carries the session cookie and the CSRF token in a header, no body."""
+def test_the_ranking_page_works_through_the_rest_api_with_its_session_and_csrf_header(world):
+    """The calls the ranking page makes, to the URLs its config names, as a browser sends them: the
+    session cookie, and Django's CSRF token in the X-CSRFToken header (DRF's session authentication
+    refuses a write without it). Lease, look ahead, submit answering with the next task, skip answering
+    with the next task, and the keepalive release on ``pagehide`` (no body)."""
     bob = Client(enforce_csrf_checks=True)
     bob.force_login(world["bob"])
     page = bob.get("/projects/shapes/work/")
     config = page.context["config"]
     assert config["user"] == world["bob"].pk  # keys the drafts kept in the browser
+    assert all(u.startswith("/api/") for name, u in config["urls"].items() if name != "home")
     csrf = page.cookies["csrftoken"].value
-    next_body = bob.post("/projects/shapes/work/next/", data="{}", content_type="application/json", HTTP_X_CSRFTOKEN=csrf)
-    task_id = next_body.json()["task"]["task_id"]
-    release = config["urls"]["apiRelease"].replace("/0/", f"/{task_id}/")
 
+    def url(name, task_id):  # as work.js fills them in
+        return config["urls"][name].replace("/0/", f"/{task_id}/")
+
+    def post(url, body=None, token=csrf):
+        headers = {"HTTP_X_CSRFTOKEN": token} if token else {}
+        return bob.post(url, data=json.dumps(body) if body is not None else "", content_type="application/json",
+                        HTTP_ACCEPT="application/json", **headers)
+
+    refused = post(config["urls"]["next"], {}, token=None)
+    assert refused.status_code == 403 and "CSRF" in refused.json()["detail"]  # no token, no lease
+    assert not Assignment.objects.exists()
+    task = post(config["urls"]["next"], {}).json()
+    ahead = bob.get(f"{config['urls']['upcoming']}?task={task['task_id']}").json()  # a read: no token needed
+    assert ahead["upcoming"] and ahead["progress"]["done_today"] == 0
+
+    ids = [c["id"] for c in task["candidates"]]
+    body = {"ordering": [[i] for i in ids], "client_uuid": str(uuid.uuid4()), "flags": [], "rationale": "", "time_spent_ms": 900}
+    assert post(f"{url('submit', task['task_id'])}?next=1", body, token=None).status_code == 403
+    submitted = post(f"{url('submit', task['task_id'])}?next=1", body)
+    assert submitted.status_code == 201 and Ranking.objects.get(task_id=task["task_id"]).time_spent_ms == 900
+    second = submitted.json()["next_task"]
+    assert second["task_id"] != task["task_id"]
+
+    third = post(f"{url('skip', second['task_id'])}?next=1", {}).json()["next_task"]
+    assert Assignment.objects.get(task_id=second["task_id"], annotator=world["bob"]).state == Assignment.State.SKIPPED
+
+    release = url("release", third["task_id"])
     assert bob.post(release).status_code == 403  # no token, no release
     response = bob.post(release, HTTP_X_CSRFTOKEN=csrf, HTTP_ACCEPT="application/json")
     assert response.status_code == 204
-    assert Assignment.objects.get(task_id=task_id, annotator=world["bob"]).state == Assignment.State.RELEASED
+    assert Assignment.objects.get(task_id=third["task_id"], annotator=world["bob"]).state == Assignment.State.RELEASED
 
 
-def test_submit_stores_the_ranking_and_answers_with_the_next_task(world):
-    bob = client_for(world["bob"])
-    task = post_json(bob, "/projects/shapes/work/next/").json()["task"]
-    a, b, c = (cand["id"] for cand in task["candidates"])
-    body = {"ordering": [[b], [a, c]], "client_uuid": str(uuid.uuid4()), "flags": ["unsafe"], "rationale": "r"}
-    response = post_json(bob, f"/projects/shapes/work/tasks/{task['task_id']}/submit/", body)
-    assert response.status_code == 201
-    data = response.json()
-    assert data["ranking"]["created"] is True
-    assert data["task"]["task_id"] != task["task_id"]
-    ranking = Ranking.objects.get(task_id=task["task_id"])
-    assert ranking.ordering == [[b], [a, c]] and ranking.flag_unsafe and ranking.rationale == "r"
-    assert set(PreferencePair.objects.filter(ranking=ranking).values_list("chosen_id", "rejected_id")) == {(b, a), (b, c)}
-
-    # The same submit again (a double click, a retry): the first result, nothing new.
-    again = post_json(bob, f"/projects/shapes/work/tasks/{task['task_id']}/submit/", body)
-    assert again.status_code == 200 and again.json()["ranking"]["id"] == ranking.pk
-    assert Ranking.objects.count() == 1
-
-
-def test_ahead_names_upcoming_images_and_progress_without_leasing(world):
-    bob = client_for(world["bob"])
-    task = post_json(bob, "/projects/shapes/work/next/").json()["task"]
-    leases = Assignment.objects.count()
-    data = bob.get(f"/projects/shapes/work/ahead/?task={task['task_id']}").json()
-    assert len(data["upcoming"]) == 2 and task["task_id"] not in [u["task_id"] for u in data["upcoming"]]
-    assert all(u["image_url"].startswith("/api/projects/shapes/images/") for u in data["upcoming"])
-    assert data["progress"] == {"done_today": 0, "done_total": 0, "open_in_queue": 3}
-    assert Assignment.objects.count() == leases
-    assert client_for(world["charlie"]).get("/projects/shapes/work/ahead/").status_code == 403
-
-
-def test_submit_refuses_a_ranking_that_leaves_a_candidate_out(world):
-    bob = client_for(world["bob"])
-    task = post_json(bob, "/projects/shapes/work/next/").json()["task"]
-    body = {"ordering": [[task["candidates"][0]["id"]]], "client_uuid": str(uuid.uuid4())}
-    response = post_json(bob, f"/projects/shapes/work/tasks/{task['task_id']}/submit/", body)
-    assert response.status_code == 400
-    assert response.json()["error"] == "invalid_ranking"
-    assert not Ranking.objects.exists()
-
-
-def test_submit_after_the_task_went_to_someone_else_is_a_409(world):
-    dave = f.user("dave")
-    Membership.objects.create(project=world["project"], user=dave)
-    bob = client_for(world["bob"])
-    task = post_json(bob, "/projects/shapes/work/next/").json()["task"]
-    Assignment.objects.filter(annotator=world["bob"]).update(expires_at=timezone.now() - timedelta(seconds=1))
-    RankingTask.objects.exclude(pk=task["task_id"]).update(state=RankingTask.State.CLOSED)
-    assert queue.next_task(annotator=dave, project=world["project"]).task_id == task["task_id"]
-    ordering = [[c["id"]] for c in task["candidates"]]
-    response = post_json(bob, f"/projects/shapes/work/tasks/{task['task_id']}/submit/", {"ordering": ordering, "client_uuid": str(uuid.uuid4())})
-    assert response.status_code == 409
-    assert response.json()["error"] == "lease_lost"
-    assert "another annotator" in response.json()["detail"]
-
-
-def test_submit_to_a_task_of_another_project_is_a_404(world):
-    other = f.project("other", k=3, annotators=[world["bob"]])
-    foreign = f.task(other)
-    response = post_json(client_for(world["bob"]), f"/projects/shapes/work/tasks/{foreign.pk}/submit/", {})
-    assert response.status_code == 404
-
-
-def test_skip_ends_the_lease_and_answers_with_the_next_task(world):
-    bob = client_for(world["bob"])
-    task = post_json(bob, "/projects/shapes/work/next/").json()["task"]
-    data = post_json(bob, f"/projects/shapes/work/tasks/{task['task_id']}/skip/", {"reason": "blurry"}).json()
-    assert data["task"]["task_id"] != task["task_id"]
-    skipped = Assignment.objects.get(task_id=task["task_id"], annotator=world["bob"])
-    assert skipped.state == Assignment.State.SKIPPED and skipped.skip_reason == "blurry"
-
-
-def test_an_empty_queue_answers_with_no_task(world):
-    RankingTask.objects.update(state=RankingTask.State.DONE)
-    data = post_json(client_for(world["bob"]), "/projects/shapes/work/next/").json()
-    assert data["task"] is None and data["upcoming"] == []
+def test_an_ended_session_is_a_401_the_page_can_explain(world):
+    """The ranking page says "your session ended" on a 401 and keeps the ranking; the API answers one
+    to a request without a session (and without a token)."""
+    response = Client(enforce_csrf_checks=True).post("/api/projects/shapes/next/", data="{}", content_type="application/json")
+    assert response.status_code == 401 and response.json()["error"] == "not_authenticated"
 
 
 def test_a_staff_user_creates_a_project_and_becomes_its_admin(world):
