@@ -22,7 +22,7 @@ worker runs: the engine in a subprocess per step) on a SQLite database of each r
 out. Each (arm, seed) runs in a process of its own, so the peak memory reported is its own.
 
 Caption accuracy = `demo_reward` on caption prompts: the mean of count, colour and shape correctness
-(rlhf.engine.rewards.caption_reward), in points (× 100). "sampled": 4 answers per scene at T = 1, how the
+(rlhf.engine.demo.rewards.caption_reward), in points (× 100). "sampled": 4 answers per scene at T = 1, how the
 loop samples its candidates; "greedy": the most likely answer. Held-out: 200 scenes of another seed. The
 reward model's accuracy is its own held-out figure in the round (`eval/accuracy`): the rankings of the
 round's held-out prompts, the policy's own samples it never trained on. Every figure is a mean over seeds

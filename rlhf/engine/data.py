@@ -108,10 +108,31 @@ def load_images(paths: list, cache: dict | None = None) -> list[Image.Image]:
     return out
 
 
+# A chat template for processors that have none (PaliGemma as shipped): the image tokens, the prompt, a new line,
+# and for an assistant turn its text and EOS. The engine's own prompts and TRL's conversational rows then read
+# the same way.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['content'] is string %}{% set parts = [{'type': 'text', 'text': message['content']}] %}"
+    "{% else %}{% set parts = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}"
+    "{% for part in parts %}{% if part['type'] == 'image' %}{{ image_token }}{% endif %}{% endfor %}"
+    "{% for part in parts %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{{ '\\n' }}"
+    "{% else %}"
+    "{% for part in parts %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{{ eos_token }}"
+    "{% endif %}{% endfor %}"
+)
+
+
+def fallback_chat_template(processor) -> str:
+    """``FALLBACK_CHAT_TEMPLATE`` with the processor's image token."""
+    image_token = (getattr(processor, "image_token", None) or getattr(processor.tokenizer, "image_token", None)
+                   or "<image>")
+    return FALLBACK_CHAT_TEMPLATE.replace("{{ image_token }}", image_token)
+
+
 def prompt_text(processor, prompt: str, n_images: int) -> str:
     """The model's chat-formatted user turn with `n_images` images and a generation prompt."""
-    from .loading import fallback_chat_template
-
     content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
     messages = [{"role": "user", "content": content}]
     template = None if getattr(processor, "chat_template", None) else fallback_chat_template(processor)

@@ -15,7 +15,8 @@ from pathlib import Path
 from .registry import Registry
 from .rewards import normalize, words
 
-ANSWER_METRICS: Registry[Callable[[list[dict], list[str]], dict[str, float]]] = Registry("answer metric")
+ANSWER_METRICS: Registry[Callable[[list[dict], list[str]], dict[str, float]]] = Registry(
+    "answer metric", plugins=("rlhf.engine.demo.rewards",))
 """Name → `(records, answers) -> {figure: value}`: figures a world computes from its `ground_truth`
 (records without one are theirs to skip). `score_answers` reports every registered one."""
 
@@ -93,6 +94,23 @@ def reward_model_metrics(chosen_scores: list[float], rejected_scores: list[float
             "ece": expected_calibration_error(chosen_scores, rejected_scores),
             "mean_margin": sum(margins) / len(margins) if margins else float("nan"),
             "pairs": len(margins)}
+
+
+def evaluate_pairs(rm, processor, pairs: list[dict], batch_size: int = 32,
+                   image_cache: dict | None = None) -> dict[str, float]:
+    """Held-out pairwise accuracy and calibration of a reward model (`reward_model_metrics` of its scores)."""
+    from .reward_model import score
+
+    if not pairs:
+        return {}
+    was_training = rm.training
+    rm.eval()
+    images = [p["images"] for p in pairs]
+    prompts = [p["prompt"] for p in pairs]
+    chosen = score(rm, processor, images, prompts, [p["chosen"] for p in pairs], batch_size, image_cache)
+    rejected = score(rm, processor, images, prompts, [p["rejected"] for p in pairs], batch_size, image_cache)
+    rm.train(was_training)
+    return reward_model_metrics(chosen.tolist(), rejected.tolist())
 
 
 def score_answers(records: list[dict], answers: list[str]) -> dict[str, float]:
@@ -245,7 +263,6 @@ def evaluate_run(cfg, run_dir: str, records: list[dict] | None = None, source: s
                                f"diff/{metric}_high": d["high"], f"diff/{metric}_n": d["n"]})
         if cfg.reward_model_path:
             from .reward_model import load_reward_model
-            from .train_reward import evaluate_pairs
 
             rm, rm_processor = load_reward_model(cfg.reward_model_path, device=cfg.model.device)
             rm_metrics = evaluate_pairs(rm, rm_processor, read_preferences(cfg.preference_file))

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from .config import ModelConfig
+from .data import fallback_chat_template
+from .registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +60,17 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def resolve_model_path(path: str) -> str:
-    """'demo' → the demo base shipped in the package (rlhf/engine/demo/base; checked against its checksums); a
-    local folder must exist and hold config.json; anything shaped like `org/name` is passed on as a hub id."""
-    if path == "demo":
-        from .config import BuildDemoConfig
-        from .demo.build import DemoModelError, ensure_demo_model
+MODEL_PATHS: Registry[Callable[[], str]] = Registry("named model", plugins=("rlhf.engine.demo.build",))
+"""Model paths that name a model rather than a folder: name → a function returning its folder (raising
+ModelLoadError when it cannot). 'demo' is registered by demo/build.py, imported on the first lookup."""
 
-        try:
-            return str(ensure_demo_model(BuildDemoConfig()))
-        except DemoModelError as e:
-            raise ModelLoadError(str(e)) from e
+
+def resolve_model_path(path: str) -> str:
+    """A name of `MODEL_PATHS` → its folder ('demo': the demo base shipped in the package, rlhf/engine/demo/base,
+    checked against its checksums); a local folder must exist and hold config.json; anything shaped like
+    `org/name` is passed on as a hub id."""
+    if path in MODEL_PATHS:
+        return MODEL_PATHS[path]()
     p = Path(path)
     if p.exists():
         if not (p / "config.json").is_file():
@@ -98,25 +101,9 @@ def check_is_vlm(path: str):
     return config
 
 
-# A chat template for processors that have none (PaliGemma as shipped): the image tokens, the prompt, a new line,
-# and for an assistant turn its text and EOS. The engine's own prompts and TRL's conversational rows then read
-# the same way.
-FALLBACK_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['content'] is string %}{% set parts = [{'type': 'text', 'text': message['content']}] %}"
-    "{% else %}{% set parts = message['content'] %}{% endif %}"
-    "{% if message['role'] == 'user' %}"
-    "{% for part in parts %}{% if part['type'] == 'image' %}{{ image_token }}{% endif %}{% endfor %}"
-    "{% for part in parts %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{{ '\\n' }}"
-    "{% else %}"
-    "{% for part in parts %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{{ eos_token }}"
-    "{% endif %}{% endfor %}"
-)
-
-
 def load_processor(path: str):
     """AutoProcessor with an image processor and a tokenizer; pad token set; left padding; a chat template
-    (``FALLBACK_CHAT_TEMPLATE`` where the processor has none).
+    (``data.FALLBACK_CHAT_TEMPLATE`` where the processor has none).
 
     Without torchvision, the processors of the families that also take video (Qwen2-VL, Qwen2.5-VL,
     LLaVA-OneVision, SmolVLM) are loaded without their video processor, which needs it; their image
@@ -143,13 +130,6 @@ def load_processor(path: str):
     if not getattr(processor, "chat_template", None):
         processor.chat_template = fallback_chat_template(processor)
     return processor
-
-
-def fallback_chat_template(processor) -> str:
-    """``FALLBACK_CHAT_TEMPLATE`` with the processor's image token."""
-    image_token = (getattr(processor, "image_token", None) or getattr(processor.tokenizer, "image_token", None)
-                   or "<image>")
-    return FALLBACK_CHAT_TEMPLATE.replace("{{ image_token }}", image_token)
 
 
 class _NoVideo:

@@ -1,10 +1,11 @@
-"""Named callables that a config picks by name: the verifiable rewards (`rewards.REWARDS`) and the
-ground-truth answer metrics of `evaluate` (`evaluation.ANSWER_METRICS`).
+"""Named callables that a config picks by name: the verifiable rewards (`rewards.REWARDS`), the
+ground-truth answer metrics of `evaluate` (`evaluation.ANSWER_METRICS`) and the named model paths
+(`loading.MODEL_PATHS`, e.g. 'demo').
 
-The library defines the registries; a world's rewards register themselves from their own module with
-`@REWARDS.register`. The modules of `PLUGINS` are imported on the first lookup of any registry, so a config
-that names a world's reward ("demo_reward") works without the library importing that world: importing
-`rlhf.engine.rewards` loads no demo module. Pure Python, no torch (the web tier lists these names).
+The library defines the registries; a world registers its entries from its own module (`@REWARDS.register`).
+Each registry names the modules that fill it (`plugins`) and imports them on its first lookup, so a config
+that names the demo world's reward ("demo_reward") works without the library importing the demo: importing
+`rlhf.engine.rewards` loads no demo module. Pure Python, no torch (the web tier lists reward names).
 """
 
 from __future__ import annotations
@@ -15,36 +16,15 @@ from typing import TypeVar
 
 F = TypeVar("F", bound=Callable)
 
-# Modules that register entries when imported; loaded on the first lookup, once. The demo world's verifiable
-# rewards and answer metrics live in demo/rewards.py; another world adds its module here.
-PLUGINS: tuple[str, ...] = ("rlhf.engine.demo.rewards",)
-
-_state = "unloaded"  # → "loading" → "loaded"
-
-
-def load_plugins() -> None:
-    """Import every module of `PLUGINS` (once); each registers its entries as it is imported. A plugin that
-    looks a name up while it loads sees the entries registered so far; a failed import is retried next time."""
-    global _state
-    if _state != "unloaded":
-        return
-    _state = "loading"
-    try:
-        for module in PLUGINS:
-            importlib.import_module(module)
-    except BaseException:
-        _state = "unloaded"
-        raise
-    _state = "loaded"
-
 
 class Registry(Mapping[str, F]):
     """Name → callable. `@registry.register` (or `register(fn, name=...)`) adds one; lookups, `in`, iteration
-    and `len` see every entry once the plugin modules are loaded."""
+    and `len` see every entry once the `plugins` modules are imported (on the first of them, once)."""
 
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, plugins: tuple[str, ...] = ()):
+        self.kind, self.plugins = kind, plugins
         self._entries: dict[str, F] = {}
+        self._state = "unloaded"  # → "loading" → "loaded"
 
     def register(self, fn: F | None = None, *, name: str | None = None):
         """Register `fn` under `name` (default its `__name__`); usable as a decorator, with or without
@@ -59,19 +39,33 @@ class Registry(Mapping[str, F]):
 
         return add if fn is None else add(fn)
 
+    def load_plugins(self) -> None:
+        """Import the `plugins` modules (once); each registers its entries as it is imported. A plugin that
+        looks a name up while it loads sees the entries registered so far; a failed import is retried."""
+        if self._state != "unloaded":
+            return
+        self._state = "loading"
+        try:
+            for module in self.plugins:
+                importlib.import_module(module)
+        except BaseException:
+            self._state = "unloaded"
+            raise
+        self._state = "loaded"
+
     def __getitem__(self, name: str) -> F:
-        load_plugins()
+        self.load_plugins()
         try:
             return self._entries[name]
         except KeyError:
             raise KeyError(f"unknown {self.kind} {name!r}; registered: {sorted(self._entries)}") from None
 
     def __iter__(self) -> Iterator[str]:
-        load_plugins()
+        self.load_plugins()
         return iter(dict(self._entries))
 
     def __len__(self) -> int:
-        load_plugins()
+        self.load_plugins()
         return len(self._entries)
 
     def __repr__(self) -> str:

@@ -8,7 +8,7 @@ and `reference` (a string or a list of strings). Completions may be plain string
 
 `REWARDS` is the registry a config's `verifiable_reward` names. This module holds the world-independent
 parts (text normalisation, box IoU); a world's rewards register themselves from their own module
-(the demo world's: `demo/rewards.py`, loaded on the first lookup, see registry.py).
+(the demo world's: `demo/rewards.py`, imported on the first lookup, see registry.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from .registry import Registry
 
 RewardFn = Callable[..., list[float]]
 
-REWARDS: Registry[RewardFn] = Registry("verifiable reward")
+# The demo world's rewards register themselves from demo/rewards.py, imported on the first lookup.
+REWARDS: Registry[RewardFn] = Registry("verifiable reward", plugins=("rlhf.engine.demo.rewards",))
 """Name → reward function; `@REWARDS.register` adds one. Configs name rewards by these keys."""
 
 
@@ -106,13 +107,3 @@ def iou_reward(prompts, completions, images=None, **kwargs) -> list[float]:
         out.append(max((box_iou(box, t) for t in targets), default=0.0) if box else 0.0)
     return out
 
-
-def __getattr__(name: str):
-    """`rewards.<name>` of any registered reward (`from rlhf.engine.rewards import demo_reward` keeps working
-    for callers written before the demo's rewards moved to demo/rewards.py)."""
-    if name.startswith("__"):
-        raise AttributeError(name)
-    try:
-        return REWARDS[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

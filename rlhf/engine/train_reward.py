@@ -19,10 +19,10 @@ import torch
 
 from .config import RewardConfig, to_dict
 from .data import encode_completions, load_images, read_preferences
-from .evaluation import reward_model_metrics
+from .evaluation import evaluate_pairs
 from .heldout import EVAL, split_lines, warn_not_heldout
 from .losses import bradley_terry_loss, reward_centering_loss
-from .reward_model import RewardModel, init_reward_model, save_reward_model, score
+from .reward_model import RewardModel, init_reward_model, save_reward_model
 from .rundir import RunDir, progress
 from .schedules import warmup_cosine_schedule
 
@@ -38,21 +38,6 @@ def split_by_ranking(records: list[dict], eval_fraction: float, seed: int) -> tu
     train = [r for r in records if bucket(r) >= eval_fraction]
     held = [r for r in records if bucket(r) < eval_fraction]
     return train, held
-
-
-def evaluate_pairs(rm: RewardModel, processor, pairs: list[dict], batch_size: int = 32,
-                   image_cache: dict | None = None) -> dict[str, float]:
-    """Held-out pairwise accuracy and calibration of a reward model."""
-    if not pairs:
-        return {}
-    was_training = rm.training
-    rm.eval()
-    images = [p["images"] for p in pairs]
-    prompts = [p["prompt"] for p in pairs]
-    chosen = score(rm, processor, images, prompts, [p["chosen"] for p in pairs], batch_size, image_cache)
-    rejected = score(rm, processor, images, prompts, [p["rejected"] for p in pairs], batch_size, image_cache)
-    rm.train(was_training)
-    return reward_model_metrics(chosen.tolist(), rejected.tolist())
 
 
 def pair_loss(rm, processor, batch: list[dict], cfg: RewardConfig, device, image_cache: dict) -> tuple:

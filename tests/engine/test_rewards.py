@@ -103,7 +103,6 @@ def test_the_demo_rewards_register_themselves_and_configs_name_them_as_before():
                  "iou_reward", "format_reward", "demo_reward"):
         assert name in rewards.REWARDS
     assert rewards.REWARDS["demo_reward"] is demo_rewards.demo_reward
-    assert rewards.demo_reward is demo_rewards.demo_reward  # the old import path still resolves
     assert "no_such_reward" not in rewards.REWARDS
     with pytest.raises(KeyError, match="no_such_reward"):
         rewards.REWARDS["no_such_reward"]

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..config import BuildDemoConfig
+from ..loading import MODEL_PATHS, ModelLoadError
 from ..losses import sft_loss
 from ..schedules import warmup_cosine_schedule
 from . import world
@@ -350,3 +351,13 @@ def ensure_demo_model(cfg: BuildDemoConfig, root: Path | None = None,
         return final
     finally:
         lock.release()
+
+
+@MODEL_PATHS.register(name="demo")
+def demo_base() -> str:
+    """`model.path: "demo"`: the default demo build, the base shipped in rlhf/engine/demo/base (checked
+    against its checksums), else the cached or a fresh build."""
+    try:
+        return str(ensure_demo_model(BuildDemoConfig()))
+    except DemoModelError as e:
+        raise ModelLoadError(str(e)) from e
