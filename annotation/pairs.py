@@ -1,13 +1,14 @@
-"""From a ranking with ties to preference pairs. Pure functions, no database."""
+"""From a ranking with ties to preference pairs. Pure functions, no database. The pairs a ranking implies
+are the export format's rule, ``lensloop.formats.pairs_from_groups``, which the engine's demo uses too."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TypeVar
+from collections.abc import Iterable
 
 from annotation.exceptions import InvalidRanking
+from lensloop.formats import pairs_from_groups
 
-T = TypeVar("T")  # candidate ids in the app, positions in the engine demo
+__all__ = ["normalise_ordering", "pairs_from_groups"]  # the rule itself lives with the export format
 
 
 def normalise_ordering(ordering: object, candidate_ids: Iterable[int]) -> list[list[int]]:
@@ -51,19 +52,3 @@ def normalise_ordering(ordering: object, candidate_ids: Iterable[int]) -> list[l
             unknown=unknown,
         )
     return groups
-
-
-def pairs_from_groups(groups: Sequence[Sequence[T]]) -> list[tuple[T, T, int]]:
-    """Every (chosen, rejected, margin) implied by a ranking; tied candidates give no pair.
-
-    ``margin`` is the rank distance between the two groups (1 for neighbours). The one rule from a ranking
-    to pairs: the queue's submits use it, and so do the engine demo's simulated annotators
-    (``rlhf.engine.demo.annotators``), which is why this module stays free of Django.
-    """
-    pairs = []
-    for i, better in enumerate(groups):
-        for j in range(i + 1, len(groups)):
-            for chosen in better:
-                for rejected in groups[j]:
-                    pairs.append((chosen, rejected, j - i))
-    return pairs

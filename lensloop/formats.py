@@ -30,3 +30,20 @@ def preference_row(record: dict) -> dict:
         "chosen": assistant_turn(record["chosen"]),
         "rejected": assistant_turn(record["rejected"]),
     }
+
+
+def pairs_from_groups(groups: list[list]) -> list[tuple]:
+    """Every (chosen, rejected, margin) implied by a ranking (groups of tied candidates, best first: ids in the
+    app, positions in the engine demo); tied candidates give no pair.
+
+    ``margin`` is the rank distance between the two groups (1 for neighbours). The one rule from a ranking
+    to pairs: the queue's submits (``annotation.pairs``) and the engine demo's simulated annotators
+    (``rlhf.engine.demo.annotators``) use it.
+    """
+    pairs = []
+    for i, better in enumerate(groups):
+        for j in range(i + 1, len(groups)):
+            for chosen in better:
+                for rejected in groups[j]:
+                    pairs.append((chosen, rejected, j - i))
+    return pairs

@@ -9,7 +9,7 @@ import pytest
 from django.core.management import call_command
 
 from annotation.models import Candidate, PreferencePair, Ranking
-from annotation.pairs import pairs_from_groups
+from lensloop.formats import pairs_from_groups
 from rlhf.engine.demo import world
 from rlhf.engine.demo.annotators import noisy_ordering, ranking_to_pairs, simulated_ordering
 from rlhf.engine.demo.rewards import demo_reward
@@ -24,7 +24,8 @@ def test_with_full_noise_every_neighbouring_pair_is_swapped_in_turn():
 
 
 def test_the_demos_pairs_follow_the_apps_rule_in_the_order_of_the_candidates():
-    """The engine demo's preference records come from annotation.pairs.pairs_from_groups (one rule), in the
+    """The engine demo's preference records come from lensloop.formats.pairs_from_groups, the rule the queue's
+    submits use (annotation.pairs), in the
     order the demo wrote them before: by the chosen candidate's position, then the rejected one's."""
     ranks = [1, 0, 2, 0]  # b and d tie for best
     assert ranking_to_pairs(["a", "b", "c", "d"], ranks) == [

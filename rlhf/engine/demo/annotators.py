@@ -3,7 +3,7 @@ rankings into preference records in the export format of DESIGN.md. Pure Python 
 
 The one place of the simulated annotator's judgement: the engine's tests and benchmarks use it here, and
 the loop's simulated people (``rlhf.simulate``) rank their queue's tasks with ``simulated_ordering``.
-Rankings become pairs by the app's own rule, ``annotation.pairs.pairs_from_groups`` (a pure module).
+Rankings become pairs by the export format's rule, ``lensloop.formats.pairs_from_groups``, as the app's do.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import random
 from datetime import UTC, datetime
 from pathlib import Path
 
-from annotation.pairs import pairs_from_groups
+from lensloop import formats
 
 from . import world
 from .rewards import demo_reward
@@ -56,7 +56,7 @@ def ranking_to_pairs(candidates: list[str], ranks: list[int]) -> list[tuple[str,
     ``rank_candidates`` gives them: 0, 1, … without gaps). The app's rule (``pairs_from_groups``) on the
     candidates' positions, in the order of the positions (chosen's, then rejected's)."""
     groups = [[i for i, r in enumerate(ranks) if r == level] for level in sorted(set(ranks))]
-    return [(candidates[i], candidates[j], margin) for i, j, margin in sorted(pairs_from_groups(groups))]
+    return [(candidates[i], candidates[j], margin) for i, j, margin in sorted(formats.pairs_from_groups(groups))]
 
 
 def write_demo_preferences(out_dir: str | Path, n: int, seed: int, k: int = 4, task_type: str = "caption",
