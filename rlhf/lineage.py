@@ -8,7 +8,7 @@ import may set to anything, and which a version's label, were it renamed, would 
 from __future__ import annotations
 
 from django.db import transaction
-from django.db.models import F, Max, QuerySet
+from django.db.models import F, QuerySet
 from django.db.models.functions import Coalesce
 
 from annotation.models import Candidate, PreferencePair, Project, RankingTask
@@ -21,30 +21,15 @@ def open_linked_tasks(*, run: TrainingRun, samples: list[dict], source: str, pri
     """``open_tasks_from_samples`` (samples carrying ``meta["model_version_id"]``, as ``rlhf.steps`` writes
     them), and in the same transaction the links of the new candidates to their versions and of the new
     tasks to ``run`` (and to ``gate_for``, the policy side-by-side tasks judge)."""
-    project = run.project
     with transaction.atomic():
-        last_candidate = Candidate.objects.aggregate(last=Max("pk"))["last"] or 0
-        last_task = RankingTask.objects.aggregate(last=Max("pk"))["last"] or 0
-        opened = open_tasks_from_samples(project=project, samples=samples, source=source, priorities=priorities,
+        opened = open_tasks_from_samples(project=run.project, samples=samples, source=source, priorities=priorities,
                                          origin=origin)
-        # The service answers counts, not ids: the new rows are the ones after the ids above with this
-        # run's origin (tasks) or a version id in their meta (candidates, including those of prompts that got
-        # too few distinct texts for a task).
-        tasks = RankingTask.objects.filter(project=project, origin=origin, pk__gt=last_task, rlhf_lineage__isnull=True)
-        RunTask.objects.bulk_create(
-            [RunTask(task_id=pk, run=run, gate_for=gate_for) for pk in tasks.values_list("pk", flat=True)],
-            ignore_conflicts=True,
-        )
-        prompt_ids = {int(s["prompt_id"]) for s in samples}
-        candidates = Candidate.objects.filter(prompt_id__in=prompt_ids, pk__gt=last_candidate,
-                                              meta__has_key="model_version_id", rlhf_lineage__isnull=True)
-        versions = set(ModelVersion.objects.filter(project=project).values_list("pk", flat=True))
+        RunTask.objects.bulk_create([RunTask(task=task, run=run, gate_for=gate_for) for task in opened.tasks])
         GeneratedCandidate.objects.bulk_create(
-            [GeneratedCandidate(candidate_id=pk, model_version_id=meta["model_version_id"], run=run)
-             for pk, meta in candidates.values_list("pk", "meta") if meta.get("model_version_id") in versions],
-            ignore_conflicts=True,
+            [GeneratedCandidate(candidate=c, model_version_id=c.meta["model_version_id"], run=run)
+             for c in opened.candidates if c.meta.get("model_version_id") is not None]
         )
-    return opened
+    return opened.summary()
 
 
 def candidates_of(version: ModelVersion) -> QuerySet:

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 from django.db import transaction
 
 from annotation.models import Candidate, Project, Prompt, RankingTask
+
+
+@dataclass
+class Opened:
+    """What ``open_tasks_from_samples`` wrote: the candidates (with their ids and meta) and the tasks, so a
+    caller can link them to what it knows about them (the loop: which version, which run)."""
+
+    candidates: list[Candidate]
+    tasks: list[RankingTask]
+    short: int
+
+    def summary(self) -> dict:
+        return {"candidates": len(self.candidates), "tasks": len(self.tasks), "short": self.short}
 
 
 @transaction.atomic
@@ -18,13 +32,13 @@ def open_tasks_from_samples(
     priorities: dict[int, float] | None = None,
     origin: str = "",
     meta: dict | None = None,
-) -> dict:
-    """Store samples (``{"prompt_id", "text", "logprob"?, "reward"?, "source"?}``) as candidates of
+) -> Opened:
+    """Store samples (``{"prompt_id", "text", "logprob"?, "reward"?, "source"?, "meta"?}``) as candidates of
     ``source`` (or the sample's own, so one task can mix two model versions) and open one ranking task
     per prompt that got exactly K distinct texts.
 
-    Prompts with fewer distinct texts get their candidates stored but no task (reported as
-    ``short``); samples for prompts outside the project are refused with ValueError.
+    Prompts with fewer distinct texts get their candidates stored but no task (counted as ``short``);
+    samples for prompts outside the project are refused with ValueError.
     """
     k = project.candidates_per_task
     by_prompt: dict[int, list[dict]] = defaultdict(list)
@@ -73,4 +87,4 @@ def open_tasks_from_samples(
             )
         )
     RankingTask.objects.bulk_create(tasks)
-    return {"candidates": len(candidates), "tasks": len(tasks), "short": short}
+    return Opened(candidates=candidates, tasks=tasks, short=short)
