@@ -22,14 +22,13 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime, timedelta
-from functools import cache
 
 from django.db import connection
 
 from annotation.exceptions import NotFound
 from annotation.models import Assignment, Candidate, Image, Project, Prompt, Ranking, RankingTask
 from annotation.pairs import normalise_ordering, pairs_from_groups
-from annotation.rawsql import execute
+from annotation.rawsql import execute, field_order
 from annotation.services.queue.base import (
     Queue,
     SubmitResult,
@@ -98,15 +97,10 @@ JOIN annotation_image i ON i.id = p.image_id
 """
 
 
-@cache
-def _field_order(model) -> tuple[str, ...]:
-    return tuple(f.attname for f in model._meta.get_fields() if getattr(f, "concrete", False))
-
-
 def _loaded(model, **values):
     """An instance of ``model`` holding just ``values`` (attnames); every other field is deferred.
     ``from_db`` wants the values in the model's field order, which this takes care of."""
-    names = [name for name in _field_order(model) if name in values]
+    names = [name for name in field_order(model) if name in values]
     return model.from_db(connection.alias, names, [values[name] for name in names])
 
 
