@@ -6,11 +6,9 @@ by ``annotation.services.queue`` while it holds the task row's lock; see the com
 Foreign keys to Project have no index of their own (``db_index=False``) where a composite index that
 starts with the project covers them: every index is maintained on each of a million-row import's rows.
 
-Three foreign keys written K + 2 times per imported row have no database constraint (``db_constraint=False``):
-Prompt.project, RankingTask.project and Candidate.prompt. PostgreSQL checks a constraint row by row
-(a locking lookup per row at commit), which was 40% of the server's time in a million-task import.
-These rows are only written by lensloop's services, which take the ids from the database in the same
-transaction, and deleting a project or prompt still cascades to them (Django performs the cascade).
+Every foreign key has its database constraint. (Prompt.project, RankingTask.project and Candidate.prompt
+went without one for a while, for import speed; migration 0005 restored them, and the PostgreSQL import
+keeps its speed another way: see ``annotation.services.imports._copy_rows``.)
 """
 
 from __future__ import annotations
@@ -111,7 +109,7 @@ class Prompt(models.Model):
         EVAL = "eval", "Eval"
 
     project = models.ForeignKey(
-        Project, on_delete=models.CASCADE, related_name="prompts", db_index=False, db_constraint=False
+        Project, on_delete=models.CASCADE, related_name="prompts", db_index=False
     )
     image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="prompts")
     text = models.TextField()
@@ -134,7 +132,7 @@ class Candidate(models.Model):
     HUMAN = "human"
     IMPORT = "import"
 
-    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="candidates", db_constraint=False)
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="candidates")
     text = models.TextField()
     source = models.CharField(max_length=100, help_text="Model version label, 'human' or 'import'.")
     meta = models.JSONField(default=dict, blank=True, help_text="Generation metadata: logprob, sampling, …")
@@ -162,7 +160,7 @@ class RankingTask(models.Model):
         CLOSED = "closed", "Closed"  # withdrawn by an admin
 
     project = models.ForeignKey(
-        Project, on_delete=models.CASCADE, related_name="tasks", db_index=False, db_constraint=False
+        Project, on_delete=models.CASCADE, related_name="tasks", db_index=False
     )
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="tasks")
     candidate_ids = models.JSONField(help_text="IDs of the task's K candidates.")

@@ -5,6 +5,7 @@ import json
 import zipfile
 
 import pytest
+from django.db import IntegrityError, connection, transaction
 from PIL import Image as PILImage
 
 from annotation.exceptions import ImportRejected
@@ -248,8 +249,8 @@ def test_a_zip_member_that_unpacks_larger_than_its_header_says_is_capped(tmp_pat
 
 
 def test_deleting_a_project_or_a_prompt_removes_what_was_imported_into_it(tmp_path):
-    """Prompt.project, RankingTask.project and Candidate.prompt carry no database constraint (for
-    import speed); the cascade is Django's and must leave no orphans."""
+    """Django performs the cascade (the constraints are DEFERRABLE, without ON DELETE CASCADE); it must
+    leave no orphans."""
     proj, other = f.project(k=2), f.project(k=2)
     for target, sub in ((proj, "a"), (other, "b")):
         (tmp_path / sub).mkdir()
@@ -311,3 +312,37 @@ def test_rows_without_an_id_are_split_by_image_and_text_and_a_zero_fraction_hold
     none.save()
     import_bundle(project=none, path=src)
     assert not Prompt.objects.filter(project=none, split="eval").exists()
+
+
+def test_an_import_satisfies_every_foreign_key_of_the_database(tmp_path):
+    """On PostgreSQL the import writes through a staging table and sequences of its own; whatever it
+    writes must pass the database's own constraint check (the FK checks run at the end of each batch)."""
+    proj = f.project(k=2)
+    rows = [_row(prompt=f"Describe {i}.", candidates=[f"x{i}", f"y{i}"], priority=i % 3) for i in range(5)]
+    rows.append(_row(prompt="No candidates here."))
+    report = import_bundle(project=proj, path=_folder(tmp_path, rows))
+    assert (report.prompts, report.candidates, report.tasks) == (6, 10, 5)
+    connection.check_constraints()
+    tasks = list(RankingTask.objects.filter(project=proj).order_by("id"))
+    assert [t.prompt.text for t in tasks] == [f"Describe {i}." for i in range(5)], "tasks keep the manifest's order"
+    for t in tasks:
+        texts = list(Candidate.objects.filter(pk__in=t.candidate_ids).values_list("prompt_id", "text"))
+        assert sorted(texts) == [(t.prompt_id, t.prompt.text.replace("Describe ", "x").rstrip(".")),
+                                 (t.prompt_id, t.prompt.text.replace("Describe ", "y").rstrip("."))]
+        assert [Candidate.objects.get(pk=c).text[0] for c in t.candidate_ids] == ["x", "y"]
+
+
+@pytest.mark.parametrize("orphan", ["prompt.project", "task.project", "candidate.prompt"])
+def test_the_database_refuses_rows_whose_project_or_prompt_does_not_exist(orphan):
+    """Prompt.project, RankingTask.project and Candidate.prompt have their foreign-key constraints."""
+    proj = f.project(k=2)
+    task = f.task(proj)
+    missing = 10**9
+    with pytest.raises(IntegrityError), transaction.atomic():
+        if orphan == "prompt.project":
+            Prompt.objects.create(project_id=missing, image=f.image(), text="orphan")
+        elif orphan == "task.project":
+            RankingTask.objects.create(project_id=missing, prompt=task.prompt, candidate_ids=task.candidate_ids)
+        else:
+            Candidate.objects.create(prompt_id=missing, text="orphan", source="import")
+        connection.check_constraints()  # the constraints are deferred to the commit; check now
