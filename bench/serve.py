@@ -10,7 +10,9 @@ its overlap, every successful submit stored, pair count matching the rankings.
     .venv/bin/python bench/serve.py --tasks 10000 --clients 4 --seconds 5   # a quick look
 
 Needs a PostgreSQL server (default postgres://postgres@127.0.0.1:5432, database lensloop_bench, which
-is dropped and re-created). Figures are printed, not asserted.
+is dropped and re-created unless --reuse). Figures are printed, not asserted.
+
+    .venv/bin/python bench/serve.py --tasks 1000000 --clients 16 --seconds 30 --reuse   # serving only, same data
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import os
 import random
 import subprocess
@@ -232,22 +235,39 @@ def run_load(env, tokens, clients, seconds, port, one_call=False):
     }, ids
 
 
+TOKENS = """
+import json
+from rest_framework.authtoken.models import Token
+print(json.dumps(list(Token.objects.filter(user__username__startswith="bench").order_by("user_id")
+                      .values_list("key", flat=True))))
+"""
+
+
 def bench_n(args, n: int) -> dict:
-    url = recreate_database(args.server, args.database)
-    env = {**os.environ, "DATABASE_URL": url, "DB_CONN_MAX_AGE": "600", "LOG_LEVEL": "WARNING"}
-    manage(env, "migrate", "-v0")
-    tokens = json.loads(manage(env, "shell", "-c", SETUP.replace("sys.argv[1]", str(max(args.clients)))).stdout.strip().splitlines()[-1])
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        write_bundle(Path(tmp), n, 4)
-        gen_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = manage(env, "import", "bench", tmp)
-        import_s = time.perf_counter() - t0
-    import_only_s = float(out.stdout.strip().rsplit(" in ", 1)[1].split()[0])
-    print(f"  N={n:,}: manifest written in {gen_s:.1f}s; `manage.py import` {import_s:.1f}s = {n / import_s:,.0f} tasks/s, "
-          f"the import itself (without Django's start-up) {import_only_s:.1f}s = {n / import_only_s:,.0f} tasks/s "
-          f"({out.stdout.strip()})", flush=True)
+    if args.reuse:
+        # Serve against the database a previous run filled (its open tasks are what is left of N).
+        url = f"{args.server}/{args.database}"
+        env = {**os.environ, "DATABASE_URL": url, "DB_CONN_MAX_AGE": "600", "LOG_LEVEL": "WARNING"}
+        tokens = json.loads(manage(env, "shell", "-c", TOKENS).stdout.strip().splitlines()[-1])
+        import_s = import_only_s = float("nan")
+        print(f"  reusing {args.database} (no import)", flush=True)
+    else:
+        url = recreate_database(args.server, args.database)
+        env = {**os.environ, "DATABASE_URL": url, "DB_CONN_MAX_AGE": "600", "LOG_LEVEL": "WARNING"}
+        manage(env, "migrate", "-v0")
+        setup = SETUP.replace("sys.argv[1]", str(max(args.clients)))
+        tokens = json.loads(manage(env, "shell", "-c", setup).stdout.strip().splitlines()[-1])
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            write_bundle(Path(tmp), n, 4)
+            gen_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            out = manage(env, "import", "bench", tmp)
+            import_s = time.perf_counter() - t0
+        import_only_s = float(out.stdout.strip().rsplit(" in ", 1)[1].split()[0])
+        print(f"  N={n:,}: manifest written in {gen_s:.1f}s; `manage.py import` {import_s:.1f}s = {n / import_s:,.0f} tasks/s, "
+              f"the import itself (without Django's start-up) {import_only_s:.1f}s = {n / import_only_s:,.0f} tasks/s "
+              f"({out.stdout.strip()})", flush=True)
     manage(env, "shell", "-c", "from django.db import connection; connection.cursor().execute('VACUUM ANALYZE')")
     port = args.port
     gunicorn = subprocess.Popen(
@@ -279,8 +299,12 @@ def bench_n(args, n: int) -> dict:
     check = json.loads(manage(env, "shell", "-c", CHECK.replace('__import__("sys").argv[1]', repr(fh.name))).stdout.strip().splitlines()[-1])
     os.unlink(fh.name)
     print("    checks:", json.dumps(check), flush=True)
-    return {"tasks": n, "import_s": round(import_s, 1), "import_tasks_per_s": round(n / import_s),
-            "import_only_tasks_per_s": round(n / import_only_s), "runs": results, "checks": check}
+    def rate(seconds: float) -> int | None:
+        return None if math.isnan(seconds) else round(n / seconds)  # NaN: no import (--reuse)
+
+    return {"tasks": n, "import_s": None if math.isnan(import_s) else round(import_s, 1),
+            "import_tasks_per_s": rate(import_s), "import_only_tasks_per_s": rate(import_only_s), "runs": results,
+            "checks": check}
 
 
 def main() -> None:
@@ -296,6 +320,9 @@ def main() -> None:
     parser.add_argument("--one-call", action="store_true",
                         help="submit with ?next=1, so each annotation is one request (as the ranking page does); "
                              "next-task latency is then that of the first lease only, submit latency covers both")
+    parser.add_argument("--reuse", action="store_true",
+                        help="serve against --database as a previous run left it: no re-creation, no import "
+                             "(to compare two versions of the app on the same data)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     loop = "submit?next=1 (one request per annotation)" if args.one_call else "next -> submit (two requests)"
