@@ -7,8 +7,6 @@ ranking page leases, submits, skips and releases there, like any other client.
 
 from __future__ import annotations
 
-from functools import wraps
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -27,23 +25,6 @@ from annotation.selectors import annotator_progress, projects_for, queue_stats, 
 from annotation.services import projects
 from annotation.services.imports import MODES
 
-# Pages hold no inline script and no inline style, so a candidate text that slipped through escaping
-# still could not run: only our own files execute.
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
-)
-
-
-def with_csp(view):
-    @wraps(view)
-    def wrapper(request, *args, **kwargs):
-        response = view(request, *args, **kwargs)
-        response.headers.setdefault("Content-Security-Policy", CSP)
-        return response
-
-    return wrapper
-
 
 def _project_for(request, slug: str, *, admin: bool = False) -> tuple[Project, str]:
     return project_and_role(request.user, slug, admin=admin)
@@ -53,7 +34,6 @@ def _project_for(request, slug: str, *, admin: bool = False) -> tuple[Project, s
 
 
 @login_required
-@with_csp
 def home(request):
     rows = [
         {"project": p, "role": role_in(request.user, p), "progress": annotator_progress(request.user, p)}
@@ -63,7 +43,6 @@ def home(request):
 
 
 @login_required
-@with_csp
 @require_GET
 def work(request, slug):
     """The ranking page. Everything it does after loading goes to the REST API with the session and
@@ -100,7 +79,6 @@ def work(request, slug):
 
 
 @login_required
-@with_csp
 @require_http_methods(["GET", "POST"])
 def project_new(request):
     if not request.user.is_staff:
@@ -118,7 +96,6 @@ def project_new(request):
 
 
 @login_required
-@with_csp
 @require_GET
 def dashboard(request, slug):
     project, role = _project_for(request, slug, admin=True)
@@ -161,7 +138,6 @@ def dashboard(request, slug):
 
 
 @login_required
-@with_csp
 @require_GET
 def project_import(request, slug):
     """The upload goes straight from the browser to the API's import endpoint (progress bar, report)."""
@@ -171,7 +147,6 @@ def project_import(request, slug):
 
 
 @login_required
-@with_csp
 @require_http_methods(["GET", "POST"])
 def members(request, slug):
     project, role = _project_for(request, slug, admin=True)
@@ -191,7 +166,6 @@ def members(request, slug):
 
 
 @login_required
-@with_csp
 @require_GET
 def export(request, slug):
     """The form submits (GET) straight to the API's streaming export endpoint; the browser downloads."""
