@@ -157,8 +157,8 @@ class AssignmentAdmin(ReadOnlyAdmin):
 
 @admin.register(models.Ranking)
 class RankingAdmin(ReadOnlyAdmin):
-    list_display = ["id", "project", "task", "annotator", "flag_all_bad", "flag_unsafe", "flag_image_unclear", "created_at"]
-    list_filter = ["project", "flag_all_bad", "flag_unsafe", "flag_image_unclear"]
+    list_display = ["id", "project", "task", "annotator", *models.Ranking.flag_columns(()), "created_at"]
+    list_filter = ["project", *models.Ranking.flag_columns(())]
 
 
 @admin.register(models.PreferencePair)

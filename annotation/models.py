@@ -220,6 +220,10 @@ class Assignment(models.Model):
 class Ranking(models.Model):
     """An annotator's ordering of a task's candidates, best first; ties share a group."""
 
+    # The flags an annotator may raise on a task, by name (the API's and the page's) with their label; each
+    # is the boolean column ``flag_<name>``. Every list of flags is derived from this one.
+    FLAGS = {"all_bad": "All bad", "unsafe": "Unsafe", "image_unclear": "Image unclear"}
+
     task = models.ForeignKey(RankingTask, on_delete=models.CASCADE, related_name="rankings")
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="rankings", db_index=False)
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="rankings")
@@ -244,15 +248,12 @@ class Ranking(models.Model):
 
     @property
     def flags(self) -> list[str]:
-        return [
-            name
-            for name, on in (
-                ("all_bad", self.flag_all_bad),
-                ("unsafe", self.flag_unsafe),
-                ("image_unclear", self.flag_image_unclear),
-            )
-            if on
-        ]
+        return [name for name in self.FLAGS if getattr(self, f"flag_{name}")]
+
+    @classmethod
+    def flag_columns(cls, flags) -> dict[str, bool]:
+        """``{"flag_all_bad": True, ...}``: every flag column, set for the names in ``flags``."""
+        return {f"flag_{name}": name in flags for name in cls.FLAGS}
 
 
 class PreferencePair(models.Model):

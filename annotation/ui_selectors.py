@@ -5,9 +5,11 @@ Read-only, like ``annotation.selectors``; kept apart because only the pages use 
 
 from __future__ import annotations
 
+import operator
 import statistics
 from collections import Counter
 from datetime import datetime, timedelta
+from functools import reduce
 
 import markdown
 import nh3
@@ -88,7 +90,7 @@ def annotator_table(project: Project, *, now: datetime | None = None) -> list[di
         .annotate(
             rankings=Count("id"),
             today=Count("id", filter=Q(created_at__gte=start_of_day)),
-            flagged=Count("id", filter=Q(flag_all_bad=True) | Q(flag_unsafe=True) | Q(flag_image_unclear=True)),
+            flagged=Count("id", filter=reduce(operator.or_, (Q(**{f"flag_{n}": True}) for n in Ranking.FLAGS))),
         )
         .order_by("-rankings", "annotator__username")
     )
@@ -120,9 +122,7 @@ def annotator_table(project: Project, *, now: datetime | None = None) -> list[di
 
 def flag_counts(project: Project) -> dict[str, int]:
     return Ranking.objects.filter(project=project).aggregate(
-        all_bad=Count("id", filter=Q(flag_all_bad=True)),
-        unsafe=Count("id", filter=Q(flag_unsafe=True)),
-        image_unclear=Count("id", filter=Q(flag_image_unclear=True)),
+        **{name: Count("id", filter=Q(**{f"flag_{name}": True})) for name in Ranking.FLAGS}
     )
 
 

@@ -17,9 +17,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
 from annotation import charts, ui_selectors
-from annotation.api.serializers import FLAG_LABELS
 from annotation.forms import ExportForm, MemberForm, ProjectForm
-from annotation.models import Membership, Project
+from annotation.models import Membership, Project, Ranking
 from annotation.permissions import project_and_role
 from annotation.selectors import annotator_progress, projects_for, queue_stats, role_in
 from annotation.services import projects
@@ -70,7 +69,7 @@ def work(request, slug):
         "config": config,
         "instructions": ui_selectors.instructions_html(project),
         "progress": annotator_progress(request.user, project),
-        "flags": list(FLAG_LABELS.items()),
+        "flags": list(Ranking.FLAGS.items()),
     }
     return render(request, "annotation/work.html", context)
 
@@ -110,11 +109,7 @@ def dashboard(request, slug):
         ("Done", stats["done"], f"{stats['done']:,}"),
         ("Closed", stats["closed"], f"{stats['closed']:,}"),
     ]
-    flag_rows = [
-        ("All bad", flags["all_bad"], f"{flags['all_bad']:,}"),
-        ("Unsafe", flags["unsafe"], f"{flags['unsafe']:,}"),
-        ("Image unclear", flags["image_unclear"], f"{flags['image_unclear']:,}"),
-    ]
+    flag_rows = [(label, flags[name], f"{flags[name]:,}") for name, label in Ranking.FLAGS.items()]
     win_rows = [
         (s["source"], s["win_rate"] or 0.0, f"{s['win_rate']:.0%} of {s['won'] + s['lost']:,}" if s["win_rate"] is not None else "no pairs against other sources")
         for s in sources

@@ -6,7 +6,7 @@ from django.contrib.auth import get_user_model
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
-from annotation.models import Membership, Project
+from annotation.models import Membership, Project, Ranking
 from annotation.services.exports import FORMATS
 from annotation.services.imports import MODES
 from annotation.services.projects import check_model_path
@@ -49,8 +49,7 @@ class TaskSerializer(serializers.Serializer):
     lease_seconds_left = serializers.IntegerField()
 
 
-FLAG_CHOICES = ["all_bad", "unsafe", "image_unclear"]
-FLAG_LABELS = {flag: flag.replace("_", " ").capitalize() for flag in FLAG_CHOICES}  # "All bad", ...
+FLAG_CHOICES = list(Ranking.FLAGS)
 MAX_RATIONALE = 10_000
 
 

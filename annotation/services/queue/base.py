@@ -28,7 +28,7 @@ T = RankingTask.State
 # Assignment states after which the annotator must never be handed the task again.
 FINAL_FOR_ANNOTATOR = [A.SUBMITTED, A.SKIPPED, A.ACTIVE]
 
-FLAGS = frozenset({"all_bad", "unsafe", "image_unclear"})
+FLAGS = frozenset(Ranking.FLAGS)
 
 
 @dataclass(frozen=True)

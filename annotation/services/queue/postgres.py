@@ -150,9 +150,8 @@ FOR UPDATE OF t
 WRITE_SUBMIT_SQL = """
 WITH r AS (
     INSERT INTO annotation_ranking
-        (task_id, project_id, annotator_id, ordering, flag_all_bad, flag_unsafe, flag_image_unclear, rationale,
-         time_spent_ms, client_uuid, created_at)
-    VALUES (%(task)s, %(project)s, %(user)s, %(ordering)s::jsonb, %(all_bad)s, %(unsafe)s, %(image_unclear)s,
+        (task_id, project_id, annotator_id, ordering, FLAG_COLUMNS, rationale, time_spent_ms, client_uuid, created_at)
+    VALUES (%(task)s, %(project)s, %(user)s, %(ordering)s::jsonb, FLAG_VALUES,
             %(rationale)s, %(time_spent_ms)s, %(uuid)s, %(now)s)
     RETURNING id
 ), pp AS (
@@ -167,7 +166,8 @@ WITH r AS (
     WHERE id = %(task)s
 )
 SELECT id FROM r
-"""
+""".replace("FLAG_COLUMNS", ", ".join(Ranking.flag_columns(()))).replace(
+    "FLAG_VALUES", ", ".join(f"%({column})s" for column in Ranking.flag_columns(())))
 
 
 def lock_for_submit(*, annotator, task_id: int):
@@ -201,8 +201,8 @@ def write_submit(
     """Write what ``PostgresQueue._submit`` decided; ``task`` carries the new counters and state."""
     params = {
         "task": task.pk, "project": task.project_id, "prompt": task.prompt_id, "user": annotator.pk,
-        "ordering": json.dumps(groups), "all_bad": "all_bad" in flags, "unsafe": "unsafe" in flags,
-        "image_unclear": "image_unclear" in flags, "rationale": rationale, "time_spent_ms": time_spent_ms,
+        "ordering": json.dumps(groups), **Ranking.flag_columns(flags), "rationale": rationale,
+        "time_spent_ms": time_spent_ms,
         "uuid": client_uuid, "now": now, "assignment": assignment.pk,
         "chosen": [p[0] for p in pairs], "rejected": [p[1] for p in pairs], "margin": [p[2] for p in pairs],
         "leased": task.leased_count, "completed": task.completed_count, "state": task.state,
@@ -211,8 +211,8 @@ def write_submit(
         (ranking_id,) = cur.fetchone()
     return Ranking(
         id=ranking_id, task_id=task.pk, project_id=task.project_id, annotator_id=annotator.pk, ordering=groups,
-        flag_all_bad="all_bad" in flags, flag_unsafe="unsafe" in flags, flag_image_unclear="image_unclear" in flags,
-        rationale=rationale, time_spent_ms=time_spent_ms, client_uuid=client_uuid, created_at=now,
+        **Ranking.flag_columns(flags), rationale=rationale, time_spent_ms=time_spent_ms, client_uuid=client_uuid,
+        created_at=now,
     )
 
 
