@@ -1,6 +1,7 @@
-"""Reads for the browser pages: what the annotator's page prefetches and what the admin dashboard shows.
+"""Reads for the browser pages: what the annotator's page loads ahead (served by the REST API's
+``upcoming``, which the page calls) and what the admin dashboard shows.
 
-Read-only, like ``annotation.selectors``; kept apart because only the pages use them.
+Read-only, like ``annotation.selectors``; kept apart because they shape data for the pages.
 """
 
 from __future__ import annotations
