@@ -425,19 +425,18 @@ def _copy_rows(project, rows, image_ids, origin, report) -> None:
         cursor.execute(_CREATE_STAGE)
         # JIT compiling the statement cost a fifth of its time per batch; its sorts fit in 64 MB.
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE; SET LOCAL jit = off; SET LOCAL work_mem = '64MB'")
-        try:
-            with ThreadPoolExecutor(max_workers=1) as formatter:
-                pending = formatter.submit(_staged_lines, batches[0], image_ids) if batches else None
-                for i in range(len(batches)):
-                    data = pending.result()
-                    if i + 1 < len(batches):
-                        pending = formatter.submit(_staged_lines, batches[i + 1], image_ids)
-                    cursor.execute(f"TRUNCATE {_STAGE}")
-                    bulk.copy_data(_STAGE, _STAGE_COLUMNS, data)
-                    cursor.execute(_WRITE_STAGED, params)
-                    report.prompts += len(batches[i])
-                    report.candidates += sum(len(row.candidates) for row in batches[i])
-                    report.tasks += cursor.rowcount
-        finally:
-            # Back to Django's defaults for the rest of the transaction.
-            cursor.execute("SET CONSTRAINTS ALL DEFERRED; SET LOCAL jit TO DEFAULT; SET LOCAL work_mem TO DEFAULT")
+        with ThreadPoolExecutor(max_workers=1) as formatter:
+            pending = formatter.submit(_staged_lines, batches[0], image_ids) if batches else None
+            for i in range(len(batches)):
+                data = pending.result()
+                if i + 1 < len(batches):
+                    pending = formatter.submit(_staged_lines, batches[i + 1], image_ids)
+                cursor.execute(f"TRUNCATE {_STAGE}")
+                bulk.copy_data(_STAGE, _STAGE_COLUMNS, data)
+                cursor.execute(_WRITE_STAGED, params)
+                report.prompts += len(batches[i])
+                report.candidates += sum(len(row.candidates) for row in batches[i])
+                report.tasks += cursor.rowcount
+        # Back to Django's defaults for the rest of the transaction. (After an error there is no rest:
+        # the import's atomic block rolls back, and with it these settings.)
+        cursor.execute("SET CONSTRAINTS ALL DEFERRED; SET LOCAL jit TO DEFAULT; SET LOCAL work_mem TO DEFAULT")
