@@ -14,13 +14,14 @@ from functools import reduce
 
 import markdown
 import nh3
-from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models import Count, Q
 from django.db.models.functions import TruncHour
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 
-from annotation.models import Assignment, Candidate, PreferencePair, Project, Ranking, RankingTask
+from annotation.models import Assignment, Candidate, PreferencePair, Project, Ranking
+from annotation.services import queue
 
 A = Assignment.State
 
@@ -45,18 +46,10 @@ def upcoming_images(*, annotator, project: Project, exclude_task_id: int | None,
     """The images of the tasks the queue would most likely hand this annotator next, without leasing
     anything, so the browser can download and decode them while the annotator works.
 
-    Mirrors the queue's order (``annotation.services.queue._open_tasks_for``): open tasks of the project
-    the annotator has not judged, skipped or taken, best priority first. A guess, not a promise: under
-    contention another annotator may take them first; the page then simply loads the image it gets.
+    The queue's own order (``queue.open_tasks_for``). A guess, not a promise: under contention another
+    annotator may take them first; the page then simply loads the image it gets.
     """
-    judged = Assignment.objects.filter(
-        task=OuterRef("pk"), annotator=annotator, state__in=[A.SUBMITTED, A.SKIPPED, A.ACTIVE]
-    )
-    qs = (
-        RankingTask.objects.filter(project=project, state=RankingTask.State.OPEN)
-        .exclude(Exists(judged))
-        .order_by("-priority", "id")
-    )
+    qs = queue.open_tasks_for(project, annotator)
     if exclude_task_id is not None:
         qs = qs.exclude(pk=exclude_task_id)
     rows = qs.values_list("pk", "prompt__image_id")[:n]

@@ -22,18 +22,17 @@ Why this is race-safe:
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
+import functools
+import inspect
 
 from django.db import connection
 
-from annotation.models import Assignment, Project, RankingTask
 from annotation.services.queue.base import FLAGS, Queue, SubmitResult
-from annotation.services.queue.orm import OrmQueue
+from annotation.services.queue.orm import OrmQueue, open_tasks_for
 
 __all__ = [
     "FLAGS", "OrmQueue", "Queue", "SubmitResult", "close_task", "current_assignment", "expire_leases",
-    "implementation", "next_task", "open_task", "release_task", "skip_task", "submit_ranking",
+    "implementation", "next_task", "open_task", "open_tasks_for", "release_task", "skip_task", "submit_ranking",
 ]
 
 _chosen: Queue | None = None
@@ -56,56 +55,25 @@ def implementation() -> Queue:
     return _chosen
 
 
-def expire_leases(*, project: Project | None = None, now: datetime | None = None, limit: int = 200) -> int:
-    return implementation().expire_leases(project=project, now=now, limit=limit)
+def _delegate(name: str):
+    """The module-level ``name``: the chosen implementation's method, with its signature and docstring."""
+    method = getattr(Queue, name)
 
+    @functools.wraps(method)
+    def call(**kwargs):
+        return getattr(implementation(), name)(**kwargs)
 
-def current_assignment(*, annotator, project: Project, now: datetime | None = None) -> Assignment | None:
-    return implementation().current_assignment(annotator=annotator, project=project, now=now)
-
-
-def next_task(*, annotator, project: Project, now: datetime | None = None) -> Assignment | None:
-    return implementation().next_task(annotator=annotator, project=project, now=now)
-
-
-def submit_ranking(
-    *,
-    annotator,
-    task_id: int,
-    ordering: object,
-    client_uuid: uuid.UUID | str,
-    flags: frozenset[str] | set[str] | list[str] = frozenset(),
-    rationale: str = "",
-    time_spent_ms: int | None = None,
-    now: datetime | None = None,
-) -> SubmitResult:
-    return implementation().submit_ranking(
-        annotator=annotator, task_id=task_id, ordering=ordering, client_uuid=client_uuid, flags=flags,
-        rationale=rationale, time_spent_ms=time_spent_ms, now=now,
+    call.__signature__ = inspect.signature(method).replace(
+        parameters=list(inspect.signature(method).parameters.values())[1:]  # without self
     )
+    return call
 
 
-def skip_task(*, annotator, task_id: int, reason: str = "", now: datetime | None = None) -> Assignment:
-    return implementation().skip_task(annotator=annotator, task_id=task_id, reason=reason, now=now)
-
-
-def release_task(*, annotator, task_id: int, now: datetime | None = None) -> Assignment:
-    return implementation().release_task(annotator=annotator, task_id=task_id, now=now)
-
-
-def open_task(
-    *, project: Project, prompt_id: int, candidate_ids: list[int], priority: float = 0.0, origin: str = ""
-) -> RankingTask:
-    return implementation().open_task(
-        project=project, prompt_id=prompt_id, candidate_ids=candidate_ids, priority=priority, origin=origin
-    )
-
-
-def close_task(*, task_id: int) -> RankingTask:
-    return implementation().close_task(task_id=task_id)
-
-
-for _name in ("expire_leases", "current_assignment", "next_task", "submit_ranking", "skip_task", "release_task",
-              "open_task", "close_task"):
-    globals()[_name].__doc__ = getattr(Queue, _name).__doc__
-del _name
+expire_leases = _delegate("expire_leases")
+current_assignment = _delegate("current_assignment")
+next_task = _delegate("next_task")
+submit_ranking = _delegate("submit_ranking")
+skip_task = _delegate("skip_task")
+release_task = _delegate("release_task")
+open_task = _delegate("open_task")
+close_task = _delegate("close_task")

@@ -29,16 +29,17 @@ A = Assignment.State
 T = RankingTask.State
 
 
-def _open_tasks_for(project: Project, annotator):
-    """Open tasks of ``project`` the annotator has not judged, best first (locked with SKIP LOCKED
-    where the database can)."""
+def open_tasks_for(project: Project, annotator):
+    """Open tasks of ``project`` the annotator has not judged, skipped or taken, best priority first: the
+    queue's order (``PostgresQueue``'s lease statement picks in the same order). Unlocked: the page's
+    look-ahead reads it too (``annotation.ui_selectors.upcoming_images``)."""
     judged = Assignment.objects.filter(task=OuterRef("pk"), annotator=annotator, state__in=FINAL_FOR_ANNOTATOR)
-    qs = (
-        RankingTask.objects.filter(project=project, state=T.OPEN)
-        .exclude(Exists(judged))
-        .select_related("prompt__image")
-        .order_by("-priority", "id")
-    )
+    return RankingTask.objects.filter(project=project, state=T.OPEN).exclude(Exists(judged)).order_by("-priority", "id")
+
+
+def _open_tasks_for(project: Project, annotator):
+    """``open_tasks_for``, locked with SKIP LOCKED where the database can, for a lease."""
+    qs = open_tasks_for(project, annotator).select_related("prompt__image")
     if connection.features.has_select_for_update_skip_locked:
         qs = qs.select_for_update(skip_locked=True, of=("self",))
     return qs
