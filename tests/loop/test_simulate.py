@@ -112,3 +112,94 @@ def test_generated_tasks_come_first_and_the_least_separated_prompt_leads():
         ]
     )
     assert p[2] > p[1] > 1.0 and p[3] == 1.0
+
+
+# --- kinds of simulated annotators -------------------------------------------------------------------------
+
+SCORES = {11: 0.9, 12: 0.1, 13: 0.5, 14: 0.3}  # shown in this order; best to worst: 11, 13, 14, 12
+
+
+def test_each_kind_of_annotator_ranks_as_it_says():
+    from rlhf.engine.demo.annotators import KINDS, ordering_of_kind
+
+    truth = [[11], [13], [14], [12]]
+    assert ordering_of_kind("careful", SCORES, random.Random(0), 0.0) == truth
+    assert ordering_of_kind("adversarial", SCORES, random.Random(0), 0.0) == truth[::-1]
+    assert ordering_of_kind("lazy", SCORES, random.Random(0), 0.5) == [[11], [12], [13], [14]]
+    orders = {tuple(map(tuple, ordering_of_kind("random", SCORES, random.Random(seed), 0.0))) for seed in range(60)}
+    assert len(orders) > 12 and all(sorted(o) == [(11,), (12,), (13,), (14,)] for o in orders)
+    # noisy swaps more often than careful at the same noise
+    def wrong(kind):
+        rng = random.Random(1)
+        return sum(ordering_of_kind(kind, SCORES, rng, 0.05) != truth for _ in range(400))
+    assert wrong("careful") < wrong("noisy")
+    assert set(KINDS) == {"careful", "noisy", "adversarial", "random", "lazy"}
+    with pytest.raises(ValueError, match="unknown annotator kind"):
+        ordering_of_kind("sloppy", SCORES, random.Random(0), 0.0)
+
+
+def test_the_default_kind_is_the_careful_annotator_the_loop_always_had():
+    _, gt = world.make_scene(random.Random(3))
+    texts = {7: world.reference_caption(gt), 8: "A blue square.", 9: "Nothing at all."}
+    for seed in range(5):
+        assert (simulated_ordering(world.CAPTION_PROMPT, texts, gt, random.Random(seed), 0.3)
+                == simulated_ordering(world.CAPTION_PROMPT, texts, gt, random.Random(seed), 0.3, "careful"))
+    assert simulated_ordering(world.CAPTION_PROMPT, texts, gt, random.Random(0), 0.0, "adversarial")[-1] == [7]
+
+
+def test_a_mix_of_kinds_is_one_kind_per_annotator():
+    from rlhf.engine.demo.annotators import kinds_list, simulated_rankings
+
+    assert kinds_list({"careful": 2, "random": 1}) == ["careful", "careful", "random"]
+    assert kinds_list(["lazy", "careful"]) == ["lazy", "careful"]
+    for bad in ({"careful": -1}, {"sloppy": 1}, ["careful", "sloppy"]):
+        with pytest.raises(ValueError):
+            kinds_list(bad)
+    rankings, truth = simulated_rankings(30, {"careful": 2, "adversarial": 1}, overlap=2, k=3, seed=2, noise=0.0)
+    assert len(rankings) == 60 and len(truth) == 30
+    for task, who, ordering in rankings:
+        best_first = sorted(range(3), key=lambda c: -truth[task][c])
+        flat = [c for group in ordering for c in group]
+        assert flat == (best_first if who < 2 else best_first[::-1])
+
+
+@pytest.mark.django_db
+def test_the_command_ranks_with_a_mix_of_kinds_each_as_it_says():
+    """Careful people's pairs agree with the ground truth, adversarial people's never do, lazy people keep the
+    order in which the page showed them the candidates."""
+    from annotation.models import Project
+    from annotation.selectors import candidates_for_annotator
+
+    call_command("demo", images=12, candidates="world")
+    from annotation.models import RankingTask
+
+    project = Project.objects.get(slug="demo-shapes")
+    assert RankingTask.objects.filter(project=project).update(required_annotations=3) == 12  # overlap 3
+    call_command("simulate_annotators", project="demo-shapes", kinds="careful=1,adversarial=1,lazy=1", noise=0.0)
+    assert Ranking.objects.count() == 36
+    for ranking in Ranking.objects.select_related("annotator", "task__prompt__image"):
+        kind = ranking.annotator.username.split("-")[-2]
+        prompt = ranking.task.prompt
+        texts = dict(Candidate.objects.filter(pk__in=ranking.task.candidate_ids).values_list("pk", "text"))
+        gt = prompt.ground_truth or prompt.image.ground_truth
+        truth = simulated_ordering(prompt.text, texts, gt, random.Random(0), 0.0)
+        mine = [sorted(group) for group in ranking.ordering]
+        if kind == "careful":
+            assert mine == [sorted(group) for group in truth]
+        elif kind == "adversarial":
+            assert mine == [sorted(group) for group in truth[::-1]]
+        else:
+            assert kind == "lazy"
+            shown = [c.pk for c in candidates_for_annotator(ranking.task, ranking.annotator_id)]
+            assert ranking.ordering == [[pk] for pk in shown]
+
+
+def test_the_command_refuses_unknown_kinds():
+    from django.core.management.base import CommandError
+
+    from rlhf.management.commands.simulate_annotators import parse_kinds
+
+    assert parse_kinds("careful=4, adversarial=2,random") == {"careful": 4, "adversarial": 2, "random": 1}
+    for bad in ("sloppy=2", "careful=two", "careful=0"):
+        with pytest.raises(CommandError):
+            parse_kinds(bad)
