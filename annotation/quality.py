@@ -28,6 +28,7 @@ rankings of 4 candidates (6,000,000 pairs) within 60 s on 2 cores (``bench/quali
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -270,12 +271,9 @@ def _interval(replicates: np.ndarray) -> np.ndarray:
     """2.5% and 97.5% percentiles along the first axis, ignoring nan (shape (2, ...))."""
     if replicates.shape[0] == 0:
         return np.full((2, *replicates.shape[1:]), np.nan)
-    with np.errstate(invalid="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanpercentile(replicates, [2.5, 97.5], axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-nan columns: an annotator without comparisons
+        return np.nanpercentile(replicates, [2.5, 97.5], axis=0)
 
 
 def _votes(chosen: np.ndarray, rejected: np.ndarray, n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -662,7 +660,8 @@ def crowd_bt(rankings: Sequence[RankingRow] | PreparedRankings, *, score_sd: flo
         g = pi - p
         grad = np.bincount(lo, weights=g, minlength=N) - np.bincount(hi, weights=g, minlength=N) - s * prior_prec
         w = p * (1 - p)
-        H = np.bincount(pos_ll, weights=w, minlength=T * K * K)
+        H = np.zeros(T * K * K)
+        H += np.bincount(pos_ll, weights=w, minlength=T * K * K)
         H += np.bincount(pos_hh, weights=w, minlength=T * K * K)
         H -= np.bincount(pos_lh, weights=w, minlength=T * K * K)
         H -= np.bincount(pos_hl, weights=w, minlength=T * K * K)
