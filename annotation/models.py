@@ -224,6 +224,11 @@ class Ranking(models.Model):
     # is the boolean column ``flag_<name>``. Every list of flags is derived from this one.
     FLAGS = {"all_bad": "All bad", "unsafe": "Unsafe", "image_unclear": "Image unclear"}
 
+    class Review(models.TextChoices):
+        PENDING = "pending", "Pending"
+        ACCEPTED = "accepted", "Accepted"
+        REJECTED = "rejected", "Rejected"
+
     task = models.ForeignKey(RankingTask, on_delete=models.CASCADE, related_name="rankings")
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="rankings", db_index=False)
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="rankings")
@@ -235,6 +240,15 @@ class Ranking(models.Model):
     time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
     client_uuid = models.UUIDField(unique=True, default=uuid.uuid4)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # A project admin's review (annotation.services.reviews). Rejected rankings leave every export, and so
+    # every later training round. The columns have database defaults too: the PostgreSQL queue inserts
+    # rankings with its own SQL (queue/postgres.py) and leaves them out.
+    review = models.CharField(max_length=8, choices=Review.choices, default=Review.PENDING, db_default=Review.PENDING)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    review_note = models.TextField(blank=True, default="", db_default="")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["task", "annotator"], name="ranking_once_per_annotator")]

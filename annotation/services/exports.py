@@ -73,6 +73,9 @@ class ExportFilter:
     until: datetime | None = None
     sources: tuple[str, ...] = field(default_factory=tuple)
     split: str | None = None  # "train" or "eval": only pairs / rankings of prompts of that split
+    # Rankings a reviewer rejected (annotation.services.reviews) and their pairs are left out of every
+    # export, and so of every later round's data; True keeps them (an audit of what was rejected).
+    include_rejected: bool = False
 
     def __post_init__(self):
         if self.split is not None and self.split not in SPLITS:
@@ -80,6 +83,8 @@ class ExportFilter:
 
     def pairs(self):
         qs = PreferencePair.objects.filter(project=self.project)
+        if not self.include_rejected:
+            qs = qs.exclude(ranking__review=Ranking.Review.REJECTED)
         if self.split:
             qs = qs.filter(prompt__split=self.split)
         if self.since:
@@ -98,6 +103,8 @@ class ExportFilter:
 
     def rankings(self):
         qs = Ranking.objects.filter(project=self.project)
+        if not self.include_rejected:
+            qs = qs.exclude(review=Ranking.Review.REJECTED)
         if self.split:
             qs = qs.filter(task__prompt__split=self.split)
         if self.since:
