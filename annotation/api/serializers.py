@@ -3,6 +3,7 @@
 import uuid
 
 from django.contrib.auth import get_user_model
+from django.urls import reverse
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
@@ -10,6 +11,7 @@ from annotation.models import Membership, Project, Ranking
 from annotation.services.exports import FORMATS
 from annotation.services.imports import MODES
 from annotation.services.projects import check_model_path
+from annotation.services.reviews import MAX_NOTE
 
 
 class ProjectSerializer(serializers.ModelSerializer):
@@ -162,6 +164,41 @@ class RankingSerializer(serializers.Serializer):
     time_spent_ms = serializers.IntegerField(read_only=True, allow_null=True)
     client_uuid = serializers.UUIDField(read_only=True)
     created_at = serializers.DateTimeField(read_only=True)
+
+
+class OrderedCandidateSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    text = serializers.CharField()
+
+
+class ReviewRankingSerializer(RankingSerializer):
+    """A ranking as a reviewer reads it: who ranked what, the ordering with the candidates' texts (groups
+    of tied candidates, best first), and its review."""
+
+    annotator = serializers.CharField(source="annotator.username", read_only=True)
+    prompt = serializers.CharField(source="task.prompt.text", read_only=True)
+    image_url = serializers.SerializerMethodField()
+    ordered_candidates = serializers.ListField(
+        child=OrderedCandidateSerializer(many=True), read_only=True,
+        help_text="The ordering with each candidate's text: groups of tied candidates, best first.",
+    )
+    review = serializers.ChoiceField(choices=Ranking.Review.choices, read_only=True)
+    reviewed_by = serializers.CharField(source="reviewed_by.username", read_only=True, allow_null=True, default=None)
+    reviewed_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    review_note = serializers.CharField(read_only=True)
+
+    def get_image_url(self, ranking) -> str:
+        return reverse("api-image", args=[self.context["project"].slug, ranking.task.prompt.image_id])
+
+
+class RankingListQuerySerializer(serializers.Serializer):
+    review = serializers.ChoiceField(choices=Ranking.Review.values, required=False,
+                                     help_text="Only rankings in this review state.")
+
+
+class ReviewSerializer(serializers.Serializer):
+    decision = serializers.ChoiceField(choices=["accept", "reject"])
+    note = serializers.CharField(required=False, allow_blank=True, default="", max_length=MAX_NOTE)
 
 
 class ImportSerializer(serializers.Serializer):

@@ -16,5 +16,6 @@ urlpatterns = [
     path("projects/<slug:slug>/members/<str:username>/", views.MemberDetailView.as_view(), name="api-member"),
     path("tasks/<int:task_id>/submit/", views.SubmitView.as_view(), name="api-submit"),
     path("tasks/<int:task_id>/skip/", views.SkipView.as_view(), name="api-skip"),
+    path("rankings/<int:ranking_id>/review/", views.RankingReviewView.as_view(), name="api-ranking-review"),
     path("tasks/<int:task_id>/release/", views.ReleaseView.as_view(), name="api-release"),
 ]

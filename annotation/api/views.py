@@ -16,14 +16,16 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from annotation.api.permissions import project_for
+from annotation.api.permissions import project_for, ranking_project_for
 from annotation.api.serializers import (
     ExportQuerySerializer,
     ImportSerializer,
     MembershipSerializer,
     NextTaskAnswerSerializer,
     ProjectSerializer,
-    RankingSerializer,
+    RankingListQuerySerializer,
+    ReviewRankingSerializer,
+    ReviewSerializer,
     SkipSerializer,
     SubmitAnswerSerializer,
     SubmitSerializer,
@@ -35,16 +37,15 @@ from annotation.api.serializers import (
 from annotation.exceptions import ImportRejected
 from annotation.images import media_path
 from annotation.models import Image, Membership, Project
-from annotation.permissions import task_project_and_role
+from annotation.permissions import project_and_role, task_project_and_role
 from annotation.selectors import (
     annotator_progress,
     image_in_project,
     projects_for,
     queue_stats,
-    rankings_visible_to,
     task_payload,
 )
-from annotation.services import exports, imports, projects, queue
+from annotation.services import exports, imports, projects, queue, reviews
 from annotation.ui_selectors import upcoming_images
 
 NEXT = OpenApiParameter("next", bool, description="Also lease and return your next task, as `next_task`")
@@ -180,13 +181,52 @@ class ReleaseView(APIView):
 
 
 class RankingListView(generics.ListAPIView):
-    """Your rankings in the project; project admins see everyone's."""
+    """Your rankings in the project, newest first; project admins see everyone's, to review them. Each
+    carries its annotator, the ordering with the candidates' texts and its review state; `?review=`
+    keeps one state (`pending`, `accepted`, `rejected`)."""
 
-    serializer_class = RankingSerializer
+    serializer_class = ReviewRankingSerializer
+
+    @extend_schema(parameters=[RankingListQuerySerializer])
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
 
     def get_queryset(self):
-        project = project_for(self.request, self.kwargs["slug"])
-        return rankings_visible_to(self.request.user, project)
+        self.project, role = project_and_role(self.request.user, self.kwargs["slug"])
+        query = RankingListQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        qs = reviews.rankings_for_review(self.project, review=query.validated_data.get("review"))
+        return qs if role == Membership.Role.ADMIN else qs.filter(annotator=self.request.user)
+
+    def get_serializer_context(self):
+        return {**super().get_serializer_context(), "project": getattr(self, "project", None)}
+
+    def list(self, request, *args, **kwargs):
+        page = self.paginate_queryset(self.get_queryset())
+        data = self.get_serializer(reviews.with_candidates(page), many=True).data
+        return self.get_paginated_response(data)
+
+
+class RankingReviewView(APIView):
+    @extend_schema(
+        request=ReviewSerializer,
+        responses={
+            200: ReviewRankingSerializer,
+            400: OpenApiResponse(description="Unknown decision, or a note that is too long"),
+            403: OpenApiResponse(description="Not an admin of the ranking's project"),
+            404: OpenApiResponse(description="No such ranking, or one of a project you are not a member of"),
+        },
+    )
+    def post(self, request, ranking_id):
+        """Accept or reject a ranking (project admins). A rejected ranking's pairs leave every export and so
+        every later training round; accepting it again brings them back."""
+        project = ranking_project_for(request, ranking_id)
+        data = ReviewSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        ranking = reviews.ranking_review(ranking_id=ranking_id, project=project, reviewer=request.user,
+                                         **data.validated_data)
+        ranking = reviews.with_candidates(reviews.rankings_for_review(project).filter(pk=ranking.pk))[0]
+        return Response(ReviewRankingSerializer(ranking, context={"project": project}).data)
 
 
 class ImageView(APIView):
