@@ -10,5 +10,6 @@ urlpatterns = [
     path("projects/<slug:slug>/dashboard/", views.dashboard, name="project-dashboard"),
     path("projects/<slug:slug>/import/", views.project_import, name="project-import"),
     path("projects/<slug:slug>/members/", views.members, name="project-members"),
+    path("projects/<slug:slug>/review/", views.review, name="project-review"),
     path("projects/<slug:slug>/export/", views.export, name="project-export"),
 ]

@@ -10,19 +10,24 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
 from django.db import connection
-from django.http import JsonResponse
+from django.db.models import Count
+from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
 from annotation import charts, ui_selectors
+from annotation.exceptions import AnnotationError, NotFound
 from annotation.forms import ExportForm, MemberForm, ProjectForm
 from annotation.models import Membership, Project, Ranking
 from annotation.permissions import project_and_role
 from annotation.selectors import annotator_progress, projects_for, queue_stats, role_in
-from annotation.services import projects
+from annotation.services import projects, reviews
 from annotation.services.imports import MODES
+
+REVIEW_PAGE = 25
 
 
 def _project_for(request, slug: str, *, admin: bool = False) -> tuple[Project, str]:
@@ -174,6 +179,57 @@ def export(request, slug):
         "stats": queue_stats(project),
     }
     return render(request, "annotation/export.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def review(request, slug):
+    """Project admins review rankings: the prompt and image, the annotator's order (ties shown), time
+    spent, flags and rationale, and Accept / Reject (a plain form POSTing here, which calls
+    ``reviews.ranking_review``). Rejected rankings leave every export and later training round.
+
+    Newest first, filtered by review state. Sorting by disagreement with the consensus comes with the
+    reliability model (``annotation.quality``)."""
+    project, role = _project_for(request, slug, admin=True)
+    state = request.GET.get("review", "")
+    if state not in Ranking.Review.values:
+        state = ""
+    if request.method == "POST":
+        ranking_id = request.POST.get("ranking", "")
+        if not ranking_id.isdigit():
+            messages.error(request, "Which ranking? The form named none.")
+        else:
+            try:
+                ranking = reviews.ranking_review(
+                    ranking_id=int(ranking_id), project=project, reviewer=request.user,
+                    decision=request.POST.get("decision", ""), note=request.POST.get("note", ""),
+                )
+            except NotFound as exc:
+                raise Http404(exc.message) from None
+            except AnnotationError as exc:
+                if exc.status == 403:
+                    raise PermissionDenied(exc.message) from None
+                messages.error(request, exc.message)
+            else:
+                messages.success(request, f"Ranking {ranking.pk} {ranking.get_review_display().lower()}.")
+        return redirect(f"{reverse('project-review', args=[project.slug])}{'?review=' + state if state else ''}")
+    page = Paginator(reviews.rankings_for_review(project, review=state or None), REVIEW_PAGE).get_page(
+        request.GET.get("page")
+    )
+    counts = dict(
+        Ranking.objects.filter(project=project).values_list("review").annotate(n=Count("id")).values_list("review", "n")
+    )
+    context = {
+        "project": project,
+        "role": role,
+        "page": page,
+        "rankings": reviews.with_candidates(page.object_list),
+        "state": state,
+        "states": [(value, label, counts.get(value, 0)) for value, label in Ranking.Review.choices],
+        "total": sum(counts.values()),
+        "flag_labels": Ranking.FLAGS,
+    }
+    return render(request, "annotation/review.html", context)
 
 
 def healthz(request):
