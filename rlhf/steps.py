@@ -88,13 +88,16 @@ def step_export(run: TrainingRun) -> None:
     since = datetime.fromisoformat(previous["until"]) if previous and previous.get("until") else None
     new = (write_export(ExportFilter(project=project, since=since, until=until, split="train"), "records", out / "new")
            if since else None)
-    rankings = Ranking.objects.filter(project=project, created_at__lt=until)
+    # Rejected rankings (review) are left out of the export; the snapshot says how many, so the lineage can.
+    before = Ranking.objects.filter(project=project, created_at__lt=until)
+    rankings = before.exclude(review=Ranking.Review.REJECTED)
     _save(
         run,
         snapshot={
             "until": until.isoformat(),
             "rankings": rankings.count(),
-            "last_ranking_id": rankings.aggregate(m=Max("id"))["m"],
+            "rejected_rankings": before.filter(review=Ranking.Review.REJECTED).count(),
+            "last_ranking_id": before.aggregate(m=Max("id"))["m"],
             "pairs": records["rows"],
             "records": str(out / "data" / "preferences.jsonl"),
             "heldout_pairs": heldout["rows"],
@@ -141,8 +144,8 @@ def step_reward(run: TrainingRun) -> None:
     # The pairs of held-out prompts: the reward model's accuracy is measured on them, never trained on.
     config = _round(run).reward_config(base_model=policy.base_model, train_file=snapshot["records"],
                                        eval_file=snapshot.get("heldout_records", ""), seed=run.round_id or run.pk)
-    _save(run, config=config, snapshot={k: snapshot[k] for k in ("rankings", "pairs", "heldout_pairs", "last_ranking_id",
-                                                                 "until") if k in snapshot})
+    kept = ("rankings", "rejected_rankings", "pairs", "heldout_pairs", "last_ranking_id", "until")
+    _save(run, config=config, snapshot={k: snapshot[k] for k in kept if k in snapshot})
     result = run_engine(run, "train-reward", config)
     version = ModelVersion.objects.create(
         project=run.project,

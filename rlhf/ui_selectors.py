@@ -149,6 +149,7 @@ def lineage(version: ModelVersion) -> list[dict]:
         stages.append({
             "stage": "Rankings",
             "text": f"{snapshot.get('rankings', '?')} rankings, {snapshot.get('pairs', '?')} preference pairs"
+            + (f" ({snapshot['rejected_rankings']} rejected in review, left out)" if snapshot.get("rejected_rankings") else "")
             + (f", up to {until[:16].replace('T', ' ')} UTC" if until else ""),
             "run": round_run,
         })

@@ -1,6 +1,7 @@
 """The closed loop with a real Redis, real rq worker processes and the real engine in subprocesses:
 rounds end to end, and the faults — a failing step, a worker killed with SIGKILL, cancel, resume."""
 
+import json
 import os
 import signal
 import time
@@ -300,3 +301,20 @@ def test_each_policy_algorithm_completes_a_round_with_a_tiny_budget(loop_project
         assert config["reward_model_path"] == "" and config["verifiable_reward"] == "demo_reward"
         assert config["beta"] == 0.05  # the round's KL coefficient
         assert policy.reward_model is None
+
+
+def test_a_ranking_rejected_in_review_leaves_the_rounds_export_and_the_snapshot_says_so(loop_project):
+    from annotation.models import PreferencePair, Ranking
+    from annotation.services.reviews import ranking_review
+    from rlhf.jobs import run_step
+
+    admin = loop_project.memberships.filter(role="admin").first().user
+    ranking = Ranking.objects.filter(project=loop_project, task__prompt__split="train").order_by("id").first()
+    ranking_review(ranking_id=ranking.pk, project=loop_project, reviewer=admin, decision="reject")
+    round_run = start_round(project=loop_project, params=FAST_ROUND, enqueue=False)
+    assert run_step(round_run.steps.get(kind="export").pk) == "succeeded"
+    snapshot = round_run.steps.get(kind="export").snapshot
+    kept = PreferencePair.objects.filter(project=loop_project, prompt__split="train").exclude(ranking=ranking)
+    assert snapshot["rejected_rankings"] == 1 and snapshot["pairs"] == kept.count()
+    exported = {json.loads(line)["ranking_id"] for line in Path(snapshot["records"]).read_text().splitlines()}
+    assert ranking.pk not in exported
