@@ -52,19 +52,24 @@ def link_existing_rows(apps, schema_editor):
 
     # Candidates: the ones generated carry their version's id in meta (also those of prompts that got too
     # few distinct texts for a task); the candidates of run-opened tasks without it, their version's label.
-    candidates = Candidate.objects.filter(models.Q(meta__has_key="model_version_id") | models.Q(pk__in=list(candidate_run)))
+    # Those with the meta key in one scan; the others of run-opened tasks by id, in chunks (SQLite caps the
+    # number of variables in a statement).
+    with_meta = Candidate.objects.filter(meta__has_key="model_version_id")
+    others = sorted(set(candidate_run) - set(with_meta.values_list("pk", flat=True)))
+    scans = [with_meta] + [Candidate.objects.filter(pk__in=others[i:i + BATCH]) for i in range(0, len(others), BATCH)]
     links = []
-    for candidate_id, project_id, source, meta in candidates.values_list(
-            "pk", "prompt__project_id", "source", "meta").iterator():
-        version_id = (meta or {}).get("model_version_id")
-        if not (isinstance(version_id, int) and versions.get(version_id, (None,))[0] == project_id):
-            version_id = by_label.get((project_id, source))
-        if version_id is not None:
-            links.append(GeneratedCandidate(candidate_id=candidate_id, model_version_id=version_id,
-                                            run_id=candidate_run.get(candidate_id)))
-        if len(links) >= BATCH:
-            GeneratedCandidate.objects.bulk_create(links, ignore_conflicts=True)
-            links = []
+    for scan in scans:
+        for candidate_id, project_id, source, meta in scan.values_list(
+                "pk", "prompt__project_id", "source", "meta").iterator():
+            version_id = (meta or {}).get("model_version_id")
+            if not (isinstance(version_id, int) and versions.get(version_id, (None,))[0] == project_id):
+                version_id = by_label.get((project_id, source))
+            if version_id is not None:
+                links.append(GeneratedCandidate(candidate_id=candidate_id, model_version_id=version_id,
+                                                run_id=candidate_run.get(candidate_id)))
+            if len(links) >= BATCH:
+                GeneratedCandidate.objects.bulk_create(links, ignore_conflicts=True)
+                links = []
     GeneratedCandidate.objects.bulk_create(links, ignore_conflicts=True)
 
 
