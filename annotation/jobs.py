@@ -13,3 +13,13 @@ def expire_leases_job(project_id: int | None = None) -> int:
     while expired := expire_leases(project=project):
         total += expired
     return total
+
+
+def quality_report_job(project_id: int) -> int | None:
+    """Recompute the project's agreement and reliability (``annotation.services.quality``); its report's id."""
+    from annotation.services.quality import quality_report_compute
+
+    project = Project.objects.filter(pk=project_id).first()
+    if project is None:
+        return None  # the project is gone: nothing to do
+    return quality_report_compute(project=project).pk

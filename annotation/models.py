@@ -290,3 +290,18 @@ class PreferencePair(models.Model):
 
     def __str__(self) -> str:
         return f"{self.chosen_id} ≻ {self.rejected_id} (+{self.margin})"
+
+
+class QualityReport(models.Model):
+    """The last agreement and reliability figures of a project (``annotation.services.quality``), computed in
+    a background job on the rankings that were not rejected: ``rankings`` of them, the newest ``last_ranking_id``.
+    ``data``: ``{"project": {...}, "annotators": {"<user id>": {...}}}``, see ``quality_report_compute``."""
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="quality_report")
+    computed_at = models.DateTimeField()
+    rankings = models.PositiveIntegerField(default=0)
+    last_ranking_id = models.BigIntegerField(null=True, blank=True)
+    data = models.JSONField(default=dict)
+
+    def __str__(self) -> str:
+        return f"quality of {self.project_id} at {self.computed_at:%Y-%m-%d %H:%M}"
