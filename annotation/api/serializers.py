@@ -234,3 +234,19 @@ class SubmitAnswerSerializer(RankingSerializer):
         read_only=True, allow_null=True, required=False,
         help_text="Only with `?next=1`: your next task, leased; null when the queue is empty.",
     )
+
+
+class QualityReportSerializer(serializers.Serializer):
+    """A project's stored agreement and reliability figures (``annotation.services.quality``)."""
+
+    stale = serializers.BooleanField(help_text="Rankings came or left since; a recompute is under way.")
+    computed_at = serializers.DateTimeField()
+    rankings = serializers.IntegerField(help_text="Rankings (not rejected) the figures were computed on.")
+    project = serializers.JSONField(help_text="tasks, pairwise, pairwise_ci, alpha, alpha_ci, agree, disagree, n_boot")
+    annotators = serializers.JSONField(
+        help_text="Per user id: username, rankings, tasks, agreement, agreement_ci, agreement_n, reliability, pairs"
+    )
+
+
+class QualityComputingSerializer(serializers.Serializer):
+    status = serializers.CharField(help_text='"computing"')

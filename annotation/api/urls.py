@@ -12,6 +12,7 @@ urlpatterns = [
     path("projects/<slug:slug>/images/<int:image_id>/", views.ImageView.as_view(), name="api-image"),
     path("projects/<slug:slug>/imports/", views.ImportView.as_view(), name="api-import"),
     path("projects/<slug:slug>/export/", views.ExportView.as_view(), name="api-export"),
+    path("projects/<slug:slug>/quality/", views.QualityView.as_view(), name="api-quality"),
     path("projects/<slug:slug>/members/", views.MemberListView.as_view(), name="api-members"),
     path("projects/<slug:slug>/members/<str:username>/", views.MemberDetailView.as_view(), name="api-member"),
     path("tasks/<int:task_id>/submit/", views.SubmitView.as_view(), name="api-submit"),

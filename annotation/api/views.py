@@ -23,6 +23,8 @@ from annotation.api.serializers import (
     MembershipSerializer,
     NextTaskAnswerSerializer,
     ProjectSerializer,
+    QualityComputingSerializer,
+    QualityReportSerializer,
     RankingListQuerySerializer,
     ReviewRankingSerializer,
     ReviewSerializer,
@@ -45,7 +47,7 @@ from annotation.selectors import (
     queue_stats,
     task_payload,
 )
-from annotation.services import exports, imports, projects, queue, reviews
+from annotation.services import exports, imports, projects, quality, queue, reviews
 from annotation.ui_selectors import upcoming_images
 
 NEXT = OpenApiParameter("next", bool, description="Also lease and return your next task, as `next_task`")
@@ -300,6 +302,29 @@ class ExportView(APIView):
         response = StreamingHttpResponse(chunks, content_type=content_type)
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response
+
+
+class QualityView(APIView):
+    @extend_schema(
+        responses={
+            200: QualityReportSerializer,
+            202: OpenApiResponse(QualityComputingSerializer, description="No report yet: it is being computed"),
+        }
+    )
+    def get(self, request, slug):
+        """The project's agreement and annotator reliability, as last computed in the background. A stale or
+        missing report is recomputed by a worker (never in the request); poll again."""
+        project = project_for(request, slug, admin=True)
+        state = quality.quality_report_for(project)
+        if state.stale:
+            quality.enqueue_quality_report(project)
+        if state.report is None:
+            return Response({"status": "computing"}, status=status.HTTP_202_ACCEPTED)
+        report = state.report
+        return Response(QualityReportSerializer({
+            "stale": state.stale, "computed_at": report.computed_at, "rankings": report.rankings,
+            "project": report.data.get("project", {}), "annotators": report.data.get("annotators", {}),
+        }).data)
 
 
 class MemberListView(APIView):
