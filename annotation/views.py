@@ -26,6 +26,7 @@ from annotation.permissions import project_and_role
 from annotation.selectors import annotator_progress, projects_for, queue_stats, role_in
 from annotation.services import projects, reviews
 from annotation.services.imports import MODES
+from annotation.services.quality import enqueue_quality_report, quality_report_for
 
 REVIEW_PAGE = 25
 
@@ -107,6 +108,15 @@ def dashboard(request, slug):
     flags = ui_selectors.flag_counts(project)
     sources = ui_selectors.candidates_by_source(project)
     annotators = ui_selectors.annotator_table(project)
+    # Agreement and reliability: the stored report only; a stale one is recomputed by a worker, never here.
+    quality = quality_report_for(project)
+    if quality.stale:
+        enqueue_quality_report(project)
+    figures = {}
+    if quality.report is not None:
+        figures = {a.get("username"): a for a in quality.report.data.get("annotators", {}).values()}
+    for a in annotators:
+        a["quality"] = figures.get(a["username"])
     stats = queue_stats(project)
     queue_rows = [
         ("Open", stats["open"], f"{stats['open']:,}"),
@@ -124,6 +134,7 @@ def dashboard(request, slug):
         "role": role,
         "stats": stats,
         "annotators": annotators,
+        "quality": quality,
         "sources": sources,
         "flags": flags,
         "last_hours": sum(n for _, n in hourly[-24:]),
