@@ -1,0 +1,163 @@
+"""Quality reports: agreement and reliability stored per project, computed in a background job, shown on the
+dashboard and the API.
+
+Personas: alice is an admin of "shapes"; carol, cleo and cora rank carefully (the true order: candidates in id
+order), adam reverses it, rita shuffles; charlie is an outsider. Overlap 3: every task is ranked by three of
+the five, so they share tasks. (With only two careful annotators against one adversarial and one random on
+12 tasks, Crowd-BT can settle on the mirrored fit, the adversarial one reliable; the majority here is careful.)
+"""
+
+import random
+import uuid
+
+import pytest
+from django.test import Client
+from rest_framework.test import APIClient
+
+from annotation.jobs import quality_report_job
+from annotation.models import QualityReport, Ranking
+from annotation.services import queue
+from annotation.services.quality import job_id, quality_report_compute, quality_report_for
+from tests import factories as f
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _few_resamples(settings):
+    settings.QUALITY_BOOTSTRAP = 50
+
+
+def _careful(c, rng):
+    return [[x] for x in sorted(c)]
+
+
+def _adversarial(c, rng):
+    return [[x] for x in sorted(c, reverse=True)]
+
+
+def _random(c, rng):
+    c = list(c)
+    rng.shuffle(c)
+    return [[x] for x in c]
+
+
+@pytest.fixture
+def world():
+    alice, charlie = f.user("alice"), f.user("charlie")
+    styles = {"carol": _careful, "cleo": _careful, "cora": _careful, "adam": _adversarial, "rita": _random}
+    users = {name: f.user(name) for name in styles}
+    proj = f.project("shapes", k=4, overlap=3, admins=[alice], annotators=list(users.values()))
+    f.tasks(proj, 10)
+    rng = random.Random(7)
+    busy = True
+    while busy:  # round-robin so that every annotator shares tasks with every other
+        busy = False
+        for name, style in styles.items():
+            assignment = queue.next_task(annotator=users[name], project=proj)
+            if assignment is None:
+                continue
+            busy = True
+            queue.submit_ranking(
+                annotator=users[name], task_id=assignment.task_id,
+                ordering=style(assignment.task.candidate_ids, rng), client_uuid=uuid.uuid4(),
+            )
+    return {"alice": alice, "charlie": charlie, "project": proj, **users}
+
+
+def _figures(report, user):
+    return report.data["annotators"][str(user.pk)]
+
+
+def test_the_adversarial_annotator_is_less_reliable_and_agreement_is_per_annotator(world):
+    proj = world["project"]
+    assert Ranking.objects.filter(project=proj).count() == 30
+    report = quality_report_compute(project=proj)
+    assert report.rankings == 30
+    assert report.last_ranking_id == Ranking.objects.filter(project=proj).latest("id").pk
+    carol, cleo, adam = (_figures(report, world[n]) for n in ("carol", "cleo", "adam"))
+    assert adam["reliability"] < 0.5 < carol["reliability"]
+    assert adam["reliability"] < cleo["reliability"]
+    for a in (carol, cleo, adam):
+        assert a["tasks"] > 0 and a["agreement_n"] > 0
+        low, high = a["agreement_ci"]
+        assert low <= a["agreement"] <= high
+    assert adam["agreement"] < carol["agreement"]
+    project = report.data["project"]
+    assert project["tasks"] == 10 and project["n_boot"] == 50
+    assert project["pairwise"] is not None and project["alpha"] is not None
+    assert quality_report_for(proj).stale is False
+
+
+def test_rejected_rankings_are_left_out_and_make_the_report_stale(world):
+    proj = world["project"]
+    quality_report_compute(project=proj)
+    Ranking.objects.filter(project=proj, annotator=world["adam"]).update(review=Ranking.Review.REJECTED)
+    assert quality_report_for(proj).stale is True
+    adams = Ranking.objects.filter(project=proj, annotator=world["adam"]).count()
+    report = quality_report_compute(project=proj)
+    assert adams > 0 and report.rankings == 30 - adams
+    assert str(world["adam"].pk) not in report.data["annotators"]
+    assert quality_report_for(proj).stale is False
+
+
+def test_the_api_answers_202_then_the_job_stores_the_figures(world, django_capture_on_commit_callbacks):
+    api = APIClient()
+    api.force_authenticate(world["alice"])
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        r = api.get("/api/projects/shapes/quality/")
+    assert r.status_code == 202 and r.json() == {"status": "computing"}
+    assert len(callbacks) == 1  # the recompute is enqueued on commit, not computed here
+    assert not QualityReport.objects.exists()
+
+    quality_report_job(world["project"].pk)  # what the worker runs
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        r = api.get("/api/projects/shapes/quality/")
+    body = r.json()
+    assert r.status_code == 200 and body["stale"] is False and body["computed_at"] and body["rankings"] == 30
+    assert callbacks == []  # fresh: nothing to enqueue
+    assert body["annotators"][str(world["adam"].pk)]["reliability"] < 0.5
+    assert body["project"]["alpha_ci"][0] is not None
+
+
+def test_only_project_admins_see_the_report(world):
+    api = APIClient()
+    api.force_authenticate(world["carol"])
+    assert api.get("/api/projects/shapes/quality/").status_code == 403
+    api.force_authenticate(world["charlie"])
+    assert api.get("/api/projects/shapes/quality/").status_code in (403, 404)
+    assert APIClient().get("/api/projects/shapes/quality/").status_code in (401, 403)
+
+
+def test_the_job_is_enqueued_once_at_a_time(world, django_capture_on_commit_callbacks):
+    from lensloop.queue import get_queue
+
+    q = get_queue("default")
+    q.empty()
+    api = APIClient()
+    api.force_authenticate(world["alice"])
+    with django_capture_on_commit_callbacks(execute=True):
+        api.get("/api/projects/shapes/quality/")
+        api.get("/api/projects/shapes/quality/")
+    try:
+        assert q.job_ids == [job_id(world["project"].pk)]
+    finally:
+        q.empty()
+
+
+def test_the_dashboard_shows_agreement_and_reliability(world, django_capture_on_commit_callbacks):
+    client = Client()
+    client.force_login(world["alice"])
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        html = client.get("/projects/shapes/dashboard/").content.decode()
+    assert len(callbacks) == 1  # no report yet: asked for in the background
+    assert "Agreement (95 % interval, n)" in html and "Reliability" in html
+    assert "being computed" in html
+
+    report = quality_report_compute(project=world["project"])
+    html = client.get("/projects/shapes/dashboard/").content.decode()
+    adam = _figures(report, world["adam"])
+    assert f"{adam['reliability']:.2f}" in html
+    assert 'data-field="agreement"' in html and "n=" in html
+    assert "computed" in html and "background" in html
