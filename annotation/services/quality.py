@@ -140,6 +140,9 @@ def _enqueue_now(project_id: int) -> None:
     from lensloop.queue import get_queue
 
     queue = get_queue(QUEUE)
+    # Two requests at once could both find no job: the first to set this short-lived key enqueues.
+    if not queue.connection.set(f"lensloop:{job_id(project_id)}:enqueuing", 1, nx=True, ex=10):
+        return
     try:
         status = Job.fetch(job_id(project_id), connection=queue.connection).get_status()
     except NoSuchJobError:
