@@ -86,9 +86,4 @@ def image_in_project(project: Project, image_id: int) -> bool:
     return project.prompts.filter(image_id=image_id).exists()
 
 
-def rankings_visible_to(user, project: Project) -> QuerySet[Ranking]:
-    qs = Ranking.objects.filter(project=project).order_by("-id")
-    if role_in(user, project) != Membership.Role.ADMIN:
-        qs = qs.filter(annotator=user)
-    return qs
 

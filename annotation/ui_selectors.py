@@ -103,6 +103,7 @@ def annotator_table(project: Project, *, now: datetime | None = None) -> list[di
         )
         table.append(
             {
+                "user_id": row["annotator_id"],
                 "username": row["annotator__username"],
                 "rankings": row["rankings"],
                 "today": row["today"],

@@ -112,11 +112,9 @@ def dashboard(request, slug):
     quality = quality_report_for(project)
     if quality.stale:
         enqueue_quality_report(project)
-    figures = {}
-    if quality.report is not None:
-        figures = {a.get("username"): a for a in quality.report.data.get("annotators", {}).values()}
+    figures = quality.report.data.get("annotators", {}) if quality.report is not None else {}
     for a in annotators:
-        a["quality"] = figures.get(a["username"])
+        a["quality"] = figures.get(str(a["user_id"]))  # the report's JSON keys are user ids
     stats = queue_stats(project)
     queue_rows = [
         ("Open", stats["open"], f"{stats['open']:,}"),

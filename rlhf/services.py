@@ -169,7 +169,7 @@ def start_generate(
     With ``compare`` (two policy labels), every task mixes candidates of both versions, so that the
     human rankings feed the leaderboard of versions."""
     base_policy(project)
-    config = {"generate_prompts": prompts or ROUND_DEFAULTS["generate_prompts"], "temperature": 1.0}
+    config = {"generate_prompts": prompts or ROUND_DEFAULTS["generate_prompts"], "temperature": ROUND_DEFAULTS["temperature"]}
     if compare:
         labels = list(compare)
         found = set(ModelVersion.objects.filter(project=project, kind="policy", label__in=labels).values_list("label", flat=True))
