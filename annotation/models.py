@@ -48,6 +48,27 @@ class Project(models.Model):
         help_text="Share of imported prompts without a split that are held out for evaluation, chosen by hash "
         "(0 to 0.5; rows that say split: eval are held out whatever this is).",
     )
+    # Gold tasks (annotation.services.gold): tasks with a known ordering, mixed into every annotator's stream.
+    gold_rate = models.FloatField(
+        default=0.05,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Share of the tasks an annotator is handed that are gold tasks, while gold tasks they have not "
+        "ranked remain (0 to 1).",
+    )
+    gold_min_count = models.PositiveSmallIntegerField(
+        default=10, validators=[MinValueValidator(1)],
+        help_text="Gold tasks an annotator must have ranked before their gold accuracy is judged.",
+    )
+    gold_threshold = models.FloatField(
+        default=0.7,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Gold accuracy (share of a gold ordering's pairs ordered the same way) below which an annotator "
+        "is warned (0 to 1).",
+    )
+    gold_pause = models.BooleanField(
+        default=False, help_text="Pause an annotator whose gold accuracy falls below the threshold, until a "
+        "project admin re-admits them.",
+    )
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -64,6 +85,10 @@ class Project(models.Model):
             models.CheckConstraint(
                 condition=Q(heldout_fraction__gte=0, heldout_fraction__lte=0.5), name="project_heldout_fraction_range"
             ),
+            models.CheckConstraint(condition=Q(gold_rate__gte=0, gold_rate__lte=1), name="project_gold_rate_range"),
+            models.CheckConstraint(
+                condition=Q(gold_threshold__gte=0, gold_threshold__lte=1), name="project_gold_threshold_range"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -79,6 +104,12 @@ class Membership(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.ANNOTATOR)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Gold accuracy (annotation.services.gold): a warning, and a pause (no new leases) where the project says
+    # so, until a project admin re-admits them; accuracy is then judged on gold rankings made after gold_since.
+    gold_warned_at = models.DateTimeField(null=True, blank=True)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    paused_reason = models.CharField(max_length=300, blank=True, default="")
+    gold_since = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "user"], name="membership_unique")]
@@ -158,6 +189,7 @@ class RankingTask(models.Model):
         FULL = "full", "Fully leased"  # every remaining slot is leased to someone
         DONE = "done", "Done"  # completed == required
         CLOSED = "closed", "Closed"  # withdrawn by an admin
+        GOLD = "gold", "Gold"  # has a known ordering; handed to every annotator once, counters unused
 
     project = models.ForeignKey(
         Project, on_delete=models.CASCADE, related_name="tasks", db_index=False
@@ -170,6 +202,9 @@ class RankingTask(models.Model):
     completed_count = models.PositiveSmallIntegerField(default=0)
     state = models.CharField(max_length=8, choices=State.choices, default=State.OPEN)
     origin = models.CharField(max_length=100, blank=True, help_text="What opened it: 'import', a run id, …")
+    gold_ordering = models.JSONField(
+        null=True, blank=True, help_text="A gold task's known ordering (groups of candidate ids, best first)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -249,6 +284,9 @@ class Ranking(models.Model):
     )
     reviewed_at = models.DateTimeField(null=True, blank=True)
     review_note = models.TextField(blank=True, default="", db_default="")
+    # The mean, over this ranking's pairs, of the reliability model's confidence that the pair's order is true
+    # (annotation.services.quality; null until computed or when it has no pair): low = against the consensus.
+    consensus = models.FloatField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["task", "annotator"], name="ranking_once_per_annotator")]
@@ -280,6 +318,12 @@ class PreferencePair(models.Model):
     rejected = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="+")
     margin = models.PositiveSmallIntegerField()
     created_at = models.DateTimeField(db_index=True)
+    # From the project's quality report (annotation.services.quality), null until it is computed:
+    # ``confidence``, the reliability model's posterior that chosen really is better than rejected given every
+    # vote on the pair; ``agreement``, the share of the task's annotators who ordered the pair strictly and
+    # ordered it this way (null when only one did).
+    confidence = models.FloatField(null=True, blank=True)
+    agreement = models.FloatField(null=True, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["project", "created_at"])]

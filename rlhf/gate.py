@@ -35,7 +35,7 @@ from django.utils import timezone
 
 from annotation.models import Project, Ranking, RankingTask
 from rlhf import lineage
-from rlhf.engine.stats import bootstrap_mean
+from lensloop.stats import bootstrap_mean
 from rlhf.models import LoopSettings, ModelVersion, TrainingRun
 
 log = logging.getLogger(__name__)

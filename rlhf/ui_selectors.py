@@ -190,7 +190,7 @@ def head_to_head(project: Project, a: str, b: str, *, split: str | None = None) 
     """How often annotators ranked a candidate of ``a`` above one of ``b`` (players as the leaderboard names
     them: ``rlhf.lineage.player_pairs``), and the reverse (on the
     prompts of ``split`` only, when given), with Wilson's 95% interval of a's share."""
-    from rlhf.engine.stats import wilson
+    from lensloop.stats import wilson
 
     pairs = player_pairs(project, split=split)
     a_won = pairs.filter(chosen_player=a, rejected_player=b).count()

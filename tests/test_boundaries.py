@@ -12,7 +12,7 @@ WEB_MODULES = [
     "lensloop.urls", "lensloop.wsgi", "annotation.api.views", "annotation.views", "annotation.jobs",
     "rlhf.api", "rlhf.services", "rlhf.steps", "rlhf.jobs", "rlhf.runner", "rlhf.simulate", "rlhf.leaderboard",
     "rlhf.gate", "rlhf.views", "rlhf.engine.config", "rlhf.engine.demo.world", "rlhf.engine.rewards",
-    "rlhf.engine.stats", "rlhf.engine.heldout", "rlhf.engine.round", "lensloop.formats", "lensloop.errors",
+    "lensloop.stats", "rlhf.engine.heldout", "rlhf.engine.round", "lensloop.formats", "lensloop.errors",
 ]
 
 
@@ -42,9 +42,13 @@ def test_the_annotation_app_imports_nothing_from_rlhf():
     assert not offenders, offenders
 
 
+SHARED = ("lensloop.formats", "lensloop.stats")  # stdlib-only modules both sides read
+
+
 def test_the_engine_takes_only_the_file_formats_from_the_django_project():
     """The engine imports no Django; of the project's own packages it may read only ``lensloop.formats``
-    (TRL's conversational rows, shared with the export), which is stdlib only."""
+    (TRL's conversational rows, shared with the export) and ``lensloop.stats`` (intervals, shared with the
+    pages and the annotation app), which are stdlib only."""
     offenders = []
     for path in (ROOT / "rlhf" / "engine").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -54,9 +58,11 @@ def test_the_engine_takes_only_the_file_formats_from_the_django_project():
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module + "." + a.name for a in node.names]
             offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names
-                          if n.split(".")[0] in ("lensloop", "annotation") and n != "lensloop.formats"]
+                          if n.split(".")[0] in ("lensloop", "annotation") and n.rsplit(".", 1)[0] not in SHARED
+                          and n not in SHARED]
     assert not offenders, offenders
-    formats = ast.parse((ROOT / "lensloop" / "formats.py").read_text())
-    imported = {n.module for n in ast.walk(formats) if isinstance(n, ast.ImportFrom)}
-    imported |= {a.name for n in ast.walk(formats) if isinstance(n, ast.Import) for a in n.names}
-    assert imported <= {"__future__"}, imported
+    for module in SHARED:
+        tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert imported <= {"__future__", "math", "random", "collections.abc"}, (module, imported)

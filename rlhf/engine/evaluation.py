@@ -1,7 +1,7 @@
 """Evaluation: text metrics (BLEU, ROUGE-L, exact match), the registered ground-truth answer metrics
 (`ANSWER_METRICS`: the demo world's attribute accuracy, from demo/rewards.py), reward-model pairwise
 accuracy and calibration, and the `evaluate` subcommand (`evaluate_run`): a policy and the version it would
-replace on the same held-out prompts, with intervals (stats.py) and paired differences.
+replace on the same held-out prompts, with intervals (lensloop/stats.py) and paired differences.
 
 The metric functions on lists are pure; `evaluate_policy` decodes greedily and scores the answers.
 """
@@ -170,7 +170,7 @@ def prompt_set_fingerprint(records: list[dict]) -> str:
 
 def interval_figures(name: str, values: list[float], *, resamples: int, seed: int) -> dict[str, float]:
     """`name`, `name_low`, `name_high` (95% percentile bootstrap) and `name_n` of a list of per-prompt values."""
-    from .stats import bootstrap_mean
+    from lensloop.stats import bootstrap_mean
 
     b = bootstrap_mean(values, resamples=resamples, seed=seed)
     return {name: b["mean"], f"{name}_low": b["low"], f"{name}_high": b["high"], f"{name}_n": b["n"]}
@@ -196,7 +196,7 @@ def evaluate_run(cfg, run_dir: str, records: list[dict] | None = None, source: s
     from .loading import load_model
     from .rewards import REWARDS
     from .rundir import RunDir
-    from .stats import paired_difference
+    from lensloop.stats import paired_difference
 
     log = logging.getLogger("rlhf.engine.evaluate")
     run = RunDir(run_dir, to_dict(cfg))
@@ -268,7 +268,7 @@ def evaluate_run(cfg, run_dir: str, records: list[dict] | None = None, source: s
             rm_metrics = evaluate_pairs(rm, rm_processor, read_preferences(cfg.preference_file))
             result.update({f"reward_model/{k}": v for k, v in rm_metrics.items()})
             if rm_metrics.get("pairs"):
-                from .stats import wilson
+                from lensloop.stats import wilson
 
                 low, high = wilson(rm_metrics["accuracy"] * rm_metrics["pairs"], rm_metrics["pairs"])
                 result.update({"reward_model/accuracy_low": low, "reward_model/accuracy_high": high})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rlhf.engine.heldout import relabel, split_lines
-from rlhf.engine.stats import bootstrap_mean, paired_difference, wilson
+from lensloop.stats import bootstrap_mean, paired_difference, wilson
 
 
 def _rows(n: int, eval_every: int = 0) -> list[dict]:
