@@ -15,10 +15,11 @@ class ProjectForm(forms.ModelForm):
         model = Project
         fields = [
             "name", "slug", "task_type", "candidates_per_task", "overlap", "lease_minutes", "instructions", "base_model",
-            "heldout_fraction",
+            "heldout_fraction", "gold_rate", "gold_min_count", "gold_threshold", "gold_pause",
         ]
         widgets = {"instructions": forms.Textarea(attrs={"rows": 6})}
-        labels = {"heldout_fraction": "Held-out fraction"}
+        labels = {"heldout_fraction": "Held-out fraction", "gold_rate": "Gold rate", "gold_min_count": "Gold tasks "
+                  "before judging", "gold_threshold": "Gold accuracy threshold", "gold_pause": "Pause below threshold"}
         help_texts = {
             "slug": "Short name in URLs; leave empty to derive it from the name.",
             "heldout_fraction": "Share of imported prompts without a split kept out of training to evaluate "
@@ -29,15 +30,20 @@ class ProjectForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.user = user
         self.fields["slug"].required = False
-        self.fields["heldout_fraction"].required = False  # blank: the model's default
+        for name in ("heldout_fraction", "gold_rate", "gold_min_count", "gold_threshold"):
+            self.fields[name].required = False  # blank: the model's default (clean)
         roots = ", ".join(str(root) for root in model_roots())
         self.fields["base_model"].help_text = (
             f"Empty or '{DEMO_MODEL}' for the built-in demo model, else a model folder inside {roots or 'no folder yet'}."
         )
 
-    def clean_heldout_fraction(self):
-        value = self.cleaned_data.get("heldout_fraction")
-        return Project._meta.get_field("heldout_fraction").default if value is None else value
+    def clean(self):
+        """A number left blank takes the model's default."""
+        data = super().clean()
+        for name in ("heldout_fraction", "gold_rate", "gold_min_count", "gold_threshold"):
+            if name in self.fields and data.get(name) is None and name not in self.errors:
+                data[name] = Project._meta.get_field(name).default
+        return data
 
     def clean_base_model(self):
         """Checked here when the form knows who sends it; ``project_create`` checks again either way."""

@@ -19,7 +19,8 @@ class ProjectSerializer(serializers.ModelSerializer):
         model = Project
         fields = [
             "id", "name", "slug", "task_type", "instructions", "candidates_per_task", "overlap",
-            "lease_minutes", "base_model", "heldout_fraction", "created_at",
+            "lease_minutes", "base_model", "heldout_fraction", "gold_rate", "gold_min_count", "gold_threshold",
+            "gold_pause", "created_at",
         ]
         read_only_fields = ["id", "created_at"]
         extra_kwargs = {"slug": {"required": False}}
@@ -150,6 +151,8 @@ class UpcomingSerializer(serializers.Serializer):
 
 class NextTaskAnswerSerializer(serializers.Serializer):
     next_task = TaskSerializer(allow_null=True, help_text="Your next task, leased; null when the queue is empty.")
+    paused = serializers.CharField(required=False, help_text="Only when you are paused: why (no new tasks until a "
+                                   "project admin re-admits you).")
 
 
 class RankingSerializer(serializers.Serializer):
@@ -234,6 +237,7 @@ class SubmitAnswerSerializer(RankingSerializer):
         read_only=True, allow_null=True, required=False,
         help_text="Only with `?next=1`: your next task, leased; null when the queue is empty.",
     )
+    paused = serializers.CharField(required=False, help_text="Only with `?next=1` when you are paused: why.")
 
 
 class QualityReportSerializer(serializers.Serializer):

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotation.api import views
+from annotation.api import gold, views
 
 urlpatterns = [
     path("projects/", views.ProjectListView.as_view(), name="api-projects"),
@@ -19,4 +19,8 @@ urlpatterns = [
     path("tasks/<int:task_id>/skip/", views.SkipView.as_view(), name="api-skip"),
     path("rankings/<int:ranking_id>/review/", views.RankingReviewView.as_view(), name="api-ranking-review"),
     path("tasks/<int:task_id>/release/", views.ReleaseView.as_view(), name="api-release"),
+    path("tasks/<int:task_id>/gold/", gold.TaskGoldView.as_view(), name="api-task-gold"),
+    path("rankings/<int:ranking_id>/gold/", gold.RankingGoldView.as_view(), name="api-ranking-gold"),
+    path("projects/<slug:slug>/gold/", gold.GoldReportView.as_view(), name="api-gold"),
+    path("projects/<slug:slug>/annotators/<int:user_id>/readmit/", gold.ReadmitView.as_view(), name="api-readmit"),
 ]

@@ -47,7 +47,7 @@ from annotation.selectors import (
     queue_stats,
     task_payload,
 )
-from annotation.services import exports, imports, projects, quality, queue, reviews
+from annotation.services import exports, gold, imports, projects, quality, queue, reviews
 from annotation.ui_selectors import upcoming_images
 
 NEXT = OpenApiParameter("next", bool, description="Also lease and return your next task, as `next_task`")
@@ -61,6 +61,16 @@ def _next_task_payload(request, project: Project) -> dict | None:
     """The annotator's next task, leased (their own unexpired lease first); None when the queue is empty."""
     assignment = queue.next_task(annotator=request.user, project=project)
     return task_payload(assignment) if assignment is not None else None
+
+
+def _with_next(request, project: Project, body: dict) -> dict:
+    """``body`` with ``next_task``; when there is none because the annotator is paused, ``paused`` says why."""
+    body["next_task"] = _next_task_payload(request, project)
+    if body["next_task"] is None:
+        reason = gold.paused_reason(request.user, project)
+        if reason:
+            body["paused"] = reason
+    return body
 
 
 class ProjectListView(generics.ListCreateAPIView):
@@ -98,12 +108,18 @@ class ProjectStatsView(APIView):
 
 
 class NextTaskView(APIView):
-    @extend_schema(request=None, responses={200: TaskSerializer, 204: OpenApiResponse(description="Queue empty")})
+    @extend_schema(request=None, responses={
+        200: TaskSerializer, 204: OpenApiResponse(description="Queue empty"),
+        403: OpenApiResponse(description="You are paused (gold accuracy below the project's threshold); `detail` says why"),
+    })
     def post(self, request, slug):
         """Your current task in this project, or a new lease on the best open one."""
         project = project_for(request, slug)
         task = _next_task_payload(request, project)
         if task is None:
+            reason = gold.paused_reason(request.user, project)
+            if reason:
+                raise gold.Paused(f"you are paused in {project.slug}: {reason}; a project admin can re-admit you")
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(task)
 
@@ -148,7 +164,7 @@ class SubmitView(APIView):
         result = queue.submit_ranking(annotator=request.user, task_id=task_id, **parse_submit(request.data))
         body = ranking_payload(result.ranking)
         if _wants_next(request):
-            body["next_task"] = _next_task_payload(request, project)
+            _with_next(request, project, body)
         return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
 
@@ -170,7 +186,7 @@ class SkipView(APIView):
         data.is_valid(raise_exception=True)
         queue.skip_task(annotator=request.user, task_id=task_id, reason=data.validated_data["reason"])
         if _wants_next(request):
-            return Response({"next_task": _next_task_payload(request, project)})
+            return Response(_with_next(request, project, {}))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -108,7 +108,7 @@ def project_create(
 
 # Fields a project admin may change (the API's PATCH, the settings page).
 EDITABLE = ("name", "slug", "task_type", "instructions", "candidates_per_task", "overlap", "lease_minutes", "base_model",
-            "heldout_fraction")
+            "heldout_fraction", "gold_rate", "gold_min_count", "gold_threshold", "gold_pause")
 
 
 @transaction.atomic

@@ -3,15 +3,20 @@
 ``Queue`` holds every operation; an implementation supplies the three that differ by database:
 
 * ``_stale_leases``: which leases ran out (ids only);
-* ``_lease``: the annotator's own live lease, or a new lease on the best open task;
+* ``_lease``: the annotator's own live lease, or a new lease on the best open task (or on a gold task they
+  have not ranked, when asked; none at all while they are paused);
 * ``_submit``: lock, decide (with ``check_may_submit`` and ``count_submit`` below) and write a ranking.
 
 Everything else (validation, transactions, the idempotent-retry path of a submit, expiry, skip,
-release, open, close) is written once, here.
+release, open, close, when to hand out a gold task) is written once, here.
+
+Gold tasks (``annotation.services.gold``) have state ``gold``: the normal scan never sees them, any number of
+annotators may rank one (once each), and their counters are left alone.
 """
 
 from __future__ import annotations
 
+import random
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,11 +40,12 @@ FLAGS = frozenset(Ranking.FLAGS)
 class SubmitResult:
     ranking: Ranking
     created: bool  # False when this was a repeat of an earlier submit with the same client_uuid
+    gold: bool = False  # a ranking of a gold task (the annotator's gold accuracy is then updated)
 
 
 def settle(task: RankingTask) -> None:
-    """Derive ``state`` from the counters. Call with the task locked."""
-    if task.state == T.CLOSED:
+    """Derive ``state`` from the counters. Call with the task locked. Closed and gold tasks keep theirs."""
+    if task.state in (T.CLOSED, T.GOLD):
         return
     if task.completed_count >= task.required_annotations:
         task.state = T.DONE
@@ -69,7 +75,10 @@ def repeat_of(client_uuid: uuid.UUID, annotator, task_id: int) -> Ranking | None
 
 def count_submit(task: RankingTask, assignment: Assignment) -> None:
     """The task's counters and state after this submit (in memory; the caller writes them): the slot
-    moves from leased to completed, or a lapsed lease whose slot was still free becomes completed."""
+    moves from leased to completed, or a lapsed lease whose slot was still free becomes completed. A gold
+    task's counters are not kept."""
+    if task.state == T.GOLD:
+        return
     if assignment.state == A.ACTIVE:
         task.leased_count -= 1
     task.completed_count += 1
@@ -85,8 +94,8 @@ def check_may_submit(task: RankingTask, assignment: Assignment | None, now: date
         raise LeaseLost(f"task {task.pk} was closed by a project admin; your ranking was not saved")
     if assignment.state == A.SKIPPED:
         raise LeaseLost(f"you skipped task {task.pk}; it can no longer be ranked by you")
-    if assignment.state == A.ACTIVE:
-        return  # still holds its slot, even if the lease ran out a moment ago and was not swept yet
+    if assignment.state == A.ACTIVE or task.state == T.GOLD:
+        return  # still holds its slot (even if the lease ran out a moment ago); a gold task has no slots
     # Expired or released: accept only if the slot is still free, i.e. nobody took it meanwhile.
     if task.leased_count + task.completed_count >= task.required_annotations:
         raise LeaseLost(
@@ -113,9 +122,11 @@ class Queue:
         """(assignment id, task id) of up to ``limit`` active leases that ran out by ``now``."""
         raise NotImplementedError
 
-    def _lease(self, *, annotator, project: Project, now: datetime) -> Assignment | None:
+    def _lease(self, *, annotator, project: Project, now: datetime, gold: bool = False) -> Assignment | None:
         """The annotator's live lease in ``project``, else a new lease on the best open task they have not
-        judged, with ``task.prompt.image`` loaded; None when there is none. Expired leases are already swept."""
+        judged (``gold``: on a gold task they have not judged, best first, and on nothing if none is left), with
+        ``task.prompt.image`` loaded; None when there is none or the annotator is paused (their live lease is
+        still theirs). Expired leases are already swept."""
         raise NotImplementedError
 
     def _submit(
@@ -145,10 +156,12 @@ class Queue:
                 ).update(state=A.EXPIRED, finished_at=now)
                 if not updated or task is None:
                     continue  # submitted, skipped or swept by someone else meanwhile
+                expired += 1
+                if task.state == T.GOLD:
+                    continue
                 task.leased_count -= 1
                 settle(task)
                 task.save(update_fields=["leased_count", "state"])
-                expired += 1
         return expired
 
     def current_assignment(self, *, annotator, project: Project, now: datetime | None = None) -> Assignment | None:
@@ -162,9 +175,17 @@ class Queue:
 
     def next_task(self, *, annotator, project: Project, now: datetime | None = None) -> Assignment | None:
         """The annotator's current lease in ``project``, or a new lease on the best open task; None if the
-        queue has nothing for them."""
+        queue has nothing for them (or they are paused: ``annotation.services.gold.paused_reason`` says why).
+
+        With probability ``project.gold_rate`` the new lease is on a gold task the annotator has not ranked
+        (falling back to the open tasks when none is left), so gold tasks come at random places in each
+        annotator's stream."""
         now = now or timezone.now()
         self.expire_leases(project=project, now=now)
+        if project.gold_rate > 0 and random.random() < project.gold_rate:
+            found = self._lease(annotator=annotator, project=project, now=now, gold=True)
+            if found is not None:
+                return found
         return self._lease(annotator=annotator, project=project, now=now)
 
     def submit_ranking(
@@ -191,13 +212,18 @@ class Queue:
         now = now or timezone.now()
         try:
             with transaction.atomic():
-                return self._submit(annotator, task_id, ordering, client_uuid, flags, rationale or "", time_spent_ms, now)
+                result = self._submit(annotator, task_id, ordering, client_uuid, flags, rationale or "", time_spent_ms, now)
         except IntegrityError:
             # A concurrent submit with the same client_uuid won the race: answer with its result.
             repeat = repeat_of(client_uuid, annotator, task_id)
             if repeat is None:
                 raise
             return SubmitResult(repeat, created=False)
+        if result.created and result.gold:
+            from annotation.services.gold import after_gold_ranking
+
+            after_gold_ranking(project_id=result.ranking.project_id, annotator_id=annotator.pk)
+        return result
 
     def skip_task(self, *, annotator, task_id: int, reason: str = "", now: datetime | None = None) -> Assignment:
         """Give the task back for good: this annotator will not be offered it again."""
@@ -218,9 +244,10 @@ class Queue:
             assignment.finished_at = now
             assignment.skip_reason = reason[:500]
             assignment.save(update_fields=["state", "finished_at", "skip_reason"])
-            task.leased_count -= 1
-            settle(task)
-            task.save(update_fields=["leased_count", "state"])
+            if task.state != T.GOLD:
+                task.leased_count -= 1
+                settle(task)
+                task.save(update_fields=["leased_count", "state"])
             return assignment
 
     def open_task(

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
 
-from annotation.models import Assignment, PreferencePair, Project, Ranking, RankingTask
+from annotation.models import Assignment, Membership, PreferencePair, Project, Ranking, RankingTask
 from annotation.pairs import normalise_ordering, pairs_from_groups
 from annotation.services.queue.base import (
     FINAL_FOR_ANNOTATOR,
@@ -37,9 +37,15 @@ def open_tasks_for(project: Project, annotator):
     return RankingTask.objects.filter(project=project, state=T.OPEN).exclude(Exists(judged)).order_by("-priority", "id")
 
 
-def _open_tasks_for(project: Project, annotator):
-    """``open_tasks_for``, locked with SKIP LOCKED where the database can, for a lease."""
-    qs = open_tasks_for(project, annotator).select_related("prompt__image")
+def _gold_tasks_for(project: Project, annotator):
+    """Gold tasks the annotator has not judged, skipped or taken, in the same order."""
+    judged = Assignment.objects.filter(task=OuterRef("pk"), annotator=annotator, state__in=FINAL_FOR_ANNOTATOR)
+    return RankingTask.objects.filter(project=project, state=T.GOLD).exclude(Exists(judged)).order_by("-priority", "id")
+
+
+def _open_tasks_for(project: Project, annotator, gold: bool = False):
+    """``open_tasks_for`` (or the gold ones), locked with SKIP LOCKED where the database can, for a lease."""
+    qs = (_gold_tasks_for if gold else open_tasks_for)(project, annotator).select_related("prompt__image")
     if connection.features.has_select_for_update_skip_locked:
         qs = qs.select_for_update(skip_locked=True, of=("self",))
     return qs
@@ -51,19 +57,21 @@ class OrmQueue(Queue):
     def _stale_leases(self, project, now, limit):
         return stale_leases_orm(project, now, limit)
 
-    def _lease(self, *, annotator, project: Project, now: datetime) -> Assignment | None:
+    def _lease(self, *, annotator, project: Project, now: datetime, gold: bool = False) -> Assignment | None:
         lease = timedelta(minutes=project.lease_minutes)
         with transaction.atomic():
             own = self.current_assignment(annotator=annotator, project=project, now=now)
             if own is not None:
                 own.task.project = project
                 return own
+            if Membership.objects.filter(project=project, user=annotator, paused_at__isnull=False).exists():
+                return None
             # A few rounds at most: a task whose counters say it is full is settled and skipped.
             for _ in range(8):
-                task = _open_tasks_for(project, annotator).first()
+                task = _open_tasks_for(project, annotator, gold).first()
                 if task is None:
                     return None
-                if task.leased_count + task.completed_count >= task.required_annotations:
+                if not gold and task.leased_count + task.completed_count >= task.required_annotations:
                     settle(task)
                     task.save(update_fields=["state"])
                     continue
@@ -73,9 +81,10 @@ class OrmQueue(Queue):
                     assignment = Assignment.objects.get(task=task, annotator=annotator)
                 else:
                     assignment = Assignment.objects.create(task=task, annotator=annotator, project=project, **lease_fields)
-                task.leased_count += 1
-                settle(task)
-                task.save(update_fields=["leased_count", "state"])
+                if not gold:
+                    task.leased_count += 1
+                    settle(task)
+                    task.save(update_fields=["leased_count", "state"])
                 assignment.task = task
                 task.project = project
                 return assignment
@@ -116,4 +125,4 @@ class OrmQueue(Queue):
         assignment.finished_at = now
         assignment.save(update_fields=["state", "finished_at"])
         task.save(update_fields=["leased_count", "completed_count", "state"])
-        return SubmitResult(ranking, created=True)
+        return SubmitResult(ranking, created=True, gold=task.state == T.GOLD)

@@ -38,8 +38,8 @@ from annotation.services.queue.base import (
     stale_leases_orm,
 )
 
-# 1 the annotator's own live lease, if any; 2 otherwise the best open task they have not judged, locked
-# with SKIP LOCKED so that concurrent annotators each get a different one; 3 its counters and state;
+# 1 the annotator's own live lease, if any; 2 otherwise (unless they are paused) the best open task they have
+# not judged, locked with SKIP LOCKED so that concurrent annotators each get a different one; 3 its counters and state;
 # 4 the lease (a new row, or their old expired/released row made active again); 5 everything the
 # annotator's screen needs, candidates included, in the same round trip.
 NEXT_TASK_SQL = """
@@ -56,6 +56,10 @@ WITH own AS (
     WHERE NOT EXISTS (SELECT 1 FROM own)
       AND t.project_id = %(project)s AND t.state = 'open'
       AND t.leased_count + t.completed_count < t.required_annotations
+      AND NOT EXISTS (
+          SELECT 1 FROM annotation_membership m
+          WHERE m.project_id = %(project)s AND m.user_id = %(user)s AND m.paused_at IS NOT NULL
+      )
       AND NOT EXISTS (
           -- OFFSET 0 keeps this a per-task probe of the (task, annotator) unique index; as an anti-join
           -- the planner would read all of the annotator's past assignments on every call.
@@ -97,6 +101,16 @@ JOIN annotation_image i ON i.id = p.image_id
 """
 
 
+# The same for a gold task: the pick reads state 'gold' and no counters, and the lease leaves them alone.
+_OPEN_PICK = """AND t.state = 'open'
+      AND t.leased_count + t.completed_count < t.required_annotations
+"""
+_OPEN_BUMP = NEXT_TASK_SQL[NEXT_TASK_SQL.index("bump AS ("):NEXT_TASK_SQL.index("), lease AS (")]
+assert _OPEN_PICK in NEXT_TASK_SQL
+GOLD_TASK_SQL = NEXT_TASK_SQL.replace(_OPEN_PICK, "AND t.state = 'gold'\n").replace(
+    _OPEN_BUMP, "bump AS (\n    SELECT pick.id FROM pick\n")
+
+
 def _loaded(model, **values):
     """An instance of ``model`` holding just ``values`` (attnames); every other field is deferred.
     ``from_db`` wants the values in the model's field order, which this takes care of."""
@@ -104,10 +118,10 @@ def _loaded(model, **values):
     return model.from_db(connection.alias, names, [values[name] for name in names])
 
 
-def lease(*, annotator, project: Project, now: datetime) -> Assignment | None:
+def lease(*, annotator, project: Project, now: datetime, gold: bool = False) -> Assignment | None:
     """``PostgresQueue._lease``: one statement."""
     until = now + timedelta(minutes=project.lease_minutes)
-    with execute(NEXT_TASK_SQL, {"user": annotator.pk, "project": project.pk, "now": now, "until": until}) as cur:
+    with execute(GOLD_TASK_SQL if gold else NEXT_TASK_SQL, {"user": annotator.pk, "project": project.pk, "now": now, "until": until}) as cur:
         row = cur.fetchone()
     if row is None:
         return None
@@ -237,8 +251,8 @@ class PostgresQueue(Queue):
             return stale_leases_orm(project, now, limit)
         return expired_leases(project_id=project.pk, now=now, limit=limit)
 
-    def _lease(self, *, annotator, project: Project, now: datetime) -> Assignment | None:
-        return lease(annotator=annotator, project=project, now=now)
+    def _lease(self, *, annotator, project: Project, now: datetime, gold: bool = False) -> Assignment | None:
+        return lease(annotator=annotator, project=project, now=now, gold=gold)
 
     def _submit(self, annotator, task_id, ordering, client_uuid, flags, rationale, time_spent_ms, now) -> SubmitResult:
         """The same decisions as ``OrmQueue._submit`` in two statements: lock and read, then write."""
@@ -258,4 +272,4 @@ class PostgresQueue(Queue):
             annotator=annotator, task=task, assignment=assignment, groups=groups, pairs=pairs_from_groups(groups),
             flags=flags, rationale=rationale, time_spent_ms=time_spent_ms, client_uuid=client_uuid, now=now,
         )
-        return SubmitResult(ranking, created=True)
+        return SubmitResult(ranking, created=True, gold=task.state == RankingTask.State.GOLD)
