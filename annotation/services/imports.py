@@ -38,7 +38,7 @@ MODES = ("all_or_nothing", "partial")
 MAX_MANIFEST_BYTES = 512 * 1024 * 1024
 BATCH = 2000
 COPY_BATCH = 25_000  # rows per staged batch (PostgreSQL): the server writes one batch while the next is formatted
-FIELDS = {"image", "prompt", "reference", "ground_truth", "candidates", "split", "id", "priority"}
+FIELDS = {"image", "prompt", "reference", "ground_truth", "candidates", "split", "id", "priority", "gold_ordering"}
 
 
 @dataclass
@@ -87,6 +87,31 @@ class Row:
     split: str  # "" until _import chooses it by hash (a row without a split)
     external_id: str
     priority: float
+    gold: list[list[int]] | None = None  # a gold task's ordering, as positions in ``candidates``
+
+
+def _gold_ordering(value: object, k: int) -> list[list[int]]:
+    """A row's ``gold_ordering``: groups of positions (0 to K − 1) in its ``candidates``, best first, each
+    exactly once, at least two groups; e.g. ``[[2], [0, 1], [3]]``. A JSON string of that is read too (CSV)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"'gold_ordering' is not valid JSON: {exc.msg}") from None
+    if not isinstance(value, list) or not value:
+        raise ValueError("'gold_ordering' must be a list of groups of candidate positions, best first, e.g. [[2], [0, 1], [3]]")
+    groups = []
+    for group in value:
+        members = group if isinstance(group, list) else [group]
+        if not members or any(isinstance(i, bool) or not isinstance(i, int) for i in members):
+            raise ValueError(f"'gold_ordering' holds {group!r}; each group is a list of candidate positions (0 to {k - 1})")
+        groups.append(members)
+    flat = [i for g in groups for i in g]
+    if sorted(flat) != list(range(k)):
+        raise ValueError(f"'gold_ordering' must place each candidate position 0 to {k - 1} exactly once, not {flat}")
+    if len(groups) < 2:
+        raise ValueError("'gold_ordering' ties every candidate; a gold ordering needs at least two groups")
+    return groups
 
 
 SPLITS = frozenset(Prompt.Split.values)
@@ -154,6 +179,13 @@ def _parse_row(raw: dict, line: int, k: int) -> Row:
             raise ValueError
     except (TypeError, ValueError):
         raise ValueError(f"'priority' must be a number, not {raw.get('priority')!r}") from None
+    gold = raw.get("gold_ordering")
+    if gold in (None, ""):
+        gold = None
+    elif not candidates:
+        raise ValueError("'gold_ordering' needs the row's 'candidates' to order")
+    else:
+        gold = _gold_ordering(gold, k)
     external_id = raw.get("id", "")
     return Row(
         line=line,
@@ -165,6 +197,7 @@ def _parse_row(raw: dict, line: int, k: int) -> Row:
         split=split,
         external_id=str(external_id if external_id is not None else "")[:200],
         priority=priority,
+        gold=gold,
     )
 
 
@@ -335,17 +368,20 @@ def _write_rows(project, rows, images, image_ids, origin, report) -> None:
     )
     report.candidates += len(candidates)
     k = project.candidates_per_task
-    tasks = [
-        RankingTask(
+    tasks = []
+    for i, (row, prompt) in enumerate(with_candidates):
+        ids = [c.pk for c in candidates[i * k : (i + 1) * k]]
+        gold = [[ids[p] for p in group] for group in row.gold] if row.gold else None
+        tasks.append(RankingTask(
             project=project,
             prompt=prompt,
-            candidate_ids=[c.pk for c in candidates[i * k : (i + 1) * k]],
+            candidate_ids=ids,
             priority=row.priority,
             required_annotations=project.overlap,
             origin=origin,
-        )
-        for i, (row, prompt) in enumerate(with_candidates)
-    ]
+            gold_ordering=gold,
+            state=RankingTask.State.GOLD if gold else RankingTask.State.OPEN,
+        ))
     RankingTask.objects.bulk_create(tasks)
     report.tasks += len(tasks)
 
@@ -355,12 +391,14 @@ def _write_rows(project, rows, images, image_ids, origin, report) -> None:
 # sequences inside the statement (no round trip of millions of ids through Python), and every foreign
 # key keeps its constraint.
 _STAGE = "lensloop_import_rows"
-_STAGE_COLUMNS = ["n", "image_id", "text", "reference", "split", "ground_truth", "external_id", "priority", "candidates"]
+_STAGE_COLUMNS = [
+    "n", "image_id", "text", "reference", "split", "ground_truth", "external_id", "priority", "candidates", "gold",
+]
 _CREATE_STAGE = f"""
 CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (
     n integer NOT NULL, image_id bigint NOT NULL, text text NOT NULL, reference jsonb NOT NULL,
     split varchar(8) NOT NULL, ground_truth jsonb, external_id text NOT NULL, priority double precision NOT NULL,
-    candidates text[] NOT NULL
+    candidates text[] NOT NULL, gold jsonb
 ) ON COMMIT DROP
 """
 # rows: the batch in manifest order, each with its prompt id and its candidates' ids. Tasks are inserted in
@@ -381,8 +419,15 @@ WITH rows AS MATERIALIZED (
     FROM rows r CROSS JOIN LATERAL unnest(r.candidate_ids, r.candidates) AS c(id, text)
 )
 INSERT INTO annotation_rankingtask (project_id, prompt_id, candidate_ids, priority, required_annotations,
-                                    leased_count, completed_count, state, origin, created_at)
-SELECT %(project)s, prompt_id, to_jsonb(candidate_ids), priority, %(overlap)s, 0, 0, %(state)s, %(origin)s, %(now)s
+                                    leased_count, completed_count, state, origin, created_at, gold_ordering)
+SELECT %(project)s, prompt_id, to_jsonb(candidate_ids), priority, %(overlap)s, 0, 0,
+       CASE WHEN gold IS NULL THEN %(state)s ELSE 'gold' END, %(origin)s, %(now)s,
+       -- a gold row's positions (0-based) become its candidates' ids, group by group, in order
+       CASE WHEN gold IS NULL THEN NULL ELSE (
+           SELECT jsonb_agg((SELECT jsonb_agg(candidate_ids[p.value::int + 1] ORDER BY p.n)
+                             FROM jsonb_array_elements_text(g.value) WITH ORDINALITY AS p(value, n))
+                            ORDER BY g.n)
+           FROM jsonb_array_elements(gold) WITH ORDINALITY AS g(value, n)) END
 FROM rows
 WHERE cardinality(candidate_ids) > 0
 ORDER BY n
@@ -402,7 +447,7 @@ def _staged_lines(rows: list[Row], image_ids: dict[str, int]) -> bytes:
     return "".join(
         f"{n}\t{image_ids[row.image]}\t{esc(row.prompt)}\t{esc(dumps(row.reference))}\t{row.split}\t"
         f"{null if row.ground_truth is None else esc(dumps(row.ground_truth))}\t{esc(row.external_id)}\t"
-        f"{row.priority!r}\t{esc(array(row.candidates))}\n"
+        f"{row.priority!r}\t{esc(array(row.candidates))}\t{null if row.gold is None else esc(dumps(row.gold))}\n"
         for n, row in enumerate(rows)
     ).encode()
 

@@ -65,6 +65,22 @@ def test_it_imports_rows_with_candidates_as_open_tasks(tmp_path):
     assert Prompt.objects.get(split="eval").ground_truth == {"color": "red"}
 
 
+def test_a_row_with_a_gold_ordering_becomes_a_gold_task_of_its_candidates(tmp_path):
+    proj = f.project(k=3)
+    src = _folder(tmp_path, [
+        _row(candidates=["one", "two", "three"], gold_ordering=[[2], [0, 1]]),
+        _row(prompt="Another.", candidates=["x", "y", "z"]),
+        _row(prompt="CSV-style.", candidates=["p", "q", "r"], gold_ordering="[[1], [2], [0]]"),
+    ])
+    assert import_bundle(project=proj, path=src).tasks == 3
+    tasks = list(RankingTask.objects.filter(project=proj).order_by("id"))
+    text = dict(Candidate.objects.values_list("id", "text"))
+    assert [t.state for t in tasks] == ["gold", "open", "gold"]
+    assert [[text[c] for c in g] for g in tasks[0].gold_ordering] == [["three"], ["one", "two"]]
+    assert tasks[1].gold_ordering is None
+    assert [[text[c] for c in g] for g in tasks[2].gold_ordering] == [["q"], ["r"], ["p"]]
+
+
 def test_text_with_tabs_newlines_backslashes_and_unicode_survives_the_import(tmp_path):
     """PostgreSQL imports write COPY's text format by hand; every character class it escapes comes back."""
     proj = f.project(k=2)
@@ -116,6 +132,11 @@ def test_a_zip_with_a_csv_manifest_inside_a_top_folder_imports(tmp_path):
         (_row(priority="high"), "manifest.jsonl:2: 'priority' must be a number"),
         (_row(image="images/missing.png"), "manifest.jsonl:2: image 'images/missing.png': 'images/missing.png' is not in"),
         (_row(image="../../etc/passwd"), "manifest.jsonl:2: image '../../etc/passwd': '../../etc/passwd' points outside"),
+        (_row(candidates=["a", "b"], gold_ordering=[[0], [2]]),
+         "manifest.jsonl:2: 'gold_ordering' must place each candidate position 0 to 1 exactly once, not [0, 2]"),
+        (_row(candidates=["a", "b"], gold_ordering=[[0, 1]]), "manifest.jsonl:2: 'gold_ordering' ties every candidate"),
+        (_row(candidates=["a", "b"], gold_ordering=[["a"], ["b"]]), "manifest.jsonl:2: 'gold_ordering' holds ['a']"),
+        (_row(gold_ordering=[[0], [1]]), "manifest.jsonl:2: 'gold_ordering' needs the row's 'candidates'"),
     ],
 )
 def test_each_bad_row_is_reported_with_file_and_line_and_nothing_is_imported(tmp_path, row, message):
