@@ -34,8 +34,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from annotation.models import Project, Ranking, RankingTask
-from rlhf import lineage
 from lensloop.stats import bootstrap_mean
+from rlhf import lineage
 from rlhf.models import LoopSettings, ModelVersion, TrainingRun
 
 log = logging.getLogger(__name__)

@@ -189,6 +189,8 @@ def evaluate_run(cfg, run_dir: str, records: list[dict] | None = None, source: s
     import gc
     import logging
 
+    from lensloop.stats import paired_difference
+
     from .config import to_dict
     from .data import read_preferences, read_prompts, write_jsonl
     from .generation import greedy_answers
@@ -196,7 +198,6 @@ def evaluate_run(cfg, run_dir: str, records: list[dict] | None = None, source: s
     from .loading import load_model
     from .rewards import REWARDS
     from .rundir import RunDir
-    from lensloop.stats import paired_difference
 
     log = logging.getLogger("rlhf.engine.evaluate")
     run = RunDir(run_dir, to_dict(cfg))

@@ -161,3 +161,87 @@ def test_the_dashboard_shows_agreement_and_reliability(world, django_capture_on_
     assert f"{adam['reliability']:.2f}" in html
     assert 'data-field="agreement"' in html and "n=" in html
     assert "computed" in html and "background" in html
+
+
+# --- figures written back per pair and per ranking, and the agreement timeline
+
+
+def _expected_agreement(pair):
+    """From the task's rankings by hand: of the annotators who ordered the pair strictly, the share who
+    ordered it this way (None when only this pair's annotator did)."""
+    same = strict = 0
+    for ordering in Ranking.objects.filter(task=pair.ranking.task).exclude(review=Ranking.Review.REJECTED).values_list(
+        "ordering", flat=True
+    ):
+        place = {cid: i for i, group in enumerate(ordering) for cid in group}
+        if place[pair.chosen_id] != place[pair.rejected_id]:
+            strict += 1
+            same += place[pair.chosen_id] < place[pair.rejected_id]
+    return None if strict < 2 else round(same / strict, 4)
+
+
+@pytest.mark.parametrize("chunk", [50_000, 7])  # one statement, and many chunks
+def test_pairs_get_confidence_and_agreement_and_rankings_their_consensus(world, chunk, monkeypatch):
+    from annotation.models import PreferencePair
+    from annotation.services import quality
+
+    monkeypatch.setattr(quality, "WRITE_CHUNK", chunk)
+    proj = world["project"]
+    assert not PreferencePair.objects.filter(project=proj, confidence__isnull=False).exists()
+    quality_report_compute(project=proj)
+    pairs = PreferencePair.objects.filter(project=proj).select_related("ranking__task")
+    assert pairs.count() == 30 * 6 and not pairs.filter(confidence__isnull=True).exists()
+    for name in ("carol", "cleo", "cora"):
+        assert all(p.confidence > 0.5 for p in pairs.filter(ranking__annotator=world[name]))
+    assert all(p.confidence < 0.5 for p in pairs.filter(ranking__annotator=world["adam"]))
+    for p in pairs:
+        assert p.agreement == _expected_agreement(p)
+    for ranking in Ranking.objects.filter(project=proj).prefetch_related("pairs"):
+        mean = sum(p.confidence for p in ranking.pairs.all()) / 6
+        assert ranking.consensus == pytest.approx(mean, abs=1e-3)
+    assert Ranking.objects.filter(annotator=world["adam"]).exclude(consensus__lt=0.5).count() == 0
+
+
+def test_a_rejected_rankings_figures_are_cleared_and_a_tie_only_ranking_has_no_consensus(world):
+    from annotation.models import PreferencePair
+
+    proj = world["project"]
+    quality_report_compute(project=proj)
+    Ranking.objects.filter(project=proj, annotator=world["adam"]).update(review=Ranking.Review.REJECTED)
+    tied = Ranking.objects.filter(project=proj, annotator=world["carol"]).first()
+    Ranking.objects.filter(pk=tied.pk).update(ordering=[sorted(tied.task.candidate_ids)])
+    PreferencePair.objects.filter(ranking=tied).delete()  # what a ranking of one tied group implies: no pair
+    quality_report_compute(project=proj)
+    adams = PreferencePair.objects.filter(ranking__annotator=world["adam"])
+    assert adams.exists() and not adams.filter(confidence__isnull=False).exists()
+    assert not adams.filter(agreement__isnull=False).exists()
+    assert not Ranking.objects.filter(annotator=world["adam"], consensus__isnull=False).exists()
+    tied.refresh_from_db()
+    assert tied.consensus is None
+    # without adam's reversals the careful annotators' pairs are all the more certain
+    assert PreferencePair.objects.filter(ranking__annotator=world["carol"]).exclude(confidence__gt=0.5).count() == 0
+
+
+def test_the_timeline_is_per_day_for_a_young_project_then_per_week(world):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    proj = world["project"]
+    report = quality_report_compute(project=proj)
+    assert report.data["timeline_step"] == "day"
+    [today] = report.data["timeline"]
+    assert today["start"] == timezone.now().date().isoformat() and today["rankings"] == 30
+    totals = report.data["project"]
+    assert today["pairwise"] == totals["pairwise"] and today["n"] == 2 * (totals["agree"] + totals["disagree"])
+
+    # Adam's rankings five weeks ago, everyone else's today: per week, and his week agrees least.
+    monday = timezone.now() - timedelta(days=35)
+    monday = (monday - timedelta(days=monday.weekday())).replace(hour=12, minute=0)
+    Ranking.objects.filter(project=proj, annotator=world["adam"]).update(created_at=monday)
+    report = quality_report_compute(project=proj)
+    assert report.data["timeline_step"] == "week"
+    old, new = report.data["timeline"]
+    assert old["start"] == monday.date().isoformat() and old["rankings"] == 6 and new["rankings"] == 24
+    assert old["pairwise"] < new["pairwise"]
+    assert report.data["timeline"] == sorted(report.data["timeline"], key=lambda p: p["start"])

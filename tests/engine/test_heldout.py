@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.engine.heldout import relabel, split_lines
 from lensloop.stats import bootstrap_mean, paired_difference, wilson
+from rlhf.engine.heldout import relabel, split_lines
 
 
 def _rows(n: int, eval_every: int = 0) -> list[dict]:
