@@ -65,10 +65,33 @@ def _save(run: TrainingRun, **fields) -> None:
     TrainingRun.objects.filter(pk=run.pk).update(**fields)
 
 
+def confidence_weighting(project, cfg: RoundConfig) -> bool:
+    """Whether the round's reward model trains on the pairs' confidences: the round's `on`/`off`, or for `auto`
+    whether a pair can have a second opinion to be weighed by, i.e. the project ranks each task more than once
+    (overlap > 1) or has gold tasks."""
+    if cfg.confidence_weighting != "auto":
+        return cfg.confidence_weighting == "on"
+    return project.overlap > 1 or RankingTask.objects.filter(project=project, gold_ordering__isnull=False).exists()
+
+
+def _fresh_quality_report(project) -> bool:
+    """Recompute the project's quality report (Crowd-BT reliability, the pairs' confidences the export writes)
+    here, synchronously, when rankings came or left since it was computed; True when it was recomputed."""
+    from annotation.services.quality import quality_report_compute, quality_report_for
+
+    if not quality_report_for(project).stale:
+        return False
+    quality_report_compute(project=project)
+    return True
+
+
 def step_export(run: TrainingRun) -> None:
     """Freeze the data of this round: preference records up to now (those of training prompts to train on,
-    those of held-out prompts to measure on, apart), the train and held-out prompt sets."""
+    those of held-out prompts to measure on, apart), the train and held-out prompt sets. When the reward model
+    weighs pairs by confidence, the quality report is brought up to date first, so the records carry it."""
     project = run.project
+    weighting = confidence_weighting(project, _round(run))
+    recomputed = _fresh_quality_report(project) if weighting else False
     until = timezone.now()
     out = Path(run.run_dir)
     records = write_export(ExportFilter(project=project, until=until, split="train"), "records", out / "data")
@@ -108,6 +131,8 @@ def step_export(run: TrainingRun) -> None:
             "eval_prompts": evalset["file"] if evalset["rows"] else "",
             "heldout_prompts": evalset["rows"],
             "top_ranked": str(top) if top else "",
+            "confidence_weighting": weighting,
+            "quality_report_recomputed": recomputed,
         },
         step=1,
         total_steps=1,
@@ -142,9 +167,16 @@ def step_reward(run: TrainingRun) -> None:
     snapshot = _sibling(run, K.EXPORT).snapshot
     policy = base_policy(run.project)
     # The pairs of held-out prompts: the reward model's accuracy is measured on them, never trained on.
-    config = _round(run).reward_config(base_model=policy.base_model, train_file=snapshot["records"],
-                                       eval_file=snapshot.get("heldout_records", ""), seed=run.round_id or run.pk)
-    kept = ("rankings", "rejected_rankings", "pairs", "heldout_pairs", "last_ranking_id", "until")
+    cfg = _round(run)
+    # What the export step resolved (and refreshed the confidences for); a snapshot from before it, resolved now.
+    weighting = snapshot.get("confidence_weighting")
+    if weighting is None:
+        weighting = confidence_weighting(run.project, cfg)
+    config = cfg.reward_config(base_model=policy.base_model, train_file=snapshot["records"],
+                               eval_file=snapshot.get("heldout_records", ""), seed=run.round_id or run.pk,
+                               confidence_weighting=weighting)
+    kept = ("rankings", "rejected_rankings", "pairs", "heldout_pairs", "last_ranking_id", "until",
+            "confidence_weighting")
     _save(run, config=config, snapshot={k: snapshot[k] for k in kept if k in snapshot})
     result = run_engine(run, "train-reward", config)
     version = ModelVersion.objects.create(

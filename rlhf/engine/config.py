@@ -176,6 +176,12 @@ class RewardConfig:
                                   "(Touvron et al. 2023, Llama 2 §3.2.2); 0 = plain Bradley–Terry.")
     center_weight: float = option(0.01, "Weight of the (r_c + r_r)^2 penalty that keeps rewards centred "
                                   "(Eisenstein et al. 2023); 0 = off.")
+    confidence_weighting: bool = option(False, "Train on soft labels: a pair's `confidence` c (the reliability "
+                                        "model's posterior that chosen truly is better, which exports carry) weighs "
+                                        "-[c·log σ(r_c - r_r) + (1-c)·log σ(r_r - r_c)], so a pair that is probably "
+                                        "reversed (c < 0.5) teaches the other way and an uncertain one (c ≈ 0.5) "
+                                        "little; pairs without a confidence count as c = 1. false = every pair as "
+                                        "ranked (plain Bradley–Terry).")
     seed: int = option(0, "Seed for head initialisation, split and batch order.")
     log_every: int = option(5, "Log metrics every N steps.")
     eval_batch_size: int = option(32, "Pairs per evaluation batch.")

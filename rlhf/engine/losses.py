@@ -23,6 +23,26 @@ def bradley_terry_loss(
     return -F.logsigmoid(diff).mean()
 
 
+def soft_bradley_terry_loss(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    confidence: torch.Tensor,
+    margin: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Bradley–Terry with a soft label, mean over the batch:
+    −[c·log σ(r_c − r_r − m) + (1 − c)·log σ(r_r − r_c − m)].
+
+    ``confidence`` c ∈ [0, 1] is the probability that chosen truly is the better one (the reliability model's
+    posterior, Chen et al. 2013 Crowd-BT; the export's ``confidence``): the cross-entropy of the BT probability
+    against that soft target. c = 1 is `bradley_terry_loss`; c = 0 is that loss with the pair reversed; c = 0.5 only pulls the two
+    rewards together. The margin m asks the gap in the direction each term asserts. Shapes: (B,) each.
+    """
+    diff = chosen_rewards - rejected_rewards
+    m = margin if margin is not None else torch.zeros_like(diff)
+    c = confidence.to(diff.dtype)
+    return -(c * F.logsigmoid(diff - m) + (1 - c) * F.logsigmoid(-diff - m)).mean()
+
+
 def reward_centering_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
     """Auxiliary (r_c + r_r)^2 penalty that keeps rewards near zero (Eisenstein et al. 2023, "Helping or
     Herding?", §3); Bradley–Terry alone is invariant to a shift of all rewards."""

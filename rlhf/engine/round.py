@@ -71,6 +71,14 @@ class RoundConfig:
                                "demo base that gained 0.015–0.022 held-out pair accuracy on one round's data and "
                                "nothing reliable in a whole loop (docs/benchmarks.md).", label="Reward model as a LoRA adapter",
                                group=ADVANCED)
+    confidence_weighting: str = option("auto", "Train the reward model on each pair's confidence (the reliability "
+                                       "model's posterior that the pair is the right way round, from the quality "
+                                       "report, recomputed before the export when stale): a pair that is probably "
+                                       "reversed teaches the other way, an uncertain one little. auto = on when the "
+                                       "project has overlap > 1 or gold tasks (otherwise no pair has a second "
+                                       "opinion to weigh it by).", label="Weight pairs by confidence",
+                                       choices={"auto": "auto: on with overlap > 1 or gold tasks", "on": "on",
+                                                "off": "off"}, group=ADVANCED)
     policy_batch_size: int = option(0, "Answers per policy step (PPO rollouts, GRPO prompts × K, DPO pairs); 0 = "
                                     "the engine's default.", label="Answers per policy step", min=0, group=ADVANCED,
                                     empty=ENGINE_DEFAULT)
@@ -144,14 +152,19 @@ class RoundConfig:
             cfg["adapter_path"] = adapter_path
         return cfg
 
-    def reward_config(self, *, base_model: str, train_file: str, eval_file: str = "", seed: int) -> dict:
-        """`train-reward`: the reward model on the round's training pairs, measured on the held-out ones."""
+    def reward_config(self, *, base_model: str, train_file: str, eval_file: str = "", seed: int,
+                      confidence_weighting: bool | None = None) -> dict:
+        """`train-reward`: the reward model on the round's training pairs, measured on the held-out ones.
+        ``confidence_weighting``: what `auto` came to for the project (`rlhf.steps`); None reads "on" alone."""
+        if confidence_weighting is None:
+            confidence_weighting = self.confidence_weighting == "on"
         config = {
             "model": {"path": base_model, "lora": self.reward_lora, "lora_r": self.lora_r, "qlora": self.qlora},
             "train_file": train_file,
             "eval_file": eval_file,
             "epochs": self.reward_epochs,
             "seed": seed,
+            "confidence_weighting": bool(confidence_weighting),
         }
         if self.reward_lr:
             config["lr"] = self.reward_lr

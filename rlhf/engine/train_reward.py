@@ -3,7 +3,8 @@
 
 Steps: 1 read + split records → 2 load backbone + LoRA, new head (+ likelihood weight α = 0) → 3 AdamW
 (head at its own, higher learning rate) with warm-up + cosine →
-4 per step: chosen and rejected in one forward, BT loss (+ margin, + centering) → 5 held-out accuracy and
+4 per step: chosen and rejected in one forward, BT loss (+ margin, + centering; with `confidence_weighting`
+each pair's soft label c, the export's `confidence`) → 5 held-out accuracy and
 ECE before and after → 6 checkpoint (temp name, renamed) → result.json.
 """
 
@@ -18,10 +19,10 @@ import time
 import torch
 
 from .config import RewardConfig, to_dict
-from .data import encode_completions, load_images, read_preferences
+from .data import DataError, encode_completions, load_images, read_preferences
 from .evaluation import evaluate_pairs
 from .heldout import EVAL, split_lines, warn_not_heldout
-from .losses import bradley_terry_loss, reward_centering_loss
+from .losses import bradley_terry_loss, reward_centering_loss, soft_bradley_terry_loss
 from .reward_model import RewardModel, init_reward_model, save_reward_model
 from .rundir import RunDir, progress
 from .schedules import warmup_cosine_schedule
@@ -40,6 +41,25 @@ def split_by_ranking(records: list[dict], eval_fraction: float, seed: int) -> tu
     return train, held
 
 
+def check_confidences(records: list[dict], path: str) -> int:
+    """Check each record's optional `confidence` (null or a number in [0, 1]); returns how many carry one."""
+    n = 0
+    for i, r in enumerate(records, 1):
+        c = r.get("confidence")
+        if c is None:
+            continue
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.0 <= c <= 1.0:
+            raise DataError(f"{path}:{i}: confidence={c!r}: must be null or a number in [0, 1]")
+        n += 1
+    return n
+
+
+def pair_confidence(record: dict) -> float:
+    """The soft label of a pair: its `confidence` (P(chosen truly ≻ rejected)); 1 when it has none."""
+    c = record.get("confidence")
+    return 1.0 if c is None else float(c)
+
+
 def pair_loss(rm, processor, batch: list[dict], cfg: RewardConfig, device, image_cache: dict) -> tuple:
     """BT loss of one batch of records; chosen and rejected go through one forward pass."""
     n = len(batch)
@@ -53,7 +73,11 @@ def pair_loss(rm, processor, batch: list[dict], cfg: RewardConfig, device, image
     if cfg.margin_weight:
         m = torch.tensor([float(r.get("margin") or 1) for r in batch], device=rewards.device)
         margin = cfg.margin_weight * (m - 1).clamp(min=0)
-    loss = bradley_terry_loss(r_c, r_r, margin)
+    if cfg.confidence_weighting:
+        c = torch.tensor([pair_confidence(r) for r in batch], device=rewards.device)
+        loss = soft_bradley_terry_loss(r_c, r_r, c, margin)
+    else:
+        loss = bradley_terry_loss(r_c, r_r, margin)
     if cfg.center_weight:
         loss = loss + cfg.center_weight * reward_centering_loss(r_c, r_r)
     acc = (r_c > r_r).float().mean()
@@ -101,6 +125,10 @@ def _train(cfg: RewardConfig, acc, run: RunDir, set_seed) -> dict:
     before_prefix = prefix[:-1] + "_before/"
     if not train:
         raise ValueError(f"{cfg.train_file}: no training pairs left after the eval split")
+    with_confidence = check_confidences(train, cfg.train_file)
+    if cfg.confidence_weighting and not with_confidence:
+        log.warning("confidence_weighting is on but no training pair of %s carries a confidence: every pair "
+                    "counts as certain (plain Bradley–Terry)", cfg.train_file)
     world = acc.num_processes
     if cfg.batch_size % world:
         raise ValueError(f"batch_size={cfg.batch_size} must divide by the {world} processes; change batch_size")
@@ -155,7 +183,8 @@ def _train(cfg: RewardConfig, acc, run: RunDir, set_seed) -> dict:
     acc.wait_for_everyone()
     unwrapped = acc.unwrap_model(rm_ddp)
     result = {"steps": step, "train_pairs": len(train), "eval_pairs": len(held) if split.heldout else 0,
-              "heldout": split.source, "processes": world,
+              "heldout": split.source, "processes": world, "confidence_weighting": cfg.confidence_weighting,
+              "train_pairs_with_confidence": with_confidence,
               "train_seconds": round(seconds, 2), "pairs_per_second": round(pairs_seen / max(seconds, 1e-9), 2)}
     if acc.is_main_process:
         after = evaluate_pairs(unwrapped, processor, held, cfg.eval_batch_size, image_cache)
