@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
@@ -269,3 +269,19 @@ def line_chart(
             )
     parts.append("</svg>")
     return mark_safe("".join(parts))
+
+
+def agreement_timeline(points: Sequence[dict], *, step: str) -> SafeString:
+    """The project's pairwise agreement per day or week (the quality report's ``timeline``: ``start`` ISO
+    dates, ``pairwise`` or None, ``n``), as a line over days since the first period; periods without a
+    figure (no comparison yet) are left out."""
+    if not points:
+        return line_chart([], title="Pairwise agreement over time", chart_id="agreement")
+    first = date.fromisoformat(points[0]["start"])
+    pts = [((date.fromisoformat(p["start"]) - first).days, p["pairwise"]) for p in points if p["pairwise"] is not None]
+    return line_chart(
+        [(f"pairwise agreement per {step}", pts)],
+        title=f"Pairwise agreement per {step}, from {first.isoformat()}",
+        chart_id="agreement",
+        x_label=f"days since {first.isoformat()}",
+    )

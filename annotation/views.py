@@ -16,7 +16,7 @@ from django.db.models import Count
 from django.http import Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from annotation import charts, ui_selectors
 from annotation.exceptions import AnnotationError, NotFound
@@ -24,7 +24,7 @@ from annotation.forms import ExportForm, MemberForm, ProjectForm
 from annotation.models import Membership, Project, Ranking
 from annotation.permissions import project_and_role
 from annotation.selectors import annotator_progress, projects_for, queue_stats, role_in
-from annotation.services import projects, reviews
+from annotation.services import gold, projects, reviews
 from annotation.services.imports import MODES
 from annotation.services.quality import enqueue_quality_report, quality_report_for
 
@@ -101,6 +101,27 @@ def project_new(request):
 
 
 @login_required
+@require_http_methods(["GET", "POST"])
+def project_settings(request, slug):
+    """A project admin changes the project's settings (the same fields and checks as the API's PATCH,
+    ``projects.project_update``): the queue's, the held-out fraction and the gold-task settings."""
+    project, role = _project_for(request, slug, admin=True)
+    form = ProjectForm(request.POST or None, instance=Project.objects.get(pk=project.pk), user=request.user)
+    if request.method == "POST" and form.is_valid():
+        changes = {name: form.cleaned_data[name] for name in form.changed_data if name in projects.EDITABLE}
+        if "slug" in changes and not changes["slug"]:
+            del changes["slug"]  # blank keeps the slug: it is in every URL of the project
+        try:
+            project = projects.project_update(project=project, user=request.user, **changes)
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.success(request, f"Settings of {project.name} saved." if changes else "Nothing changed.")
+            return redirect("project-settings", slug=project.slug)
+    return render(request, "annotation/project_settings.html", {"project": project, "role": role, "form": form})
+
+
+@login_required
 @require_GET
 def dashboard(request, slug):
     project, role = _project_for(request, slug, admin=True)
@@ -115,6 +136,11 @@ def dashboard(request, slug):
     figures = quality.report.data.get("annotators", {}) if quality.report is not None else {}
     for a in annotators:
         a["quality"] = figures.get(str(a["user_id"]))  # the report's JSON keys are user ids
+    timeline = quality.report.data.get("timeline", []) if quality.report is not None else []
+    step = quality.report.data.get("timeline_step", "day") if quality.report is not None else "day"
+    gold_figures = gold.gold_report(project)
+    # Members with something to show: a gold ranking, a warning or a pause (admins who never ranked are left out).
+    gold_rows = [a for a in gold_figures["annotators"] if a["tasks"] or a["warned"] or a["paused"]]
     stats = queue_stats(project)
     queue_rows = [
         ("Open", stats["open"], f"{stats['open']:,}"),
@@ -133,6 +159,9 @@ def dashboard(request, slug):
         "stats": stats,
         "annotators": annotators,
         "quality": quality,
+        "gold": gold_figures,
+        "gold_rows": gold_rows,
+        "chart_agreement": charts.agreement_timeline(timeline, step=step) if timeline else "",
         "sources": sources,
         "flags": flags,
         "last_hours": sum(n for _, n in hourly[-24:]),
@@ -175,6 +204,19 @@ def members(request, slug):
 
 
 @login_required
+@require_POST
+def readmit(request, slug, user_id):
+    """A project admin re-admits a paused (or warned) annotator from the dashboard; back to the dashboard."""
+    project, _ = _project_for(request, slug, admin=True)
+    try:
+        membership = gold.annotator_readmit(project=project, user=request.user, annotator_id=user_id)
+    except NotFound as exc:
+        raise Http404(exc.message) from None
+    messages.success(request, f"{membership.user.username} may take tasks again; their gold accuracy counts afresh from now.")
+    return redirect(f"{reverse('project-dashboard', args=[project.slug])}#gold-title")
+
+
+@login_required
 @require_GET
 def export(request, slug):
     """The form submits (GET) straight to the API's streaming export endpoint; the browser downloads."""
@@ -197,22 +239,33 @@ def review(request, slug):
     spent, flags and rationale, and Accept / Reject (a plain form POSTing here, which calls
     ``reviews.ranking_review``). Rejected rankings leave every export and later training round.
 
-    Newest first, filtered by review state. Sorting by disagreement with the consensus comes with the
-    reliability model (``annotation.quality``)."""
+    Filtered by review state; newest first or (``?order=disagreement``) least consensus first (the quality
+    job's ``Ranking.consensus``). An accepted ranking can be made its task's gold ordering ("Make gold",
+    ``gold.task_gold_from_ranking``)."""
     project, role = _project_for(request, slug, admin=True)
     state = request.GET.get("review", "")
     if state not in Ranking.Review.values:
         state = ""
+    order = request.GET.get("order", "newest")
+    if order not in reviews.ORDERS:
+        order = "newest"
+    query = "&".join(f"{k}={v}" for k, v in (("review", state), ("order", order if order != "newest" else "")) if v)
     if request.method == "POST":
         ranking_id = request.POST.get("ranking", "")
         if not ranking_id.isdigit():
             messages.error(request, "Which ranking? The form named none.")
         else:
+            decision = request.POST.get("decision", "")
             try:
-                ranking = reviews.ranking_review(
-                    ranking_id=int(ranking_id), project=project, reviewer=request.user,
-                    decision=request.POST.get("decision", ""), note=request.POST.get("note", ""),
-                )
+                if decision == "gold":
+                    task = gold.task_gold_from_ranking(project=project, ranking_id=int(ranking_id), user=request.user)
+                    done = f"Task {task.pk} is a gold task now, with ranking {ranking_id}'s order."
+                else:
+                    ranking = reviews.ranking_review(
+                        ranking_id=int(ranking_id), project=project, reviewer=request.user,
+                        decision=decision, note=request.POST.get("note", ""),
+                    )
+                    done = f"Ranking {ranking.pk} {ranking.get_review_display().lower()}."
             except NotFound as exc:
                 raise Http404(exc.message) from None
             except AnnotationError as exc:
@@ -220,9 +273,10 @@ def review(request, slug):
                     raise PermissionDenied(exc.message) from None
                 messages.error(request, exc.message)
             else:
-                messages.success(request, f"Ranking {ranking.pk} {ranking.get_review_display().lower()}.")
-        return redirect(f"{reverse('project-review', args=[project.slug])}{'?review=' + state if state else ''}")
-    page = Paginator(reviews.rankings_for_review(project, review=state or None), REVIEW_PAGE).get_page(
+                messages.success(request, done)
+        return redirect(f"{reverse('project-review', args=[project.slug])}{'?' + query if query else ''}")
+    rankings = reviews.rankings_for_review(project, review=state or None, order=order)
+    page = Paginator(rankings, REVIEW_PAGE).get_page(
         request.GET.get("page")
     )
     counts = dict(
@@ -234,6 +288,9 @@ def review(request, slug):
         "page": page,
         "rankings": reviews.with_candidates(page.object_list),
         "state": state,
+        "order": order,
+        "orders": reviews.ORDERS,
+        "query": query,
         "states": [(value, label, counts.get(value, 0)) for value, label in Ranking.Review.choices],
         "total": sum(counts.values()),
         "flag_labels": Ranking.FLAGS,

@@ -9,7 +9,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation.api.permissions import project_for, ranking_project_for
-from annotation.models import Membership, RankingTask
 from annotation.permissions import task_project_and_role
 from annotation.services import gold
 
@@ -60,26 +59,6 @@ class RankingGoldView(APIView):
         return Response(GoldTaskSerializer(task).data)
 
 
-def gold_report(project) -> dict:
-    """Gold tasks, settings and each member annotator's gold accuracy, warning and pause."""
-    accuracy = gold.gold_accuracy(project)
-    members = Membership.objects.filter(project=project).select_related("user").order_by("user__username")
-    annotators = []
-    for m in members:
-        acc = accuracy.get(m.user_id, gold.GoldAccuracy(0, 0, 0))
-        annotators.append({
-            "user_id": m.user_id, "username": m.user.username, **acc.as_dict(),
-            "verdict": gold.judge(project, acc), "warned": m.gold_warned_at is not None,
-            "paused": m.paused_at is not None, "paused_reason": m.paused_reason, "since": m.gold_since,
-        })
-    return {
-        "gold_tasks": RankingTask.objects.filter(project=project, gold_ordering__isnull=False).count(),
-        "settings": {name: getattr(project, name) for name in ("gold_rate", "gold_min_count", "gold_threshold",
-                                                                 "gold_pause")},
-        "annotators": annotators,
-    }
-
-
 class GoldReportView(APIView):
     @extend_schema(responses={200: OpenApiResponse(description="gold_tasks, settings, annotators: user_id, username, "
                                                    "tasks, agree, pairs, accuracy, ci, verdict, warned, paused, …")})
@@ -87,7 +66,7 @@ class GoldReportView(APIView):
         """Each annotator's gold accuracy (pairs of the gold orderings ordered the same way, with Wilson's 95 %
         interval) since their last re-admission, and whether they are warned or paused."""
         project = project_for(request, slug, admin=True)
-        return Response(gold_report(project))
+        return Response(gold.gold_report(project))
 
 
 class ReadmitView(APIView):

@@ -224,6 +224,26 @@ def after_gold_ranking(*, project_id: int, annotator_id: int) -> None:
         if fields:
             membership.save(update_fields=fields)
 
+def gold_report(project: Project) -> dict:
+    """Gold tasks, settings and each member annotator's gold accuracy, warning and pause: what the API's gold
+    report answers and the dashboard shows."""
+    accuracy = gold_accuracy(project)
+    members = Membership.objects.filter(project=project).select_related("user").order_by("user__username")
+    annotators = []
+    for m in members:
+        acc = accuracy.get(m.user_id, GoldAccuracy(0, 0, 0))
+        annotators.append({
+            "user_id": m.user_id, "username": m.user.username, **acc.as_dict(),
+            "verdict": judge(project, acc), "warned": m.gold_warned_at is not None,
+            "paused": m.paused_at is not None, "paused_reason": m.paused_reason, "since": m.gold_since,
+        })
+    return {
+        "gold_tasks": RankingTask.objects.filter(project=project, gold_ordering__isnull=False).count(),
+        "settings": {name: getattr(project, name) for name in ("gold_rate", "gold_min_count", "gold_threshold",
+                                                                 "gold_pause")},
+        "annotators": annotators,
+    }
+
 
 def annotator_readmit(*, project: Project, user, annotator_id: int) -> Membership:
     """A project admin lets a paused (or warned) annotator work again; their gold accuracy counts afresh from

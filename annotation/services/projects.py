@@ -77,13 +77,18 @@ def project_create(
     base_model: str = "",
     heldout_fraction: float = 0.1,
     any_model_path: bool | None = None,
+    **gold,
 ) -> Project:
     """Create a project (validated like a form would) and make its creator a project admin.
 
     ``base_model`` must pass ``check_model_path`` for ``created_by``; ``any_model_path=True`` lifts that
     for callers who may read the workers' files anyway (the command line). By default it is lifted only
-    when there is no creator or the creator is a superuser.
+    when there is no creator or the creator is a superuser. ``gold``: the gold-task settings (``gold_rate``,
+    ``gold_min_count``, ``gold_threshold``, ``gold_pause``); the model's defaults where left out.
     """
+    unknown = sorted(set(gold) - set(GOLD_SETTINGS))
+    if unknown:
+        raise TypeError(f"project_create() got unexpected arguments: {', '.join(unknown)}")
     if any_model_path is None:
         any_model_path = created_by is None
     base_model = _checked_base_model(base_model, user=created_by, unrestricted=any_model_path)
@@ -98,6 +103,7 @@ def project_create(
         base_model=base_model,
         heldout_fraction=heldout_fraction,
         created_by=created_by,
+        **gold,
     )
     project.full_clean()
     project.save()
@@ -106,9 +112,11 @@ def project_create(
     return project
 
 
+GOLD_SETTINGS = ("gold_rate", "gold_min_count", "gold_threshold", "gold_pause")
+
 # Fields a project admin may change (the API's PATCH, the settings page).
 EDITABLE = ("name", "slug", "task_type", "instructions", "candidates_per_task", "overlap", "lease_minutes", "base_model",
-            "heldout_fraction", "gold_rate", "gold_min_count", "gold_threshold", "gold_pause")
+            "heldout_fraction", *GOLD_SETTINGS)
 
 
 @transaction.atomic

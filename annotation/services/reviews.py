@@ -8,6 +8,7 @@ were. A review can be changed: a rejected ranking can be accepted again and come
 from __future__ import annotations
 
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from annotation.exceptions import AnnotationError, NotFound
@@ -62,14 +63,21 @@ def ranking_review(*, ranking_id: int, project: Project, reviewer, decision: str
     return ranking
 
 
-def rankings_for_review(project: Project, *, review: str | None = None):
-    """The project's rankings, newest first, optionally in one review state, with what a reviewer reads
-    (annotator, prompt and image). Disagreement with the consensus as an order comes with the reliability
-    model (annotation.quality); until then the newest come first."""
+# How the review list can be ordered: newest first, or least consensus first (the quality job's
+# ``Ranking.consensus``: the mean Crowd-BT confidence of the ranking's pairs; rankings it has not scored yet last).
+ORDERS = {"newest": "Newest first", "disagreement": "Most disagreement with the consensus first"}
+
+
+def rankings_for_review(project: Project, *, review: str | None = None, order: str = "newest"):
+    """The project's rankings, optionally in one review state, with what a reviewer reads (annotator, prompt
+    and image), newest first or (``order="disagreement"``) those that disagree most with the consensus first."""
     qs = Ranking.objects.filter(project=project)
     if review:
         qs = qs.filter(review=review)
-    return qs.select_related("annotator", "reviewed_by", "task__prompt__image").order_by("-created_at", "-id")
+    qs = qs.select_related("annotator", "reviewed_by", "task__prompt__image")
+    if order == "disagreement":
+        return qs.order_by(F("consensus").asc(nulls_last=True), "-created_at", "-id")
+    return qs.order_by("-created_at", "-id")
 
 
 def with_candidates(rankings) -> list[Ranking]:

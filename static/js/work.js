@@ -215,6 +215,7 @@ async function showTask(task) {
   if (restored) showAlert("Your unsent ranking of this task is back: this browser kept it.", "info");
   leaseBox.hidden = true;
   $("empty").hidden = true;
+  $("paused").hidden = true;
   work.hidden = false;
   render();
   const ready = viewer.show(imageFor(task), task.image_width, task.image_height);
@@ -231,9 +232,23 @@ function showEmpty() {
   work.dataset.state = "empty";
   work.removeAttribute("aria-busy");
   delete work.dataset.taskId;
+  $("paused").hidden = true;
   $("empty").hidden = false;
   $("empty-done").textContent = $("done-today").textContent;
   $("empty-title").focus();
+}
+
+/** Paused in this project (gold accuracy below its threshold): say why; a project admin re-admits. */
+function showPaused(reason) {
+  state.task = null;
+  work.hidden = true;
+  work.dataset.state = "paused";
+  work.removeAttribute("aria-busy");
+  delete work.dataset.taskId;
+  $("empty").hidden = true;
+  $("paused").hidden = false;
+  $("paused-reason").textContent = String(reason || "paused by a project admin").replace(/\.$/, "");
+  $("paused-title").focus();
 }
 
 function showProgress(progress) {
@@ -538,6 +553,7 @@ function proceed(task) {
 async function loadNext() {
   await call("fetching your next task", async () => {
     const res = await postJSON(config.urls.next); // 200 with a task, 204 when the queue is empty
+    if (res.status === 403 && res.data?.error === "paused") return { after: Promise.resolve(showPaused(res.data.detail)) };
     if (!res.ok) return failure(res);
     delete work.dataset.error;
     return { after: proceed(res.status === 204 ? null : res.data) };
@@ -588,6 +604,10 @@ async function sendRanking(taskId, body, attempt) {
   say("Saved. Next task.");
   const answered = performance.now();
   const task = res.data.next_task;
+  if (!task && res.data.paused) {
+    showPaused(res.data.paused);
+    return { after: Promise.resolve() };
+  }
   const shown = present(task).then(() => {
     // Standard User Timing entries (bench/ui.py reads them): submit sent → answer, → next task painted.
     performance.measure("lensloop:next-task-answer", { start: t0, end: answered });
@@ -613,6 +633,7 @@ async function skip() {
     }
     dropDraft(taskId);
     delete work.dataset.error;
+    if (!task && res.data?.paused) return { after: Promise.resolve(showPaused(res.data.paused)) };
     say("Skipped. Next task.");
     return { after: proceed(task) };
   });
@@ -640,7 +661,7 @@ document.addEventListener("keydown", (e) => {
     return;
   }
   if (!state.task) {
-    if (!$("empty").hidden && (e.key === "Enter" || e.key.toLowerCase() === "n") && !t.matches?.("a, button")) {
+    if ((!$("empty").hidden || !$("paused").hidden) && (e.key === "Enter" || e.key.toLowerCase() === "n") && !t.matches?.("a, button")) {
       e.preventDefault();
       loadNext();
     }
@@ -792,6 +813,7 @@ $("btn-flags").addEventListener("click", () => (flagsBox.hidden ? openFlags() : 
 $("btn-skip").addEventListener("click", skip);
 submitBtn.addEventListener("click", submit);
 $("btn-recheck").addEventListener("click", loadNext);
+$("btn-paused-recheck").addEventListener("click", loadNext);
 retryBtn.addEventListener("click", () => state.retryNow?.());
 flagsBox.addEventListener("change", saveDraft);
 rationale.addEventListener("input", saveDraft);

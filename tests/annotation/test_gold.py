@@ -276,6 +276,6 @@ def test_gold_rankings_keep_their_pairs_in_the_database(world, q):
 
 
 def _report(world) -> list[dict]:
-    from annotation.api.gold import gold_report
+    from annotation.services.gold import gold_report
 
     return gold_report(world["project"])["annotators"]
