@@ -10,7 +10,7 @@ nothing and a larger fraction extends the set), scores each one's candidates wit
 ``task_mark_gold``. Tasks already ranked (even once), without ground truth, or whose candidates all score the
 same (no strict pair to test anyone on) are skipped and counted. ``manage.py mark_gold`` is its command.
 
-Who marks: a project admin (``by``), checked as the API checks, or, with ``by=None``, ``SYSTEM``: the operator
+Who marks: a project admin (``by``), checked as the API checks, or, with ``by=None``, the operator
 at the shell, who holds the database anyway. The API and the pages never take that path.
 """
 
@@ -41,21 +41,6 @@ class MarkGoldError(LoopError):
     code = "invalid_mark_gold"
 
 
-class _System:
-    """The operator of ``manage.py mark_gold`` without ``--as``: acts as a superuser would (a superuser is an
-    admin of every project, ``annotation.selectors.role_in``). Never a request's user."""
-
-    is_authenticated = True
-    is_superuser = True
-    is_active = True
-    pk = None
-    username = "system"
-
-    def __str__(self) -> str:
-        return "system (manage.py mark_gold)"
-
-
-SYSTEM = _System()
 
 
 @dataclass
@@ -158,12 +143,12 @@ def mark_gold_from_ground_truth(project: Project, *, fraction: float, reward: st
                                 dry_run: bool = False) -> GoldFromTruth:
     """Make the hashed ``fraction`` of ``project``'s open, unranked tasks with ground truth gold tasks, ordered by
     the verifiable ``reward`` (a name in ``REWARDS``; default ``default_reward``). ``by``: the project admin who
-    marks them (None: ``SYSTEM``). ``dry_run`` scores and counts but changes nothing. Bad arguments raise
+    marks them (None: the operator at the shell). ``dry_run`` scores and counts but changes nothing. Bad arguments raise
     ``MarkGoldError`` before anything changes; each task is marked in its own transaction, so an interrupted run
     is finished by running it again."""
     name = _check(project, fraction, reward, by)
     reward_fn = REWARDS[name]
-    user = by if by is not None else SYSTEM
+    user = by  # None: the operator at the shell, whom task_mark_gold lets through
     result = GoldFromTruth(reward=name, fraction=float(fraction), dry_run=dry_run)
     open_ids = list(RankingTask.objects.filter(project=project, state=T.OPEN).order_by("pk")
                     .values_list("pk", flat=True).iterator(chunk_size=5000))

@@ -54,6 +54,10 @@ class GoldForbidden(AnnotationError):
 
 
 def _check_admin(user, project: Project) -> None:
+    """``user`` must be a project admin; ``None`` is the operator at the shell (``manage.py mark_gold``), who
+    may do anything: the API and the pages always pass the request's user."""
+    if user is None:
+        return
     if role_in(user, project) != Membership.Role.ADMIN:
         raise GoldForbidden(f"only project admins of {project.slug} may manage its gold tasks and annotators")
 
@@ -69,7 +73,7 @@ def gold_groups(ordering: object, candidate_ids: list[int]) -> list[list[int]]:
 
 def task_mark_gold(*, project: Project, task_id: int, user, ordering: object) -> RankingTask:
     """Make task ``task_id`` of ``project`` a gold task with the known ``ordering`` (groups of candidate ids,
-    best first; ties allowed). 403 unless ``user`` is a project admin, 404 for a task of another project, 400
+    best first; ties allowed). 403 unless ``user`` is a project admin (None: the command line), 404 for a task of another project, 400
     (``InvalidRanking``/``InvalidGold``) for an ordering that is not exactly the task's candidates; nothing
     changes then. A closed task stays closed (its ordering is kept)."""
     _check_admin(user, project)
