@@ -87,6 +87,18 @@ class ExportForm(forms.Form):
         choices=[("", "All prompts"), ("train", "Training prompts only"), ("eval", "Held-out prompts only")],
         help_text="Every line says its prompt's split; held-out prompts are never trained on by a round.",
     )
+    min_confidence = forms.FloatField(
+        required=False, min_value=0, max_value=1,
+        widget=forms.NumberInput(attrs={"step": "0.01", "min": "0", "max": "1", "placeholder": "any"}),
+        help_text="0–1: only pairs whose confidence (that chosen truly beats rejected) is at least this; "
+                  "rankings: whose consensus is.",
+    )
+    min_annotator_reliability = forms.FloatField(
+        required=False, min_value=0, max_value=1,
+        widget=forms.NumberInput(attrs={"step": "0.01", "min": "0", "max": "1", "placeholder": "any"}),
+        help_text="0–1: only the work of annotators at least this reliable (the probability they order a pair "
+                  "correctly).",
+    )
 
     def __init__(self, *args, sources: list[str] = (), **kwargs):
         super().__init__(*args, **kwargs)

@@ -217,6 +217,17 @@ class ExportQuerySerializer(serializers.Serializer):
     source = serializers.ListField(child=serializers.CharField(), required=False, default=list)
     split = serializers.ChoiceField(choices=["train", "eval"], required=False,
                                     help_text="Only the pairs (rankings) of training or of held-out prompts.")
+    min_confidence = serializers.FloatField(
+        required=False, min_value=0, max_value=1,
+        help_text="0–1: only pairs whose confidence (Crowd-BT posterior that chosen truly beats rejected) is at "
+                  "least this; rankings: whose consensus is. Pairs without one yet (null) are left out.",
+    )
+    min_annotator_reliability = serializers.FloatField(
+        required=False, min_value=0, max_value=1,
+        help_text="0–1: only pairs (rankings) of annotators whose reliability (Crowd-BT η, the probability they "
+                  "order a pair correctly) in the stored quality report is at least this; annotators without "
+                  "a figure are left out.",
+    )
 
 
 class MembershipSerializer(serializers.ModelSerializer):

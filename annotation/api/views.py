@@ -303,7 +303,9 @@ class ExportView(APIView):
         responses={(200, "application/zip"): bytes, (200, "application/vnd.apache.parquet"): bytes},
     )
     def get(self, request, slug):
-        """Stream an export: records/trl/rankings as a zip (JSONL + images/), parquet as one file."""
+        """Stream an export: records/trl/rankings as a zip (JSONL + images/), parquet as one file. Header
+        ``X-Lensloop-Quality``: ``fresh``, ``stale`` or ``missing`` — whether the pairs' confidence and agreement
+        (and what the quality filters keep) are current; ``X-Lensloop-Quality-Note`` says what that means."""
         project = project_for(request, slug, admin=True)
         # Blank fields (an empty form input) mean "no filter", not "invalid date".
         params = {key: value for key, value in request.query_params.dict().items() if value != ""}
@@ -312,11 +314,22 @@ class ExportView(APIView):
         q = query.validated_data
         flt = exports.ExportFilter(
             project=project, since=q.get("since"), until=q.get("until"), sources=tuple(q.get("source") or ()),
-            split=q.get("split"),
+            split=q.get("split"), min_confidence=q.get("min_confidence"),
+            min_annotator_reliability=q.get("min_annotator_reliability"),
         )
+        # Whether the confidences it carries (and its quality filters read) are current: a header, since the
+        # body is the download. A stale or missing report is recomputed by a worker, as the quality view does.
+        note = exports.quality_note(flt)
+        if note.state != "fresh":
+            quality.enqueue_quality_report(project)
         chunks, filename, content_type = exports.stream_export(flt, q["format"])
         response = StreamingHttpResponse(chunks, content_type=content_type)
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        response["X-Lensloop-Quality"] = note.state
+        if note.computed_at is not None:
+            response["X-Lensloop-Quality-Computed-At"] = note.computed_at.isoformat()
+        if note.message:
+            response["X-Lensloop-Quality-Note"] = note.message
         return response
 
 

@@ -9,6 +9,16 @@ Formats (see docs/import-export.md):
   ``DPOTrainer`` takes it unchanged.
 * ``rankings`` — raw rankings JSONL: full orderings with ties, flags, pseudonymous annotators.
 
+Every pair (``records``, ``trl``, ``parquet``) carries its ``confidence`` (Crowd-BT's posterior that chosen
+truly beats rejected) and ``agreement`` (the share of the task's annotators who ordered the two the same way),
+and every ranking its ``consensus`` (the mean confidence of its pairs) and ``gold`` (a ranking of a gold task):
+the project's quality job writes them (``annotation.services.quality``), so they are null for what came since
+it last ran, and ``agreement`` is null for a pair only one annotator ordered. Filters ``min_confidence`` and
+``min_annotator_reliability`` keep what is known to be good enough: a null figure never passes them.
+
+Pairs of rankings of gold tasks never leave in a pair format (``annotation.services.gold``): a gold task is a
+test, and every annotator's ranking of it would repeat the same pairs. The rankings export keeps them, marked.
+
 Every line (and every Parquet row) says which split its prompt belongs to: ``"split": "train"`` or
 ``"eval"`` (the project's held-out prompts, which no round trains on; ``annotation.splits``). A filter can
 keep one split only.
@@ -36,7 +46,7 @@ from django.db import NotSupportedError
 from django.db.models import BooleanField, Exists, F, Func, OuterRef
 
 from annotation.images import media_path
-from annotation.models import Candidate, Image, PreferencePair, Project, Prompt, Ranking
+from annotation.models import Candidate, Image, PreferencePair, Project, Prompt, QualityReport, Ranking
 from lensloop import formats
 
 FORMATS = ("records", "trl", "parquet", "rankings")
@@ -76,15 +86,48 @@ class ExportFilter:
     # Rankings a reviewer rejected (annotation.services.reviews) and their pairs are left out of every
     # export, and so of every later round's data; True keeps them (an audit of what was rejected).
     include_rejected: bool = False
+    # Quality filters (None: no filter). ``min_confidence`` (0–1): pairs whose confidence is at least this
+    # (rankings: whose consensus is); ``min_annotator_reliability`` (0–1, Crowd-BT's η: the probability that
+    # the annotator orders a pair the true way): the pairs / rankings of annotators whose reliability in the
+    # stored quality report is at least this. A null confidence (consensus), or an annotator without a
+    # figure, fails the filter: what came since the quality job last ran is left out until it runs again.
+    min_confidence: float | None = None
+    min_annotator_reliability: float | None = None
 
     def __post_init__(self):
         if self.split is not None and self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, not {self.split!r}")
+        for name in ("min_confidence", "min_annotator_reliability"):
+            value = getattr(self, name)
+            # ``not 0 <= value <= 1`` is also true for nan
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1):
+                raise ValueError(f"{name} must be a number from 0 to 1, not {value!r}")
+
+    @property
+    def quality_filtered(self) -> bool:
+        return self.min_confidence is not None or self.min_annotator_reliability is not None
+
+    def reliable_annotators(self) -> list[int]:
+        """Ids of the annotators whose reliability in the stored quality report is at least
+        ``min_annotator_reliability``; no report, or no figure for an annotator, leaves them out."""
+        data = QualityReport.objects.filter(project=self.project).values_list("data", flat=True).first() or {}
+        threshold = self.min_annotator_reliability
+        return sorted(
+            int(user_id) for user_id, figures in (data.get("annotators") or {}).items()
+            if isinstance(figures, dict) and figures.get("reliability") is not None
+            and figures["reliability"] >= threshold
+        )
 
     def pairs(self):
         qs = PreferencePair.objects.filter(project=self.project)
+        # Gold tasks' rankings never become training pairs (annotation.services.gold).
+        qs = qs.filter(ranking__task__gold_ordering__isnull=True)
         if not self.include_rejected:
             qs = qs.exclude(ranking__review=Ranking.Review.REJECTED)
+        if self.min_confidence is not None:
+            qs = qs.filter(confidence__gte=self.min_confidence)  # null never passes
+        if self.min_annotator_reliability is not None:
+            qs = qs.filter(ranking__annotator_id__in=self.reliable_annotators())
         if self.split:
             qs = qs.filter(prompt__split=self.split)
         if self.since:
@@ -105,6 +148,10 @@ class ExportFilter:
         qs = Ranking.objects.filter(project=self.project)
         if not self.include_rejected:
             qs = qs.exclude(review=Ranking.Review.REJECTED)
+        if self.min_confidence is not None:
+            qs = qs.filter(consensus__gte=self.min_confidence)  # null never passes
+        if self.min_annotator_reliability is not None:
+            qs = qs.filter(annotator_id__in=self.reliable_annotators())
         if self.split:
             qs = qs.filter(task__prompt__split=self.split)
         if self.since:
@@ -125,6 +172,38 @@ class ExportFilter:
     def candidates(self):
         """The candidates that come from the chosen sources: the one rule both filters use."""
         return Candidate.objects.filter(source__in=self.sources)
+
+
+@dataclass(frozen=True)
+class QualityNote:
+    """Whether the figures an export carries are current: ``state`` ``"fresh"``, ``"stale"`` (rankings came
+    or left since the quality job last ran) or ``"missing"`` (it never ran); ``computed_at`` of the stored
+    report; ``message``, a sentence for people, None when fresh."""
+
+    state: str
+    computed_at: datetime | None
+    message: str | None
+
+
+def quality_note(flt: ExportFilter) -> QualityNote:
+    """What an export with ``flt`` should tell its reader about the quality figures (one aggregate query)."""
+    from annotation.services.quality import quality_report_for
+
+    current = quality_report_for(flt.project)
+    if not current.stale:
+        return QualityNote("fresh", current.report.computed_at, None)
+    left_out = (
+        "; with min_confidence or min_annotator_reliability set they (and annotators without a reliability "
+        "figure) are left out until it is recomputed" if flt.quality_filtered else ""
+    )
+    if current.report is None:
+        message = ("the project's quality report has not been computed yet: every pair's confidence and agreement "
+                   "and every ranking's consensus are null" + left_out)
+        return QualityNote("missing", None, message)
+    message = (f"the project's quality report is stale (computed {_iso(current.report.computed_at)}; rankings "
+               "came or left since): the pairs of newer rankings have a null confidence and agreement, the "
+               "rankings a null consensus" + left_out)
+    return QualityNote("stale", current.report.computed_at, message)
 
 
 def pseudonym(user_id: int) -> str:
@@ -159,14 +238,20 @@ def preference_records(flt: ExportFilter) -> Iterator[tuple[dict, Image]]:
                 "ranking_id": pair.ranking_id,
                 "created": _iso(pair.created_at),
                 "split": prompt.split,
+                "confidence": pair.confidence,
+                "agreement": pair.agreement,
             },
             prompt.image,
         )
 
 
 def trl_row(record: dict) -> dict:
-    """One record in TRL's conversational preference format (with images), with its id, margin and split."""
-    return {"id": record["id"], **formats.preference_row(record), "margin": record["margin"], "split": record["split"]}
+    """One record in TRL's conversational preference format (with images), with its id, margin, split,
+    confidence and agreement."""
+    return {
+        "id": record["id"], **formats.preference_row(record), "margin": record["margin"], "split": record["split"],
+        "confidence": record["confidence"], "agreement": record["agreement"],
+    }
 
 
 def ranking_rows(flt: ExportFilter) -> Iterator[tuple[dict, Image]]:
@@ -205,6 +290,8 @@ def _ranking_batch(flt: ExportFilter, batch: list[Ranking]) -> Iterator[tuple[di
                 "annotator": pseudonym(ranking.annotator_id),
                 "created": _iso(ranking.created_at),
                 "split": prompt.split,
+                "consensus": ranking.consensus,
+                "gold": ranking.task.gold_ordering is not None,
             },
             prompt.image,
         )
@@ -247,6 +334,8 @@ def _parquet_schema():
         "rejected": turn_feature,
         "margin": {"dtype": "int32", **value},
         "split": {"dtype": "string", **value},
+        "confidence": {"dtype": "float64", **value},
+        "agreement": {"dtype": "float64", **value},
     }
     schema = pa.schema(
         [
@@ -257,6 +346,8 @@ def _parquet_schema():
             ("rejected", turns),
             ("margin", pa.int32()),
             ("split", pa.string()),
+            ("confidence", pa.float64()),
+            ("agreement", pa.float64()),
         ]
     )
     return schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})

@@ -44,6 +44,8 @@ def test_a_parquet_export_trains_with_dpo_trainer_unchanged(tmp_path):
 
     ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "export/data/*.parquet"), split="train")
     assert len(ds) == 4
+    # the quality figures ride along as nullable float columns (null: no quality job has run)
+    assert {"confidence", "agreement"} <= set(ds.column_names) and ds["confidence"] == [None] * 4
     model, processor = _tiny_vlm(tmp_path / "model")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     args = trl.DPOConfig(
