@@ -228,6 +228,7 @@ def export(request, slug):
         "form": form,
         "api_url": reverse("api-export", args=[project.slug]),
         "stats": queue_stats(project),
+        "quality": quality_report_for(project),
     }
     return render(request, "annotation/export.html", context)
 

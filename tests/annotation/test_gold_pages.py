@@ -180,3 +180,17 @@ def test_the_dashboard_plots_agreement_over_time(client, world):
     assert "per week, from 2026-11-02" in chart
     assert chart.count("<circle") == 2  # the week without a comparison is left out
     assert "first 0.61" in chart and "last 0.83" in chart
+
+
+def test_the_export_page_says_whether_the_quality_figures_are_up_to_date(client, world):
+    from annotation.services.quality import quality_report_compute
+
+    proj = world["project"]
+    url = reverse("project-export", args=["shapes"])
+    page = lambda: _login(client, world["alice"]).get(url).content.decode()  # noqa: E731
+    assert "No figures yet" in page()
+    _ranking(world["bob"], proj)
+    quality_report_compute(project=proj)
+    assert "The figures are up to date" in page()
+    _ranking(world["carl"], proj)
+    assert "older than the latest rankings" in page()
