@@ -231,12 +231,14 @@ def _reversed_with_low_confidence(src, dst, fraction: float, seed: int) -> float
 
 @pytest.mark.slow
 def test_confidence_weighting_learns_through_reversed_pairs(tiny_model_path, rm_dataset, tmp_path):
-    """60 % of the training pairs reversed, each with a low confidence: trained as ranked, the reward model learns
+    """80 % of the training pairs reversed, each with a low confidence: trained as ranked, the reward model learns
     the reversed preference (held-out accuracy below chance); with confidence weighting, the true one. A majority
     reversed rather than a third: pairs reversed at random, independently of the pair, at a rate below one half
     leave the ranking that fits best unchanged (only slower to find), so the test could only measure a small
-    gain in sample efficiency; above one half, the two settings must land on opposite sides of chance. About
-    half a minute per model on one core (~4.4k pairs, one epoch)."""
+    gain in sample efficiency; above one half, the two settings must land on opposite sides of chance. Four
+    fifths rather than 60 %: at 60 % one epoch leaves the plain model at chance, not below it (0.40–0.52 over
+    seeds 0–7), so no threshold separates it; the weighted model's soft labels point the true way whatever the
+    fraction (0.71–0.76 at 60 %). About half a minute per model on one core (~4.4k pairs, one epoch)."""
     from rlhf.engine.train_reward import train_reward_model
 
     seed = learning_seed(3)
@@ -257,6 +259,10 @@ def test_confidence_weighting_learns_through_reversed_pairs(tiny_model_path, rm_
     assert plain <= SOFT_MAX_PLAIN, results[False]
 
 
-REVERSED = 0.6
-SOFT_MIN_ACCURACY = 0.6
-SOFT_MAX_PLAIN = 0.45
+REVERSED = 0.8
+# Set from the spread over seeds 0–9 (one torch thread, one run at a time beside other work, load 2–5; the
+# test's own runs with LENSLOOP_LEARNING_SEED, as bench/learning_spread.py makes them): weighted 0.727 ± 0.013
+# sd (min 0.708, max 0.747), plain 0.333 ± 0.034 (min 0.297, max 0.408). At REVERSED = 0.6 (seeds 0–7) plain
+# was 0.459 ± 0.045 (min 0.403, max 0.515): on both sides of chance, hence four fifths.
+SOFT_MIN_ACCURACY = 0.65
+SOFT_MAX_PLAIN = 0.46
