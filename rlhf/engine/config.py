@@ -200,7 +200,7 @@ class RewardConfig:
 
 @dataclass
 class EvaluateConfig:
-    """Evaluate a policy (BLEU, ROUGE-L, exact match, demo-world attributes) and optionally a reward
+    """Evaluate a policy (BLEU, ROUGE-L, CIDEr, CIDEr-D, exact match, demo-world attributes) and optionally a reward
     model (pairwise accuracy, calibration)."""
 
     model: ModelConfig = option(ModelConfig(), "The policy to evaluate.")

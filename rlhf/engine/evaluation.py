@@ -1,7 +1,8 @@
-"""Evaluation: text metrics (BLEU, ROUGE-L, exact match), the registered ground-truth answer metrics
-(`ANSWER_METRICS`: the demo world's attribute accuracy, from demo/rewards.py), reward-model pairwise
-accuracy and calibration, and the `evaluate` subcommand (`evaluate_run`): a policy and the version it would
-replace on the same held-out prompts, with intervals (lensloop/stats.py) and paired differences.
+"""Evaluation: text metrics (BLEU, ROUGE-L, CIDEr and CIDEr-D from caption_metrics.py, exact match), the
+registered ground-truth answer metrics (`ANSWER_METRICS`: the demo world's attribute accuracy, from
+demo/rewards.py), reward-model pairwise accuracy and calibration, and the `evaluate` subcommand
+(`evaluate_run`): a policy and the version it would replace on the same held-out prompts, with intervals
+(lensloop/stats.py) and paired differences.
 
 The metric functions on lists are pure; `evaluate_policy` decodes greedily and scores the answers.
 """
@@ -12,6 +13,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from .caption_metrics import cider, cider_d
 from .registry import Registry
 from .rewards import normalize, words
 
@@ -121,7 +123,8 @@ def score_answers(records: list[dict], answers: list[str]) -> dict[str, float]:
     if with_ref:
         preds = [a for _, a in with_ref]
         refs = [r["reference"] if isinstance(r["reference"], list) else [r["reference"]] for r, _ in with_ref]
-        out.update(bleu=bleu(preds, refs), rouge_l=rouge_l(preds, refs), exact_match=exact_match(preds, refs))
+        out.update(bleu=bleu(preds, refs), rouge_l=rouge_l(preds, refs), cider=cider(preds, refs),
+                   cider_d=cider_d(preds, refs), exact_match=exact_match(preds, refs))
     for metric in ANSWER_METRICS.values():
         out.update(metric(records, answers))
     return out
@@ -178,10 +181,11 @@ def interval_figures(name: str, values: list[float], *, resamples: int, seed: in
 
 def evaluate_run(cfg, run_dir: str, records: list[dict] | None = None, source: str = "records given by the caller") -> dict:
     """The `evaluate` subcommand: greedy answers of the policy (and of `cfg.baseline`, on the same prompts)
-    scored with BLEU / ROUGE-L / exact match / demo attributes, the verifiable reward and the reward model,
-    and `cfg.samples` answers per prompt at T = 1 scored with the verifiable reward (…/verifiable_sampled),
-    each mean with its 95% bootstrap interval, and the paired differences policy − baseline (diff/…); the
-    reward model's pair accuracy on `preference_file`. Per-prompt answers and scores go to answers.jsonl.
+    scored with BLEU / ROUGE-L / CIDEr / CIDEr-D / exact match / demo attributes, the verifiable reward and the
+    reward model, and `cfg.samples` answers per prompt at T = 1 scored with the verifiable reward
+    (…/verifiable_sampled), each mean with its 95% bootstrap interval, and the paired differences policy −
+    baseline (diff/…); the reward model's pair accuracy on `preference_file`. Per-prompt answers and scores go
+    to answers.jsonl.
 
     The prompts are `cfg.prompts_file`, else `records` (described by `source`): the CLI passes fresh
     demo-world scenes when no prompts_file is given (cli.run_evaluate). They are held out by the caller's

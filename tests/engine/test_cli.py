@@ -78,8 +78,8 @@ def test_generate_sft_train_reward_and_evaluate(tiny_model_path, demo_dataset, t
         "reward_model_path": str(tmp_path / "rm" / "checkpoint"),
         "preference_file": demo_dataset["preferences_eval"]}), "--run-dir", tmp_path / "eval")
     ev = assert_run_contract(tmp_path / "eval", checkpoint=False)
-    assert {"policy/bleu", "policy/rouge_l", "policy/caption/count", "reward_model/accuracy",
-            "reward_model/ece"} <= set(ev)
+    assert {"policy/bleu", "policy/rouge_l", "policy/cider", "policy/cider_d", "policy/caption/count",
+            "reward_model/accuracy", "reward_model/ece"} <= set(ev)
 
 
 def test_a_bad_config_fails_before_any_model_loads(tmp_path):

@@ -125,6 +125,8 @@ def test_evaluate_compares_a_policy_with_its_baseline_on_the_same_prompts(tiny_m
     result = evaluate_run(cfg, str(tmp_path / "run"))
     assert result["prompts"] == 6 and len(result["prompts_sha"]) == 12
     assert result["policy/verifiable_n"] == 6
+    assert {"policy/bleu", "policy/rouge_l", "policy/cider", "policy/cider_d", "baseline/cider_d"} <= set(result)
+    assert result["policy/cider"] == result["baseline/cider"] >= 0.0  # same weights, same answers
     assert result["policy/verifiable_low"] <= result["policy/verifiable"] <= result["policy/verifiable_high"]
     # The same weights on the same prompts: the paired difference is exactly zero.
     assert result["diff/verifiable"] == result["diff/verifiable_low"] == result["diff/verifiable_high"] == 0.0
@@ -143,7 +145,8 @@ def test_evaluate_compares_a_policy_with_its_baseline_on_the_same_prompts(tiny_m
     not_held = load_config("evaluate", {"model": model, "demo_images": 2, "max_new_tokens": 8, "heldout": False,
                                         "verifiable_reward": "demo_reward", "bootstrap": 100})
     result = evaluate_run(not_held, str(tmp_path / "train"))
-    assert result["heldout"] == "none" and "train/policy/verifiable" in result
+    assert result["heldout"] == "none"
+    assert {"train/policy/verifiable", "train/policy/cider", "train/policy/cider_d"} <= set(result)
     assert not any(k.startswith(("policy/", "eval/")) for k in result), result
 
 
