@@ -7,6 +7,8 @@ from django.urls import reverse
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
+from annotation.importers import FORMATS as IMPORT_FORMATS
+from annotation.importers import HELDOUT
 from annotation.models import Membership, Project, Ranking
 from annotation.services.exports import FORMATS
 from annotation.services.imports import MODES
@@ -207,7 +209,21 @@ class ReviewSerializer(serializers.Serializer):
 class ImportSerializer(serializers.Serializer):
     file = serializers.FileField(help_text="A zip holding manifest.jsonl or manifest.csv and the images.")
     mode = serializers.ChoiceField(choices=MODES, default="all_or_nothing")
-    manifest = serializers.CharField(required=False, allow_blank=True, default="")
+    manifest = serializers.CharField(required=False, allow_blank=True, default="",
+                                     help_text="The manifest's name; for another format, its main source file.")
+    format = serializers.ChoiceField(choices=IMPORT_FORMATS, default="manifest",
+                                     help_text="manifest, or a standard dataset: coco, karpathy, vqa, refcoco, hf.")
+    split = serializers.CharField(required=False, allow_blank=True, default="",
+                                  help_text="The source's splits to take, comma-separated (e.g. val2017).")
+    limit = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1)
+    heldout = serializers.ChoiceField(choices=HELDOUT, default="source",
+                                      help_text="source: the dataset's val/test records are held out; hash: the "
+                                                "project's held-out fraction chooses.")
+
+    def validate(self, attrs):
+        if attrs["split"] and attrs["format"] == "manifest":
+            raise serializers.ValidationError({"split": "only for a standard dataset format"})
+        return attrs
 
 
 class ExportQuerySerializer(serializers.Serializer):

@@ -290,6 +290,10 @@ class ImportView(APIView):
                     path=Path(tmp.name),
                     manifest=data.validated_data["manifest"] or None,
                     mode=data.validated_data["mode"],
+                    format=data.validated_data["format"],
+                    split=data.validated_data["split"] or None,
+                    limit=data.validated_data["limit"],
+                    heldout=data.validated_data["heldout"],
                 )
             except ImportRejected:
                 raise  # 400 with the report; nothing was written

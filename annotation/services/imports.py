@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import itertools
 import json
 import math
 from collections.abc import Iterator
@@ -46,9 +47,12 @@ class Problem:
     file: str
     line: int | None
     message: str
+    record: str = ""  # a converted dataset's record in ``file`` (annotation.importers), e.g. "annotation 3, id 38"
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
+        if self.record:
+            where += f" [{self.record}]"
         return f"{where}: {self.message}"
 
 
@@ -57,6 +61,7 @@ class ImportReport:
     project: str
     mode: str
     manifest: str = ""
+    format: str = "manifest"
     rows: int = 0
     rows_imported: int = 0
     rows_skipped: int = 0
@@ -241,41 +246,71 @@ def _manifest_rows(bundle: Bundle, manifest: str, k: int) -> Iterator[tuple[int,
 
 
 def import_bundle(
-    *, project: Project, path: Path, manifest: str | None = None, mode: str = "all_or_nothing", origin: str = "import"
+    *, project: Project, path: Path, manifest: str | None = None, mode: str = "all_or_nothing", origin: str = "import",
+    format: str = "manifest", split: str | None = None, limit: int | None = None, heldout: str = "source",
 ) -> ImportReport:
     """Import ``path`` (folder or zip) into ``project``. Raises ``ImportRejected`` (report in details) when
-    mode is all_or_nothing and anything is wrong; otherwise returns the report."""
+    mode is all_or_nothing and anything is wrong; otherwise returns the report.
+
+    ``format`` other than ``manifest`` reads a standard dataset (COCO Captions, Karpathy, VQA v2, RefCOCO,
+    Hugging Face; ``annotation.importers``), whose records become manifest rows checked and written here
+    exactly like a manifest's; ``split`` picks the source's splits, ``heldout`` whether they decide the rows'
+    ``split`` (``source``) or the project's held-out fraction does (``hash``). ``limit`` keeps the first
+    ``limit`` rows (records) of any format."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-    report = ImportReport(project=project.slug, mode=mode)
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    report = ImportReport(project=project.slug, mode=mode, format=format)
     try:
         bundle = open_bundle(path, max_total_bytes=settings.LENSLOOP_MAX_UPLOAD_BYTES * 4)
     except BundleError as exc:
         report.problems.append(Problem(path.name, None, str(exc)))
         raise ImportRejected(str(exc), report=report) from None
     try:
-        return _import(bundle, project, manifest, mode, origin, report)
+        if format != "manifest":
+            from annotation import importers
+
+            try:
+                bundle = importers.convert(bundle, format, source=manifest, split=split, heldout=heldout)
+            except BundleError as exc:
+                report.problems.append(Problem(getattr(exc, "file", bundle.label), None, getattr(exc, "reason", str(exc))))
+                raise ImportRejected(str(exc), report=report) from None
+        elif split:
+            raise ValueError("split picks the splits of a converted dataset; a manifest's rows carry their own")
+        return _import(bundle, project, manifest, mode, origin, report, limit)
     finally:
         bundle.close()
 
 
-def _import(bundle: Bundle, project: Project, manifest: str | None, mode: str, origin: str, report: ImportReport):
+def _import(bundle: Bundle, project: Project, manifest: str | None, mode: str, origin: str, report: ImportReport,
+            limit: int | None = None):
     for name, why in bundle.refused:
         report.problems.append(Problem(name, None, why))
-    try:
-        manifest = bundle.find_manifest(manifest)
-    except BundleError as exc:
-        report.problems.append(Problem(bundle.label, None, str(exc)))
-        raise ImportRejected(str(exc), report=report) from None
-    report.manifest = manifest
+    converted = getattr(bundle, "manifest_rows", None)  # a standard dataset read by annotation.importers
+    if converted is not None:
+        report.manifest = bundle.label
+        # (where, row, problem): where is (file, line, record) of the source record
+        records = converted(project.candidates_per_task)
+    else:
+        try:
+            manifest = bundle.find_manifest(manifest)
+        except BundleError as exc:
+            report.problems.append(Problem(bundle.label, None, str(exc)))
+            raise ImportRejected(str(exc), report=report) from None
+        report.manifest = manifest
+        records = (((manifest, line or None, ""), row, problem)
+                   for line, row, problem in _manifest_rows(bundle, manifest, project.candidates_per_task))
+    if limit:
+        records = itertools.islice(records, limit)
 
     # Pass 1: parse every row and check every image it names (each image once).
     images: dict[str, CheckedImage | str] = {}
     good: list[Row] = []
-    for line, row, problem in _manifest_rows(bundle, manifest, project.candidates_per_task):
+    for (file, line, record), row, problem in records:
         report.rows += 1
         if problem is not None:
-            report.problems.append(Problem(manifest, line or None, problem))
+            report.problems.append(Problem(file, line, problem, record))
             continue
         if row.image not in images:
             try:
@@ -286,14 +321,14 @@ def _import(bundle: Bundle, project: Project, manifest: str | None, mode: str, o
                 images[row.image] = str(exc)
         outcome = images[row.image]
         if isinstance(outcome, str):
-            report.problems.append(Problem(manifest, line, f"image {row.image!r}: {outcome}"))
+            report.problems.append(Problem(file, line, f"image {row.image!r}: {outcome}", record))
             continue
         if not row.split:
             key = split_key(external_id=row.external_id, image_sha256=outcome.sha256, text=row.prompt)
             row.split = hashed_split(key, project.heldout_fraction)
         good.append(row)
     if report.rows == 0:
-        report.problems.append(Problem(manifest, None, "manifest has no rows"))
+        report.problems.append(Problem(report.manifest, None, "no records to import" if converted else "manifest has no rows"))
     report.rows_skipped = report.rows - len(good)
     if report.problems and mode == "all_or_nothing":
         report.rows_skipped = report.rows

@@ -76,7 +76,7 @@ function showReport(status, data) {
     ]) figure(figures, label, report[key]);
     for (const p of report.problems) {
       const li = document.createElement("li");
-      li.textContent = `${p.line ? `${p.file}:${p.line}` : p.file}: ${p.message}`;
+      li.textContent = `${p.line ? `${p.file}:${p.line}` : p.file}${p.record ? ` [${p.record}]` : ""}: ${p.message}`;
       problems.append(li);
     }
   }
@@ -108,6 +108,10 @@ form.addEventListener("submit", async (e) => {
     body.append("file", blob, name);
     body.append("mode", $("import-mode").value);
     body.append("manifest", $("import-manifest").value.trim());
+    body.append("format", $("import-format").value);
+    body.append("heldout", $("import-heldout").value);
+    if ($("import-format").value !== "manifest") body.append("split", $("import-split").value.trim());
+    if ($("import-limit").value.trim()) body.append("limit", $("import-limit").value.trim());
     progress("Uploading… 0%", 0);
     const { status, data } = await upload(body);
     progress(status >= 200 && status < 300 ? "Done." : "Finished with problems.", 1);
