@@ -260,9 +260,10 @@ def test_confidence_weighting_learns_through_reversed_pairs(tiny_model_path, rm_
 
 
 REVERSED = 0.8
-# Set from the spread over seeds 0–9 (one torch thread, one run at a time beside other work, load 2–5; the
-# test's own runs with LENSLOOP_LEARNING_SEED, as bench/learning_spread.py makes them): weighted 0.727 ± 0.013
-# sd (min 0.708, max 0.747), plain 0.333 ± 0.034 (min 0.297, max 0.408). At REVERSED = 0.6 (seeds 0–7) plain
-# was 0.459 ± 0.045 (min 0.403, max 0.515): on both sides of chance, hence four fifths.
+# Set from the spread over seeds 0–15 (one torch thread, one run at a time beside other work, load 2–5; the
+# test's own runs with LENSLOOP_LEARNING_SEED, as bench/learning_spread.py makes them): weighted 0.728 ± 0.015
+# sd (min 0.708, max 0.755), plain 0.336 ± 0.047 (min 0.294, max 0.428; most seeds 0.29–0.37, three 0.41–0.43).
+# At REVERSED = 0.6 (seeds 0–7) plain was 0.459 ± 0.045 (min 0.403, max 0.515): on both sides of chance, hence
+# four fifths.
 SOFT_MIN_ACCURACY = 0.65
-SOFT_MAX_PLAIN = 0.46
+SOFT_MAX_PLAIN = 0.48
