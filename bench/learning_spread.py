@@ -30,6 +30,7 @@ LEARNING_TESTS = [
     "tests/engine/test_trl_policy.py::test_rloo_raises_the_held_out_reward",
     "tests/engine/test_trl_policy.py::test_dpo_raises_the_preference_margin_on_held_out_pairs",
     "tests/engine/test_reward_model.py::test_reward_model_learns_ground_truth_preferences",
+    "tests/engine/test_reward_model.py::test_confidence_weighting_learns_through_reversed_pairs",
     "tests/engine/test_accelerate.py::test_two_processes_match_one_process_within_noise",
 ]
 
