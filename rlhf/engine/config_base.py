@@ -40,18 +40,40 @@ def check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+PEFT_METHODS = ("lora", "dora", "ia3", "loha", "lokr", "adalora", "prompt_tuning")
+
+# Methods PEFT offers that the engine refuses, and why (docs/engine.md, "PEFT methods").
+_PEFT_REFUSED = {
+    "adalora": "AdaLoRA's rank budget schedule needs the run's total_step and a call to update_and_allocate after "
+               "every optimizer step, which the engine's training loops (SFT, reward model, PPO, TRL) do not "
+               "make; without them it is a plain LoRA in SVD form. Use 'lora' (or 'dora')",
+    "prompt_tuning": "prompt tuning prepends virtual tokens, so the logits no longer line up with the input ids "
+                     "that every loss and log-prob of the engine reads (and there are no per-layer adapters "
+                     "for the reward model and the PPO value head to build on). Use 'lora' (or 'ia3' for "
+                     "the fewest trainable weights)",
+}
+# Methods whose PEFT layers have no bitsandbytes 4-bit version (PEFT 0.21 wraps the packed 4-bit weight as a
+# plain Linear and the first forward pass fails on its shape).
+_PEFT_NO_4BIT = ("loha", "lokr")
+
+
 @dataclass
 class ModelConfig:
     """Which VLM to load and how to adapt it."""
 
     path: str = option("demo", "Local folder (or hub id) of a model that AutoModelForImageTextToText and "
                        "AutoProcessor load; 'demo' means the tiny demo model built by `build-demo` (default build).")
-    adapter_path: str | None = option(None, "Optional folder of a saved LoRA adapter to load on top of `path` "
-                                      "(e.g. the policy of a previous round).")
+    adapter_path: str | None = option(None, "Optional folder of a saved adapter to load on top of `path` "
+                                      "(e.g. the policy of a previous round); its adapter_config.json says which "
+                                      "PEFT method it is, whatever `peft_method` says.")
     device: str = option("auto", "'auto' (CUDA if present, else CPU), 'cpu', 'cuda' or 'cuda:N'.")
     dtype: str = option("auto", "'auto' (bfloat16 on CUDA with bf16 support, float32 otherwise), 'float32', "
                         "'bfloat16' or 'float16'.")
     lora: bool = option(True, "Train LoRA adapters (Hu et al. 2021) instead of all weights.")
+    peft_method: str = option("lora", "Which PEFT adapter `lora: true` trains: 'lora' (Hu et al. 2021), 'dora' "
+                              "(LoRA with a learnt magnitude, Liu et al. 2024), 'ia3' (learnt scaling vectors, Liu "
+                              "et al. 2022), 'loha' or 'lokr' (Hadamard / Kronecker products, LyCORIS), on the same "
+                              "`lora_target_modules`; 'adalora' and 'prompt_tuning' are refused with the reason.")
     lora_r: int = option(8, "LoRA rank r.")
     lora_alpha: int = option(16, "LoRA scaling alpha (the update is scaled by alpha / r).")
     lora_dropout: float = option(0.0, "Dropout on the LoRA input.")
@@ -82,3 +104,13 @@ class ModelConfig:
         check(0.0 <= self.lora_dropout < 1.0, "model.lora_dropout must lie in [0, 1)")
         check(bool(self.lora_target_modules), "model.lora_target_modules is empty: name at least one module")
         check(not self.qlora or self.lora, "model.qlora=true needs model.lora=true (4-bit weights are frozen)")
+        check(self.peft_method in PEFT_METHODS,
+              f"model.peft_method={self.peft_method!r}: unknown method; one of {', '.join(PEFT_METHODS)}")
+        check(self.peft_method not in _PEFT_REFUSED,
+              f"model.peft_method={self.peft_method!r} is not supported: {_PEFT_REFUSED.get(self.peft_method)}")
+        check(self.lora or self.peft_method == "lora",
+              f"model.peft_method={self.peft_method!r} needs model.lora=true (lora=false trains every weight, "
+              "with no adapter)")
+        check(not (self.qlora and self.peft_method in _PEFT_NO_4BIT),
+              f"model.peft_method={self.peft_method!r} cannot train on 4-bit weights (PEFT has no bitsandbytes "
+              f"layer for it): set qlora=false, or use 'lora', 'dora' or 'ia3' with qlora")

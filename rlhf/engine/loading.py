@@ -212,14 +212,39 @@ def lora_targets(model: torch.nn.Module, names: list[str], language_model_only: 
     return pattern
 
 
-def apply_lora(model, cfg: ModelConfig):
-    """Wrap `model` in a PEFT LoRA model per `cfg` (Hu et al. 2021)."""
-    from peft import LoraConfig, get_peft_model
+# Feed-forward output projections among the target names: IA3 scales their input instead of their output.
+IA3_FEEDFORWARD = ("down_proj", "fc2", "w2", "dense_4h_to_h", "wo")
 
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=lora_targets(model, cfg.lora_target_modules, cfg.lora_language_model_only),
-                      modules_to_save=modules_to_save(model, cfg.lora_modules_to_save) or None, bias="none")
-    return get_peft_model(model, lora)
+
+def peft_config(model: torch.nn.Module, cfg: ModelConfig):
+    """The PEFT config of `cfg.peft_method` on `cfg.lora_target_modules` (the one place it is built): LoRA
+    (Hu et al. 2021), DoRA (Liu et al. 2024), IA3 (Liu et al. 2022), LoHa and LoKr (LyCORIS)."""
+    from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig
+
+    method = cfg.peft_method
+    targets = lora_targets(model, cfg.lora_target_modules, cfg.lora_language_model_only)
+    save = modules_to_save(model, cfg.lora_modules_to_save) or None
+    if method in ("lora", "dora"):
+        extra = {"use_dora": True} if method == "dora" else {}
+        return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=targets, modules_to_save=save, bias="none", **extra)
+    if method == "ia3":
+        feedforward = [n for n in cfg.lora_target_modules if n in IA3_FEEDFORWARD]
+        ff = lora_targets(model, feedforward, cfg.lora_language_model_only) if feedforward else []
+        return IA3Config(target_modules=targets, feedforward_modules=ff, modules_to_save=save)
+    if method in ("loha", "lokr"):
+        cls = LoHaConfig if method == "loha" else LoKrConfig
+        return cls(r=cfg.lora_r, alpha=cfg.lora_alpha, module_dropout=cfg.lora_dropout, target_modules=targets,
+                   modules_to_save=save)
+    raise ModelLoadError(f"model.peft_method={method!r} cannot be applied here (validate the config: it says why "
+                         "and what to use instead)")
+
+
+def apply_lora(model, cfg: ModelConfig):
+    """Wrap `model` in a PEFT adapter of `cfg.peft_method` (LoRA by default) per `cfg`."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_config(model, cfg))
 
 
 def modules_to_save(model: torch.nn.Module, names: list[str]) -> list[str]:

@@ -1,0 +1,164 @@
+"""`model.peft_method`: each PEFT method the engine offers trains only its adapter (SFT steps, the reward model),
+switches off to the base model exactly (the PPO / TRL reference), saves and reloads through the engine's load
+path with the same outputs, and runs PPO, GRPO and DPO; 4-bit where PEFT allows it; the others are config
+errors that say why and what to use."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from rlhf.engine.config import ConfigError, ModelConfig, load_config
+from rlhf.engine.data import encode_completions
+from rlhf.engine.demo import world
+from rlhf.engine.loading import load_model
+
+METHODS = ["lora", "dora", "ia3", "loha", "lokr"]
+# What every trainable parameter name of the method's adapter contains.
+ADAPTER_WORD = {"lora": "lora_", "dora": "lora_", "ia3": "ia3_l", "loha": "hada_", "lokr": "lokr_"}
+PEFT_CONFIG = {"lora": "LoraConfig", "dora": "LoraConfig", "ia3": "IA3Config", "loha": "LoHaConfig",
+               "lokr": "LoKrConfig"}
+
+
+def _batch(processor, n=2, seed=0):
+    rng = random.Random(seed)
+    scenes = [world.make_scene(rng) for _ in range(n)]
+    return encode_completions(processor, [[image] for image, _ in scenes], [world.CAPTION_PROMPT] * n,
+                              [world.reference_caption(gt) for _, gt in scenes])
+
+
+def _sft_steps(model, batch, steps=3, lr=1e-2):
+    from rlhf.engine.losses import sft_loss
+    from rlhf.engine.sft import completion_labels
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    labels = completion_labels(batch.inputs["input_ids"], batch.completion_mask)
+    for _ in range(steps):
+        loss = sft_loss(model(**batch.inputs).logits, labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert torch.isfinite(loss)
+
+
+def _changed(model, before) -> list[str]:
+    return [n for n, p in model.named_parameters() if n in before and not torch.equal(p, before[n])]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_sft_trains_only_the_adapter_which_switches_off_to_the_base_and_reloads(method, tiny_model,
+                                                                                 tiny_model_path, tmp_path):
+    base, _ = tiny_model
+    cfg = ModelConfig(path=str(tiny_model_path), device="cpu", peft_method=method)
+    cfg.validate()
+    model, processor = load_model(cfg, trainable=True)
+    assert type(model.peft_config["default"]).__name__ == PEFT_CONFIG[method]
+    assert model.peft_config["default"].__dict__.get("use_dora", False) == (method == "dora")
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(ADAPTER_WORD[method] in n for n in trainable), sorted(trainable)
+    assert all("language_model" in n for n in trainable)
+    batch = _batch(processor)
+    _sft_steps(model, batch)
+    assert _changed(model, trainable)
+    model.eval()
+    with torch.no_grad():
+        tuned = model(**batch.inputs).logits
+        with model.disable_adapter():
+            reference = model(**batch.inputs).logits
+        plain = base(**batch.inputs).logits
+    assert torch.allclose(reference, plain, atol=1e-6), "the adapter-disabled model is the base model"
+    assert not torch.allclose(tuned, plain, atol=1e-4)
+    model.save_pretrained(tmp_path / "adapter")
+    again, _ = load_model(ModelConfig(path=str(tiny_model_path), device="cpu", adapter_path=str(tmp_path / "adapter")))
+    assert type(again.peft_config["default"]).__name__ == PEFT_CONFIG[method]
+    with torch.no_grad():
+        assert torch.allclose(again(**batch.inputs).logits, tuned, atol=1e-5)
+
+
+def test_ia3_scales_the_input_of_the_feed_forward_targets_and_the_output_of_the_others(tiny_model_path):
+    cfg = ModelConfig(path=str(tiny_model_path), device="cpu", peft_method="ia3",
+                      lora_target_modules=["q_proj", "v_proj", "down_proj"])
+    model, _ = load_model(cfg, trainable=True)
+    layers = {n.rsplit(".", 1)[-1]: m.is_feedforward for n, m in model.named_modules() if hasattr(m, "is_feedforward")}
+    assert layers == {"q_proj": False, "v_proj": False, "down_proj": True}
+
+
+@pytest.mark.parametrize("method", METHODS[1:])
+def test_the_reward_model_trains_its_adapter_and_reloads_with_the_same_scores(method, tiny_model_path, tmp_path):
+    from rlhf.engine.reward_model import init_reward_model, load_reward_model, save_reward_model, score
+
+    cfg = ModelConfig(path=str(tiny_model_path), device="cpu", peft_method=method)
+    rm, processor = init_reward_model(cfg, seed=0)
+    adapter = {n: p.detach().clone() for n, p in rm.backbone.named_parameters() if p.requires_grad}
+    assert adapter and all(ADAPTER_WORD[method] in n for n in adapter)
+    batch = _batch(processor, n=4, seed=1)
+    opt = torch.optim.AdamW([p for p in rm.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        r = rm(completion_mask=batch.completion_mask, **batch.inputs)
+        loss = -torch.nn.functional.logsigmoid(r[0::2] - r[1::2]).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert _changed(rm.backbone, adapter)
+    rm.eval()
+    rng = random.Random(2)
+    scenes = [world.make_scene(rng) for _ in range(3)]
+    args = ([[im] for im, _ in scenes], [world.CAPTION_PROMPT] * 3, [world.reference_caption(gt) for _, gt in scenes])
+    before = score(rm, processor, *args)
+    save_reward_model(rm, processor, cfg, tmp_path / "rm")
+    assert json.loads((tmp_path / "rm" / "reward_model.json").read_text())["model"]["peft_method"] == method
+    rm2, processor2 = load_reward_model(tmp_path / "rm", device="cpu")
+    assert torch.allclose(score(rm2, processor2, *args), before, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["dora", "ia3"])
+def test_methods_with_a_4bit_layer_train_on_4bit_weights(method, tiny_model_path):
+    pytest.importorskip("bitsandbytes")
+    cfg = ModelConfig(path=str(tiny_model_path), device="cpu", qlora=True, peft_method=method)
+    cfg.validate()
+    model, processor = load_model(cfg, trainable=True)
+    assert any("4bit" in type(m).__name__ for m in model.modules())
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    _sft_steps(model, _batch(processor), steps=1)
+    changed = _changed(model, before)
+    assert changed and all(ADAPTER_WORD[method] in n for n in changed)
+
+
+@pytest.mark.parametrize("method", METHODS[1:])
+def test_ppo_grpo_and_dpo_runs_train_the_method_and_save_it(method, tiny_model_path, demo_dataset, tmp_path):
+    from rlhf.engine.cli import main
+
+    model = {"path": str(tiny_model_path), "device": "cpu", "peft_method": method}
+    ppo = {"model": model, "prompts_file": str(demo_dataset["prompts"]), "reward_model_path": "",
+           "verifiable_reward": "demo_reward", "kl_coef": 0.05, "steps": 1, "seed": 3, "batch_size": 4,
+           "eval_prompts": 4, "max_new_tokens": 8}
+    dpo = {"model": model, "train_file": str(demo_dataset["preferences"]), "beta": 0.1, "steps": 1, "seed": 1,
+           "batch_size": 4, "eval_pairs": 4}
+    grpo = {**{k: v for k, v in ppo.items() if k != "kl_coef"}, "num_generations": 2, "beta": 0.05}
+    for kind, data in (("ppo", ppo), ("grpo", grpo), ("dpo", dpo)):
+        path = tmp_path / f"{kind}.json"
+        path.write_text(json.dumps(data))
+        assert main([kind, "--config", str(path), "--run-dir", str(tmp_path / kind)]) == 0, kind
+        ckpt = tmp_path / kind / "checkpoint"
+        saved = json.loads((ckpt / "adapter_config.json").read_text())
+        assert saved["peft_type"] == PEFT_CONFIG[method][:-len("Config")].upper(), (kind, saved["peft_type"])
+        assert saved.get("use_dora", False) == (method == "dora")
+        policy, _ = load_model(ModelConfig(path=str(tiny_model_path), device="cpu", adapter_path=str(ckpt)))
+        assert type(policy.peft_config["default"]).__name__ == PEFT_CONFIG[method]  # as generate/evaluate load it
+
+
+def test_unknown_and_unsupported_methods_are_config_errors():
+    with pytest.raises(ConfigError, match=r"peft_method='prefix'.*one of lora, dora, ia3"):
+        ModelConfig(peft_method="prefix").validate()
+    with pytest.raises(ConfigError, match=r"'adalora'.*update_and_allocate.*Use 'lora'"):
+        ModelConfig(peft_method="adalora").validate()
+    with pytest.raises(ConfigError, match=r"'prompt_tuning'.*virtual tokens.*Use 'lora'"):
+        ModelConfig(peft_method="prompt_tuning").validate()
+    for method in ("loha", "lokr"):
+        with pytest.raises(ConfigError, match=rf"'{method}' cannot train on 4-bit.*qlora=false"):
+            ModelConfig(peft_method=method, qlora=True).validate()
+    with pytest.raises(ConfigError, match=r"needs model\.lora=true"):
+        ModelConfig(peft_method="dora", lora=False).validate()
+    with pytest.raises(ConfigError, match="peft_method='ia4'"):
+        load_config("sft", {"train_file": "x.jsonl", "model": {"peft_method": "ia4"}})
