@@ -69,7 +69,8 @@ class MemberForm(forms.Form):
 FORMAT_CHOICES = [
     ("records", "Preference records (JSONL + images, zip)"),
     ("trl", "TRL conversational preferences (JSONL + images, zip)"),
-    ("parquet", "Parquet with image bytes (🤗 datasets)"),
+    ("parquet", "Parquet with image bytes, sharded (🤗 datasets; zip)"),
+    ("hf", "🤗 datasets folder: load_from_disk, train and test splits (zip)"),
     ("rankings", "Raw rankings with ties, flags, rationales (JSONL + images, zip)"),
 ]
 assert {name for name, _ in FORMAT_CHOICES} == set(FORMATS), "export formats changed; update FORMAT_CHOICES"

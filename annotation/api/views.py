@@ -304,10 +304,11 @@ class ImportView(APIView):
 class ExportView(APIView):
     @extend_schema(
         parameters=[ExportQuerySerializer],
-        responses={(200, "application/zip"): bytes, (200, "application/vnd.apache.parquet"): bytes},
+        responses={(200, "application/zip"): bytes},
     )
     def get(self, request, slug):
-        """Stream an export: records/trl/rankings as a zip (JSONL + images/), parquet as one file. Header
+        """Stream an export as a zip with its dataset card (README.md): records/trl/rankings (JSONL + images/),
+        parquet (data/train-0000i-of-0000N.parquet), hf (a save_to_disk folder: train/ and test/). Header
         ``X-Lensloop-Quality``: ``fresh``, ``stale`` or ``missing`` — whether the pairs' confidence and agreement
         (and what the quality filters keep) are current; ``X-Lensloop-Quality-Note`` says what that means."""
         project = project_for(request, slug, admin=True)
