@@ -73,3 +73,46 @@ def task(proj: Project, *, priority: float = 0.0, texts=None, source: str = "imp
 
 def tasks(proj: Project, n: int, **kw) -> list[RankingTask]:
     return [task(proj, **kw) for _ in range(n)]
+
+
+# Simulated annotators of the quality tests: each orders a task's candidate ids (ids ascending = the truth).
+def careful_order(candidate_ids, rng) -> list[list[int]]:
+    return [[x] for x in sorted(candidate_ids)]
+
+
+def adversarial_order(candidate_ids, rng) -> list[list[int]]:
+    return [[x] for x in sorted(candidate_ids, reverse=True)]
+
+
+def random_order(candidate_ids, rng) -> list[list[int]]:
+    ids = list(candidate_ids)
+    rng.shuffle(ids)
+    return [[x] for x in ids]
+
+
+# Three careful annotators, one adversarial, one random.
+STYLES = {"carol": careful_order, "cleo": careful_order, "cora": careful_order, "adam": adversarial_order,
+          "rita": random_order}
+
+
+def rank_round_robin(proj: Project, users: dict, rng, styles: dict = STYLES) -> None:
+    """Each user of ``users`` (name → user) takes and ranks tasks in turn, in their style, until the queue
+    has nothing left for any of them: every annotator shares tasks with every other."""
+    import uuid
+
+    from annotation.services import queue
+
+    busy = True
+    while busy:
+        busy = False
+        for name, style in styles.items():
+            if name not in users:
+                continue
+            assignment = queue.next_task(annotator=users[name], project=proj)
+            if assignment is None:
+                continue
+            busy = True
+            queue.submit_ranking(
+                annotator=users[name], task_id=assignment.task_id,
+                ordering=style(assignment.task.candidate_ids, rng), client_uuid=uuid.uuid4(),
+            )

@@ -36,47 +36,13 @@ def _few_resamples(settings):
     settings.QUALITY_BOOTSTRAP = 50
 
 
-def _careful(c, rng):
-    return [[x] for x in sorted(c)]
-
-
-def _adversarial(c, rng):
-    return [[x] for x in sorted(c, reverse=True)]
-
-
-def _random(c, rng):
-    c = list(c)
-    rng.shuffle(c)
-    return [[x] for x in c]
-
-
-STYLES = {"carol": _careful, "cleo": _careful, "cora": _careful, "adam": _adversarial, "rita": _random}
-
-
-def _rank_all(proj, users, rng):
-    busy = True
-    while busy:  # round-robin so that every annotator shares tasks with every other
-        busy = False
-        for name, style in STYLES.items():
-            if name not in users:
-                continue
-            assignment = queue.next_task(annotator=users[name], project=proj)
-            if assignment is None:
-                continue
-            busy = True
-            queue.submit_ranking(
-                annotator=users[name], task_id=assignment.task_id,
-                ordering=style(assignment.task.candidate_ids, rng), client_uuid=uuid.uuid4(),
-            )
-
-
 @pytest.fixture
 def world():
     alice = f.user("alice")
-    users = {name: f.user(name) for name in STYLES}
+    users = {name: f.user(name) for name in f.STYLES}
     proj = f.project("shapes", k=4, overlap=3, admins=[alice], annotators=list(users.values()))
     f.tasks(proj, 10)
-    _rank_all(proj, users, random.Random(7))
+    f.rank_round_robin(proj, users, random.Random(7))
     assert Ranking.objects.filter(project=proj).count() == 30
     return {"alice": alice, "project": proj, **users}
 
@@ -206,7 +172,7 @@ def test_min_confidence_keeps_exactly_the_pairs_at_or_above_it(computed, tmp_pat
 def test_pairs_without_a_confidence_yet_are_left_out_by_the_filters_and_the_note_says_why(computed, tmp_path):
     proj = computed["project"]
     f.task(proj)  # a new task, ranked after the quality job ran
-    _rank_all(proj, {n: computed[n] for n in ("carol", "cleo", "cora")}, random.Random(1))
+    f.rank_round_robin(proj, {n: computed[n] for n in ("carol", "cleo", "cora")}, random.Random(1))
     fresh = PreferencePair.objects.filter(project=proj, confidence__isnull=True)
     assert fresh.count() == 3 * 6
     unfiltered = _pair_rows(ExportFilter(project=proj), "records", tmp_path / "all")
@@ -225,7 +191,7 @@ def test_pairs_without_a_confidence_yet_are_left_out_by_the_filters_and_the_note
 
 def test_min_annotator_reliability_keeps_the_pairs_of_reliable_annotators(computed, tmp_path):
     proj = computed["project"]
-    reliability = {name: _reliability(computed, name) for name in STYLES}
+    reliability = {name: _reliability(computed, name) for name in f.STYLES}
     assert reliability["adam"] < 0.5 < min(reliability[n] for n in ("carol", "cleo", "cora"))
     flt = ExportFilter(project=proj, min_annotator_reliability=0.5)
     reliable = {computed[n].pk for n, r in reliability.items() if r >= 0.5}
@@ -342,13 +308,13 @@ def test_the_api_filters_and_says_how_current_the_figures_are(computed):
     assert response["X-Lensloop-Quality-Computed-At"] == computed["report"].computed_at.isoformat()
     with zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content))) as zf:
         rows = [json.loads(x) for x in zf.read("preferences.jsonl").decode().splitlines()]
-    reliable = [computed[n].pk for n in STYLES if _reliability(computed, n) >= 0.5]
+    reliable = [computed[n].pk for n in f.STYLES if _reliability(computed, n) >= 0.5]
     wanted = set(PreferencePair.objects.filter(project=proj, confidence__gte=0.5, ranking__annotator_id__in=reliable)
                  .values_list("pk", flat=True))
     assert wanted and {r["id"] for r in rows} == wanted
     # a ranking since: stale, and the header says what the filters do about it
     f.task(proj)
-    _rank_all(proj, {"carol": computed["carol"]}, random.Random(2))
+    f.rank_round_robin(proj, {"carol": computed["carol"]}, random.Random(2))
     stale = alice.get(EXPORT, {"format": "records", "min_confidence": "0.5"})
     assert stale.status_code == 200 and stale["X-Lensloop-Quality"] == "stale"
     assert "left out" in stale["X-Lensloop-Quality-Note"]

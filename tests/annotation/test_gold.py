@@ -8,30 +8,15 @@ another project.
 import uuid
 
 import pytest
-from django.db import connection
 from rest_framework.test import APIClient
 
 from annotation.exceptions import InvalidRanking, NotFound
 from annotation.models import Assignment, Membership, PreferencePair, Project, Ranking, RankingTask
 from annotation.services import gold, queue
-from annotation.services.queue import OrmQueue
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db
 T = RankingTask.State
-
-
-def _postgres_queue():
-    if connection.vendor != "postgresql":
-        pytest.skip("PostgresQueue needs DATABASE_URL pointing at PostgreSQL")
-    from annotation.services.queue.postgres import PostgresQueue
-
-    return PostgresQueue()
-
-
-@pytest.fixture(params=["orm", pytest.param("postgres", marks=pytest.mark.postgres)])
-def q(request):
-    return OrmQueue() if request.param == "orm" else _postgres_queue()
 
 
 @pytest.fixture

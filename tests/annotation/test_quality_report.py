@@ -8,7 +8,6 @@ the five, so they share tasks. (With only two careful annotators against one adv
 """
 
 import random
-import uuid
 
 import pytest
 from django.test import Client
@@ -16,7 +15,6 @@ from rest_framework.test import APIClient
 
 from annotation.jobs import quality_report_job
 from annotation.models import QualityReport, Ranking
-from annotation.services import queue
 from annotation.services.quality import job_id, quality_report_compute, quality_report_for
 from tests import factories as f
 
@@ -28,40 +26,13 @@ def _few_resamples(settings):
     settings.QUALITY_BOOTSTRAP = 50
 
 
-def _careful(c, rng):
-    return [[x] for x in sorted(c)]
-
-
-def _adversarial(c, rng):
-    return [[x] for x in sorted(c, reverse=True)]
-
-
-def _random(c, rng):
-    c = list(c)
-    rng.shuffle(c)
-    return [[x] for x in c]
-
-
 @pytest.fixture
 def world():
     alice, charlie = f.user("alice"), f.user("charlie")
-    styles = {"carol": _careful, "cleo": _careful, "cora": _careful, "adam": _adversarial, "rita": _random}
-    users = {name: f.user(name) for name in styles}
+    users = {name: f.user(name) for name in f.STYLES}
     proj = f.project("shapes", k=4, overlap=3, admins=[alice], annotators=list(users.values()))
     f.tasks(proj, 10)
-    rng = random.Random(7)
-    busy = True
-    while busy:  # round-robin so that every annotator shares tasks with every other
-        busy = False
-        for name, style in styles.items():
-            assignment = queue.next_task(annotator=users[name], project=proj)
-            if assignment is None:
-                continue
-            busy = True
-            queue.submit_ranking(
-                annotator=users[name], task_id=assignment.task_id,
-                ordering=style(assignment.task.candidate_ids, rng), client_uuid=uuid.uuid4(),
-            )
+    f.rank_round_robin(proj, users, random.Random(7))
     return {"alice": alice, "charlie": charlie, "project": proj, **users}
 
 

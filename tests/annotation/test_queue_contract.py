@@ -24,20 +24,6 @@ from annotation.services.queue import OrmQueue
 from tests import factories as f
 
 
-def _postgres_queue():
-    if connection.vendor != "postgresql":
-        pytest.skip("PostgresQueue needs DATABASE_URL pointing at PostgreSQL")
-    from annotation.services.queue.postgres import PostgresQueue
-
-    return PostgresQueue()
-
-
-@pytest.fixture(params=["orm", pytest.param("postgres", marks=pytest.mark.postgres)])
-def q(request):
-    """Each implementation of the queue interface."""
-    return OrmQueue() if request.param == "orm" else _postgres_queue()
-
-
 @pytest.fixture
 def alice(db):
     return f.user("alice")
