@@ -40,7 +40,14 @@ def check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-PEFT_METHODS = ("lora", "dora", "ia3", "loha", "lokr", "adalora", "prompt_tuning")
+# The PEFT methods the engine trains, each with the line a form shows for it (the round's `peft_method` choices).
+PEFT_METHOD_CHOICES = {
+    "lora": "LoRA (Hu et al. 2021; default)",
+    "dora": "DoRA: LoRA with a learnt magnitude (Liu et al. 2024)",
+    "ia3": "IA3: learnt scaling vectors, the fewest weights (Liu et al. 2022)",
+    "loha": "LoHa: Hadamard product of low-rank pairs (LyCORIS; not with QLoRA)",
+    "lokr": "LoKr: Kronecker product (LyCORIS; not with QLoRA)",
+}
 
 # Methods PEFT offers that the engine refuses, and why (docs/engine.md, "PEFT methods").
 _PEFT_REFUSED = {
@@ -55,6 +62,7 @@ _PEFT_REFUSED = {
 # Methods whose PEFT layers have no bitsandbytes 4-bit version (PEFT 0.21 wraps the packed 4-bit weight as a
 # plain Linear and the first forward pass fails on its shape).
 _PEFT_NO_4BIT = ("loha", "lokr")
+PEFT_METHODS = (*PEFT_METHOD_CHOICES, *_PEFT_REFUSED)
 
 
 @dataclass

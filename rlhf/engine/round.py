@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass
 
 from .config import build, load_config
-from .config_base import ConfigError, check, option
+from .config_base import PEFT_METHOD_CHOICES, ConfigError, check, option
 
 ALGORITHMS = {
     "ppo": "PPO: reward model, then policy optimisation against it (default)",
@@ -48,6 +48,11 @@ class RoundConfig:
     qlora: bool = option(False, "Load the base weights in 4-bit (NF4) and train the LoRA adapter on top; offered "
                          "only where the training workers have CUDA.",
                          label="QLoRA", group=MAIN)
+    peft_method: str = option("lora", "The adapter the policy learns, and the reward model when it trains as an "
+                              "adapter (reward_lora): all but bottleneck adapters sit on the LoRA target modules. A "
+                              "policy that continues an earlier version keeps that version's method. Measured side "
+                              "by side in docs/benchmarks.md.", label="PEFT method", choices=PEFT_METHOD_CHOICES,
+                              group=MORE)
     kl_coef: float = option(0.05, "PPO and GRPO (TRL's beta): how hard the policy is held near the reference policy.",
                             label="KL coefficient", min=0.0, group=ALGORITHM)
     beta: float = option(0.1, "DPO: strength of the implicit KL constraint.", label="DPO β", min=0.0,
@@ -143,7 +148,7 @@ class RoundConfig:
 
     def model(self, base_model: str, adapter_path: str = "") -> dict:
         """The policy's `model` section: the base, the version's adapter to continue, the round's LoRA."""
-        cfg: dict = {"path": base_model, "lora_r": self.lora_r, "qlora": self.qlora}
+        cfg: dict = {"path": base_model, "lora_r": self.lora_r, "qlora": self.qlora, "peft_method": self.peft_method}
         if self.lora_target_modules:
             cfg["lora_target_modules"] = list(self.lora_target_modules)
         if self.lora_modules_to_save:
@@ -159,7 +164,9 @@ class RoundConfig:
         if confidence_weighting is None:
             confidence_weighting = self.confidence_weighting == "on"
         config = {
-            "model": {"path": base_model, "lora": self.reward_lora, "lora_r": self.lora_r, "qlora": self.qlora},
+            "model": {"path": base_model, "lora": self.reward_lora, "lora_r": self.lora_r, "qlora": self.qlora,
+                      # a reward model trained in full (reward_lora false) has no adapter to choose
+                      "peft_method": self.peft_method if self.reward_lora else "lora"},
             "train_file": train_file,
             "eval_file": eval_file,
             "epochs": self.reward_epochs,

@@ -81,6 +81,23 @@ def test_a_value_an_engine_step_would_refuse_is_a_400_before_anything_is_queued(
     assert not TrainingRun.objects.filter(project__slug="loopapi").exists()
 
 
+def test_an_unknown_peft_method_is_a_400_naming_the_field_and_nothing_is_queued(world):
+    _rank_one(world)
+    response = _client(world["alice"]).post("/api/projects/loopapi/rounds/", {"peft_method": "prefix"}, format="json")
+    assert response.status_code == 400 and "peft_method" in response.json()["fields"], response.json()
+    assert not TrainingRun.objects.filter(project__slug="loopapi").exists()
+    assert get_queue("train").count == 0
+
+
+def test_a_peft_method_4bit_cannot_take_is_a_400_before_anything_is_queued(world):
+    _rank_one(world)
+    response = _client(world["alice"]).post("/api/projects/loopapi/rounds/", {"peft_method": "loha", "qlora": True},
+                                            format="json")
+    assert response.status_code == 400, response.json()
+    assert "peft_method='loha' cannot train on 4-bit" in response.json()["detail"]
+    assert not TrainingRun.objects.filter(project__slug="loopapi").exists()
+
+
 def test_comparing_versions_needs_two_existing_policies(world):
     response = _client(world["alice"]).post("/api/projects/loopapi/generate/", {"compare": ["base", "policy-v9"]}, format="json")
     assert response.status_code == 400 and "two different policy versions" in response.json()["detail"]

@@ -53,3 +53,15 @@ def test_a_round_value_is_checked_once_whatever_the_door():
     with pytest.raises(round_schema.ConfigError, match="lora_r=1000: must be at most 256"):
         round_schema.round_config(bad)
 
+
+
+def test_the_peft_method_reaches_the_policy_and_the_reward_model_that_has_an_adapter():
+    cfg = round_schema.round_config({"peft_method": "dora"})
+    policy = load_config("ppo", cfg.policy_config(base_model="demo", seed=1, prompts_file="p", reward_model_path="rm"))
+    reward = load_config("train-reward", cfg.reward_config(base_model="demo", train_file="t", seed=1))
+    assert policy.model.peft_method == reward.model.peft_method == "dora"
+    assert load_config("generate", cfg.generate_config(model=cfg.model("demo"), prompts_file="p", model_version="v",
+                                                       k=2, seed=0)).model.peft_method == "dora"
+    in_full = round_schema.round_config({"peft_method": "dora", "reward_lora": False})
+    assert load_config("train-reward", in_full.reward_config(base_model="demo", train_file="t", seed=1)).model.peft_method == "lora"
+    in_full.check_engine_configs("demo")
