@@ -25,6 +25,10 @@ class Project(models.Model):
     class TaskType(models.TextChoices):
         CAPTION = "caption", "Caption"
         VQA = "vqa", "Visual question answering"
+        # Answers are boxes in the text format of rlhf.engine.rewards.parse_boxes (docs/import-export.md, "Box
+        # answers"); the ranking page draws them over the image.
+        GROUNDING = "grounding", "Grounding (referring expression → box)"
+        DETECTION = "detection", "Detection (every object → boxes)"
 
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100, unique=True)

@@ -2,14 +2,25 @@
 (`rewards.REWARDS`, `evaluation.ANSWER_METRICS`) when this module is imported; registry.py imports it on
 the first lookup, so configs name these rewards ("demo_reward", "caption_reward", …) as before.
 
-Ground truth is a scene of world.py (`objects`, `count`, `boxes`, …). Pure Python, no torch: the web
+Ground truth is a scene of world.py (`objects`, `count`, `boxes`, …; a grounding prompt's also `box`). Pure Python, no torch: the web
 tier's simulated annotators rank by `demo_reward`.
 """
 
 from __future__ import annotations
 
 from ..evaluation import ANSWER_METRICS, word_accuracy
-from ..rewards import REWARDS, as_text, column, multiset_agreement, normalize, words
+from ..rewards import (
+    REWARDS,
+    as_text,
+    column,
+    detection_f1_reward,
+    detection_reward,
+    iou_reward,
+    multiset_agreement,
+    normalize,
+    parse_boxes,
+    words,
+)
 from . import world
 
 
@@ -31,6 +42,22 @@ def caption_attributes(text: str, gt: dict) -> dict[str, float]:
 
 def is_caption_prompt(prompt: str) -> bool:
     return normalize(world.CAPTION_PROMPT) in normalize(prompt)
+
+
+_GROUNDING_HEAD = normalize(world.GROUNDING_TEMPLATE.split("{")[0])
+
+
+def prompt_kind(prompt: str) -> str:
+    """Which of the world's tasks a prompt is: "caption", "grounding" ("Where is the red circle?"),
+    "detection" ("Find every shape.") or "vqa" (any other question)."""
+    q = normalize(as_text(prompt))
+    if normalize(world.CAPTION_PROMPT) in q:
+        return "caption"
+    if q.startswith(_GROUNDING_HEAD):
+        return "grounding"
+    if normalize(world.DETECTION_PROMPT) in q:
+        return "detection"
+    return "vqa"
 
 
 @REWARDS.register
@@ -87,13 +114,18 @@ vqa_exact_match_reward = exact_match_reward
 @REWARDS.register
 def format_reward(prompts, completions, images=None, **kwargs) -> list[float]:
     """1 when an answer has the expected form: a caption prompt needs a well-formed caption of the demo
-    grammar ("two shapes: a small red circle and a large blue square."); any other prompt a short
+    grammar ("two shapes: a small red circle and a large blue square."), a grounding prompt exactly one box
+    and a detection prompt at least one (the box format of rewards.parse_boxes); any other prompt a short
     answer of one to four words."""
     out = []
     for p, c in zip(prompts, completions, strict=True):
         text = as_text(c).strip()
-        if is_caption_prompt(as_text(p)):
+        kind = prompt_kind(p)
+        if kind == "caption":
             out.append(float(world.is_well_formed_caption(text)))
+        elif kind in ("grounding", "detection"):
+            boxes = parse_boxes(text)
+            out.append(float(len(boxes) == 1 if kind == "grounding" else bool(boxes)))
         else:
             out.append(float(1 <= len(words(text)) <= 4))
     return out
@@ -101,14 +133,17 @@ def format_reward(prompts, completions, images=None, **kwargs) -> list[float]:
 
 @REWARDS.register
 def demo_reward(prompts, completions, images=None, **kwargs) -> list[float]:
-    """The demo world's overall correctness: caption_reward for caption prompts, exact match for
-    questions. The simulated annotators and the benchmarks rank by it."""
+    """The demo world's overall correctness: caption_reward for caption prompts, iou_reward for grounding
+    prompts, detection_reward for detection prompts, exact match for questions. The simulated annotators and
+    the benchmarks rank by it."""
     gts = column(kwargs, "ground_truth", len(completions))
+    by_kind = {"caption": caption_reward, "grounding": iou_reward, "detection": detection_reward}
     out = []
     for p, c, gt in zip(prompts, completions, gts, strict=True):
         q = as_text(p)
-        if is_caption_prompt(q):
-            out.append(caption_reward([q], [c], ground_truth=[gt])[0])
+        kind = prompt_kind(q)
+        if kind in by_kind:
+            out.append(by_kind[kind]([q], [c], ground_truth=[gt])[0])
         else:
             out.append(float(normalize(as_text(c)) == normalize(world.answer_question(gt, q))))
     return out
@@ -118,8 +153,21 @@ def demo_reward(prompts, completions, images=None, **kwargs) -> list[float]:
 def demo_answer_metrics(records: list[dict], answers: list[str]) -> dict[str, float]:
     """Demo-world figures of `evaluate` on the records with ground truth: caption attribute accuracy
     (caption/count, …/color, …/shape, …/size, …/object), word accuracy, exact match and well-formedness
-    against the reference caption; vqa/exact_match against the world's answer to each question."""
+    against the reference caption; vqa/exact_match against the world's answer to each question;
+    grounding/iou (mean IoU) and grounding/acc@0.5 (share with IoU at least 0.5); detection/soft_f1 and
+    detection/f1@0.5."""
     out: dict[str, float] = {}
+    for kind, figures in (("grounding", {"iou": iou_reward}),
+                          ("detection", {"soft_f1": detection_reward, "f1@0.5": detection_f1_reward})):
+        rows = [(r, a) for r, a in zip(records, answers, strict=True)
+                if r.get("ground_truth") and prompt_kind(r["prompt"]) == kind]
+        if not rows:
+            continue
+        for name, fn in figures.items():
+            scores = fn([r["prompt"] for r, _ in rows], [a for _, a in rows], ground_truth=[r["ground_truth"] for r, _ in rows])
+            out[f"{kind}/{name}"] = sum(scores) / len(scores)
+            if name == "iou":
+                out[f"{kind}/acc@0.5"] = sum(s >= 0.5 for s in scores) / len(scores)
     captions = [(r, a) for r, a in zip(records, answers, strict=True)
                 if r.get("ground_truth") and normalize(r["prompt"]) == normalize(world.CAPTION_PROMPT)]
     if captions:
@@ -132,7 +180,7 @@ def demo_answer_metrics(records: list[dict], answers: list[str]) -> dict[str, fl
                                          for r, a in captions) / len(captions)
         out["caption/well_formed"] = sum(world.is_well_formed_caption(a) for _, a in captions) / len(captions)
     questions = [(r, a) for r, a in zip(records, answers, strict=True)
-                 if r.get("ground_truth") and normalize(r["prompt"]) != normalize(world.CAPTION_PROMPT)]
+                 if r.get("ground_truth") and prompt_kind(r["prompt"]) == "vqa"]
     if questions:
         hits = []
         for r, a in questions:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ..rewards import words  # the library's word tokens (world.words is this function)
+from ..rewards import format_box, words  # the library's word tokens (world.words is this function)
 
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLORS = {
@@ -42,6 +42,9 @@ QUESTION_TEMPLATES = {
     "exists": "Is there a {color} {shape}?",
     "position": "Is the {color} {shape} on the left or the right?",
 }
+GROUNDING_TEMPLATE = "Where is the {color} {shape}?"
+DETECTION_PROMPT = "Find every shape."
+TASK_TYPES = ("caption", "vqa", "grounding", "detection")
 
 
 def _free_box(rng: random.Random, side: int, taken: list[list[int]], image_size: int) -> list[int] | None:
@@ -153,6 +156,26 @@ def vqa_pairs(gt: dict, rng: random.Random) -> list[tuple[str, str]]:
     return pairs
 
 
+def grounding_targets(gt: dict) -> list[dict]:
+    """The objects a referring expression "the {color} {shape}" names unambiguously (no other object
+    shares both), in scene order."""
+    pairs = [(o["color"], o["shape"]) for o in gt["objects"]]
+    return [o for o in gt["objects"] if pairs.count((o["color"], o["shape"])) == 1]
+
+
+def grounding_prompt(gt: dict, rng: random.Random) -> tuple[str, dict]:
+    """A referring expression about one object of the scene and the ground truth of that prompt: the scene
+    with `box` set to the object's box (what `iou_reward` scores against) and `target` naming it."""
+    o = rng.choice(grounding_targets(gt))
+    return (GROUNDING_TEMPLATE.format(color=o["color"], shape=o["shape"]),
+            {**gt, "box": o["box"], "target": f"{o['color']} {o['shape']}"})
+
+
+def detection_answer(gt: dict) -> str:
+    """The correct detection answer of a scene: each object's colour and shape, then its box, `; ` between."""
+    return "; ".join(f"{o['color']} {o['shape']} {format_box(o['box'])}" for o in gt["objects"])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Parsing answers back into attributes (used by the verifiable rewards)
 
@@ -250,8 +273,12 @@ def demo_candidates(
             raise ValueError(f"could not make {k} distinct captions for this scene")
         rng.shuffle(out)
         return out[:k]
+    if task == "grounding":
+        return _box_candidates(gt, k, rng)
+    if task == "detection":
+        return _detection_candidates(gt, k, rng)
     if task != "vqa":
-        raise ValueError(f"task must be 'caption' or 'vqa', not {task!r}")
+        raise ValueError(f"task must be one of {', '.join(TASK_TYPES)}, not {task!r}")
     answers = dict(vqa_pairs(gt, random.Random(0)))
     if question is None:
         question = QUESTION_TEMPLATES["count"]
@@ -266,6 +293,70 @@ def demo_candidates(
     out = (head + rest)[:k]
     if len(out) < k:
         raise ValueError(f"could not make {k} distinct answers for {question!r}")
+    rng.shuffle(out)
+    return out
+
+
+def _jitter(box: list[int], rng: random.Random, size: int, amount: float) -> list[int]:
+    """The box moved and resized by up to `amount` of its side, kept inside the image."""
+    side = box[2] - box[0]
+    d = [round(rng.uniform(-amount, amount) * side) for _ in range(4)]
+    x0, y0 = min(max(box[0] + d[0], 0), size - 2), min(max(box[1] + d[1], 0), size - 2)
+    return [x0, y0, min(max(box[2] + d[2], x0 + 2), size), min(max(box[3] + d[3], y0 + 2), size)]
+
+
+def _box_candidates(gt: dict, k: int, rng: random.Random) -> list[str]:
+    """k distinct box answers to a grounding prompt (ground truth with `box`): the right box (probability 0.8),
+    near misses of growing error, other objects' boxes, and now and then an answer without a box (it scores 0)."""
+    size, box = gt["image_size"], gt["box"]
+    out = [format_box(box)] if rng.random() < 0.8 else []
+    others = [o["box"] for o in gt["objects"] if o["box"] != box]
+    for _ in range(200):
+        if len(out) >= k:
+            break
+        roll = rng.random()
+        if roll < 0.15 and others:
+            cand = format_box(rng.choice(others))
+        elif roll < 0.2:
+            cand = rng.choice(("i do not know", "left", "the circle"))
+        else:
+            cand = format_box(_jitter(box, rng, size, rng.choice((0.15, 0.3, 0.6))))
+        if cand not in out:
+            out.append(cand)
+    if len(out) < k:
+        raise ValueError(f"could not make {k} distinct box answers for this scene")
+    rng.shuffle(out)
+    return out
+
+
+def _detection_candidates(gt: dict, k: int, rng: random.Random) -> list[str]:
+    """k distinct detection answers: the right one (probability 0.8), and ones with a box jittered, dropped,
+    added or mislabelled."""
+    size, objs = gt["image_size"], gt["objects"]
+    correct = detection_answer(gt)
+    out = [correct] if rng.random() < 0.8 else []
+    for _ in range(200):
+        if len(out) >= k:
+            break
+        rows = [[o["color"], o["shape"], list(o["box"])] for o in objs]
+        for _ in range(rng.choice((1, 1, 2))):
+            kind = rng.choice(("jitter", "drop", "add", "label"))
+            i = rng.randrange(len(rows))
+            if kind == "drop" and len(rows) > 1:
+                rows.pop(i)
+            elif kind == "add" or kind == "drop":
+                side = int(SIZES[rng.choice(list(SIZES))] * size)
+                x0, y0 = rng.randint(0, size - side), rng.randint(0, size - side)
+                rows.append([rng.choice(list(COLORS)), rng.choice(SHAPES), [x0, y0, x0 + side, y0 + side]])
+            elif kind == "label":
+                rows[i][1] = rng.choice([s for s in SHAPES if s != rows[i][1]])
+            else:
+                rows[i][2] = _jitter(rows[i][2], rng, size, rng.choice((0.2, 0.5)))
+        cand = "; ".join(f"{c} {s} {format_box(b)}" for c, s, b in rows)
+        if cand not in out and cand != correct:
+            out.append(cand)
+    if len(out) < k:
+        raise ValueError(f"could not make {k} distinct detection answers for this scene")
     rng.shuffle(out)
     return out
 
@@ -306,11 +397,14 @@ def write_demo_manifest(
     format, one line per prompt) and return the manifest path. Seeded and deterministic.
 
     Each line: `{"image", "prompt", "reference": [..], "ground_truth", "split", "candidates": [k]}`.
-    For VQA one question per image is drawn from `vqa_pairs`. With ``k=0`` the lines carry no candidates: the
+    For VQA one question per image is drawn from `vqa_pairs`; for grounding one referring expression
+    ("Where is the red circle?") about an object no other shares colour and shape with, its ground truth the
+    scene plus that object's `box`, its reference the box as the answer format writes it (`[x0, y0, x1, y1]`);
+    for detection `DETECTION_PROMPT` with the scene's boxes and labels (reference: `detection_answer`). With ``k=0`` the lines carry no candidates: the
     import then makes prompts without tasks, for a model's own samples to rank (the demo does this).
     """
-    if task_type not in ("caption", "vqa"):
-        raise ValueError(f"task_type must be 'caption' or 'vqa', not {task_type!r}")
+    if task_type not in TASK_TYPES:
+        raise ValueError(f"task_type must be one of {', '.join(TASK_TYPES)}, not {task_type!r}")
     if not 0.0 <= eval_fraction <= 1.0:
         raise ValueError("eval_fraction must lie in [0, 1]")
     out = Path(out_dir)
@@ -320,10 +414,17 @@ def write_demo_manifest(
     lines = []
     for i in range(n):
         image, gt = make_scene(rng, image_size)
+        while task_type == "grounding" and not grounding_targets(gt):  # two alike objects and nothing else
+            image, gt = make_scene(rng, image_size)
         rel = f"images/{i + 1:06d}.png"
         image.save(out / rel)
         if task_type == "caption":
             prompt, reference = CAPTION_PROMPT, reference_caption(gt)
+        elif task_type == "grounding":
+            prompt, gt = grounding_prompt(gt, rng)
+            reference = format_box(gt["box"])
+        elif task_type == "detection":
+            prompt, reference = DETECTION_PROMPT, detection_answer(gt)
         else:
             prompt, reference = rng.choice(vqa_pairs(gt, rng))
         cands = demo_candidates(gt, k, rng, task=task_type, question=prompt if task_type == "vqa" else None) if k else []
