@@ -47,7 +47,9 @@ PEFT_METHOD_CHOICES = {
     "ia3": "IA3: learnt scaling vectors, the fewest weights (Liu et al. 2022)",
     "loha": "LoHa: Hadamard product of low-rank pairs (LyCORIS; not with QLoRA)",
     "lokr": "LoKr: Kronecker product (LyCORIS; not with QLoRA)",
+    "bottleneck_adapter": "Bottleneck adapters after attention and MLP (Houlsby et al. 2019)",
 }
+BOTTLENECK_PLACEMENTS = ("attention", "mlp", "both")
 
 # Methods PEFT offers that the engine refuses, and why (docs/engine.md, "PEFT methods").
 _PEFT_REFUSED = {
@@ -81,10 +83,18 @@ class ModelConfig:
     peft_method: str = option("lora", "Which PEFT adapter `lora: true` trains: 'lora' (Hu et al. 2021), 'dora' "
                               "(LoRA with a learnt magnitude, Liu et al. 2024), 'ia3' (learnt scaling vectors, Liu "
                               "et al. 2022), 'loha' or 'lokr' (Hadamard / Kronecker products, LyCORIS), on the same "
-                              "`lora_target_modules`; 'adalora' and 'prompt_tuning' are refused with the reason.")
+                              "`lora_target_modules`; 'bottleneck_adapter' (Houlsby et al. 2019: a small down-project "
+                              "→ GELU → up-project block with a residual after attention and/or the MLP of each "
+                              "language-model layer, see `bottleneck_*`); 'adalora' and 'prompt_tuning' are refused "
+                              "with the reason.")
     lora_r: int = option(8, "LoRA rank r.")
     lora_alpha: int = option(16, "LoRA scaling alpha (the update is scaled by alpha / r).")
     lora_dropout: float = option(0.0, "Dropout on the LoRA input.")
+    bottleneck_reduction_factor: int = option(16, "peft_method 'bottleneck_adapter': each adapter's bottleneck has "
+                                              "(the module's output width) / this many units, at least 1.")
+    bottleneck_placement: str = option("both", "peft_method 'bottleneck_adapter': after 'attention' (o_proj), the "
+                                       "'mlp' (down_proj) or 'both' (Houlsby et al. 2019) of each language-model "
+                                       "layer; `lora_target_modules` is not read.")
     lora_target_modules: list[str] = option(["q_proj", "v_proj"], "Module names (last component) that get LoRA.")
     lora_language_model_only: bool = option(True, "Restrict LoRA targets to the language model: a bare "
                                             "['q_proj','v_proj'] also matches the vision tower's attention.")
@@ -112,6 +122,10 @@ class ModelConfig:
         check(0.0 <= self.lora_dropout < 1.0, "model.lora_dropout must lie in [0, 1)")
         check(bool(self.lora_target_modules), "model.lora_target_modules is empty: name at least one module")
         check(not self.qlora or self.lora, "model.qlora=true needs model.lora=true (4-bit weights are frozen)")
+        check(self.bottleneck_reduction_factor >= 1,
+              f"model.bottleneck_reduction_factor={self.bottleneck_reduction_factor}: must be at least 1")
+        check(self.bottleneck_placement in BOTTLENECK_PLACEMENTS, f"model.bottleneck_placement="
+              f"{self.bottleneck_placement!r}: one of {', '.join(BOTTLENECK_PLACEMENTS)}")
         check(self.peft_method in PEFT_METHODS,
               f"model.peft_method={self.peft_method!r}: unknown method; one of {', '.join(PEFT_METHODS)}")
         check(self.peft_method not in _PEFT_REFUSED,
@@ -121,4 +135,4 @@ class ModelConfig:
               "with no adapter)")
         check(not (self.qlora and self.peft_method in _PEFT_NO_4BIT),
               f"model.peft_method={self.peft_method!r} cannot train on 4-bit weights (PEFT has no bitsandbytes "
-              f"layer for it): set qlora=false, or use 'lora', 'dora' or 'ia3' with qlora")
+              f"layer for it): set qlora=false, or use 'lora', 'dora', 'ia3' or 'bottleneck_adapter' with qlora")

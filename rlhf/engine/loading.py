@@ -194,9 +194,10 @@ def _images_only_class(cls):
         "video_processor": _NoVideo()})
 
 
-def lora_targets(model: torch.nn.Module, names: list[str], language_model_only: bool) -> str | list[str]:
+def lora_targets(model: torch.nn.Module, names: list[str], language_model_only: bool,
+                 setting: str = "LoRA targets") -> str | list[str]:
     """PEFT `target_modules`: a regex matching module names ending in one of `names`, outside the vision
-    tower and projector when `language_model_only`. Fails when nothing matches."""
+    tower and projector when `language_model_only`. Fails when nothing matches, naming `setting`."""
     if len(names) == 1 and any(c in names[0] for c in "*()|^$\\"):
         return names[0]  # a user-supplied regex, passed through
     alternatives = "|".join(re.escape(n) for n in names)
@@ -207,7 +208,7 @@ def lora_targets(model: torch.nn.Module, names: list[str], language_model_only: 
         pattern = rf"^(.*\.)?({alternatives})$"
     matched = [n for n, _ in model.named_modules() if re.fullmatch(pattern, n)]
     if not matched:
-        raise ModelLoadError(f"no module matches LoRA targets {names} (language_model_only="
+        raise ModelLoadError(f"no module matches {setting} {names} (language_model_only="
                              f"{language_model_only}); look at model.named_modules() for the right names")
     return pattern
 
@@ -217,13 +218,24 @@ IA3_FEEDFORWARD = ("down_proj", "fc2", "w2", "dense_4h_to_h", "wo")
 
 
 def peft_config(model: torch.nn.Module, cfg: ModelConfig):
-    """The PEFT config of `cfg.peft_method` on `cfg.lora_target_modules` (the one place it is built): LoRA
-    (Hu et al. 2021), DoRA (Liu et al. 2024), IA3 (Liu et al. 2022), LoHa and LoKr (LyCORIS)."""
+    """The PEFT config of `cfg.peft_method` (the one place it is built): LoRA (Hu et al. 2021), DoRA (Liu et al.
+    2024), IA3 (Liu et al. 2022), LoHa and LoKr (LyCORIS) on `cfg.lora_target_modules`; bottleneck adapters
+    (Houlsby et al. 2019, `bottleneck.py`) after the modules of `cfg.bottleneck_placement`."""
     from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig
 
     method = cfg.peft_method
-    targets = lora_targets(model, cfg.lora_target_modules, cfg.lora_language_model_only)
     save = modules_to_save(model, cfg.lora_modules_to_save) or None
+    if method == "bottleneck_adapter":
+        from . import bottleneck
+
+        parts = bottleneck.placement_modules(cfg.bottleneck_placement)
+        for part, names in parts.items():  # each part must be found, not just one of them
+            lora_targets(model, names, cfg.lora_language_model_only,
+                         setting=f"model.bottleneck_placement={cfg.bottleneck_placement!r}: the {part} outputs")
+        where = lora_targets(model, [n for names in parts.values() for n in names], cfg.lora_language_model_only)
+        return bottleneck.BottleneckConfig(target_modules=where, reduction_factor=cfg.bottleneck_reduction_factor,
+                                           modules_to_save=save)
+    targets = lora_targets(model, cfg.lora_target_modules, cfg.lora_language_model_only)
     if method in ("lora", "dora"):
         extra = {"use_dora": True} if method == "dora" else {}
         return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -311,6 +323,8 @@ def load_model(cfg: ModelConfig, *, trainable: bool = False):
 
     if cfg.adapter_path:
         from peft import PeftModel
+
+        from . import bottleneck  # noqa: F401  (registers the method, so that its adapters load like PEFT's own)
 
         if not (Path(cfg.adapter_path) / "adapter_config.json").is_file():
             raise ModelLoadError(f"model.adapter_path={cfg.adapter_path} holds no adapter_config.json")

@@ -14,11 +14,14 @@ from rlhf.engine.data import encode_completions
 from rlhf.engine.demo import world
 from rlhf.engine.loading import load_model
 
-METHODS = ["lora", "dora", "ia3", "loha", "lokr"]
+METHODS = ["lora", "dora", "ia3", "loha", "lokr", "bottleneck_adapter"]
 # What every trainable parameter name of the method's adapter contains.
-ADAPTER_WORD = {"lora": "lora_", "dora": "lora_", "ia3": "ia3_l", "loha": "hada_", "lokr": "lokr_"}
+ADAPTER_WORD = {"lora": "lora_", "dora": "lora_", "ia3": "ia3_l", "loha": "hada_", "lokr": "lokr_",
+                "bottleneck_adapter": "bottleneck_"}
 PEFT_CONFIG = {"lora": "LoraConfig", "dora": "LoraConfig", "ia3": "IA3Config", "loha": "LoHaConfig",
-               "lokr": "LoKrConfig"}
+               "lokr": "LoKrConfig", "bottleneck_adapter": "BottleneckConfig"}
+PEFT_TYPE = {"lora": "LORA", "dora": "LORA", "ia3": "IA3", "loha": "LOHA", "lokr": "LOKR",
+             "bottleneck_adapter": "BOTTLENECK_ADAPTER"}  # as adapter_config.json names it
 
 
 def _batch(processor, n=2, seed=0):
@@ -112,7 +115,7 @@ def test_the_reward_model_trains_its_adapter_and_reloads_with_the_same_scores(me
     assert torch.allclose(score(rm2, processor2, *args), before, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["dora", "ia3"])
+@pytest.mark.parametrize("method", ["dora", "ia3", "bottleneck_adapter"])
 def test_methods_with_a_4bit_layer_train_on_4bit_weights(method, tiny_model_path):
     pytest.importorskip("bitsandbytes")
     cfg = ModelConfig(path=str(tiny_model_path), device="cpu", qlora=True, peft_method=method)
@@ -142,10 +145,56 @@ def test_ppo_grpo_and_dpo_runs_train_the_method_and_save_it(method, tiny_model_p
         assert main([kind, "--config", str(path), "--run-dir", str(tmp_path / kind)]) == 0, kind
         ckpt = tmp_path / kind / "checkpoint"
         saved = json.loads((ckpt / "adapter_config.json").read_text())
-        assert saved["peft_type"] == PEFT_CONFIG[method][:-len("Config")].upper(), (kind, saved["peft_type"])
+        assert saved["peft_type"] == PEFT_TYPE[method], (kind, saved["peft_type"])
         assert saved.get("use_dora", False) == (method == "dora")
         policy, _ = load_model(ModelConfig(path=str(tiny_model_path), device="cpu", adapter_path=str(ckpt)))
         assert type(policy.peft_config["default"]).__name__ == PEFT_CONFIG[method]  # as generate/evaluate load it
+
+
+def test_bottleneck_adapters_start_as_the_identity_and_sit_where_the_placement_says(tiny_model, tiny_model_path):
+    """Houlsby et al. 2019: the up-projection starts at zero, so before any step the adapted model is the base,
+    bit for bit; each adapter has width / reduction_factor units after the chosen output projections."""
+    base, _ = tiny_model
+    width = base.config.text_config.hidden_size
+    for placement, wrapped in (("both", {"o_proj", "down_proj"}), ("attention", {"o_proj"}), ("mlp", {"down_proj"})):
+        cfg = ModelConfig(path=str(tiny_model_path), device="cpu", peft_method="bottleneck_adapter",
+                          bottleneck_placement=placement, bottleneck_reduction_factor=8)
+        cfg.validate()
+        model, processor = load_model(cfg, trainable=True)
+        adapted = {n: m for n, m in model.named_modules() if type(m).__name__ == "BottleneckLayer"}
+        assert {n.rsplit(".", 1)[-1] for n in adapted} == wrapped and all("language_model" in n for n in adapted)
+        assert len(adapted) == base.config.text_config.num_hidden_layers * len(wrapped)
+        assert all(m.bottleneck_down["default"].out_features == width // 8 for m in adapted.values())
+        trainable, _ = model.get_nb_trainable_parameters()
+        assert trainable == len(adapted) * (2 * width * (width // 8) + width // 8 + width)
+        batch = _batch(processor)
+        with torch.no_grad():
+            assert torch.equal(model(**batch.inputs).logits, base(**batch.inputs).logits), placement
+
+
+def test_a_bottleneck_adapter_cannot_be_merged_into_the_weights(tiny_model_path):
+    model, _ = load_model(ModelConfig(path=str(tiny_model_path), device="cpu", peft_method="bottleneck_adapter"),
+                          trainable=True)
+    with pytest.raises(ValueError, match=r"non-linearity.*cannot be merged"):
+        model.merge_and_unload()
+
+
+def test_bottleneck_settings_are_checked():
+    with pytest.raises(ConfigError, match=r"bottleneck_reduction_factor=0: must be at least 1"):
+        ModelConfig(peft_method="bottleneck_adapter", bottleneck_reduction_factor=0).validate()
+    with pytest.raises(ConfigError, match=r"bottleneck_placement='ffn': one of attention, mlp, both"):
+        ModelConfig(peft_method="bottleneck_adapter", bottleneck_placement="ffn").validate()
+    ModelConfig(peft_method="bottleneck_adapter", qlora=True).validate()  # it wraps a 4-bit layer's output
+    from rlhf.engine.loading import ModelLoadError, peft_config
+
+    # a language model whose feed-forward block ends in a name no placement knows: 'both' must not quietly
+    # fall back to the attention adapters alone
+    layer = torch.nn.ModuleDict({"self_attn": torch.nn.ModuleDict({"o_proj": torch.nn.Linear(8, 8)}),
+                                 "mlp": torch.nn.ModuleDict({"w_out": torch.nn.Linear(8, 8)})})
+    odd = torch.nn.ModuleDict({"language_model": torch.nn.ModuleList([layer])})
+    with pytest.raises(ModelLoadError, match=r"bottleneck_placement='both': the mlp outputs \['down_proj', 'fc2'\]"):
+        peft_config(odd, ModelConfig(peft_method="bottleneck_adapter"))
+    assert peft_config(odd, ModelConfig(peft_method="bottleneck_adapter", bottleneck_placement="attention"))
 
 
 def test_unknown_and_unsupported_methods_are_config_errors():

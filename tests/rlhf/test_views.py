@@ -134,6 +134,16 @@ def test_bad_parameters_show_errors_and_start_nothing(world):
     assert not rounds().exists()
 
 
+def test_the_form_offers_the_peft_methods_and_refuses_an_unknown_one(world):
+    page = client_for(world["alice"]).get("/projects/shapes/training/")
+    assert b'name="peft_method"' in page.content and b'value="bottleneck_adapter"' in page.content
+    response = launch(client_for(world["alice"]), peft_method="prefix_tuning")
+    assert response.status_code == 400 and set(response.context["form"].errors) == {"peft_method"}
+    assert not rounds().exists()
+    launch(client_for(world["alice"]), peft_method="ia3")
+    assert rounds().get().config["peft_method"] == "ia3"
+
+
 def test_a_project_without_pairs_cannot_start_a_round(world):
     PreferencePair.objects.all().delete()
     response = launch(client_for(world["alice"]))
