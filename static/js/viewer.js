@@ -16,6 +16,7 @@ export class Viewer {
     this.scale = 1;
     this.x = 0;
     this.y = 0;
+    this.followers = [];
     new ResizeObserver(() => this.fit()).observe(pane);
     pane.addEventListener("wheel", (e) => this.#wheel(e), { passive: false });
     pane.addEventListener("pointerdown", (e) => this.#panStart(e));
@@ -35,6 +36,14 @@ export class Viewer {
     this.h = h || 1;
     this.fit();
     return el.decode ? el.decode().catch(() => {}) : Promise.resolve();
+  }
+
+  /** Keep ``el`` (an overlay the size of the image, say the boxes of box answers) on the image at every zoom
+   * and pan: it takes the image's transform, and ``--scale`` (CSS pixels per image pixel) for sizes that
+   * should stay the same on screen. */
+  follow(el) {
+    this.followers.push(el);
+    this.#apply();
   }
 
   fitScale() {
@@ -109,6 +118,10 @@ export class Viewer {
     this.img.style.width = `${this.w}px`;
     this.img.style.height = `${this.h}px`;
     this.img.style.transform = `translate(${this.x}px, ${this.y}px) scale(${this.scale})`;
+    for (const el of this.followers) {
+      el.style.transform = this.img.style.transform;
+      el.style.setProperty("--scale", String(this.scale));
+    }
     this.pane.classList.toggle("zoomed", this.scale > this.fitScale() + 1e-6);
     this.onZoom(this.scale);
   }

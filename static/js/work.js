@@ -21,6 +21,7 @@ import { NetworkError, csrfToken, describe, getJSON, newUUID, postJSON } from ".
 import { Ranking, ordinal } from "./ranking.js";
 import { Viewer } from "./viewer.js";
 import { draggable } from "./dnd.js";
+import { BoxOverlay, candidateColor } from "./boxes.js";
 
 const config = JSON.parse(document.getElementById("work-config").textContent);
 const $ = (id) => document.getElementById(id);
@@ -38,6 +39,10 @@ const retryBtn = $("btn-retry");
 const viewer = new Viewer($("viewer"), $("task-image"), {
   onZoom: (s) => ($("zoom-level").textContent = `${Math.round(s * 100)}%`),
 });
+// Grounding and detection tasks: answers are boxes, drawn over the image in each candidate's colour.
+const boxTask = ["grounding", "detection"].includes(work.dataset.taskType);
+const overlay = boxTask ? new BoxOverlay($("viewer")) : null;
+if (overlay) viewer.follow(overlay.svg);
 
 const state = {
   task: null,
@@ -203,10 +208,12 @@ async function showTask(task) {
       const badge = document.createElement("span");
       badge.className = "badge rank-badge";
       card.append(num, text, badge, handle);
+      if (boxTask) card.style.setProperty("--cand", candidateColor(i + 1));
       li.append(card);
       return li;
     }),
   );
+  if (overlay) showBoxes(task);
   for (const box of flagsBox.querySelectorAll("input")) box.checked = false;
   rationale.value = "";
   const restored = restoreDraft(task);
@@ -224,6 +231,31 @@ async function showTask(task) {
   work.removeAttribute("aria-busy");
   state.shownAt = performance.now();
   return ready;
+}
+
+/** Draw every candidate's boxes; a candidate whose answer states no box says so on its card (it scores 0). */
+function showBoxes(task) {
+  const counts = overlay.show(task.candidates.map((c, i) => ({ id: c.id, number: i + 1, text: c.text })),
+    task.image_width, task.image_height);
+  for (const card of pool.querySelectorAll(".card")) {
+    const n = counts.get(Number(card.dataset.id));
+    card.classList.toggle("no-box", n === 0);
+    if (n === 0) {
+      const note = document.createElement("span");
+      note.className = "badge badge-bad no-box-badge";
+      note.textContent = "no box";
+      card.querySelector(".text").after(note);
+    }
+  }
+}
+
+/** Hovering or focusing a candidate (card or ranked chip) or a rank brings its boxes forward. */
+function highlightFrom(e) {
+  if (!overlay || !state.task) return;
+  const el = e.target.closest?.(".card[data-id], .chip[data-id]");
+  if (el) return overlay.highlight([Number(el.dataset.id)]);
+  const li = e.target.closest?.("#ranking li[data-group]");
+  overlay.highlight(li ? state.ranking.groups[Number(li.dataset.group)] : null);
 }
 
 function showEmpty() {
@@ -269,6 +301,7 @@ function countOneMore() {
  */
 function present(task) {
   if (!task) {
+    overlay?.hide();
     showEmpty();
     return Promise.resolve();
   }
@@ -313,6 +346,7 @@ function render() {
         const chip = document.createElement("span");
         chip.className = "chip";
         chip.dataset.id = id;
+        if (boxTask) chip.style.setProperty("--cand", candidateColor(numberOf(id)));
         const num = document.createElement("span");
         num.className = "num";
         num.textContent = String(numberOf(id));
@@ -805,6 +839,15 @@ pool.addEventListener("click", (e) => {
   if (state.ranking.isPlaced(id)) return;
   pickNumber(numberOf(id));
 });
+
+for (const list of [pool, rankingList]) {
+  list.addEventListener("pointerover", highlightFrom);
+  list.addEventListener("focusin", highlightFrom);
+  list.addEventListener("pointerleave", () => overlay?.highlight(null));
+  list.addEventListener("focusout", (e) => {
+    if (!list.contains(e.relatedTarget)) overlay?.highlight(null);
+  });
+}
 
 $("btn-tie").addEventListener("click", tie);
 $("btn-undo").addEventListener("click", undo);

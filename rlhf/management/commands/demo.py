@@ -1,5 +1,10 @@
 """Seed the demo: a caption project on the synthetic shapes world, an admin and two annotators.
 
+``--task grounding`` (or ``detection``) seeds a second project beside it, ``demo-grounding`` (``demo-detection``):
+referring expressions ("Where is the red circle?", or "Find every shape.") whose answers are boxes, with the
+scenes' boxes as ground truth, scored by the IoU reward (``iou_reward`` / ``detection_reward``) in its rounds and
+its promotion gate. Its first tasks are the world's hand-made box answers: the demo base was never taught boxes.
+
 The demo's first tasks are the demo base's own captions (a generate run from the base policy, in this process,
 about 15 seconds on 2 cores): the first round then learns from rankings of the policy's own samples, as every
 later round does, and improves on them. ``--candidates world`` imports the world's hand-made candidates instead
@@ -37,6 +42,23 @@ Rank the captions **best first**. A good caption names every shape in the pictur
   `Backspace` undoes; `Enter` submits; `S` skips; `F` opens the flags.
 * If two captions are equally good (or equally bad), tie them.
 """
+BOX_INSTRUCTIONS = """\
+Each answer is drawn on the image in its candidate's colour. Rank the answers **best first**: the best box
+covers {what} tightly; a box on the wrong shape, far off, or an answer without a box is worst.
+
+* Hover a candidate (or Tab to it) to bring its boxes forward and dim the others.
+* Keys: press a candidate's number to place it next; `T` ties your last pick with the rank above it;
+  `Backspace` undoes; `Enter` submits; `S` skips; `F` opens the flags.
+"""
+# task type → (slug, name, instructions, verifiable reward of its rounds and gate)
+PROJECTS = {
+    "caption": (SLUG, "Demo: shapes captions", INSTRUCTIONS, "demo_reward"),
+    "grounding": ("demo-grounding", "Demo: shapes grounding", BOX_INSTRUCTIONS.format(what="the named shape"),
+                  "iou_reward"),
+    "detection": ("demo-detection", "Demo: shapes detection",
+                  BOX_INSTRUCTIONS.format(what="every shape, each labelled with its colour and shape,"),
+                  "detection_reward"),
+}
 ACCOUNTS = (("admin", True), ("annotator1", False), ("annotator2", False))
 
 
@@ -53,19 +75,25 @@ def demo_logins() -> dict[str, str]:
 
 
 class Command(BaseCommand):
-    help = "Seed the demo project (synthetic shapes images with candidate captions) and demo accounts."
+    help = "Seed a demo project (synthetic shapes images with candidate captions, or box answers) and demo accounts."
 
     def add_arguments(self, parser):
         parser.add_argument("--images", type=int, default=300, help="number of synthetic images")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("-k", type=int, default=4, help="candidates per task")
-        parser.add_argument("--candidates", choices=("policy", "world"), default="policy",
-                            help="the first tasks' candidates: the demo base's own samples (default) or the "
-                            "world's hand-made captions")
+        parser.add_argument("--task", choices=tuple(PROJECTS), default="caption",
+                            help="the project's task type: caption (demo-shapes, default), grounding "
+                            "(demo-grounding) or detection (demo-detection)")
+        parser.add_argument("--candidates", choices=("policy", "world"), default=None,
+                            help="the first tasks' candidates: the demo base's own samples (default for "
+                            "captions) or the world's hand-made answers (default for box tasks)")
         parser.add_argument("--tasks", type=int, default=240,
                             help="images the demo base captions for the first tasks (with --candidates policy)")
 
-    def handle(self, *args, images, seed, k, candidates, tasks, **options):
+    def handle(self, *args, images, seed, k, candidates, tasks, task="caption", **options):
+        slug, name, instructions, reward = PROJECTS[task]
+        if candidates is None:
+            candidates = "policy" if task == "caption" else "world"
         logins = demo_logins()
         users = {}
         User = get_user_model()
@@ -78,15 +106,15 @@ class Command(BaseCommand):
                     user.set_password(logins[name])
                     user.save()
                 users[name] = user
-        project = Project.objects.filter(slug=SLUG).first()
+        project = Project.objects.filter(slug=slug).first()
         if project is None:
             project = project_create(
-                name="Demo: shapes captions",
-                slug=SLUG,
-                task_type=Project.TaskType.CAPTION,
+                name=name,
+                slug=slug,
+                task_type=task,
                 candidates_per_task=k,
                 overlap=1,
-                instructions=INSTRUCTIONS,
+                instructions=instructions,
                 created_by=users["admin"],
             )
         for name, is_admin in ACCOUNTS:
@@ -98,16 +126,20 @@ class Command(BaseCommand):
             # of the demo uses both settings.
             # Its prompts carry ground truth, so the promotion gate judges each round's policy by the demo
             # world's verifiable reward on the held-out prompts (docs/loop.md).
-            loop_settings_set(project=project, round_params={**DEMO_POLICY_LORA, "policy_batch_size": 64},
-                              gate_reward="demo_reward")
+            # A box project's rounds add its IoU reward to the reward model's (the answers' ground truth is what
+            # makes a box right, docs/ui.md, "Box answers").
+            params = {**DEMO_POLICY_LORA, "policy_batch_size": 64}
+            if task != "caption":
+                params["verifiable_reward"] = reward
+            loop_settings_set(project=project, round_params=params, gate_reward=reward)
         if not project.prompts.exists():
             with tempfile.TemporaryDirectory(dir=settings.VAR_DIR) as tmp:
-                world.write_demo_manifest(tmp, n=images, seed=seed, task_type="caption",
+                world.write_demo_manifest(tmp, n=images, seed=seed, task_type=task,
                                           k=k if candidates == "world" else 0)
                 report = import_bundle(project=project, path=Path(tmp), origin="demo")
-            self.stdout.write(f"demo project {SLUG}: {report.prompts} images, {report.tasks} ranking tasks")
+            self.stdout.write(f"demo project {slug}: {report.prompts} images, {report.tasks} ranking tasks")
         else:
-            self.stdout.write(f"demo project {SLUG} already seeded ({project.prompts.count()} prompts)")
+            self.stdout.write(f"demo project {slug} already seeded ({project.prompts.count()} prompts)")
         if not RankingTask.objects.filter(project=project).exists():
             self._sample_first_tasks(project, users["admin"], tasks)
         for name, is_admin in ACCOUNTS:
@@ -123,7 +155,7 @@ class Command(BaseCommand):
         run = start_generate(project=project, user=admin, prompts=tasks, enqueue=False)
         if run_step(run.pk) == "succeeded":
             opened = RankingTask.objects.filter(project=project).count()
-            self.stdout.write(f"demo project {SLUG}: {opened} ranking tasks of the demo base's own captions")
+            self.stdout.write(f"demo project {project.slug}: {opened} ranking tasks of the demo base's own answers")
             return
         run = TrainingRun.objects.get(pk=run.pk)
         self.stderr.write(self.style.ERROR(
