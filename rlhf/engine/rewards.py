@@ -214,33 +214,28 @@ def iou_reward(prompts, completions, images=None, **kwargs) -> list[float]:
     return out
 
 
+def _detection_scores(completions, kwargs: dict, score: Callable[[list[float], int, int], float]) -> list[float]:
+    """`score(matched IoUs, stated boxes, true boxes)` of each completion against its `ground_truth` boxes; 1
+    when there is nothing to find and nothing is stated."""
+    gts = column(kwargs, "ground_truth", len(completions))
+    out = []
+    for i, (c, gt) in enumerate(zip(completions, gts, strict=True)):
+        truth, pred = target_boxes(gt, i), parse_boxes(as_text(c))
+        out.append(score(match_boxes(pred, truth), len(pred), len(truth)) if truth or pred else 1.0)
+    return out
+
+
 @REWARDS.register
 def detection_reward(prompts, completions, images=None, **kwargs) -> list[float]:
     """Soft F1 of a detection answer: the IoUs of a one-to-one matching of its boxes to the true ones (labels
     agreeing), summed and divided by the larger of the two counts — 1 only for every box right and nothing
     extra; a missing or an extra box costs as much as a wrong one. No box: 0 (1 when there is nothing to find)."""
-    gts = column(kwargs, "ground_truth", len(completions))
-    out = []
-    for i, (c, gt) in enumerate(zip(completions, gts, strict=True)):
-        truth, pred = target_boxes(gt, i), parse_boxes(as_text(c))
-        if not truth and not pred:
-            out.append(1.0)
-            continue
-        out.append(sum(match_boxes(pred, truth)) / max(len(pred), len(truth)))
-    return out
+    return _detection_scores(completions, kwargs, lambda ious, n_pred, n_true: sum(ious) / max(n_pred, n_true))
 
 
 @REWARDS.register
 def detection_f1_reward(prompts, completions, images=None, **kwargs) -> list[float]:
     """F1 at IoU 0.5 of a detection answer (a matched box counts when its IoU is at least 0.5, PASCAL VOC's
     threshold): 2·hits / (stated + true). Coarser than detection_reward; the usual detection figure."""
-    gts = column(kwargs, "ground_truth", len(completions))
-    out = []
-    for i, (c, gt) in enumerate(zip(completions, gts, strict=True)):
-        truth, pred = target_boxes(gt, i), parse_boxes(as_text(c))
-        if not truth and not pred:
-            out.append(1.0)
-            continue
-        hits = sum(iou >= 0.5 for iou in match_boxes(pred, truth))
-        out.append(2 * hits / (len(pred) + len(truth)))
-    return out
+    return _detection_scores(completions, kwargs,
+                             lambda ious, n_pred, n_true: 2 * sum(iou >= 0.5 for iou in ious) / (n_pred + n_true))
