@@ -51,6 +51,11 @@ ARMS = {
     "grpo": {"algorithm": "grpo"},
     "dpo": {"algorithm": "dpo"},
     "gt-grpo": {"algorithm": "grpo", "use_reward_model": False, "verifiable_reward": "demo_reward"},
+    # A composed reward (docs/engine.md): the reward model + banned_words on --banned (a word the starting
+    # policy says in most captions), weighted --banned-weight; the held-out figures add the share of answers
+    # that still say it.
+    "grpo-banned": {"algorithm": "grpo"},
+    "ppo-banned": {"algorithm": "ppo"},
 }
 
 
@@ -66,7 +71,14 @@ def round_params(arm: str, args) -> dict:
         policy = {"policy_steps": args.dpo_steps, "policy_batch_size": 16, "lr": 1e-3}
     else:
         policy = {"policy_steps": args.policy_steps, "policy_batch_size": 64}
+    if arm.endswith("-banned"):
+        policy["reward"] = [{"reward": "reward_model"}, {"reward": "banned_words", "weight": args.banned_weight,
+                                                         "params": {"words": [args.banned]}}]
     return {**common, **policy, **ARMS[arm]}
+
+
+def banned_word(arm: str, args) -> str:
+    return args.banned if arm.endswith("-banned") else ""
 
 
 def setup_django(work: Path) -> None:
@@ -78,20 +90,35 @@ def setup_django(work: Path) -> None:
     django.setup()
 
 
-def evaluate(model_path: str, adapter: str, held: Path) -> dict:
-    """Held-out caption accuracy (points) of a policy: greedy and 4 samples per scene at T = 1."""
+def evaluate(model_path: str, adapter: str, held: Path, banned: str = "") -> dict:
+    """Held-out caption accuracy (points) of a policy: greedy and 4 samples per scene at T = 1; with `banned`,
+    also the share of those answers (%) that say the banned word."""
+    import re
+
     import torch
 
     from rlhf.engine.config import ModelConfig
     from rlhf.engine.data import read_prompts
     from rlhf.engine.loading import load_model
-    from rlhf.engine.rl_common import CombinedReward, evaluate_reward
+    from rlhf.engine.reward_terms import Term
+    from rlhf.engine.rl_common import ComposedReward, evaluate_reward
 
     torch.set_num_threads(2)
     model, processor = load_model(ModelConfig(path=model_path, device="cpu", adapter_path=adapter or None))
-    out = evaluate_reward(model, processor, read_prompts(str(held)), CombinedReward(None, "demo_reward"),
-                          max_new_tokens=24)
-    return {"greedy": round(100 * out["eval/reward_mean"], 1), "sampled": round(100 * out["eval/reward_sampled"], 1)}
+    accuracy = ComposedReward([Term("demo_reward")])
+    said: list[float] = []  # per evaluation pass (greedy, then sampled): share of answers with the banned word
+
+    def reward(prompts, completions, **kwargs):
+        if banned:
+            pattern = re.compile(rf"(?<!\w){re.escape(banned)}(?!\w)", re.IGNORECASE)
+            said.append(100 * sum(bool(pattern.search(c)) for c in completions) / len(completions))
+        return accuracy(prompts, completions, **kwargs)
+
+    out = evaluate_reward(model, processor, read_prompts(str(held)), reward, max_new_tokens=24)
+    figures = {"greedy": round(100 * out["eval/reward_mean"], 1), "sampled": round(100 * out["eval/reward_sampled"], 1)}
+    if banned:
+        figures.update(banned_greedy=round(said[0], 1), banned_sampled=round(said[1], 1))
+    return figures
 
 
 def run_arm(arm: str, seed: int, args, work: Path) -> dict:
@@ -138,7 +165,7 @@ def run_arm(arm: str, seed: int, args, work: Path) -> dict:
         round_run.refresh_from_db()
         steps = {s.kind: s for s in round_run.steps.all()}
         policy = ModelVersion.objects.get(project=project, kind="policy", active=True)
-        acc = evaluate(args.model, policy.path, work / "held" / "prompts.jsonl")
+        acc = evaluate(args.model, policy.path, work / "held" / "prompts.jsonl", banned_word(arm, args))
         step_seconds = {s.kind: round((s.finished_at - s.started_at).total_seconds(), 1) for s in steps.values()}
         reward_result = steps["reward"].result or {}
         reward_acc = reward_result.get("eval/accuracy")
@@ -170,6 +197,10 @@ def main() -> None:
     ap.add_argument("--reward-full", action="store_true", help="train every weight of the reward model's backbone "
                     "(reward_lora: false) instead of a LoRA adapter (r 8 on q/v)")
     ap.add_argument("--scenes", type=int, default=1000, help="scenes in each project")
+    ap.add_argument("--banned", default="small", help="the word the *-banned arms penalise (the demo base says "
+                    "'small' in about 70%% of its captions; size is not part of caption accuracy)")
+    ap.add_argument("--banned-weight", type=float, default=1.0, help="weight of the banned_words term")
+    ap.add_argument("--name", default="loop", help="results go to <out>/benchmarks/<name>.json and <out>/<name>_benchmark.png")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     ap.add_argument("--plot-only", action="store_true")
     ap.add_argument("--arm", help=argparse.SUPPRESS)  # internal: run one arm and seed in this process
@@ -178,7 +209,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     if args.plot_only:
-        plot(json.loads((out / "benchmarks" / "loop.json").read_text()), out / "loop_benchmark.png")
+        plot(json.loads((out / "benchmarks" / f"{args.name}.json").read_text()), out / f"{args.name}_benchmark.png")
         return
     if args.arm:
         result = run_arm(args.arm, args.seed, args, Path(args.work))
@@ -195,7 +226,7 @@ def main() -> None:
         world.write_demo_manifest(work / f"scenes-{seed}", n=args.scenes, seed=5 + 100 * seed, k=4, eval_fraction=0.1)
     write_demo_preferences(work / "held", 200, seed=11, k=2)
     print(f"work folder {work}; model {args.model}; load average {os.getloadavg()}", flush=True)
-    start = evaluate(args.model, "", work / "held" / "prompts.jsonl")
+    start = evaluate(args.model, "", work / "held" / "prompts.jsonl", args.banned)
     print(f"starting policy: {start}", flush=True)
 
     threads = max(1, (os.cpu_count() or 2) // args.parallel)
@@ -207,6 +238,7 @@ def main() -> None:
         for flag in ("rounds", "rankings", "noise", "policy_steps", "dpo_steps", "reward_epochs"):
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         cmd += ["--reward-full"] if args.reward_full else []
+        cmd += ["--banned", args.banned, "--banned-weight", str(args.banned_weight)]
         subprocess.run(cmd, cwd=ROOT, check=True, env=env)
 
     jobs = [(arm, seed) for seed in range(args.seeds) for arm in args.arms.split(",")]
@@ -219,8 +251,9 @@ def main() -> None:
                "model": args.model, "load_after": os.getloadavg()}
     report(results)
     (out / "benchmarks").mkdir(parents=True, exist_ok=True)
-    (out / "benchmarks" / "loop.json").write_text(json.dumps(results, indent=1))
-    plot(results, out / "loop_benchmark.png")
+    results["banned"] = args.banned
+    (out / "benchmarks" / f"{args.name}.json").write_text(json.dumps(results, indent=1))
+    plot(results, out / f"{args.name}_benchmark.png")
 
 
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}  # t(0.975, df)
@@ -263,6 +296,19 @@ def report(results: dict) -> None:
         slowest = max(p["round_seconds"] for r in runs for p in r["points"])
         rss = max(r["peak_rss_mb"] for r in runs)
         print(f"| {arm} | {sampled} | {fmt(gains, sign=True)} | {share} | {greedy} | {rm} | {slowest:.0f} | {rss:.0f} |")
+    banned = [(arm, runs) for arm, runs in arms.items() if arm.endswith("-banned")]
+    if banned:
+        word = results.get("banned", "")
+        print(f"\nanswers that say {word!r}, % (starting policy: sampled {start.get('banned_sampled')}, greedy "
+              f"{start.get('banned_greedy')})")
+        print("| arm | sampled after each round | greedy after each round | caption accuracy change (sampled) |")
+        print("|---|---|---|---:|")
+        for arm, runs in banned:
+            rounds = len(runs[0]["points"])
+            said = " → ".join(fmt(per_round(runs, "banned_sampled", i)) for i in range(rounds))
+            said_greedy = " → ".join(fmt(per_round(runs, "banned_greedy", i)) for i in range(rounds))
+            gains = [r["points"][-1]["sampled"] - start["sampled"] for r in runs]
+            print(f"| {arm} | {said} | {said_greedy} | {fmt(gains, sign=True)} |")
 
 
 def plot(results: dict, path: Path) -> None:

@@ -132,6 +132,8 @@ LENSLOOP_ALLOW_HUB_MODELS = env_bool("LENSLOOP_ALLOW_HUB_MODELS", False)
 LENSLOOP_ENGINE_LAUNCH = env_str("LENSLOOP_ENGINE_LAUNCH", "").strip()
 LENSLOOP_WORKERS_HAVE_CUDA = env_bool("LENSLOOP_WORKERS_HAVE_CUDA", None)
 LENSLOOP_RUN_STALE_SECONDS = env_int("LENSLOOP_RUN_STALE_SECONDS", 90, minimum=1)
+# How long the one-sample dry run of a composed reward may take when a round starts (rlhf.services.check_reward).
+LENSLOOP_REWARD_CHECK_TIMEOUT = env_int("LENSLOOP_REWARD_CHECK_TIMEOUT", 60, minimum=1)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -74,6 +74,8 @@ def _serializer_field(f) -> serializers.Field:
         return serializers.CharField(allow_blank=True, **common)
     if hint == list[str]:
         return serializers.ListField(child=serializers.CharField(), **common)
+    if hint == list[dict]:  # the composed reward: its terms are checked by the engine's rules, naming the term
+        return serializers.JSONField(**common)
     bounds = {"min_value": meta.get("min"), "max_value": meta.get("max")}
     return (serializers.IntegerField if hint is int else serializers.FloatField)(**bounds, **common)
 

@@ -23,6 +23,7 @@ NOT_CURVES = {"step", "total_steps", "time", "elapsed", "epoch", "prompts_done"}
 FAMILIES = (
     ("loss", "Loss"),
     ("reward", "Reward"),
+    ("terms", "Reward terms (each term's mean, before its weight)"),
     ("kl", "KL divergence to the reference policy"),
     ("accuracy", "Accuracy"),
 )
@@ -30,8 +31,14 @@ MAX_OTHER_PANELS = 6
 _TOKEN = re.compile(r"[/_.\-\s]+")
 
 
+_TERM = re.compile(r"^rewards/(.+)/(mean|std)$")
+
+
 def family(key: str) -> str | None:
-    """Which panel a metric belongs to, from the words of its name (``objective/kl`` → kl)."""
+    """Which panel a metric belongs to, from the words of its name (``objective/kl`` → kl); the terms of a
+    composed reward (``rewards/<term>/mean``, as PPO and TRL log them) share a panel of their own."""
+    if _TERM.match(key):
+        return "terms"
     words = set(_TOKEN.split(key.lower()))
     if words & {"kl", "kld"}:
         return "kl"
@@ -62,8 +69,8 @@ def metric_series(metrics: Sequence[dict]) -> dict[str, list[tuple[float, float]
         x = float(index) if x is None else x
         for key, value in row.items():
             y = _number(value)
-            if key in NOT_CURVES or y is None:
-                continue
+            if key in NOT_CURVES or y is None or (key.startswith("rewards/") and key.endswith("/std")):
+                continue  # a term's spread within a batch (TRL logs it) would double the terms panel
             series.setdefault(str(key), []).append((x, y))
     return dict(sorted(series.items()))
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 from django import forms
 
 from rlhf.engine import round as round_schema
@@ -96,3 +99,75 @@ class LoopSettingsForm(forms.ModelForm):
             "never two rounds of a project at once."
         }
         widgets = {"auto_round_pairs": forms.NumberInput(attrs={"min": 0, "step": 1})}
+
+
+class RewardEditor:
+    """The Training page's editor of a project's composed reward (``round_params["reward"]``,
+    ``rlhf.engine.reward_terms``): one row per term, ``term-reward`` (a known name, or ``custom`` with a
+    dotted path in ``term-custom``), ``term-weight`` and ``term-params`` (JSON). Rows repeat the same input
+    names, so adding a row is copying one; rows with no reward are skipped. The terms themselves are
+    checked by ``rlhf.services.loop_settings_set`` (the engine's rules, and the dry run of every term)."""
+
+    CUSTOM = "custom"
+
+    def __init__(self, data=None, *, terms: list | None = None):
+        from rlhf.engine.reward_terms import describe_builtins, known_names
+
+        self.names = known_names()
+        self.builtins = describe_builtins()
+        self.errors: list[str] = []
+        self.row_errors: dict[int, str] = {}
+        if data is None:
+            self.rows = [self._row(t) for t in terms or []]
+        else:
+            self.rows = [{"reward": r, "custom": c, "weight": w, "params": p} for r, c, w, p in zip(
+                data.getlist("term-reward"), data.getlist("term-custom"), data.getlist("term-weight"),
+                data.getlist("term-params"), strict=False)]
+
+    @property
+    def examples(self) -> dict[str, str]:
+        """A parameters example per built-in that takes parameters (the editor's placeholder)."""
+        return {b["name"]: b["example"] for b in self.builtins if b["example"]}
+
+    def _row(self, term) -> dict:
+        known = term.reward in self.names
+        return {"reward": term.reward if known else self.CUSTOM, "custom": "" if known else term.reward,
+                "weight": f"{term.weight:g}", "params": json.dumps(term.params) if term.params else ""}
+
+    def terms(self) -> list[dict] | None:
+        """The rows as a reward spec, or None with ``row_errors`` set when a row cannot be read (params that
+        are not JSON). Weights go through as typed when they are no number, so the engine's check names them."""
+        spec, self.kept = [], []
+        for i, row in enumerate(self.rows):
+            name = (row["custom"] if row["reward"] == self.CUSTOM else row["reward"]).strip()
+            if not name:
+                if row["reward"] == self.CUSTOM:
+                    self.row_errors[i] = "give the function's dotted path, package.module:function"
+                continue
+            term: dict = {"reward": name}
+            weight = row["weight"].strip()
+            try:
+                term["weight"] = float(weight) if weight else 1.0
+            except ValueError:
+                term["weight"] = weight
+            if row["params"].strip():
+                try:
+                    term["params"] = json.loads(row["params"])
+                except json.JSONDecodeError as e:
+                    self.row_errors[i] = f"params: not valid JSON ({e.msg} at column {e.colno})"
+            spec.append(term)
+            self.kept.append(i)
+        return None if self.row_errors else spec
+
+    def add_error(self, message: str) -> None:
+        """An error of the checks: ``reward[i]…`` goes to the row it names, the rest above the rows."""
+        m = re.match(r"reward\[(\d+)\]\.?(.*)", message)
+        if m and int(m.group(1)) < len(self.kept):
+            self.row_errors[self.kept[int(m.group(1))]] = m.group(2).lstrip(". ") or message
+        else:
+            self.errors.append(message)
+
+    def display_rows(self) -> list[dict]:
+        """The rows with their errors, and one empty row to add a term without JavaScript."""
+        rows = [{**row, "error": self.row_errors.get(i, "")} for i, row in enumerate(self.rows)]
+        return [*rows, {"reward": "", "custom": "", "weight": "1", "params": "", "error": ""}]

@@ -36,6 +36,7 @@ from django.utils import timezone
 from annotation.models import Project, Ranking, RankingTask
 from lensloop.stats import bootstrap_mean
 from rlhf import lineage
+from rlhf.engine.round import ground_truth_reward
 from rlhf.models import LoopSettings, ModelVersion, TrainingRun
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def plan(project: Project, params: dict) -> dict:
     """How the gate will judge this round's policy: ``{"method", "reward"}``. ``reward`` is the verifiable
     reward the evaluate step scores answers with (also for the over-optimisation monitor), or ""."""
     settings = loop_settings(project)
-    reward = settings.gate_reward or params.get("verifiable_reward") or ""
+    reward = settings.gate_reward or ground_truth_reward(params)
     if reward and not heldout_has_ground_truth(project):
         reward = ""  # nothing to score against
     if settings.promotion_gate == LoopSettings.PromotionGate.OFF:

@@ -75,14 +75,17 @@ def in_fraction(project: Project, task_id: int, fraction: float) -> bool:
 
 
 def default_reward(project: Project) -> str:
-    """The reward a project judges answers by: its gate's (``gate_reward``), else its rounds' ``verifiable_reward``
-    (the order of ``rlhf.gate.plan``), else ``demo_reward``."""
+    """The reward a project judges answers by: its gate's (``gate_reward``), else its rounds' verifiable reward
+    (``verifiable_reward`` or a term of the composed ``reward``; the order of ``rlhf.gate.plan``), else
+    ``demo_reward``."""
     from rlhf.models import LoopSettings
 
     row = LoopSettings.objects.filter(project=project).values_list("gate_reward", "round_params").first()
     if row is not None:
         gate_reward, params = row
-        return gate_reward or (params or {}).get("verifiable_reward") or DEFAULT_REWARD
+        from rlhf.engine.round import ground_truth_reward
+
+        return gate_reward or ground_truth_reward(params) or DEFAULT_REWARD
     return DEFAULT_REWARD
 
 

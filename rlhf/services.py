@@ -4,11 +4,12 @@ re-enqueuing of steps whose jobs the queue lost."""
 from __future__ import annotations
 
 import logging
+import os
 from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from annotation.models import PreferencePair, Project
@@ -105,6 +106,54 @@ def validate_round_params(params: dict, *, base_model: str | None = None) -> dic
     return round_schema.to_params(cfg)
 
 
+def check_reward(project: Project, params: dict) -> None:
+    """Dry-run a round's composed reward (``params["reward"]``) before anything is queued: an engine process
+    (``python -m rlhf.engine check-reward``; the web tier never imports a user's reward function) calls every
+    term but the reward model once on one of the project's prompts and its first candidate, and says whether
+    each imports, runs and returns one number per answer. LoopError names the term."""
+    import json
+    import subprocess
+    import sys
+
+    from rlhf.engine.reward_terms import REWARD_MODEL
+
+    terms = params.get("reward") or []
+    if all(t.get("reward") == REWARD_MODEL for t in terms):
+        return
+    cmd = [sys.executable, "-m", "rlhf.engine", "check-reward"]
+    try:
+        proc = subprocess.run(cmd, input=json.dumps({"reward": terms, "sample": reward_sample(project)}),
+                              capture_output=True, text=True, timeout=settings.LENSLOOP_REWARD_CHECK_TIMEOUT,
+                              cwd=settings.BASE_DIR, env={**os.environ, "LENSLOOP_DATA_DIR": str(settings.DATA_DIR)})
+    except subprocess.TimeoutExpired:
+        raise LoopError(f"the reward check took longer than {settings.LENSLOOP_REWARD_CHECK_TIMEOUT} s: a term of "
+                        "`reward` hangs on one sample (or imports something slow)") from None
+    if proc.returncode == 2:
+        raise LoopError(proc.stderr.strip().splitlines()[-1].removeprefix("config error: "))
+    if proc.returncode:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+        raise LoopError(f"the reward check failed (exit {proc.returncode}): {tail}")
+
+
+def reward_sample(project: Project) -> dict:
+    """One of the project's training prompts and its first candidate, as the reward check's sample (a
+    stand-in answer where the prompt has no candidate yet)."""
+    from annotation.models import Candidate, Prompt
+
+    prompt = (Prompt.objects.filter(project=project).select_related("image")
+              .order_by(models.Case(models.When(split=Prompt.Split.TRAIN, then=0), default=1), "id").first())
+    if prompt is None:
+        return {"prompt": "", "completion": "an answer", "images": [], "ground_truth": None}
+    candidate = Candidate.objects.filter(prompt=prompt).order_by("id").values_list("text", flat=True).first()
+    reference = prompt.reference or None
+    sample = {"prompt": prompt.text, "completion": candidate if candidate is not None else (reference or ["an answer"])[0],
+              "images": [str(Path(settings.MEDIA_ROOT) / prompt.image.file)],
+              "ground_truth": prompt.ground_truth if prompt.ground_truth is not None else prompt.image.ground_truth}
+    if reference:
+        sample["reference"] = reference[0] if len(reference) == 1 else reference
+    return sample
+
+
 def advanced_params(params: dict | None) -> dict:
     """The ROUND_ADVANCED entries of `params` (a project's saved round parameters)."""
     return {k: v for k, v in (params or {}).items() if k in ROUND_ADVANCED}
@@ -134,6 +183,8 @@ def start_round(*, project: Project, user=None, params: dict | None = None, enqu
     """
     params = validate_round_params({**advanced_params(saved_round_params(project)), **(params or {})},
                                    base_model=project.base_model or "demo")
+    if params["reward"] and params["algorithm"] in ("ppo", "grpo"):
+        check_reward(project, params)
     if not PreferencePair.objects.filter(project=project).exists():
         raise LoopError("this project has no preference pairs yet: rank some tasks before starting a round")
     base_policy(project)
@@ -415,5 +466,7 @@ def loop_settings_set(*, project: Project, auto_round_pairs: int | None = None, 
         defaults["auto_round_pairs"] = auto_round_pairs
     if round_params is not None:
         defaults["round_params"] = validate_round_params({**saved_round_params(project), **round_params})
+        if round_params.get("reward"):
+            check_reward(project, defaults["round_params"])
     settings_row, _ = LoopSettings.objects.update_or_create(project=project, defaults=defaults)
     return settings_row

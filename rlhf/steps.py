@@ -28,6 +28,7 @@ from django.utils import timezone
 from annotation.models import Candidate, Prompt, Ranking, RankingTask
 from annotation.services.exports import ExportFilter, write_export, write_prompt_set
 from rlhf import gate, lineage
+from rlhf.engine.reward_terms import uses_reward_model
 from rlhf.engine.round import RoundConfig, round_config
 from rlhf.models import ModelVersion, TrainingRun
 from rlhf.runner import EngineFailed, run_engine
@@ -204,7 +205,7 @@ def step_policy(run: TrainingRun) -> None:
         raise EngineFailed(f"this {run.kind} step belongs to a round whose algorithm is {cfg.algorithm}")
     # use_reward_model=false (PPO/GRPO on a verifiable reward alone, e.g. a benchmark's upper bound): the
     # round's reward model is still trained and registered, but the policy does not learn from it.
-    use_rm = run.kind not in (K.PPO, K.GRPO) or cfg.use_reward_model
+    use_rm = run.kind not in (K.PPO, K.GRPO) or uses_reward_model(cfg.policy_terms())
     if run.kind == K.SFT and not snapshot.get("top_ranked"):
         raise EngineFailed("no usable rankings for SFT (all flagged all-bad?)")
     config = cfg.policy_config(

@@ -13,6 +13,7 @@ from django.forms.utils import pretty_name
 from annotation.models import Project, RankingTask
 from rlhf.charts import FAMILIES, family
 from rlhf.engine import round as round_schema
+from rlhf.engine.reward_terms import formula, parse_terms
 from rlhf.lineage import candidates_of, player_pairs, tasks_opened_by
 from rlhf.models import ModelVersion, TrainingRun
 
@@ -59,6 +60,8 @@ def readable_params(params: dict | None) -> list[tuple[str, str]]:
         label = PARAM_LABELS.get(key) or pretty_name(key)
         if key == "algorithm":
             text = ALGORITHM_NAMES.get(value, readable_value(value))
+        elif key == "reward" and value:
+            text = formula(parse_terms(value))
         elif key in PARAM_EMPTY and not value and not isinstance(value, bool):
             text = PARAM_EMPTY[key]
         else:

@@ -9,6 +9,7 @@ urlpatterns = [
     path("projects/<slug:slug>/training/rounds/", views.launch_round, name="training-launch"),
     path("projects/<slug:slug>/training/settings/", views.loop_settings, name="training-settings"),
     path("projects/<slug:slug>/training/gate/", views.gate_settings, name="training-gate"),
+    path("projects/<slug:slug>/training/reward/", views.reward_settings, name="training-reward"),
     path("projects/<slug:slug>/training/generate/", views.generate, name="training-generate"),
     path("projects/<slug:slug>/training/versions/", views.versions, name="training-versions"),
     path("projects/<slug:slug>/training/versions/<int:version_id>/activate/", views.version_activate,

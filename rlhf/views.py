@@ -22,7 +22,10 @@ from annotation.permissions import project_and_role
 from annotation.selectors import queue_stats
 from rlhf import ui_selectors
 from rlhf.charts import leaderboard_chart, run_panels
-from rlhf.forms import GateSettingsForm, LoopSettingsForm, RoundForm
+from rlhf.engine import round as round_schema
+from rlhf.engine.config_base import ConfigError
+from rlhf.engine.reward_terms import formula
+from rlhf.forms import GateSettingsForm, LoopSettingsForm, RewardEditor, RoundForm
 from rlhf.gate import decide_pending_gates
 from rlhf.hardware import cuda_available
 from rlhf.leaderboard import leaderboard
@@ -59,17 +62,31 @@ def _loop_settings(project: Project) -> LoopSettings:
     return LoopSettings.objects.filter(project=project).first() or LoopSettings(project=project)
 
 
-def _training_page(request, project, role, *, form=None, settings_form=None, gate_form=None, status=200):
+def _policy_terms(params: dict | None) -> list:
+    """The policy's reward terms of a project's saved round parameters (its composed reward, else the reward
+    model + verifiable reward they name)."""
+    try:
+        return round_schema.round_config(params).policy_terms()
+    except ConfigError:  # saved before a rule changed: show the defaults rather than fail the page
+        return round_schema.RoundConfig().policy_terms()
+
+
+def _training_page(request, project, role, *, form=None, settings_form=None, gate_form=None, reward_editor=None,
+                   status=200):
     loop = _loop_settings(project)
     cuda = cuda_available()
+    terms = _policy_terms(loop.round_params)
     context = {
         "project": project,
         "role": role,
         "is_admin": role == Membership.Role.ADMIN,
         "form": form or RoundForm(cuda=cuda, defaults=loop.round_params),
         "engine_params": [
-            (k, ui_selectors.readable_value(v)) for k, v in advanced_params(loop.round_params).items() if v != ROUND_ADVANCED[k]
+            (k, ui_selectors.readable_value(v)) for k, v in advanced_params(loop.round_params).items()
+            if v != ROUND_ADVANCED[k] and k != "reward"
         ],
+        "reward_formula": formula(terms),
+        "reward_editor": reward_editor or RewardEditor(terms=terms),
         "auto_params": ui_selectors.readable_params(loop.round_params),
         "settings_form": settings_form or LoopSettingsForm(instance=loop),
         "gate_form": gate_form or GateSettingsForm(instance=loop),
@@ -150,6 +167,28 @@ def gate_settings(request, slug):
         return _training_page(request, project, role, gate_form=form, status=exc.status)
     messages.success(request, f"Promotion gate: {form.instance.get_promotion_gate_display().lower()}.")
     return redirect(f"{reverse('training', args=[project.slug])}#gate-title")
+
+
+@login_required
+@require_POST
+def reward_settings(request, slug):
+    """The project's composed reward (the policy's reward in PPO and GRPO rounds): checked by the engine's
+    rules and a dry run of every term before it is saved; an error goes to the row it names."""
+    project, role = _project_for(request, slug, admin=True)
+    editor = RewardEditor(request.POST)
+    spec = editor.terms()
+    if spec is None:
+        return _training_page(request, project, role, reward_editor=editor, status=400)
+    try:
+        # The editor is the one place the policy's reward is set: its terms replace the two-field form.
+        loop_settings_set(project=project, round_params={"reward": spec, "verifiable_reward": "",
+                                                         "verifiable_weight": 1.0, "use_reward_model": True})
+    except LoopError as exc:
+        editor.add_error(exc.message)
+        return _training_page(request, project, role, reward_editor=editor, status=exc.status)
+    terms = _policy_terms(_loop_settings(project).round_params)
+    messages.success(request, f"Saved: PPO and GRPO rounds reward the policy with {formula(terms)}.")
+    return redirect(f"{reverse('training', args=[project.slug])}#reward-title")
 
 
 @login_required

@@ -1,6 +1,7 @@
 """`python -m rlhf.engine <subcommand> --config CONFIG.json --run-dir DIR` (also under `accelerate launch`).
 
-Subcommands: build-demo, demo-data, sft, generate, train-reward, evaluate, ppo, grpo, rloo, dpo, config. The config is
+Subcommands: build-demo, demo-data, sft, generate, train-reward, evaluate, ppo, grpo, rloo, dpo, config,
+check-reward. The config is
 validated before any model loads; exit code 2 means a bad config (message on stderr), 1 a failed run
 (result.json says "failed").
 """
@@ -155,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--task", default="caption", choices=["caption", "vqa"])
+    sub.add_parser("check-reward", help="check a composed reward before a run: every term but the reward model "
+                   "imports and returns one finite number on a sample (stdin: JSON {\"reward\": [...], \"sample\": "
+                   "{prompt, completion, images, ground_truth, reference}}; stdout: each term's value)")
     p = sub.add_parser("config", help="list the fields of a subcommand's config with defaults and help")
     p.add_argument("kind")
     args = parser.parse_args(argv)
@@ -166,6 +170,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "config":
         print(describe(args.kind))
+        return 0
+    if args.command == "check-reward":
+        from .reward_terms import dry_run, parse_terms
+
+        try:
+            request = json.loads(sys.stdin.read() or "{}")
+            print(json.dumps(dry_run(parse_terms(request.get("reward") or []), request.get("sample") or {})))
+        except (ConfigError, ValueError) as e:
+            print(f"config error: {e}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "demo-data":
         from .demo.annotators import write_demo_preferences

@@ -6,7 +6,7 @@ adapter disabled. Each iteration (the numbered steps of "The N implementation de
 Huang et al. 2024, and CleanRL `ppo.py`):
 
     1 generate answers with sampling                      (old log-probs and values: one forward pass)
-    2 score them (reward model + w · verifiable reward); penalise answers with no EOS token
+    2 score them (the composed reward: reward model, rule rewards, user functions); penalise answers with no EOS token
     3 normalise the scores with their running mean and std
     4 per-token KL to the reference, k1 = log π − log π_ref by default, β fixed or adaptive
     5 GAE advantages and returns
@@ -38,7 +38,7 @@ import torch
 from .config import to_dict
 from .data import answer_token_type, load_images
 from .ops import gather_token_logprobs
-from .rl_common import CombinedReward, evaluate_reward, set_threads, split_prompts, suppress_media_tokens
+from .rl_common import ComposedReward, evaluate_reward, set_threads, split_prompts, suppress_media_tokens
 from .rl_config import PPOConfig, check_ppo_batches
 from .rl_ops import (
     AdaptiveKLController,
@@ -146,7 +146,7 @@ class PPOState:
     opt: torch.optim.Optimizer
     params: list[torch.nn.Parameter]  # the trainable ones (gradient clipping)
     processor: Any
-    reward_fn: CombinedReward
+    reward_fn: ComposedReward
     kl_ctl: AdaptiveKLController  # β, fixed or adaptive
     score_moments: RunningMoments  # running mean and std of every score so far (step 3)
     eos_ids: torch.Tensor
@@ -167,7 +167,7 @@ def setup(cfg: PPOConfig, acc, resume: Path | None) -> tuple[PPOState, int]:
 
     local_batch, mini_batch, micro_batch = check_ppo_batches(cfg, acc.num_processes)
     device = acc.device
-    reward_fn = CombinedReward.from_config(cfg, device=str(device))
+    reward_fn = ComposedReward.from_config(cfg, device=str(device))
 
     # Actor-critic: base + LoRA (continuing model.adapter_path, or the resumed checkpoint's adapter).
     model_cfg = dataclasses.replace(cfg.model, device=str(device))
@@ -313,7 +313,7 @@ def _train(cfg: PPOConfig, acc, run: RunDir, resume: Path | None) -> dict:
               "samples_per_second": round(samples_seen / max(train_seconds, 1e-9), 2),
               "trainable_parameters": trainable, "held_out_prompts": len(held) if split.heldout else 0,
               "heldout": split.source,
-              **{k: v for k, v in stats.items() if k.startswith(("objective/", "policy/", "val/"))}}
+              **{k: v for k, v in stats.items() if k.startswith(("objective/", "policy/", "val/", "rewards/"))}}
     before = split.prefix[:-1] + "_before/"  # eval_before/…, or train_before/… when not held out
     result.update({k.replace(split.prefix, before, 1): v for k, v in _numbers(first_eval).items()})
     if acc.is_main_process:
@@ -363,7 +363,7 @@ def rollout(state: PPOState, records: list[dict]) -> tuple[RolloutBatch, dict]:
     ref_logprobs = token_logprobs(reference_logits(ac.policy, inputs, L), answer_ids, T)  # (B, L) log π_ref
     maskf = mask.float()
 
-    # 2. Score: reward model + w · verifiable reward; an answer cut off without EOS loses `missing_eos_penalty`.
+    # 2. Score: the composed reward (Σ weight · term); an answer cut off without EOS loses `missing_eos_penalty`.
     raw = torch.tensor(state.reward_fn(prompts, ro.texts, images=[r["images"] for r in records],
                                        ground_truth=[r.get("ground_truth") for r in records]), device=state.device)
     has_eos = (torch.isin(answer_ids, state.eos_ids) & mask.bool()).any(-1)
@@ -392,7 +392,8 @@ def rollout(state: PPOState, records: list[dict]) -> tuple[RolloutBatch, dict]:
     advantages = masked_whiten(advantages, maskf) * maskf
 
     kl_sum = kl.sum(1)
-    stats = {"objective/scores": scores.mean().item(), "objective/scores_raw": raw.mean().item(),
+    stats = {**state.reward_fn.last,  # each reward term's mean, rewards/<term>/mean
+             "objective/scores": scores.mean().item(), "objective/scores_raw": raw.mean().item(),
              "objective/kl": kl_sum.mean().item(), "objective/non_score_reward": (-kl_coef * kl_sum).mean().item(),
              "objective/rlhf_reward": (scores - kl_coef * kl_sum).mean().item(),
              "objective/eos_fraction": has_eos.float().mean().item(),

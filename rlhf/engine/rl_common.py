@@ -1,59 +1,87 @@
-"""What PPO, GRPO and RLOO share: the reward (reward-model score + weighted verifiable reward), the
+"""What PPO, GRPO and RLOO share: the reward (a weighted sum of terms: reward model, rule rewards, user functions), the
 train / held-out split of a prompt set (the held-out rule of `heldout.py`), and the held-out evaluation
 (greedy answers, mean reward)."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import torch
 
 from .data import load_images, read_prompts
 from .heldout import Split, split_lines, warn_not_heldout
-from .rewards import REWARDS
+from .reward_terms import REWARD_MODEL, Term, check_values, load_term, uses_reward_model
 
 log = logging.getLogger(__name__)
 
 
-class CombinedReward:
-    """reward = RM score + w · verifiable reward, a TRL reward function
+class ComposedReward:
+    """The policy's reward, Σ weight · term over the terms of the config (`reward_terms.py`: the reward
+    model, built-in and verifiable rewards, user functions), as a TRL reward function
     `(prompts, completions, images=None, **columns) -> list[float]`.
 
-    `ground_truth` may arrive as dicts or as JSON strings (how the TRL datasets carry it)."""
+    `ground_truth` may arrive as dicts or as JSON strings (how the TRL datasets carry it). After each call
+    `last` holds every term's mean (unweighted), `rewards/<term>/mean`, the names TRL logs its reward
+    functions under, so PPO's metrics and GRPO's read the same on the run page."""
 
     __name__ = "reward"
 
-    def __init__(self, scorer=None, verifiable: str = "", weight: float = 1.0):
-        if scorer is None and not verifiable:
-            raise ValueError("CombinedReward needs a reward-model scorer, a verifiable reward, or both")
-        self.scorer, self.weight = scorer, weight
-        self.verifiable = REWARDS[verifiable] if verifiable else None
+    def __init__(self, terms: list[Term], scorer=None):
+        if not terms:
+            raise ValueError("ComposedReward needs at least one term")
+        self.terms, self.fns = terms, []
+        for i, term in enumerate(terms):
+            if term.reward == REWARD_MODEL:
+                if scorer is None:
+                    raise ValueError(f"reward[{i}] is the reward model, but none is loaded (reward_model_path)")
+                self.fns.append(scorer)
+            else:
+                self.fns.append(load_term(term, f"reward[{i}]"))
+        self.last: dict[str, float] = {}
 
     @classmethod
-    def from_config(cls, cfg, device: str = "auto") -> CombinedReward:
+    def from_config(cls, cfg, device: str = "auto") -> ComposedReward:
+        terms = cfg.reward_terms()
         scorer = None
-        if cfg.reward_model_path:
+        if uses_reward_model(terms):
             from .reward_model import RewardScorer
 
             scorer = RewardScorer.from_checkpoint(cfg.reward_model_path, device=device)
-        return cls(scorer, cfg.verifiable_reward, cfg.verifiable_weight)
+        return cls(terms, scorer)
+
+    def term_values(self, prompts, completions, images=None, **kwargs) -> dict[str, list[float]]:
+        """Each term's value per completion (unweighted), by term label."""
+        if kwargs.get("ground_truth") is not None:
+            kwargs = {**kwargs, "ground_truth": [_json(g) for g in kwargs["ground_truth"]]}
+        return {term.label: check_values(fn(prompts, completions, images=images, **kwargs), len(completions),
+                                         f"reward term {term.label}")
+                for term, fn in zip(self.terms, self.fns, strict=True)}
 
     def __call__(self, prompts, completions, images=None, **kwargs) -> list[float]:
+        values = self.term_values(prompts, completions, images=images, **kwargs)
         total = [0.0] * len(completions)
-        if self.scorer is not None:
-            total = [t + s for t, s in zip(total, self.scorer(prompts, completions, images=images, **kwargs),
-                                           strict=True)]
-        if self.verifiable is not None:
-            if "ground_truth" in kwargs:
-                kwargs = {**kwargs, "ground_truth": [_json(g) for g in kwargs["ground_truth"]]}
-            v = self.verifiable(prompts, completions, images=images, **kwargs)
-            total = [t + self.weight * x for t, x in zip(total, v, strict=True)]
+        for term in self.terms:
+            total = [t + term.weight * v for t, v in zip(total, values[term.label], strict=True)]
+        self.last = {f"rewards/{label}/mean": sum(v) / len(v) for label, v in values.items() if v}
         return total
+
+    def trl_functions(self) -> tuple[list, list[float]]:
+        """The terms as separate TRL reward functions with their weights (GRPOTrainer's `reward_funcs` and
+        `reward_weights`): TRL then logs each one's mean as rewards/<term>/mean."""
+        funcs = []
+        for term, fn in zip(self.terms, self.fns, strict=True):
+            def one(prompts, completions, _fn=fn, _label=term.label, **kwargs):
+                if kwargs.get("ground_truth") is not None:
+                    kwargs = {**kwargs, "ground_truth": [_json(g) for g in kwargs["ground_truth"]]}
+                return check_values(_fn(prompts, completions, **kwargs), len(completions), f"reward term {_label}")
+
+            one.__name__ = term.label
+            funcs.append(one)
+        return funcs, [term.weight for term in self.terms]
 
 
 def _json(x):
-    import json
-
     return json.loads(x) if isinstance(x, str) else x
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config_base import ModelConfig, check, option
+from .reward_terms import Term, dry_run, legacy_terms, parse_terms, uses_reward_model
 
 
 @dataclass
@@ -37,6 +38,12 @@ class OnlineConfig:
     verifiable_reward: str = option("", "Name of a verifiable reward in rewards.REWARDS (e.g. 'demo_reward'), "
                                     "scored against each prompt's `ground_truth`; empty = none.")
     verifiable_weight: float = option(1.0, "Weight w of the verifiable reward: reward = RM score + w · verifiable.")
+    reward: list[dict] = option([], "A composed reward, instead of the two fields above: a list of terms "
+                                "{\"reward\": name, \"weight\": w, \"params\": {...}}, the reward a weighted sum of "
+                                "them; a name is 'reward_model' (the reward_model_path checkpoint), a built-in "
+                                "(banned_words, length, format, json_schema, exact_match, accuracy, iou), a "
+                                "verifiable reward of rewards.REWARDS, or a function 'package.module:function' "
+                                "(docs/engine.md, \"Composed rewards\"). [] = reward model + w · verifiable reward.")
     steps: int = option(20, "Optimiser steps.")
     seed: int = option(0, "Seed for sampling, batch order and initialisation.")
     lr: float = option(3e-3, "Learning rate of the LoRA adapter (constant).")
@@ -50,16 +57,34 @@ class OnlineConfig:
         from .rewards import REWARDS  # plain Python, no torch
 
         self.model.validate()
-        check(bool(self.reward_model_path) or bool(self.verifiable_reward),
-              "no reward: set reward_model_path (a train-reward checkpoint) and/or verifiable_reward "
-              f"(one of {sorted(REWARDS)})")
-        check(not self.verifiable_reward or self.verifiable_reward in REWARDS,
-              f"verifiable_reward={self.verifiable_reward!r} is unknown; use one of {sorted(REWARDS)} or ''")
+        if self.reward:
+            check(not self.verifiable_reward, "set either `reward` (a composed reward) or `verifiable_reward`, "
+                  "not both: add the verifiable reward to `reward` as a term")
+            terms = self.reward_terms()
+            check(bool(terms), "reward is an empty list of terms")
+            check(uses_reward_model(terms) == bool(self.reward_model_path),
+                  "a reward term 'reward_model' needs reward_model_path (a train-reward checkpoint)"
+                  if uses_reward_model(terms) else
+                  "reward_model_path is set but no term of `reward` is 'reward_model': add the term or clear the path")
+        else:
+            check(bool(self.reward_model_path) or bool(self.verifiable_reward),
+                  "no reward: set reward_model_path (a train-reward checkpoint) and/or verifiable_reward "
+                  f"(one of {sorted(REWARDS)}), or a composed `reward`")
+            check(not self.verifiable_reward or self.verifiable_reward in REWARDS,
+                  f"verifiable_reward={self.verifiable_reward!r} is unknown; use one of {sorted(REWARDS)} or ''")
         check(bool(self.prompts_file), "prompts_file is empty: give a prompt-set JSONL")
         check(self.steps >= 1 and self.lr > 0, "steps must be >= 1 and lr positive")
         check(self.batch_size >= 1, "batch_size must be at least 1")
         check(self.temperature > 0 and self.max_new_tokens >= 1, "temperature must be > 0, max_new_tokens >= 1")
         check(self.eval_prompts >= 0 and self.eval_every >= 0, "eval_prompts and eval_every must be >= 0")
+
+    def reward_terms(self) -> list[Term]:
+        """The policy's reward as terms (reward_terms.py): `reward`, else the reward model (when
+        reward_model_path is set) + verifiable_weight × verifiable_reward."""
+        if self.reward:
+            return parse_terms(self.reward)
+        return legacy_terms(reward_model=bool(self.reward_model_path), verifiable=self.verifiable_reward,
+                            weight=self.verifiable_weight)
 
 
 @dataclass
@@ -260,4 +285,21 @@ def preflight(cfg, n_processes: int | None = None) -> None:
         check(cfg.batch_size % n == 0, f"batch_size={cfg.batch_size} does not divide by the {n} processes")
     if getattr(cfg, "reward_model_path", ""):
         check_reward_model_matches(cfg.model.path, cfg.reward_model_path)
+    if isinstance(cfg, OnlineConfig) and cfg.reward:
+        check_reward_terms(cfg)
+
+
+def check_reward_terms(cfg: OnlineConfig) -> None:
+    """Every term of a composed reward but the reward model, called once on the first training prompt (its
+    reference, else a stand-in answer, as the completion): a user function that does not import, raises or
+    returns the wrong number of values stops the run here, before any model loads."""
+    from .data import read_prompts
+
+    rows = read_prompts(cfg.prompts_file)
+    row = next((r for r in rows if r.get("split") != "eval"), rows[0] if rows else {})
+    reference = row.get("reference")
+    completion = reference if isinstance(reference, str) else (reference or ["an answer"])[0]
+    dry_run(cfg.reward_terms(), {"prompt": row.get("prompt", ""), "completion": completion,
+                                 "images": row.get("images", []), "ground_truth": row.get("ground_truth"),
+                                 "reference": reference})
 

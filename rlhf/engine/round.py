@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from .config import build, load_config
 from .config_base import PEFT_METHOD_CHOICES, ConfigError, check, option
+from .reward_terms import Term, legacy_terms, parse_terms, uses_reward_model
 
 ALGORITHMS = {
     "ppo": "PPO: reward model, then policy optimisation against it (default)",
@@ -94,6 +95,13 @@ class RoundConfig:
                                     "score, when the prompts carry ground truth; '' = none.", label="Verifiable reward", group=ADVANCED)
     verifiable_weight: float = option(1.0, "Weight of the verifiable reward in the policy's reward.",
                                       label="Weight of the verifiable reward", min=0.0, group=ADVANCED)
+    reward: list[dict] = option([], "PPO and GRPO: the policy's reward composed of weighted terms, instead of "
+                                "use_reward_model / verifiable_reward / verifiable_weight; each term "
+                                "{\"reward\": name, \"weight\": w, \"params\": {...}}, the name 'reward_model' (the "
+                                "round's reward model), a built-in (banned_words, length, format, json_schema, "
+                                "exact_match, accuracy, iou), a verifiable reward, or 'package.module:function'. "
+                                "[] = reward model + verifiable_weight × verifiable_reward.",
+                                label="Composed reward", group=ADVANCED, empty="reward model (+ verifiable reward)")
 
     # ---- checks ---------------------------------------------------------------------------------------
 
@@ -117,6 +125,15 @@ class RoundConfig:
 
             check(self.verifiable_reward in REWARDS,
                   f"verifiable_reward {self.verifiable_reward!r} is not one of {sorted(REWARDS)}")
+        if self.reward:
+            terms = parse_terms(self.reward)
+            check(bool(terms), "reward is an empty list of terms: leave it out for the reward model alone")
+            check(not self.verifiable_reward and self.use_reward_model,
+                  "a composed reward replaces verifiable_reward and use_reward_model=false: put the verifiable "
+                  "reward in `reward` as a term, and leave out the reward_model term instead")
+            check(uses_reward_model(terms) or self.algorithm in ("ppo", "grpo"),
+                  f"a reward without the reward_model term needs algorithm ppo or grpo ({self.algorithm} trains "
+                  "on the rankings themselves)")
         if not self.use_reward_model:
             check(self.algorithm in ("ppo", "grpo"), f"use_reward_model=false needs algorithm ppo or grpo "
                   f"({self.algorithm} trains on the rankings themselves)")
@@ -143,6 +160,14 @@ class RoundConfig:
                 names = ", ".join(f"{engine} is the round's {ours}" for engine, ours in ENGINE_NAMES.get(kind, {}).items()
                                   if engine in str(e))
                 raise ConfigError(f"the {kind} step would refuse this round: {e}" + (f" ({names})" if names else "")) from None
+
+    def policy_terms(self) -> list[Term]:
+        """The PPO / GRPO reward as terms: `reward`, else the reward model (use_reward_model) +
+        verifiable_weight × verifiable_reward."""
+        if self.reward:
+            return parse_terms(self.reward)
+        return legacy_terms(reward_model=self.use_reward_model, verifiable=self.verifiable_reward,
+                            weight=self.verifiable_weight)
 
     # ---- the engine configs of the steps ---------------------------------------------------------------
 
@@ -189,8 +214,10 @@ class RoundConfig:
             config["batch_size"] = self.policy_batch_size
         if self.algorithm in ("ppo", "grpo"):
             config.update(prompts_file=prompts_file, eval_file=eval_prompts,
-                          reward_model_path=reward_model_path if self.use_reward_model else "")
-            if self.verifiable_reward:
+                          reward_model_path=reward_model_path if uses_reward_model(self.policy_terms()) else "")
+            if self.reward:
+                config["reward"] = [t.to_json() for t in self.policy_terms()]
+            elif self.verifiable_reward:
                 config.update(verifiable_reward=self.verifiable_reward, verifiable_weight=self.verifiable_weight)
             # The KL coefficient holds either algorithm near the reference (GRPO: TRL's beta). Without it GRPO
             # chased the first round's weak reward model and lost 5 points (bench/loop.py).
@@ -254,6 +281,19 @@ def round_config(params: dict | None) -> RoundConfig:
     cfg = build(RoundConfig, dict(params or {}), "round")
     cfg.validate()
     return cfg
+
+
+def ground_truth_reward(params: dict | None) -> str:
+    """The verifiable reward in a round's (saved) parameters: `verifiable_reward`, else the first term of
+    `reward` that names one of rewards.REWARDS; "" when none. What the evaluation, the promotion gate and
+    `mark_gold` score answers with."""
+    from .rewards import REWARDS
+
+    params = params or {}
+    if params.get("verifiable_reward"):
+        return params["verifiable_reward"]
+    names = [t.get("reward") for t in params.get("reward") or [] if isinstance(t, dict)]
+    return next((n for n in names if isinstance(n, str) and n in REWARDS), "")
 
 
 def to_params(cfg: RoundConfig) -> dict:

@@ -1,7 +1,8 @@
 """GRPO, RLOO and DPO through TRL's trainers, under the engine's run-directory contract.
 
 - GRPO (Shao et al. 2024, DeepSeekMath §4.1) and RLOO (Ahmadian et al. 2024): K answers per prompt,
-  reward = reward-model score + w · verifiable reward (`rl_common.CombinedReward`), a TRL reward function.
+  reward = Σ weight · term (reward model, rule rewards, user functions; `rl_common.ComposedReward`), each term a
+  TRL reward function with its weight, so TRL logs every term's mean.
 - DPO (Rafailov et al. 2023, eq. 7): the exported preference records, read directly.
 
 The policy is loaded by `loading.load_model` (LoRA / QLoRA, or continuing `model.adapter_path`) and handed
@@ -27,7 +28,7 @@ from lensloop import formats
 from .config import to_dict
 from .data import encode_completions, load_images, read_preferences
 from .heldout import split_lines, warn_not_heldout
-from .rl_common import CombinedReward, evaluate_reward, set_threads, split_prompts, suppress_media_tokens
+from .rl_common import ComposedReward, evaluate_reward, set_threads, split_prompts, suppress_media_tokens
 from .rl_config import DPOConfig, GRPOConfig, RLOOConfig
 from .rundir import RunDir
 
@@ -178,10 +179,11 @@ def _train_group(cfg: GRPOConfig, run_dir: str, run: RunDir, method: str, state)
     split = split_prompts(cfg)
     train, held = split.train, split.measure
     device = str(state.device)
-    reward_fn = CombinedReward.from_config(cfg, device=device)
+    reward_fn = ComposedReward.from_config(cfg, device=device)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, device=device))
     policy, processor = _load_policy(cfg)
     suppress = suppress_media_tokens(policy, processor)
+    reward_funcs, reward_weights = reward_fn.trl_functions()
     image_cache: dict = {}
     before = evaluate_reward(policy, processor, held, reward_fn, max_new_tokens=cfg.max_new_tokens,
                              image_cache=image_cache, prefix=split.prefix) if state.is_main_process else {}
@@ -190,7 +192,8 @@ def _train_group(cfg: GRPOConfig, run_dir: str, run: RunDir, method: str, state)
     args = TRLConfig(**_trainer_args(
         cfg, run_dir, per_device_train_batch_size=cfg.batch_size // state.num_processes,
         num_generations=cfg.num_generations, max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature,
-        beta=cfg.beta, generation_kwargs={"suppress_tokens": suppress} if suppress else None))
+        beta=cfg.beta, generation_kwargs={"suppress_tokens": suppress} if suppress else None,
+        reward_weights=reward_weights))
     def evaluate(model) -> dict:
         if not state.is_main_process:
             return {}
@@ -199,7 +202,7 @@ def _train_group(cfg: GRPOConfig, run_dir: str, run: RunDir, method: str, state)
                                image_cache=image_cache, prefix=split.prefix)
 
     clock = _Clock()
-    trainer = Trainer(model=policy, reward_funcs=[reward_fn], args=args, train_dataset=prompt_dataset(train),
+    trainer = Trainer(model=policy, reward_funcs=reward_funcs, args=args, train_dataset=prompt_dataset(train),
                       processing_class=for_trl(processor), callbacks=[_run_dir_callback(run, clock, evaluate, cfg.eval_every)])
     clock.start = time.monotonic()
     out = trainer.train()

@@ -70,6 +70,22 @@ def test_a_reward_model_on_another_base_is_refused_before_loading(tiny_model_pat
     assert not (tmp_path / "run").exists()  # nothing ran
 
 
+def test_a_composed_reward_whose_function_fails_its_dry_run_is_refused_before_loading(tiny_model_path, prompts,
+                                                                                      tmp_path, capsys, monkeypatch):
+    (tmp_path / "myrewards.py").write_text("def score(prompts, completions, **kwargs):\n    return [1.0, 2.0]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = _write(tmp_path, {"model": {"path": str(tiny_model_path)}, "prompts_file": prompts, "steps": 1,
+                            "reward": [{"reward": "length", "params": {"max": 5}}, {"reward": "myrewards:score"}]})
+    assert main(["grpo", "--config", cfg, "--run-dir", str(tmp_path / "run")]) == 2
+    assert "reward[1] (myrewards:score) returned 2 value(s) for 1 completion(s)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    # A ground-truth reward on prompts without ground truth fails the same way, before any model loads.
+    cfg = _write(tmp_path, {"model": {"path": str(tiny_model_path)}, "prompts_file": prompts, "steps": 1,
+                            "reward": [{"reward": "demo_reward"}]}, "c2.json")
+    assert main(["grpo", "--config", cfg, "--run-dir", str(tmp_path / "run")]) == 2
+    assert "reward[0] (demo_reward) raised TypeError on a one-sample dry run" in capsys.readouterr().err
+
+
 def test_ppo_cli_writes_the_contract_and_a_later_round_continues_the_adapter(tiny_model_path, demo_dataset,
                                                                                tmp_path):
     from rlhf.engine.config import ModelConfig
@@ -89,17 +105,25 @@ def test_ppo_cli_writes_the_contract_and_a_later_round_continues_the_adapter(tin
     assert all("objective/scores" in r for r in rows if r["step"] > 0 and "policy/clipfrac" in r)
     model, _ = load_model(ModelConfig(path=str(tiny_model_path), adapter_path=str(ckpt), device="cpu"))
     assert hasattr(model, "peft_config")
-    second = {**base, "model": {**base["model"], "adapter_path": str(ckpt)}, "steps": 1}
+    # The next round continues the adapter, on a composed reward: each term's mean is logged per iteration.
+    second = {**base, "model": {**base["model"], "adapter_path": str(ckpt)}, "steps": 1, "verifiable_reward": "",
+              "reward": [{"reward": "demo_reward"}, {"reward": "banned_words", "weight": 0.5,
+                                                     "params": {"words": ["small"]}}]}
     assert main(["ppo", "--config", _write(tmp_path, second, "c2.json"), "--run-dir", str(tmp_path / "r2")]) == 0
     assert (tmp_path / "r2" / "checkpoint" / "adapter_model.safetensors").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "r2" / "metrics.jsonl").read_text().splitlines()]
+    logged = next(r for r in rows if "policy/clipfrac" in r)
+    assert 0 <= logged["rewards/demo_reward/mean"] <= 1 and logged["rewards/banned_words/mean"] <= 0
+    assert "rewards/banned_words/mean" in json.loads((tmp_path / "r2" / "result.json").read_text())
 
 
 @pytest.mark.slow
 def test_grpo_and_dpo_cli_runs_with_tiny_budgets(tiny_model_path, demo_dataset, tmp_path):
     model = {"path": str(tiny_model_path), "lora_r": 8, "qlora": False, "device": "cpu"}
+    # GRPO on a composed reward: TRL gets each term as a reward function with its weight and logs its mean.
     grpo = {"model": model, "prompts_file": str(demo_dataset["prompts"]), "reward_model_path": "",
-            "verifiable_reward": "demo_reward", "steps": 2, "seed": 1, "batch_size": 8, "eval_prompts": 4,
-            "max_new_tokens": 10}
+            "reward": [{"reward": "demo_reward"}, {"reward": "length", "weight": 0.2, "params": {"max": 6}}],
+            "steps": 2, "seed": 1, "batch_size": 8, "eval_prompts": 4, "max_new_tokens": 10}
     dpo = {"model": model, "train_file": str(demo_dataset["preferences"]), "beta": 0.1, "steps": 2, "seed": 1,
            "batch_size": 4, "eval_pairs": 8}
     for kind, cfg in (("grpo", grpo), ("dpo", dpo)):
@@ -109,6 +133,9 @@ def test_grpo_and_dpo_cli_runs_with_tiny_budgets(tiny_model_path, demo_dataset, 
         assert json.loads((run / "result.json").read_text())["status"] == "completed"
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert rows and all("step" in r and r["total_steps"] == 2 for r in rows)
+        if kind == "grpo":
+            logged = next(r for r in rows if "rewards/length/mean" in r)
+            assert 0 <= logged["rewards/demo_reward/mean"] <= 1 and 0 <= logged["rewards/length/mean"] <= 1
 
 
 def test_generate_attaches_reward_model_scores(tiny_model_path, demo_dataset, tmp_path):

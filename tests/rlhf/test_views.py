@@ -450,6 +450,17 @@ def test_metrics_fall_into_the_panels_people_look_for():
     assert charts.family("eval/accuracy") == "accuracy" and charts.family("train/acc") == "accuracy"
     assert charts.family("objective/scores") == "reward" and charts.family("reward") == "reward"
     assert charts.family("losses/value_loss") == "loss" and charts.family("policy/entropy") is None
+    assert charts.family("rewards/banned_words/mean") == "terms"  # a composed reward's terms: a panel of their own
+
+
+def test_the_terms_of_a_composed_reward_share_a_panel_without_their_spreads():
+    rows = [{"step": s, "objective/scores": 0.1 * s, "rewards/reward_model/mean": 0.2 * s,
+             "rewards/banned_words/mean": -1.0 + 0.3 * s, "rewards/banned_words/std": 0.4} for s in (1, 2, 3)]
+    panels, figures = charts.run_panels(rows, id_prefix="t")
+    assert [p["title"] for p in panels] == ["Reward", "Reward terms (each term's mean, before its weight)"]
+    terms = str(panels[1]["svg"])
+    assert "rewards/banned_words/mean" in terms and "rewards/reward_model/mean" in terms and "/std" not in terms
+    assert "rewards/banned_words/mean" not in str(panels[0]["svg"]) and figures == {}
 
 
 PPO_REWARDS = ["objective/scores", "objective/scores_raw", "objective/non_score_reward", "objective/rlhf_reward",
