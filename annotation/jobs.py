@@ -23,3 +23,10 @@ def quality_report_job(project_id: int) -> int | None:
     if project is None:
         return None  # the project is gone: nothing to do
     return quality_report_compute(project=project).pk
+
+
+def import_job(import_id: int) -> str:
+    """Run a queued import (``annotation.services.import_jobs``); the state it ended in."""
+    from annotation.services.import_jobs import import_job_run
+
+    return import_job_run(import_id)

@@ -353,3 +353,43 @@ class QualityReport(models.Model):
 
     def __str__(self) -> str:
         return f"quality of {self.project_id} at {self.computed_at:%Y-%m-%d %H:%M}"
+
+
+class ImportJob(models.Model):
+    """An import running in the background (``annotation.services.import_jobs``): the uploaded bundle and its
+    options, the progress as a worker checks and writes it, and the report at the end. Nothing of an import is
+    in the other tables until it has succeeded (its rows are written in one transaction)."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        REJECTED = "rejected", "Rejected"  # all or nothing, and something was wrong: nothing written
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    ACTIVE_STATES = (State.QUEUED, State.RUNNING)
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="import_jobs", db_index=False)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
+    filename = models.CharField(max_length=255, help_text="The uploaded file's name, as the user's browser gave it.")
+    upload = models.CharField(max_length=500, help_text="The bundle's path on the server; removed when the import ends.")
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    options = models.JSONField(default=dict, help_text="mode, format, manifest, split, limit, heldout")
+    progress = models.JSONField(default=dict, help_text="phase, fraction and the report's counts so far")
+    report = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    worker = models.CharField(max_length=200, blank=True, help_text="host:pid of the process running the import")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "-created_at"], name="importjob_project_created")]
+
+    def __str__(self) -> str:
+        return f"import {self.pk} of {self.filename} into {self.project_id} ({self.state})"

@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from annotation import charts, ui_selectors
 from annotation.exceptions import AnnotationError, NotFound
 from annotation.forms import ExportForm, MemberForm, ProjectForm
-from annotation.models import Membership, Project, Ranking
+from annotation.models import ImportJob, Membership, Project, Ranking
 from annotation.permissions import project_and_role
 from annotation.selectors import annotator_progress, projects_for, queue_stats, role_in
 from annotation.services import gold, projects, reviews
@@ -177,10 +177,17 @@ def dashboard(request, slug):
 
 @login_required
 @require_GET
-def project_import(request, slug):
-    """The upload goes straight from the browser to the API's import endpoint (progress bar, report)."""
+def project_import(request, slug, import_id=None):
+    """The upload goes straight from the browser to the API's import endpoint (upload progress); a worker
+    imports, and the page follows the import through the API (progress bar, then the report). With
+    ``import_id`` the page follows that import (the URL the page moves to once its upload is accepted)."""
     project, role = _project_for(request, slug, admin=True)
-    context = {"project": project, "role": role, "modes": MODES, "api_url": reverse("api-import", args=[project.slug])}
+    job = get_object_or_404(ImportJob, pk=import_id, project=project) if import_id is not None else None
+    context = {
+        "project": project, "role": role, "modes": MODES, "api_url": reverse("api-import", args=[project.slug]),
+        "import_url": reverse("api-import-detail", args=[project.slug, job.pk]) if job else "",
+        "recent_imports": ImportJob.objects.filter(project=project).order_by("-created_at")[:10],
+    }
     return render(request, "annotation/import.html", context)
 
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotation.api import gold, views
+from annotation.api import gold, imports, views
 
 urlpatterns = [
     path("projects/", views.ProjectListView.as_view(), name="api-projects"),
@@ -10,7 +10,10 @@ urlpatterns = [
     path("projects/<slug:slug>/upcoming/", views.UpcomingView.as_view(), name="api-upcoming"),
     path("projects/<slug:slug>/rankings/", views.RankingListView.as_view(), name="api-rankings"),
     path("projects/<slug:slug>/images/<int:image_id>/", views.ImageView.as_view(), name="api-image"),
-    path("projects/<slug:slug>/imports/", views.ImportView.as_view(), name="api-import"),
+    path("projects/<slug:slug>/imports/", imports.ImportView.as_view(), name="api-import"),
+    path("projects/<slug:slug>/imports/<int:import_id>/", imports.ImportDetailView.as_view(), name="api-import-detail"),
+    path("projects/<slug:slug>/imports/<int:import_id>/cancel/", imports.ImportCancelView.as_view(),
+         name="api-import-cancel"),
     path("projects/<slug:slug>/export/", views.ExportView.as_view(), name="api-export"),
     path("projects/<slug:slug>/quality/", views.QualityView.as_view(), name="api-quality"),
     path("projects/<slug:slug>/members/", views.MemberListView.as_view(), name="api-members"),

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
-from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.http import FileResponse, StreamingHttpResponse
+from django.http import FileResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status
 from rest_framework.exceptions import PermissionDenied
-from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation.api.permissions import project_for, ranking_project_for
 from annotation.api.serializers import (
     ExportQuerySerializer,
-    ImportSerializer,
     MembershipSerializer,
     NextTaskAnswerSerializer,
     ProjectSerializer,
@@ -36,7 +30,6 @@ from annotation.api.serializers import (
     parse_submit,
     ranking_payload,
 )
-from annotation.exceptions import ImportRejected
 from annotation.images import media_path
 from annotation.models import Image, Membership, Project
 from annotation.permissions import project_and_role, task_project_and_role
@@ -47,8 +40,9 @@ from annotation.selectors import (
     queue_stats,
     task_payload,
 )
-from annotation.services import exports, gold, imports, projects, quality, queue, reviews
+from annotation.services import exports, gold, projects, quality, queue, reviews
 from annotation.ui_selectors import upcoming_images
+from lensloop import storage
 
 NEXT = OpenApiParameter("next", bool, description="Also lease and return your next task, as `next_task`")
 
@@ -259,48 +253,6 @@ class ImageView(APIView):
         return response
 
 
-class ImportView(APIView):
-    parser_classes = [MultiPartParser, FormParser]
-
-    @extend_schema(
-        request={"multipart/form-data": ImportSerializer},
-        responses={
-            201: OpenApiResponse(description="Import report"),
-            400: OpenApiResponse(description="Refused; the report names file and line of each problem"),
-        },
-    )
-    def post(self, request, slug):
-        project = project_for(request, slug, admin=True)
-        data = ImportSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        upload = data.validated_data["file"]
-        if upload.size > settings.LENSLOOP_MAX_UPLOAD_BYTES:
-            return Response(
-                {"error": "too_large", "detail": f"upload is over {settings.LENSLOOP_MAX_UPLOAD_BYTES:,} bytes"},
-                status=status.HTTP_400_BAD_REQUEST,
-            )
-        Path(settings.IMPORT_ROOT).mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=settings.IMPORT_ROOT, suffix=".zip") as tmp:
-            for chunk in upload.chunks():
-                tmp.write(chunk)
-            tmp.flush()
-            try:
-                report = imports.import_bundle(
-                    project=project,
-                    path=Path(tmp.name),
-                    manifest=data.validated_data["manifest"] or None,
-                    mode=data.validated_data["mode"],
-                    format=data.validated_data["format"],
-                    split=data.validated_data["split"] or None,
-                    limit=data.validated_data["limit"],
-                    heldout=data.validated_data["heldout"],
-                )
-            except ImportRejected:
-                raise  # 400 with the report; nothing was written
-        body = report.as_dict()
-        return Response(body, status=status.HTTP_201_CREATED)
-
-
 class ExportView(APIView):
     @extend_schema(
         parameters=[ExportQuerySerializer],
@@ -328,8 +280,12 @@ class ExportView(APIView):
         if note.state != "fresh":
             quality.enqueue_quality_report(project)
         chunks, filename, content_type = exports.stream_export(flt, q["format"])
-        response = StreamingHttpResponse(chunks, content_type=content_type)
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        store = storage.config()
+        if store is not None:  # into the bucket, and the client downloads it from there
+            response = HttpResponseRedirect(exports.store_export(store, chunks, filename, project))
+        else:
+            response = StreamingHttpResponse(chunks, content_type=content_type)
+            response["Content-Disposition"] = f'attachment; filename="{filename}"'
         response["X-Lensloop-Quality"] = note.state
         if note.computed_at is not None:
             response["X-Lensloop-Quality-Computed-At"] = note.computed_at.isoformat()

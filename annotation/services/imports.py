@@ -15,30 +15,31 @@ transaction; a rejected import can leave unreferenced image files behind, never 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import itertools
 import json
 import math
-from collections.abc import Iterator
+import os
+import pickle
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connection, transaction
-from django.utils import timezone
 
-from annotation import bulk
 from annotation.bundles import Bundle, BundleError, open_bundle
 from annotation.exceptions import ImportRejected
-from annotation.images import BadImage, CheckedImage, check_image, store_image
-from annotation.models import Candidate, Image, Project, Prompt, RankingTask
+from annotation.models import Project, Prompt
+from annotation.services.import_checks import BAD, HAS_GT, PENDING, SPOOLED, Checker, ImageTable, Limits
+from annotation.services.import_writes import write_spooled
 from annotation.splits import hashed_split, split_key
+from lensloop import storage
 
 MODES = ("all_or_nothing", "partial")
-MAX_MANIFEST_BYTES = 512 * 1024 * 1024
-BATCH = 2000
-COPY_BATCH = 25_000  # rows per staged batch (PostgreSQL): the server writes one batch while the next is formatted
+MAX_MANIFEST_BYTES = 2 * 1024**3  # streamed: the limit guards the disk and the time, not memory
+PROBLEMS_KEPT = 1000  # problems listed in a report; ``problems_total`` counts them all
 FIELDS = {"image", "prompt", "reference", "ground_truth", "candidates", "split", "id", "priority", "gold_ordering"}
 
 
@@ -71,11 +72,19 @@ class ImportReport:
     candidates: int = 0
     tasks: int = 0
     prompts_heldout: int = 0
-    problems: list[Problem] = field(default_factory=list)
+    images_checked: int = 0  # images that passed their check (and were stored), as the import goes
+    rows_written: int = 0  # rows written so far, in the write pass
+    problems_total: int = 0
+    problems: list[Problem] = field(default_factory=list)  # the first PROBLEMS_KEPT
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems_total
+
+    def add(self, problem: Problem) -> None:
+        self.problems_total += 1
+        if len(self.problems) < PROBLEMS_KEPT:
+            self.problems.append(problem)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -206,48 +215,67 @@ def _parse_row(raw: dict, line: int, k: int) -> Row:
     )
 
 
-def _manifest_rows(bundle: Bundle, manifest: str, k: int) -> Iterator[tuple[int, Row | None, str | None]]:
-    """Yield (line, row, problem) for each non-blank manifest line."""
-    data = bundle.read(manifest, MAX_MANIFEST_BYTES)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        yield 0, None, f"manifest is not UTF-8 text ({exc.reason} at byte {exc.start})"
-        return
-    if manifest.endswith(".csv"):
-        reader = csv.DictReader(io.StringIO(text))
-        if reader.fieldnames is None:
-            return
-        for raw in reader:
-            line = reader.line_num
-            if None in raw:
-                yield line, None, "row has more cells than the header"
-                continue
-            try:
-                yield line, _parse_row({k_: v for k_, v in raw.items() if v not in (None, "")}, line, k), None
-            except ValueError as exc:
-                yield line, None, str(exc)
-        return
-    for line, content in enumerate(text.splitlines(), start=1):
-        if not content.strip():
-            continue
+def _consumed(stream) -> int:
+    """Bytes of the manifest read so far (for the progress bar)."""
+    raw = getattr(stream, "raw", None)
+    return raw.limit - raw.left if raw is not None and hasattr(raw, "left") else stream.tell()
+
+
+def _manifest_rows(bundle: Bundle, manifest: str, k: int, position: list[int]) -> Iterator[tuple[int, Row | None, str | None]]:
+    """Yield (line, row, problem) for each non-blank manifest line, reading the manifest as a stream (memory
+    stays flat whatever its size); ``position[0]`` follows the bytes read."""
+    with bundle.open(manifest, MAX_MANIFEST_BYTES) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="" if manifest.endswith(".csv") else None)
+        line = 0
         try:
-            raw = json.loads(content)
-        except json.JSONDecodeError as exc:
-            yield line, None, f"not valid JSON: {exc.msg} (column {exc.colno})"
-            continue
-        if not isinstance(raw, dict):
-            yield line, None, "each line must be a JSON object"
-            continue
-        try:
-            yield line, _parse_row(raw, line, k), None
-        except ValueError as exc:
-            yield line, None, str(exc)
+            if manifest.endswith(".csv"):
+                reader = csv.DictReader(text)
+                if reader.fieldnames is None:
+                    return
+                for raw_row in reader:
+                    line = reader.line_num
+                    position[0] = _consumed(raw)
+                    if None in raw_row:
+                        yield line, None, "row has more cells than the header"
+                        continue
+                    try:
+                        yield line, _parse_row({k_: v for k_, v in raw_row.items() if v not in (None, "")}, line, k), None
+                    except ValueError as exc:
+                        yield line, None, str(exc)
+                return
+            for line, content in enumerate(text, start=1):
+                if not content.strip():
+                    continue
+                position[0] = _consumed(raw)
+                try:
+                    raw_row = json.loads(content)
+                except json.JSONDecodeError as exc:
+                    yield line, None, f"not valid JSON: {exc.msg} (column {exc.colno})"
+                    continue
+                if not isinstance(raw_row, dict):
+                    yield line, None, "each line must be a JSON object"
+                    continue
+                try:
+                    yield line, _parse_row(raw_row, line, k), None
+                except ValueError as exc:
+                    yield line, None, str(exc)
+        except UnicodeDecodeError as exc:
+            yield line + 1, None, f"manifest is not UTF-8 text ({exc.reason})"
+        except BundleError as exc:
+            yield line + 1, None, str(exc)
+
+
+class ImportCancelled(Exception):
+    """Raised by a progress callback to stop an import; nothing of it is written."""
+
+
+Progress = Callable[[str, ImportReport, float | None], None]  # (phase, report so far, fraction of the phase or None)
 
 
 def import_bundle(
     *, project: Project, path: Path, manifest: str | None = None, mode: str = "all_or_nothing", origin: str = "import",
     format: str = "manifest", split: str | None = None, limit: int | None = None, heldout: str = "source",
+    progress: Progress | None = None, processes: int | None = None,
 ) -> ImportReport:
     """Import ``path`` (folder or zip) into ``project``. Raises ``ImportRejected`` (report in details) when
     mode is all_or_nothing and anything is wrong; otherwise returns the report.
@@ -256,7 +284,11 @@ def import_bundle(
     Hugging Face; ``annotation.importers``), whose records become manifest rows checked and written here
     exactly like a manifest's; ``split`` picks the source's splits, ``heldout`` whether they decide the rows'
     ``split`` (``source``) or the project's held-out fraction does (``hash``). ``limit`` keeps the first
-    ``limit`` rows (records) of any format."""
+    ``limit`` rows (records) of any format.
+
+    ``progress(phase, report, fraction)`` is called as the import goes (phase ``checking``, then ``writing``);
+    it may raise ``ImportCancelled``, and nothing is written. ``processes`` checks images in that many
+    processes (default: one per core; 0 or 1: in this process)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     if limit is not None and limit < 1:
@@ -265,7 +297,7 @@ def import_bundle(
     try:
         bundle = open_bundle(path, max_total_bytes=settings.LENSLOOP_MAX_UPLOAD_BYTES * 4)
     except BundleError as exc:
-        report.problems.append(Problem(path.name, None, str(exc)))
+        report.add(Problem(path.name, None, str(exc)))
         raise ImportRejected(str(exc), report=report) from None
     try:
         if format != "manifest":
@@ -274,20 +306,25 @@ def import_bundle(
             try:
                 bundle = importers.convert(bundle, format, source=manifest, split=split, heldout=heldout)
             except BundleError as exc:
-                report.problems.append(Problem(getattr(exc, "file", bundle.label), None, getattr(exc, "reason", str(exc))))
+                report.add(Problem(getattr(exc, "file", bundle.label), None, getattr(exc, "reason", str(exc))))
                 raise ImportRejected(str(exc), report=report) from None
         elif split:
             raise ValueError("split picks the splits of a converted dataset; a manifest's rows carry their own")
-        return _import(bundle, project, manifest, mode, origin, report, limit)
+        return _import(bundle, project, manifest, mode, origin, report, limit, progress or _quiet, processes)
     finally:
         bundle.close()
 
 
+def _quiet(phase: str, report: ImportReport, fraction: float | None) -> None:
+    pass
+
+
 def _import(bundle: Bundle, project: Project, manifest: str | None, mode: str, origin: str, report: ImportReport,
-            limit: int | None = None):
+            limit: int | None, progress: Progress, processes: int | None):
     for name, why in bundle.refused:
-        report.problems.append(Problem(name, None, why))
+        report.add(Problem(name, None, why))
     converted = getattr(bundle, "manifest_rows", None)  # a standard dataset read by annotation.importers
+    position, size = [0], None
     if converted is not None:
         report.manifest = bundle.label
         # (where, row, problem): where is (file, line, record) of the source record
@@ -295,228 +332,127 @@ def _import(bundle: Bundle, project: Project, manifest: str | None, mode: str, o
     else:
         try:
             manifest = bundle.find_manifest(manifest)
+            size = _located_size(bundle.locate(manifest, MAX_MANIFEST_BYTES))
         except BundleError as exc:
-            report.problems.append(Problem(bundle.label, None, str(exc)))
+            report.add(Problem(bundle.label, None, str(exc)))
             raise ImportRejected(str(exc), report=report) from None
         report.manifest = manifest
         records = (((manifest, line or None, ""), row, problem)
-                   for line, row, problem in _manifest_rows(bundle, manifest, project.candidates_per_task))
+                   for line, row, problem in _manifest_rows(bundle, manifest, project.candidates_per_task, position))
     if limit:
         records = itertools.islice(records, limit)
 
-    # Pass 1: parse every row and check every image it names (each image once).
-    images: dict[str, CheckedImage | str] = {}
-    good: list[Row] = []
-    for (file, line, record), row, problem in records:
-        report.rows += 1
-        if problem is not None:
-            report.problems.append(Problem(file, line, problem, record))
-            continue
-        if row.image not in images:
-            try:
-                checked = check_image(bundle.read(row.image, settings.LENSLOOP_MAX_IMAGE_BYTES))
-                store_image(checked)
-                images[row.image] = dataclasses.replace(checked, data=b"")  # keep memory flat
-            except (BundleError, BadImage) as exc:
-                images[row.image] = str(exc)
-        outcome = images[row.image]
-        if isinstance(outcome, str):
-            report.problems.append(Problem(file, line, f"image {row.image!r}: {outcome}", record))
-            continue
-        if not row.split:
-            key = split_key(external_id=row.external_id, image_sha256=outcome.sha256, text=row.prompt)
-            row.split = hashed_split(key, project.heldout_fraction)
-        good.append(row)
-    if report.rows == 0:
-        report.problems.append(Problem(report.manifest, None, "no records to import" if converted else "manifest has no rows"))
-    report.rows_skipped = report.rows - len(good)
-    if report.problems and mode == "all_or_nothing":
-        report.rows_skipped = report.rows
-        raise ImportRejected(
-            f"import refused: {len(report.problems)} problem(s); nothing was imported", report=report
-        )
+    def fraction() -> float | None:
+        if limit:
+            return min(1.0, report.rows / limit)
+        return min(1.0, position[0] / size) if size else None
 
-    # Pass 2: write every good row in one transaction.
-    with transaction.atomic():
-        image_ids = _upsert_images({name: c for name, c in images.items() if isinstance(c, CheckedImage)}, good, report)
-        if bulk.fast_path():
-            _copy_rows(project, good, image_ids, origin, report)
-        else:
-            for start in range(0, len(good), BATCH):
-                _write_rows(project, good[start : start + BATCH], images, image_ids, origin, report)
-    report.rows_imported = len(good)
-    report.prompts_heldout = sum(row.split == Prompt.Split.EVAL for row in good)
+    store = storage.config()
+    storage.check(store)  # a bucket that is missing or denies access fails the import before any row is read
+    limits = Limits(settings.LENSLOOP_MAX_IMAGE_BYTES, settings.LENSLOOP_MAX_IMAGE_PIXELS, str(settings.MEDIA_ROOT),
+                    store)
+    table = ImageTable(getattr(bundle, "member_count", None))
+    late_gt: dict[str, dict] = {}
+    Path(settings.IMPORT_ROOT).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=settings.IMPORT_ROOT, prefix="spool-") as spool:
+        # Pass 1: parse every row, check every image it names (each image once, in parallel), and spool the
+        # good rows to disk.
+        with Checker(limits, processes) as checker:
+            pending: deque = deque()
+            entries: list[tuple] = []
+            batch: list = []
+            for where, row, problem in records:
+                report.rows += 1
+                if problem is not None:
+                    report.add(Problem(*where[:2], problem, where[2]))
+                    continue
+                try:  # right away: a converted dataset's embedded image is there for this row only
+                    located = bundle.locate(row.image, limits.max_bytes)
+                except BundleError as exc:
+                    report.add(Problem(*where[:2], f"image {row.image!r}: {exc}", where[2]))
+                    continue
+                key = located[1]
+                if not table.state(key):
+                    table.set_state(key, PENDING)
+                    batch.append(located)
+                entries.append((where, row, key))
+                if len(entries) >= CHUNK:
+                    pending.append((entries, batch, checker.submit(batch)))
+                    entries, batch = [], []
+                    while pending and (len(pending) > IN_FLIGHT or pending[0][2].ready()):
+                        _checked(*pending.popleft(), table, project, report, late_gt, spool)
+                        progress("checking", report, fraction())
+            pending.append((entries, batch, checker.submit(batch)))
+            while pending:
+                _checked(*pending.popleft(), table, project, report, late_gt, spool)
+            progress("checking", report, 1.0)
+        if report.rows == 0:
+            report.add(Problem(report.manifest, None, "no records to import" if converted else "manifest has no rows"))
+        good = report.rows_imported
+        report.rows_imported = 0
+        report.rows_skipped = report.rows - good
+        if report.problems_total and mode == "all_or_nothing":
+            report.rows_skipped, report.prompts_heldout = report.rows, 0
+            raise ImportRejected(
+                f"import refused: {report.problems_total} problem(s); nothing was imported", report=report
+            )
+
+        # Pass 2: write every good row in one transaction.
+        spool.seek(0)
+        write_spooled(project, _unspool(spool), origin=origin, report=report, late_gt=late_gt,
+                      progress=lambda: progress("writing", report, report.rows_written / good if good else 1.0))
+    report.rows_imported = good
     return report
 
 
-def _upsert_images(checked: dict[str, CheckedImage], rows: list[Row], report: ImportReport) -> dict[str, int]:
-    used = {row.image for row in rows}
-    by_sha: dict[str, CheckedImage] = {c.sha256: c for name, c in checked.items() if name in used}
-    gt_by_sha: dict[str, dict] = {}
-    for row in rows:
-        if row.ground_truth is not None:
-            gt_by_sha.setdefault(checked[row.image].sha256, row.ground_truth)
-    existing = dict(Image.objects.filter(sha256__in=list(by_sha)).values_list("sha256", "id"))
-    new = [
-        Image(
-            sha256=sha,
-            file=c.relpath,
-            format=c.format,
-            width=c.width,
-            height=c.height,
-            size_bytes=c.size_bytes,
-            ground_truth=gt_by_sha.get(sha),
-        )
-        for sha, c in by_sha.items()
-        if sha not in existing
-    ]
-    Image.objects.bulk_create(new, batch_size=BATCH, ignore_conflicts=True)
-    ids = dict(Image.objects.filter(sha256__in=list(by_sha)).values_list("sha256", "id"))
-    report.images_new += len(ids) - len(existing)
-    report.images_reused += len(existing)
-    return {name: ids[c.sha256] for name, c in checked.items() if name in used}
+CHUNK = 1000  # rows per batch of image checks (and per spooled chunk)
+IN_FLIGHT = 8  # batches handed to the checkers and not yet collected: bounds what waits in memory
 
 
-def _write_rows(project, rows, images, image_ids, origin, report) -> None:
-    prompts = Prompt.objects.bulk_create(
-        [
-            Prompt(
-                project=project,
-                image_id=image_ids[row.image],
-                text=row.prompt,
-                reference=row.reference,
-                split=row.split,
-                ground_truth=row.ground_truth,
-                external_id=row.external_id,
-            )
-            for row in rows
-        ]
-    )
-    report.prompts += len(prompts)
-    with_candidates = [(row, prompt) for row, prompt in zip(rows, prompts, strict=True) if row.candidates]
-    candidates = Candidate.objects.bulk_create(
-        [
-            Candidate(prompt=prompt, text=text, source=Candidate.IMPORT)
-            for row, prompt in with_candidates
-            for text in row.candidates
-        ]
-    )
-    report.candidates += len(candidates)
-    k = project.candidates_per_task
-    tasks = []
-    for i, (row, prompt) in enumerate(with_candidates):
-        ids = [c.pk for c in candidates[i * k : (i + 1) * k]]
-        gold = [[ids[p] for p in group] for group in row.gold] if row.gold else None
-        tasks.append(RankingTask(
-            project=project,
-            prompt=prompt,
-            candidate_ids=ids,
-            priority=row.priority,
-            required_annotations=project.overlap,
-            origin=origin,
-            gold_ordering=gold,
-            state=RankingTask.State.GOLD if gold else RankingTask.State.OPEN,
-        ))
-    RankingTask.objects.bulk_create(tasks)
-    report.tasks += len(tasks)
+def _located_size(located) -> int | None:
+    kind = located[0]
+    if kind == "zip":
+        return located[6]
+    if kind == "file":
+        return os.path.getsize(located[3])
+    return len(located[3]) if kind == "bytes" else None
 
 
-# The PostgreSQL import: each batch of rows is COPYed into a temporary staging table, one line per row,
-# then one statement writes the prompts, candidates and tasks from it. Ids come from the tables' own
-# sequences inside the statement (no round trip of millions of ids through Python), and every foreign
-# key keeps its constraint.
-_STAGE = "lensloop_import_rows"
-_STAGE_COLUMNS = [
-    "n", "image_id", "text", "reference", "split", "ground_truth", "external_id", "priority", "candidates", "gold",
-]
-_CREATE_STAGE = f"""
-CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (
-    n integer NOT NULL, image_id bigint NOT NULL, text text NOT NULL, reference jsonb NOT NULL,
-    split varchar(8) NOT NULL, ground_truth jsonb, external_id text NOT NULL, priority double precision NOT NULL,
-    candidates text[] NOT NULL, gold jsonb
-) ON COMMIT DROP
-"""
-# rows: the batch in manifest order, each with its prompt id and its candidates' ids. Tasks are inserted in
-# manifest order, so their ids (the queue's tie-break) follow the manifest as before.
-_WRITE_STAGED = f"""
-WITH rows AS MATERIALIZED (
-    SELECT s.*, nextval(%(prompt_seq)s::regclass) AS prompt_id,
-           ARRAY(SELECT nextval(%(candidate_seq)s::regclass) FROM generate_series(1, cardinality(s.candidates)))
-               AS candidate_ids
-    FROM {_STAGE} s
-    ORDER BY s.n
-), prompts AS (
-    INSERT INTO annotation_prompt (id, project_id, image_id, text, reference, split, ground_truth, external_id, created_at)
-    SELECT prompt_id, %(project)s, image_id, text, reference, split, ground_truth, external_id, %(now)s FROM rows
-), candidates AS (
-    INSERT INTO annotation_candidate (id, prompt_id, text, source, meta, created_at)
-    SELECT c.id, r.prompt_id, c.text, %(source)s, '{{}}'::jsonb, %(now)s
-    FROM rows r CROSS JOIN LATERAL unnest(r.candidate_ids, r.candidates) AS c(id, text)
-)
-INSERT INTO annotation_rankingtask (project_id, prompt_id, candidate_ids, priority, required_annotations,
-                                    leased_count, completed_count, state, origin, created_at, gold_ordering)
-SELECT %(project)s, prompt_id, to_jsonb(candidate_ids), priority, %(overlap)s, 0, 0,
-       CASE WHEN gold IS NULL THEN %(state)s ELSE 'gold' END, %(origin)s, %(now)s,
-       -- a gold row's positions (0-based) become its candidates' ids, group by group, in order
-       CASE WHEN gold IS NULL THEN NULL ELSE (
-           SELECT jsonb_agg((SELECT jsonb_agg(candidate_ids[p.value::int + 1] ORDER BY p.n)
-                             FROM jsonb_array_elements_text(g.value) WITH ORDINALITY AS p(value, n))
-                            ORDER BY g.n)
-           FROM jsonb_array_elements(gold) WITH ORDINALITY AS g(value, n)) END
-FROM rows
-WHERE cardinality(candidate_ids) > 0
-ORDER BY n
-"""
-_ARRAY_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
+def _checked(entries, batch, handle, table: ImageTable, project, report: ImportReport, late_gt, spool) -> None:
+    """Collect a batch's image checks and spool its good rows (in manifest order: batches are collected
+    in the order they were handed out, so each image's outcome is known by the time its rows come)."""
+    fresh = {}  # this batch's images that passed, by key
+    for located, outcome in zip(batch, handle.get(), strict=True):
+        table.record(located[1], outcome)
+        if not isinstance(outcome, str):
+            fresh[located[1]] = outcome
+    report.images_checked += len(fresh)
+    images, rows = [], []
+    for (file, line, record), row, key in entries:
+        state = table.state(key)
+        if state & BAD:
+            report.add(Problem(file, line, f"image {row.image!r}: {table.errors[key]}", record))
+            continue
+        sha = table.sha(key)
+        if not row.split:
+            key_ = split_key(external_id=row.external_id, image_sha256=sha, text=row.prompt)
+            row.split = hashed_split(key_, project.heldout_fraction)
+        if not state & SPOOLED:  # the image's first good row: the image goes in before it
+            images.append((sha, *fresh[key][1:], row.ground_truth))
+            table.set_state(key, state | SPOOLED | (HAS_GT if row.ground_truth is not None else 0))
+        elif row.ground_truth is not None and not state & HAS_GT:
+            late_gt.setdefault(sha, row.ground_truth)
+            table.set_state(key, state | HAS_GT)
+        rows.append((sha, row.prompt, row.reference, row.split, row.ground_truth, row.external_id, row.priority,
+                     row.candidates, row.gold))
+        report.rows_imported += 1
+        report.prompts_heldout += row.split == Prompt.Split.EVAL
+    pickle.dump((images, rows), spool, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _text_array(values: list[str]) -> str:
-    """A text[] literal (each element quoted, backslash and quote escaped), before COPY's escaping."""
-    return "{" + ",".join(f'"{v.translate(_ARRAY_ESCAPES)}"' for v in values) + "}"
-
-
-def _staged_lines(rows: list[Row], image_ids: dict[str, int]) -> bytes:
-    """A batch of rows in COPY text format for the staging table (pure Python: runs in a helper thread
-    while the database writes the batch before)."""
-    dumps, esc, null, array = json.dumps, bulk.text, bulk.NULL, _text_array
-    return "".join(
-        f"{n}\t{image_ids[row.image]}\t{esc(row.prompt)}\t{esc(dumps(row.reference))}\t{row.split}\t"
-        f"{null if row.ground_truth is None else esc(dumps(row.ground_truth))}\t{esc(row.external_id)}\t"
-        f"{row.priority!r}\t{esc(array(row.candidates))}\t{null if row.gold is None else esc(dumps(row.gold))}\n"
-        for n, row in enumerate(rows)
-    ).encode()
-
-
-def _copy_rows(project, rows, image_ids, origin, report) -> None:
-    """The same writes as ``_write_rows`` on PostgreSQL, for imports of millions of tasks.
-
-    Foreign-key checks (PostgreSQL checks each new row's prompt or project, one lookup per row) run at
-    the end of each batch's statement rather than all at commit, while a helper thread formats the next
-    batch: the database's checking and Python's formatting overlap."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    params = {
-        "project": project.pk, "overlap": project.overlap, "origin": origin, "now": timezone.now(),
-        "source": Candidate.IMPORT, "state": RankingTask.State.OPEN.value,
-        "prompt_seq": bulk.sequence(Prompt._meta.db_table), "candidate_seq": bulk.sequence(Candidate._meta.db_table),
-    }
-    batches = [rows[start : start + COPY_BATCH] for start in range(0, len(rows), COPY_BATCH)]
-    with connection.cursor() as cursor:
-        cursor.execute(_CREATE_STAGE)
-        # JIT compiling the statement cost a fifth of its time per batch; its sorts fit in 64 MB.
-        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE; SET LOCAL jit = off; SET LOCAL work_mem = '64MB'")
-        with ThreadPoolExecutor(max_workers=1) as formatter:
-            pending = formatter.submit(_staged_lines, batches[0], image_ids) if batches else None
-            for i in range(len(batches)):
-                data = pending.result()
-                if i + 1 < len(batches):
-                    pending = formatter.submit(_staged_lines, batches[i + 1], image_ids)
-                cursor.execute(f"TRUNCATE {_STAGE}")
-                bulk.copy_data(_STAGE, _STAGE_COLUMNS, data)
-                cursor.execute(_WRITE_STAGED, params)
-                report.prompts += len(batches[i])
-                report.candidates += sum(len(row.candidates) for row in batches[i])
-                report.tasks += cursor.rowcount
-        # Back to Django's defaults for the rest of the transaction. (After an error there is no rest:
-        # the import's atomic block rolls back, and with it these settings.)
-        cursor.execute("SET CONSTRAINTS ALL DEFERRED; SET LOCAL jit TO DEFAULT; SET LOCAL work_mem TO DEFAULT")
+def _unspool(spool) -> Iterator[tuple[list, list]]:
+    while True:
+        try:
+            yield pickle.load(spool)
+        except EOFError:
+            return

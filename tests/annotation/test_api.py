@@ -1,4 +1,5 @@
-"""The REST API over real URLs: the permission matrix by persona, the queue flow, import and export.
+"""The REST API over real URLs: the permission matrix by persona, the queue flow, import and export
+(imports as background jobs: tests/annotation/test_import_jobs.py).
 
 Personas: alice is a project admin, bob an annotator, charlie an outsider (member of nothing here),
 and an anonymous client.
@@ -15,7 +16,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from annotation.models import Assignment, Membership, PreferencePair, Prompt, Ranking, RankingTask
+from annotation.models import Assignment, Membership, PreferencePair, Ranking, RankingTask
 from annotation.services import queue
 from tests import factories as f
 
@@ -64,7 +65,7 @@ ENDPOINTS = {
 # persona -> endpoint -> expected status
 MATRIX = {
     "alice": {"detail": 200, "stats": 200, "next": 200, "upcoming": 200, "rankings": 200, "members": 200, "export": 200,
-              "import": 201},
+              "import": 202},
     "bob": {"detail": 200, "stats": 200, "next": 200, "upcoming": 200, "rankings": 200, "members": 403, "export": 403,
             "import": 403},
     "charlie": {"detail": 403, "stats": 403, "next": 403, "upcoming": 403, "rankings": 403, "members": 403,
@@ -326,20 +327,6 @@ def test_an_empty_queue_is_a_204(world):
     proj = f.project("empty", annotators=[world["bob"]])
     assert proj.tasks.count() == 0
     assert client_for(world["bob"]).post("/api/projects/empty/next/").status_code == 204
-
-
-def test_a_refused_import_answers_400_with_the_report(world):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("manifest.jsonl", '{"image": "a.png", "prompt": "x"}\nnot json\n')
-        zf.writestr("a.png", b"not an image")
-    buf.seek(0)
-    buf.name = "bad.zip"
-    response = client_for(world["alice"]).post("/api/projects/shapes/imports/", {"file": buf}, format="multipart")
-    assert response.status_code == 400
-    problems = response.json()["report"]["problems"]
-    assert {(p["file"], p["line"]) for p in problems} == {("manifest.jsonl", 1), ("manifest.jsonl", 2)}
-    assert Prompt.objects.filter(project=world["project"]).count() == 3
 
 
 def test_project_admins_manage_members(world):

@@ -1,0 +1,208 @@
+"""Import speed and memory: `manage.py import` of N manifest rows into PostgreSQL, each row with its own
+64×64 PNG (the realistic case), or all rows over 16 images (the repeated-image case), or a COCO Captions
+bundle (one caption per record, each image with five). The bundle is a zip, as the browser and the API
+upload it.
+
+For each N: write the bundle once (cached under --cache, keyed by kind and N), migrate the database, create
+a fresh project, run `manage.py import` as a user would and sample the proportional set size (PSS, so
+pages the forked checkers share with the main process count once) of the command and all its children
+every 0.1 s. Prints tasks (or captions) per second with and without Django's start-up, and the peak.
+
+    .venv/bin/python bench/imports.py --rows 100000 1000000
+    .venv/bin/python bench/imports.py --kind repeated --rows 1000000
+    .venv/bin/python bench/imports.py --kind coco --rows 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+K = 4
+
+
+def png_64(i: int) -> bytes:
+    """A 64×64 PNG unique to ``i``: a gradient shifted by ``i`` with noise seeded by ``i`` on top (about 5 kB, about
+    as hard to decode as a photo thumbnail; pure noise would be 12 kB and make 1M rows a 12 GB zip)."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:64, 0:64]
+    base = np.stack([(x * 4 + i) % 256, (y * 4 + i // 7) % 256, ((x + y) * 2 + i // 49) % 256], axis=-1)
+    noise = np.random.default_rng(i).integers(0, 6, size=(64, 64, 3))
+    buf = io.BytesIO()
+    Image.fromarray((base + noise).clip(0, 255).astype(np.uint8), "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _pngs(span: tuple[int, int]) -> list[bytes]:
+    return [png_64(i) for i in range(*span)]
+
+
+BASES = 2000  # distinct pictures behind the "distinct" kind's files
+
+
+def with_id(png: bytes, i: int) -> bytes:
+    """``png`` with a tEXt chunk holding ``i`` before its IEND: a file of its own (its own sha256, stored and
+    checked on its own, decoded in full like any other) without encoding a million pictures."""
+    import zlib
+
+    body = b"tEXt" + b"lensloop-row\0" + str(i).encode()
+    chunk = (len(body) - 4).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+    return png[:-12] + chunk + png[-12:]
+
+
+def write_bundle(path: Path, n: int, kind: str) -> None:
+    """The bundle as a zip (what the browser and the API upload): manifest rows with K candidates each,
+    or a COCO Captions source whose records become prompts."""
+    tmp = path.with_suffix(".partial")
+    distinct = 16 if kind == "repeated" else n
+    per_image = 5 if kind == "coco" else 1
+    images = -(-distinct // per_image) if kind == "coco" else distinct
+    chunk = 2000
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf, ProcessPoolExecutor() as pool:
+        if kind == "pixels":  # every picture its own (slow to write: ~0.5 ms per image)
+            spans = [(s, min(s + chunk, images)) for s in range(0, images, chunk)]
+            pictures = ((start + j, data) for (start, _), datas in zip(spans, pool.map(_pngs, spans), strict=True)
+                        for j, data in enumerate(datas))
+        else:
+            bases = [d for datas in pool.map(_pngs, [(s, min(s + 500, BASES)) for s in range(0, BASES, 500)]) for d in datas]
+            pictures = ((i, with_id(bases[i % BASES], i) if images > 16 else bases[i]) for i in range(images))
+        for i, data in pictures:
+            zf.writestr(f"val2017/{i:012d}.png" if kind == "coco" else f"images/{i:07d}.png", data)
+        if kind == "coco":
+            coco = {
+                "images": [{"id": i, "file_name": f"{i:012d}.png", "width": 64, "height": 64} for i in range(images)],
+                "annotations": [{"id": a, "image_id": a // per_image, "caption": f"caption {a % per_image} of image {a // per_image}"}
+                                for a in range(n)],
+            }
+            zf.writestr("annotations/captions_val2017.json", json.dumps(coco))
+        else:
+            with zf.open("manifest.jsonl", "w", force_zip64=True) as fh:
+                for i in range(n):
+                    row = {"image": f"images/{i % distinct:07d}.png", "prompt": "Describe the image.",
+                           "candidates": [f"caption {j} of row {i}" for j in range(K)], "priority": (i * 7919) % 1000 / 1000}
+                    fh.write((json.dumps(row) + "\n").encode())
+    tmp.rename(path)
+
+
+def _tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+        except OSError:
+            continue
+    return pids
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class PeakMemory(threading.Thread):
+    """Samples the PSS of a process and all its descendants; ``peak_mb`` is the largest sum seen."""
+
+    def __init__(self, pid: int, every: float = 0.1):
+        super().__init__(daemon=True)
+        self.pid, self.every, self.peak_kb, self.stop = pid, every, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            self.peak_kb = max(self.peak_kb, sum(_pss_kb(p) for p in _tree(self.pid)))
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_kb / 1024
+
+
+def manage(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], env=env, cwd=ROOT, check=True,
+                          capture_output=True, text=True)
+
+
+def bench(args, n: int) -> dict:
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    bundle = cache / f"{args.kind}-{n}.zip"
+    if not bundle.exists():
+        t0 = time.perf_counter()
+        write_bundle(bundle, n, args.kind)
+        print(f"  wrote {bundle} ({bundle.stat().st_size / 1e6:,.0f} MB) in {time.perf_counter() - t0:.0f} s", flush=True)
+    env = {**os.environ, "DATABASE_URL": args.database_url, "LOG_LEVEL": "WARNING"}
+    manage(env, "migrate", "-v0")
+    slug = f"bench-imports-{uuid.uuid4().hex[:8]}"
+    manage(env, "shell", "-c", "from annotation.services.projects import project_create; "
+                               f"project_create(name={slug!r}, slug={slug!r}, candidates_per_task={K}, overlap=1)")
+    cmd = [sys.executable, str(ROOT / "manage.py"), "import", slug, str(bundle), "--no-progress", *args.extra]
+    if args.kind == "coco":
+        cmd += ["--format", "coco"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = PeakMemory(proc.pid)
+    peak.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    peak.stop.set()
+    peak.join()
+    if proc.returncode:
+        raise SystemExit(f"import failed ({proc.returncode}): {err[-3000:]}")
+    inner = float(out.strip().rsplit(" in ", 1)[1].split()[0])
+    unit = "captions" if args.kind == "coco" else "tasks"
+    result = {"kind": args.kind, "rows": n, "command_s": round(wall, 1), "import_s": inner,
+              f"{unit}_per_s_with_startup": round(n / wall), f"{unit}_per_s": round(n / inner),
+              "peak_pss_mb": round(peak.peak_mb), "load_before": os.getloadavg()[0], "output": out.strip()}
+    print(f"  {args.kind} N={n:,}: `manage.py import` {wall:.1f} s = {n / wall:,.0f} {unit}/s; the import itself "
+          f"{inner:.1f} s = {n / inner:,.0f} {unit}/s; peak memory (PSS, command and its workers) "
+          f"{peak.peak_mb:,.0f} MB", flush=True)
+    if not args.keep:
+        manage(env, "shell", "-c", f"from annotation.models import Project; Project.objects.filter(slug={slug!r}).delete()")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--kind", choices=["distinct", "pixels", "repeated", "coco"], default="distinct",
+                        help="distinct: each row its own 64×64 PNG file (2,000 pictures, each file made its own by a "
+                             "text chunk with the row's number); pixels: each row its own picture (slow to write); "
+                             "repeated: 16 images for all rows; coco: COCO Captions, 5 captions per image, --rows "
+                             "captions")
+    parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/root")
+    parser.add_argument("--cache", default="/tmp/lensloop-bench-imports", help="where the bundles are kept between runs")
+    parser.add_argument("--keep", action="store_true", help="keep the imported project (default: delete it after)")
+    parser.add_argument("--json", help="append the results to this JSON file")
+    parser.add_argument("extra", nargs="*", help="more arguments for manage.py import (after --)")
+    args = parser.parse_args()
+    print(f"bench/imports.py: {args.kind}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}", flush=True)
+    results = [bench(args, n) for n in args.rows]
+    if args.json:
+        path = Path(args.json)
+        old = json.loads(path.read_text()) if path.exists() else []
+        path.write_text(json.dumps(old + results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""Imports as background jobs, end to end: the API answers 202 with the import's URL, a real rq worker process
+(``manage.py worker``) imports, the API shows progress and then the report; cancelled, refused and killed
+imports write nothing.
+
+Personas: alice is the project's admin, bob an annotator.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from rest_framework.test import APIClient
+
+from annotation.models import ImportJob, Prompt, RankingTask
+from annotation.services import import_jobs
+from lensloop.queue import get_queue
+from tests import factories as f
+from tests.support import child_env, manage, start_worker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def world():
+    alice, bob = f.user("alice"), f.user("bob")
+    proj = f.project("shapes", k=2, admins=[alice], annotators=[bob])
+    get_queue(import_jobs.QUEUE).empty()
+    return {"alice": alice, "bob": bob, "project": proj}
+
+
+def client_for(user) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+def bundle(rows: int, *, bad_lines: tuple[int, ...] = (), images: int | None = None) -> io.BytesIO:
+    """A zip: ``rows`` manifest rows with two candidates, over ``images`` distinct PNGs (one per row by
+    default); the lines in ``bad_lines`` (1-based) are not JSON."""
+    images = images or rows
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i in range(images):
+            zf.writestr(f"images/{i}.png", f.png_bytes(color=(i % 256, (i // 256) % 256, 7), size=(8, 8)))
+        lines = [
+            "{not json" if n + 1 in bad_lines else
+            json.dumps({"image": f"images/{n % images}.png", "prompt": f"Describe {n}.", "candidates": [f"a{n}", f"b{n}"]})
+            for n in range(rows)
+        ]
+        zf.writestr("manifest.jsonl", "\n".join(lines) + "\n")
+    buf.seek(0)
+    buf.name = "bundle.zip"
+    return buf
+
+
+def upload(user, buf, **options):
+    return client_for(user).post("/api/projects/shapes/imports/", {"file": buf, **options}, format="multipart")
+
+
+def run_worker() -> None:
+    done = manage("worker", import_jobs.QUEUE, "--burst", env=child_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def wait_for(job_id: int, test, timeout: float = 60.0) -> ImportJob:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = ImportJob.objects.get(pk=job_id)
+        if test(job):
+            return job
+        assert time.monotonic() < deadline, f"import {job_id} stayed {job.state} {job.progress}"
+        time.sleep(0.05)
+
+
+def test_an_upload_answers_202_with_its_url_and_a_worker_imports_it(world):
+    response = upload(world["alice"], bundle(30, images=5), mode="partial")
+    assert response.status_code == 202, response.json()
+    body = response.json()
+    assert response["Location"] == body["url"] == f"/api/projects/shapes/imports/{body['id']}/"
+    assert body["state"] == "queued" and body["page"] == f"/projects/shapes/imports/{body['id']}/"
+    assert Prompt.objects.count() == 0  # nothing happens in the request
+
+    run_worker()
+    job = client_for(world["alice"]).get(body["url"]).json()
+    assert job["state"] == "succeeded", job
+    assert job["report"]["rows_imported"] == 30 and job["report"]["images_new"] == 5
+    assert job["progress"]["phase"] == "done" and job["progress"]["fraction"] == 1.0
+    assert RankingTask.objects.filter(project=world["project"]).count() == 30
+    assert not Path(ImportJob.objects.get().upload).exists()  # the upload is removed once imported
+
+
+def test_a_refused_import_is_rejected_with_file_and_line_and_writes_nothing(world):
+    response = upload(world["alice"], bundle(4, bad_lines=(2, 4)))
+    assert response.status_code == 202
+    run_worker()
+    job = client_for(world["alice"]).get(response["Location"]).json()
+    assert job["state"] == "rejected"
+    assert [(p["file"], p["line"]) for p in job["report"]["problems"]] == [("manifest.jsonl", 2), ("manifest.jsonl", 4)]
+    assert job["report"]["rows_imported"] == 0 and job["report"]["rows_skipped"] == 4
+    assert Prompt.objects.count() == 0
+
+
+def test_partial_mode_writes_exactly_the_good_rows(world):
+    response = upload(world["alice"], bundle(6, bad_lines=(3,)), mode="partial")
+    run_worker()
+    job = client_for(world["alice"]).get(response["Location"]).json()
+    assert job["state"] == "succeeded" and job["report"]["rows_imported"] == 5
+    assert sorted(Prompt.objects.values_list("text", flat=True)) == [f"Describe {n}." for n in (0, 1, 3, 4, 5)]
+
+
+def test_an_upload_that_is_not_a_zip_is_refused_in_the_request(world):
+    buf = io.BytesIO(b"image,prompt\na.png,hello\n")
+    buf.name = "manifest.csv"
+    response = upload(world["alice"], buf)
+    assert response.status_code == 400 and response.json()["error"] == "not_a_zip"
+    assert "manifest.csv: not a zip file" in response.json()["detail"]
+    assert not ImportJob.objects.exists()
+
+
+def test_bad_options_are_refused_in_the_request(world):
+    response = upload(world["alice"], bundle(1), mode="sometimes", limit=0)
+    assert response.status_code == 400
+    assert set(response.json()["fields"]) >= {"mode", "limit"}
+    assert not ImportJob.objects.exists()
+
+
+def test_only_the_projects_admins_import_and_follow_imports(world):
+    assert upload(world["bob"], bundle(1)).status_code == 403
+    job_url = upload(world["alice"], bundle(1))["Location"]
+    assert client_for(world["bob"]).get(job_url).status_code == 403
+    assert client_for(world["bob"]).post(job_url + "cancel/").status_code == 403
+    other = f.project("other", admins=[world["bob"]])
+    assert client_for(world["bob"]).get(job_url.replace("shapes", other.slug)).status_code == 404
+
+
+def test_a_queued_import_is_cancelled_at_once_and_writes_nothing(world):
+    job_url = upload(world["alice"], bundle(3))["Location"]
+    cancelled = client_for(world["alice"]).post(job_url + "cancel/").json()
+    assert cancelled["state"] == "cancelled"
+    run_worker()  # the job is still in the queue: it finds the import cancelled and does nothing
+    assert ImportJob.objects.get().state == "cancelled" and Prompt.objects.count() == 0
+
+
+def _big_bundle() -> io.BytesIO:
+    """Enough rows that a worker takes some seconds over them (16 images, so writing it stays quick)."""
+    return bundle(40_000, images=16)
+
+
+def test_a_running_import_that_is_cancelled_writes_nothing(world):
+    job_url = upload(world["alice"], _big_bundle())["Location"]
+    job_id = int(job_url.rstrip("/").rsplit("/", 1)[1])
+    worker = start_worker(import_jobs.QUEUE)
+    try:
+        wait_for(job_id, lambda j: j.state == "running" and j.progress.get("rows", 0) > 0)
+        assert client_for(world["alice"]).post(job_url + "cancel/").json()["cancel_requested"]
+        job = wait_for(job_id, lambda j: j.state not in ImportJob.ACTIVE_STATES)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+    assert job.state == "cancelled", (job.state, job.error)
+    assert Prompt.objects.count() == 0 and RankingTask.objects.count() == 0
+
+
+def test_a_worker_killed_mid_import_leaves_no_rows_and_the_import_is_marked_failed(world):
+    job_url = upload(world["alice"], _big_bundle())["Location"]
+    job_id = int(job_url.rstrip("/").rsplit("/", 1)[1])
+    worker = start_worker(import_jobs.QUEUE)
+    try:
+        # On PostgreSQL the progress shows the write pass, and the kill lands inside its transaction. (SQLite
+        # cannot record progress while the import holds its write lock: the kill lands while checking.)
+        writing = connection.vendor == "postgresql"
+        wait_for(job_id, lambda j: j.progress.get("phase") == "writing" if writing else j.progress.get("rows", 0) > 0)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+    job = client_for(world["alice"]).get(job_url).json()  # reading the import notices the dead worker
+    assert job["state"] == "failed", job
+    assert "stopped (killed or lost)" in job["error"] and "nothing was imported" in job["error"]
+    assert Prompt.objects.count() == 0 and RankingTask.objects.count() == 0
+
+
+def test_the_import_command_draws_a_progress_bar(tmp_path, world):
+    from django.core.management import call_command
+
+    path = tmp_path / "bundle.zip"
+    path.write_bytes(bundle(3000, images=20).getvalue())
+    out, err = io.StringIO(), io.StringIO()
+    call_command("import", "shapes", str(path), stdout=out, stderr=err)
+    assert "imported 3000/3000 rows" in out.getvalue()
+    assert "] 100% writing  3,000 rows written" in err.getvalue()
+    assert "checking" in err.getvalue() and "images stored" in err.getvalue()
