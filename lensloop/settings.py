@@ -115,6 +115,17 @@ WHITENOISE_AUTOREFRESH = DEBUG
 MEDIA_ROOT = DATA_DIR / "media"
 EXPORT_ROOT = DATA_DIR / "exports"
 IMPORT_ROOT = DATA_DIR / "imports"
+# Object storage (lensloop/storage.py, docs/operations.md): "local" = the data directory alone; "s3" = an
+# S3-compatible bucket for media, exports and model files, the data directory a cache of it.
+LENSLOOP_STORAGE = env_str("LENSLOOP_STORAGE", "local").strip().lower()
+if LENSLOOP_STORAGE not in ("local", "s3"):
+    raise ValueError(f"LENSLOOP_STORAGE={LENSLOOP_STORAGE!r}: use 'local' or 's3'")
+LENSLOOP_S3_BUCKET = env_str("LENSLOOP_S3_BUCKET", "").strip()
+if LENSLOOP_STORAGE == "s3" and not LENSLOOP_S3_BUCKET:
+    raise ValueError("LENSLOOP_STORAGE=s3 needs LENSLOOP_S3_BUCKET (the bucket's name)")
+LENSLOOP_S3_ENDPOINT_URL = env_str("LENSLOOP_S3_ENDPOINT_URL", "").strip()  # empty = AWS; else MinIO, Ceph, …
+LENSLOOP_S3_PREFIX = env_str("LENSLOOP_S3_PREFIX", "").strip()
+LENSLOOP_S3_REGION = env_str("LENSLOOP_S3_REGION", "").strip()
 
 # Upload limits: imports arrive as one zip; images are further checked one by one.
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024

@@ -185,6 +185,9 @@ def start_round(*, project: Project, user=None, params: dict | None = None, enqu
                                    base_model=project.base_model or "demo")
     if params["reward"] and params["algorithm"] in ("ppo", "grpo"):
         check_reward(project, params)
+    from lensloop import storage
+
+    storage.check()  # with object storage: a bucket the checkpoints cannot reach fails now, not after training
     if not PreferencePair.objects.filter(project=project).exists():
         raise LoopError("this project has no preference pairs yet: rank some tasks before starting a round")
     base_policy(project)
@@ -384,7 +387,15 @@ def activate_version(version: ModelVersion) -> ModelVersion:
         raise RoundInProgress(f"a round of {project.slug} is in progress: wait for it to end or cancel it, "
                               f"then make {version.label} active")
     if version.path and not Path(version.path).exists():
-        raise LoopError(f"{version.label} cannot be made active: its files are gone ({version.path})")
+        from lensloop import storage
+
+        try:
+            storage.local_folder(version.path)  # with object storage, the bucket may still hold them
+        except storage.StorageError as exc:
+            raise LoopError(f"{version.label} cannot be made active: its files are gone ({version.path}): "
+                            f"{exc.message}") from None
+        if not Path(version.path).exists():
+            raise LoopError(f"{version.label} cannot be made active: its files are gone ({version.path})")
     from rlhf.gate import supersede_pending
 
     with transaction.atomic():

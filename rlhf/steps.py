@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from annotation.models import Candidate, Prompt, Ranking, RankingTask
 from annotation.services.exports import ExportFilter, write_export, write_prompt_set
+from lensloop import storage
 from rlhf import gate, lineage
 from rlhf.engine.reward_terms import uses_reward_model
 from rlhf.engine.round import RoundConfig, round_config
@@ -57,7 +58,12 @@ def _policy_step(run: TrainingRun) -> TrainingRun:
 
 def _model_config(version: ModelVersion, cfg: RoundConfig) -> dict:
     """The policy's `model` config: base, the version's adapter to continue, LoRA settings of the round."""
-    return cfg.model(version.base_model, version.path)
+    return cfg.model(version.base_model, _here(version.path))
+
+
+def _here(path: str) -> str:
+    """A version's model folder on this machine (fetched from the object store when another machine made it)."""
+    return storage.local_folder(path)
 
 
 def _save(run: TrainingRun, **fields) -> None:
@@ -180,6 +186,7 @@ def step_reward(run: TrainingRun) -> None:
             "confidence_weighting")
     _save(run, config=config, snapshot={k: snapshot[k] for k in kept if k in snapshot})
     result = run_engine(run, "train-reward", config)
+    storage.publish_folder(Path(run.run_dir) / "checkpoint")  # before the version exists: others may need it
     version = ModelVersion.objects.create(
         project=run.project,
         kind=ModelVersion.Kind.REWARD,
@@ -209,13 +216,13 @@ def step_policy(run: TrainingRun) -> None:
     if run.kind == K.SFT and not snapshot.get("top_ranked"):
         raise EngineFailed("no usable rankings for SFT (all flagged all-bad?)")
     config = cfg.policy_config(
-        base_model=policy.base_model, adapter_path=policy.path, seed=run.round_id or run.pk,
+        base_model=policy.base_model, adapter_path=_here(policy.path), seed=run.round_id or run.pk,
         prompts_file=snapshot["train_prompts"], eval_prompts=snapshot.get("eval_prompts", ""),
         # A policy that continues an earlier round's adapter trains DPO on the pairs new since that round; all
         # pairs again each round overfit them (bench/loop.py: held-out accuracy fell round after round).
         records=(snapshot.get("new_records") if policy.path else "") or snapshot["records"],
         heldout_records=snapshot.get("heldout_records", ""), top_ranked=snapshot.get("top_ranked", ""),
-        reward_model_path=reward.path,
+        reward_model_path=_here(reward.path),
     )
     _save(run, config=config)
     run.input_versions.add(policy, *([reward] if use_rm else []))
@@ -223,6 +230,7 @@ def step_policy(run: TrainingRun) -> None:
     checkpoint = Path(run.run_dir) / "checkpoint"
     if not (checkpoint / "adapter_config.json").is_file() and not (checkpoint / "config.json").is_file():
         raise EngineFailed(f"{run.kind} finished without a complete checkpoint in {checkpoint}")
+    storage.publish_folder(checkpoint)
     ModelVersion.objects.create(
         project=run.project,
         kind=ModelVersion.Kind.POLICY,
@@ -260,8 +268,8 @@ def step_evaluate(run: TrainingRun) -> None:
     config = cfg.evaluate_config(
         model=_model_config(new_policy, cfg), prompts_file=prompts_file, heldout=heldout,
         baseline=_model_config(active, cfg) if active.pk != new_policy.pk else None,
-        verifiable_reward=plan["reward"], answer_reward_model_path=reward.path,
-        reward_model_path=reward.path if snapshot.get("heldout_records") else "",
+        verifiable_reward=plan["reward"], answer_reward_model_path=_here(reward.path),
+        reward_model_path=_here(reward.path) if snapshot.get("heldout_records") else "",
         preference_file=snapshot.get("heldout_records", ""),
     )
     _save(run, config=config)
@@ -374,7 +382,7 @@ def _sample(run: TrainingRun, params: dict, prompt_ids: list[int], shares: list[
             model_version=version.label,
             k=share + (2 if compare else 0),  # spare candidates per prompt: texts both versions wrote are dropped
             seed=run.pk * 10 + index,  # two versions that are still alike must not sample alike
-            reward_model_path=reward.path if reward is not None else "",  # uncertainty priorities
+            reward_model_path=_here(reward.path) if reward is not None else "",  # uncertainty priorities
         )
         sub = out / version.label if compare else out
         engine_configs[f"{out.name}/{version.label}" if out != Path(run.run_dir) else version.label] = config

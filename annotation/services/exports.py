@@ -841,6 +841,24 @@ def stream_export(flt: ExportFilter, fmt: str) -> tuple[Iterable[bytes], str, st
     return stream_zip(flt, fmt), stem + ".zip", "application/zip"
 
 
+def store_export(store, chunks: Iterable[bytes], filename: str, project: Project) -> str:
+    """With object storage: write a download's chunks to the bucket (``exports/<project>/<time>-<file>``,
+    through a spool file under ``EXPORT_ROOT``, deleted after) and return a presigned URL for it, valid an
+    hour, that downloads it under ``filename``."""
+    from django.utils import timezone
+
+    from lensloop.storage import presigned_url, upload_file
+
+    Path(settings.EXPORT_ROOT).mkdir(parents=True, exist_ok=True)
+    name = f"exports/{project.slug}/{timezone.now():%Y%m%dT%H%M%S%f}-{filename}"
+    with tempfile.NamedTemporaryFile(dir=settings.EXPORT_ROOT, prefix="upload-", suffix=".zip") as spool:
+        for chunk in chunks:
+            spool.write(chunk)
+        spool.flush()
+        upload_file(store, spool.name, name)
+    return presigned_url(store, name, filename=filename)
+
+
 # ------------------------------------------------------------------------------------ prompt sets
 
 
