@@ -1,5 +1,5 @@
-"""The admin's pages in a real browser: create a project, import a zip (and a folder) with a progress
-bar and a line-numbered report, the dashboard, members, and a streamed export download.
+"""The admin's pages in a real browser: the dashboard, members, and a streamed export download (creating a
+project and importing into it: tests/e2e/test_import.py).
 
 Personas (see conftest.world): alice is a staff user and admin of "shapes", bob an annotator there.
 """
@@ -16,10 +16,10 @@ import pytest
 from django.utils import timezone
 from playwright.sync_api import expect
 
-from annotation.models import Membership, Project, Ranking, RankingTask
+from annotation.models import Membership, Ranking
 from annotation.services import queue
 from tests import factories as f
-from tests.e2e.helpers import bundle_zip, login, shot
+from tests.e2e.helpers import login, shot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,57 +32,6 @@ def rank_some(project, annotator, n: int) -> None:
             annotator=annotator, task_id=assignment.task_id, ordering=[[ids[0]], ids[1:3], [ids[3]]],
             client_uuid=uuid.uuid4(), flags={"unsafe"} if i % 2 else set(), time_spent_ms=4200,
         )
-
-
-def test_an_admin_creates_a_project_and_imports_a_zip_with_a_report(page, live_server, world, tmp_path):
-    login(page, live_server, "alice")
-    page.click("text=New project")
-    page.fill("#id_name", "Street signs")
-    page.select_option("#id_task_type", "vqa")
-    page.fill("#id_candidates_per_task", "4")
-    page.fill("#id_instructions", "Rank the **answers**.")
-    shot(page, "project-new")
-    page.click("button:has-text('Create project')")
-    page.wait_for_url(f"{live_server.url}/projects/street-signs/import/")
-    project = Project.objects.get(slug="street-signs")
-    assert project.task_type == "vqa"
-    assert Membership.objects.get(project=project, user=world["alice"]).role == "admin"
-
-    # All or nothing: one bad row refuses everything, and the report names file and line.
-    page.set_input_files("#import-file", str(bundle_zip(tmp_path / "bundle.zip", rows=3, bad_rows=1)))
-    page.click("#import-submit")
-    report = page.locator("#import-report")
-    expect(report).to_be_visible()
-    expect(report).to_have_attribute("data-status", "400")
-    expect(page.locator("#report-summary")).to_contain_text("Nothing was imported")
-    expect(page.locator("#report-problems li")).to_have_count(1)
-    expect(page.locator("#report-problems li").first).to_contain_text("manifest.jsonl:4")
-    assert RankingTask.objects.filter(project=project).count() == 0
-
-    # Partial: the good rows go in, the bad one is listed.
-    page.select_option("#import-mode", "partial")
-    page.click("#import-submit")
-    expect(report).to_have_attribute("data-status", "201")
-    expect(page.locator("#report-summary")).to_contain_text("Imported 3 of 4 rows")
-    expect(page.locator("#report-problems li").first).to_contain_text("manifest.jsonl:4")
-    expect(page.locator("#import-progress")).to_have_attribute("value", "100")
-    shot(page, "import-report", full_page=True)
-    assert RankingTask.objects.filter(project=project).count() == 3
-
-
-def test_an_admin_imports_a_folder_zipped_in_the_browser(page, live_server, world, tmp_path):
-    folder = tmp_path / "bundle"
-    folder.mkdir()
-    with zipfile.ZipFile(bundle_zip(tmp_path / "b.zip", rows=2, bad_rows=0, k=4)) as zf:
-        zf.extractall(folder)
-    login(page, live_server, "alice")
-    page.goto(f"{live_server.url}/projects/shapes/import/")
-    before = RankingTask.objects.filter(project=world["project"]).count()
-    page.set_input_files("#import-folder", str(folder))
-    page.click("#import-submit")
-    expect(page.locator("#import-report")).to_have_attribute("data-status", "201")
-    expect(page.locator("#report-summary")).to_contain_text("Imported 2 of 2 rows")
-    assert RankingTask.objects.filter(project=world["project"]).count() == before + 2
 
 
 def test_the_dashboard_shows_queue_annotators_flags_and_sources(page, live_server, world):
