@@ -14,6 +14,9 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import pytest
 
+# The S3-compatible server (moto) and the object-storage fixtures: s3_server, denying_server, s3.
+pytest_plugins = ["tests.s3"]
+
 
 @pytest.fixture(autouse=True)
 def _data_dirs(settings, tmp_path_factory):

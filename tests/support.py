@@ -33,11 +33,16 @@ def child_env(**extra: str) -> dict:
 
     from lensloop.queue import redis_url
 
+    storage = {}
+    if settings.LENSLOOP_STORAGE == "s3":  # the object store a test switched on (tests/s3.py)
+        storage = {name: str(getattr(settings, name)) for name in (
+            "LENSLOOP_STORAGE", "LENSLOOP_S3_BUCKET", "LENSLOOP_S3_ENDPOINT_URL", "LENSLOOP_S3_PREFIX", "LENSLOOP_S3_REGION")}
     return {
         **os.environ,
         "DATABASE_URL": test_database_url(),
         "REDIS_URL": redis_url(),
         "LENSLOOP_DATA_DIR": str(settings.DATA_DIR),
+        **storage,
         **extra,
     }
 

@@ -11,12 +11,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
-import uuid
 import zipfile
 from pathlib import Path
 
@@ -30,70 +25,9 @@ from lensloop import storage
 from rlhf.models import ModelVersion
 from rlhf.services import LoopError, activate_version
 from tests import factories as f
+from tests.s3 import keys
 
 pytestmark = pytest.mark.django_db
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _moto(env: dict | None = None):
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**_os_env(), **(env or {})})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("moto server did not start")
-
-
-def _os_env() -> dict:
-    import os
-
-    return dict(os.environ)
-
-
-@pytest.fixture(scope="session")
-def s3_server():
-    proc, url = _moto()
-    yield url
-    proc.kill()
-
-
-@pytest.fixture(scope="session")
-def denying_server():
-    """A server that checks credentials, as a real one does: ours are not in its records."""
-    proc, url = _moto({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
-    yield url
-    proc.kill()
-
-
-@pytest.fixture
-def s3(settings, s3_server, monkeypatch):
-    """Object storage on: a fresh bucket on the test server; returns its S3Config."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    settings.LENSLOOP_STORAGE = "s3"
-    settings.LENSLOOP_S3_ENDPOINT_URL = s3_server
-    settings.LENSLOOP_S3_REGION = "us-east-1"
-    settings.LENSLOOP_S3_BUCKET = f"lensloop-{uuid.uuid4().hex[:12]}"
-    settings.LENSLOOP_S3_PREFIX = "site-a"
-    cfg = storage.config()
-    storage.client(cfg).create_bucket(Bucket=cfg.bucket)
-    return cfg
-
-
-def keys(cfg, prefix: str) -> list[str]:
-    out = storage.client(cfg).list_objects_v2(Bucket=cfg.bucket, Prefix=cfg.key(prefix)).get("Contents", [])
-    return sorted(o["Key"] for o in out)
 
 
 def bundle(tmp_path, n: int = 3) -> Path:
