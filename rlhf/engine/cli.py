@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--task", default="caption", choices=["caption", "vqa"])
+    p.add_argument("--task", default="caption", choices=["caption", "vqa", "grounding", "detection"])
     sub.add_parser("check-reward", help="check a composed reward before a run: every term but the reward model "
                    "imports and returns one finite number on a sample (stdin: JSON {\"reward\": [...], \"sample\": "
                    "{prompt, completion, images, ground_truth, reference}}; stdout: each term's value)")

@@ -133,3 +133,18 @@ def test_demo_answer_metrics_report_held_out_iou_and_detection_f1():
     assert figures["grounding/iou"] == 0.5 and figures["grounding/acc@0.5"] == 0.5
     assert figures["detection/soft_f1"] == 1.0 and figures["detection/f1@0.5"] == 1.0
     assert "vqa/exact_match" not in figures
+
+
+def test_demo_preferences_of_grounding_prefer_the_box_nearer_the_truth(tmp_path):
+    """`python -m rlhf.engine demo-data --task grounding`: preference records whose chosen box has the higher IoU."""
+    from rlhf.engine.demo.annotators import write_demo_preferences
+
+    paths = write_demo_preferences(tmp_path, 12, seed=2, k=4, task_type="grounding")
+    rows = [json.loads(line) for line in Path(paths["manifest"]).read_text().splitlines()]
+    gts = {r["prompt"] + r["image"]: r["ground_truth"] for r in rows}
+    pairs = [json.loads(line) for line in Path(paths["preferences"]).read_text().splitlines()]
+    assert pairs
+    for p in pairs:
+        gt = gts[p["prompt"] + p["images"][0]]
+        chosen, rejected = rewards.iou_reward([p["prompt"]] * 2, [p["chosen"], p["rejected"]], ground_truth=[gt, gt])
+        assert chosen > rejected, p
