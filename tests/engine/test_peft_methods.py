@@ -172,6 +172,30 @@ def test_bottleneck_adapters_start_as_the_identity_and_sit_where_the_placement_s
             assert torch.equal(model(**batch.inputs).logits, base(**batch.inputs).logits), placement
 
 
+def test_a_trained_bottleneck_adapter_switches_off_to_the_base_and_reloads_bit_for_bit(tiny_model, tiny_model_path,
+                                                                                       tmp_path):
+    """Disabled, each adapted module returns its base module's output untouched (not a zero added to it), and the
+    saved folder is an ordinary PEFT adapter that the engine's load path restores exactly."""
+    base, _ = tiny_model
+    cfg = ModelConfig(path=str(tiny_model_path), device="cpu", peft_method="bottleneck_adapter",
+                      bottleneck_reduction_factor=4)
+    model, processor = load_model(cfg, trainable=True)
+    batch = _batch(processor, n=3, seed=5)
+    _sft_steps(model, batch, steps=4)
+    model.eval()
+    with torch.no_grad():
+        tuned = model(**batch.inputs).logits
+        with model.disable_adapter():
+            assert torch.equal(model(**batch.inputs).logits, base(**batch.inputs).logits)
+    assert not torch.allclose(tuned, base(**batch.inputs).logits, atol=1e-4)
+    model.save_pretrained(tmp_path / "adapter")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "BOTTLENECK_ADAPTER" and saved["reduction_factor"] == 4
+    again, _ = load_model(ModelConfig(path=str(tiny_model_path), device="cpu", adapter_path=str(tmp_path / "adapter")))
+    with torch.no_grad():
+        assert torch.equal(again(**batch.inputs).logits, tuned)
+
+
 def test_a_bottleneck_adapter_cannot_be_merged_into_the_weights(tiny_model_path):
     model, _ = load_model(ModelConfig(path=str(tiny_model_path), device="cpu", peft_method="bottleneck_adapter"),
                           trainable=True)
