@@ -98,6 +98,16 @@ def test_rounds_of_a_grounding_project_carry_the_iou_reward_from_the_page_and_th
     assert made.status_code == 201, made.json()
     assert TrainingRun.objects.get(pk=made.json()["id"]).config["verifiable_reward"] == "iou_reward"
 
+    # The box rewards as a project's settings (docs/import-export.md, "Box answers"); a wrong name is refused.
+    url = f"/api/projects/{grounding_project.slug}/loop-settings/"
+    wrong = api.patch(url, {"gate_reward": "iou"}, format="json")
+    assert wrong.status_code == 400 and "gate_reward" in str(wrong.json()), wrong.json()
+    assert LoopSettings.objects.get(project=grounding_project).gate_reward == ""  # nothing saved
+    right = api.patch(url, {"round_params": {"verifiable_reward": "detection_reward"}, "gate_reward": "detection_reward"},
+                      format="json")
+    assert right.status_code == 200, right.json()
+    assert right.json()["round_params"]["verifiable_reward"] == right.json()["gate_reward"] == "detection_reward"
+
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
