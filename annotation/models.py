@@ -8,7 +8,7 @@ starts with the project covers them: every index is maintained on each of a mill
 
 Every foreign key has its database constraint. (Prompt.project, RankingTask.project and Candidate.prompt
 went without one for a while, for import speed; migration 0005 restored them, and the PostgreSQL import
-keeps its speed another way: see ``annotation.services.imports._copy_rows``.)
+keeps its speed another way: see ``annotation.services.import_writes._copy_writes``.)
 """
 
 from __future__ import annotations

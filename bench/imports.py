@@ -159,12 +159,16 @@ def bench(args, n: int) -> dict:
     cmd = [sys.executable, str(ROOT / "manage.py"), "import", slug, str(bundle), "--no-progress", *args.extra]
     if args.kind == "coco":
         cmd += ["--format", "coco"]
+    load = os.getloadavg()[0]
+    cpu0 = os.times()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = PeakMemory(proc.pid)
     peak.start()
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
+    cpu1 = os.times()
+    cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
     peak.stop.set()
     peak.join()
     if proc.returncode:
@@ -173,10 +177,12 @@ def bench(args, n: int) -> dict:
     unit = "captions" if args.kind == "coco" else "tasks"
     result = {"kind": args.kind, "rows": n, "command_s": round(wall, 1), "import_s": inner,
               f"{unit}_per_s_with_startup": round(n / wall), f"{unit}_per_s": round(n / inner),
-              "peak_pss_mb": round(peak.peak_mb), "load_before": os.getloadavg()[0], "output": out.strip()}
+              "peak_pss_mb": round(peak.peak_mb), "cpu_s": round(cpu, 1), "cpu_ms_per_row": round(1000 * cpu / n, 3),
+              "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2), "output": out.strip()}
     print(f"  {args.kind} N={n:,}: `manage.py import` {wall:.1f} s = {n / wall:,.0f} {unit}/s; the import itself "
           f"{inner:.1f} s = {n / inner:,.0f} {unit}/s; peak memory (PSS, command and its workers) "
-          f"{peak.peak_mb:,.0f} MB", flush=True)
+          f"{peak.peak_mb:,.0f} MB; CPU (command and its workers, not PostgreSQL) {cpu:.0f} s = "
+          f"{1e6 * cpu / n:,.0f} µs per row; load average {load:.1f} before", flush=True)
     if not args.keep:
         manage(env, "shell", "-c", f"from annotation.models import Project; Project.objects.filter(slug={slug!r}).delete()")
     return result

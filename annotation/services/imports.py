@@ -8,8 +8,19 @@ Two modes, chosen per import:
 
 Either way a row is imported whole (image, prompt, candidates, task) or not at all, and all rows of
 one import are written in one transaction. A row without a ``split`` is held out (``eval``) or not by
-the hash of its id or content (``annotation.splits``), the same way on every import of the same data. Image files are stored content-addressed before that
-transaction; a rejected import can leave unreferenced image files behind, never database rows.
+the hash of its id or content (``annotation.splits``), the same way on every import of the same data.
+
+Two passes, neither holding the import in memory:
+
+1. *Check*: the manifest is read as a stream; rows are parsed here and their images (each image once)
+   checked and stored by a pool of processes (``annotation.services.import_checks``), a batch of rows at a
+   time, a few batches in flight; the good rows are spooled to a temporary file in manifest order.
+2. *Write*: the spool is read back in batches and written in one transaction
+   (``annotation.services.import_writes``).
+
+Image files are stored content-addressed during the first pass; a rejected, cancelled or failed import
+can leave unreferenced image files behind, never database rows. Imports from the browser and the API run
+as background jobs (``annotation.services.import_jobs``) that follow the ``progress`` callback.
 """
 
 from __future__ import annotations
@@ -225,11 +236,10 @@ def _manifest_rows(bundle: Bundle, manifest: str, k: int, position: list[int]) -
     """Yield (line, row, problem) for each non-blank manifest line, reading the manifest as a stream (memory
     stays flat whatever its size); ``position[0]`` follows the bytes read."""
     with bundle.open(manifest, MAX_MANIFEST_BYTES) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="" if manifest.endswith(".csv") else None)
         line = 0
         try:
             if manifest.endswith(".csv"):
-                reader = csv.DictReader(text)
+                reader = csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8-sig", newline=""))
                 if reader.fieldnames is None:
                     return
                 for raw_row in reader:
@@ -243,7 +253,13 @@ def _manifest_rows(bundle: Bundle, manifest: str, k: int, position: list[int]) -
                     except ValueError as exc:
                         yield line, None, str(exc)
                 return
-            for line, content in enumerate(text, start=1):
+            # JSON lines are split on bytes and decoded one by one: a line that is not UTF-8 is its row's problem.
+            for line, data in enumerate(raw, start=1):
+                try:
+                    content = data.decode("utf-8-sig" if line == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    yield line, None, f"not UTF-8 text ({exc.reason} at byte {exc.start} of the line)"
+                    continue
                 if not content.strip():
                     continue
                 position[0] = _consumed(raw)

@@ -367,3 +367,104 @@ def test_the_database_refuses_rows_whose_project_or_prompt_does_not_exist(orphan
         else:
             Candidate.objects.create(prompt_id=missing, text="orphan", source="import")
         connection.check_constraints()  # the constraints are deferred to the commit; check now
+
+
+def _zip_with_lying_size(tmp_path, member: str, data: bytes, stated: int):
+    """A zip whose directory says ``member`` is ``stated`` bytes long (it is ``len(data)``)."""
+    path = _zip(tmp_path, {"manifest.jsonl": json.dumps(_row(image=member)) + "\n", member: data}, name="liar.zip")
+    raw = bytearray(path.read_bytes())
+    name = member.encode()
+    for signature, size_at in ((b"PK\x01\x02", 24), (b"PK\x03\x04", 22)):  # central and local headers
+        at = raw.find(signature + b"", 0)
+        while at >= 0:
+            name_at = at + (46 if signature == b"PK\x01\x02" else 30)
+            if raw[name_at : name_at + len(name)] == name:
+                raw[at + size_at : at + size_at + 4] = stated.to_bytes(4, "little")
+            at = raw.find(signature, at + 4)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_a_zip_member_whose_header_lies_about_its_size_is_refused_not_read_past_it(tmp_path):
+    proj = f.project(k=2)
+    path = _zip_with_lying_size(tmp_path, "images/red.png", f.png_bytes(size=(64, 64)), stated=40)
+    with pytest.raises(ImportRejected) as err:
+        import_bundle(project=proj, path=path)
+    (problem,) = err.value.details["report"].problems
+    assert problem.line == 1 and "images/red.png" in problem.message and "damaged in the zip" in problem.message
+    assert Prompt.objects.count() == 0
+
+
+def test_a_zip_member_whose_bytes_do_not_match_its_checksum_is_refused(tmp_path):
+    proj = f.project(k=2)
+    png = f.png_bytes(size=(16, 16))
+    path = _zip(tmp_path, {"manifest.jsonl": json.dumps(_row()) + "\n", "images/red.png": png})
+    raw = bytearray(path.read_bytes())
+    at = raw.find(png)
+    raw[at + len(png) // 2] ^= 0xFF  # stored (not deflated): the flipped byte reaches the reader as is
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ImportRejected) as err:
+        import_bundle(project=proj, path=path)
+    assert "Bad CRC-32" in str(err.value.details["report"].problems[0])
+
+
+def test_a_png_whose_chunk_checksum_is_wrong_is_refused(tmp_path):
+    proj = f.project(k=2)
+    png = bytearray(f.png_bytes(size=(16, 16)))
+    idat = png.find(b"IDAT")
+    png[idat + 4] ^= 0x01  # the first byte of the compressed pixels: its chunk's CRC no longer matches
+    src = _folder(tmp_path, [_row(image="images/bad.png")], {"images/bad.png": bytes(png)})
+    with pytest.raises(ImportRejected) as err:
+        import_bundle(project=proj, path=src)
+    assert "bad checksum in chunk b'IDAT'" in str(err.value.details["report"].problems[0])
+
+
+def test_a_manifest_that_stops_being_utf8_reports_the_line_and_keeps_the_rows_before(tmp_path):
+    proj = f.project(k=2)
+    good = (json.dumps(_row(prompt="first")) + "\n" + json.dumps(_row(prompt="second")) + "\n").encode()
+    src = _folder(tmp_path, [], manifest="manifest.jsonl")
+    (src / "manifest.jsonl").write_bytes(good + b'{"image": "images/red.png", "prompt": "\xff\xfe"}\n')
+    report = import_bundle(project=proj, path=src, mode="partial")
+    assert report.rows_imported == 2 and [p.line for p in report.problems] == [3]
+    assert "not UTF-8" in report.problems[0].message
+
+
+def test_a_report_lists_the_first_thousand_problems_and_counts_them_all(tmp_path):
+    proj = f.project(k=2)
+    src = _folder(tmp_path, [_row()] + ["{broken"] * 1005)
+    report = import_bundle(project=proj, path=src, mode="partial")
+    assert report.rows_imported == 1 and report.rows_skipped == 1005
+    assert report.problems_total == 1005 and len(report.problems) == 1000
+    assert report.problems[-1].line == 1001
+
+
+def test_images_checked_in_a_pool_of_processes_keep_rows_lines_and_order(tmp_path):
+    """More images than the import checks by itself: the pool's answers come back to the right rows."""
+    proj = f.project(k=2)
+    n = 2600
+    members = {f"images/{i}.png": f.png_bytes(color=(i % 256, i // 256, 9), size=(4, 4)) for i in range(n)}
+    members["images/2400.png"] = b"not a png"
+    rows = [json.dumps(_row(image=f"images/{i}.png", prompt=f"p{i}", candidates=[f"a{i}", f"b{i}"])) for i in range(n)]
+    bundle = _zip(tmp_path, {"manifest.jsonl": "\n".join(rows) + "\n", **members})
+    with pytest.raises(ImportRejected) as err:
+        import_bundle(project=proj, path=bundle, processes=2)
+    assert [p.line for p in err.value.details["report"].problems] == [2401]
+    assert Prompt.objects.count() == 0
+    report = import_bundle(project=proj, path=bundle, processes=2, mode="partial")
+    assert report.rows_imported == n - 1 and report.images_new == n - 1
+    task = RankingTask.objects.get(prompt__text="p2599")
+    assert Prompt.objects.get(text="p2599").image.sha256 == __import__("hashlib").sha256(members["images/2599.png"]).hexdigest()
+    assert [Candidate.objects.get(pk=i).text for i in task.candidate_ids] == ["a2599", "b2599"]
+    assert list(RankingTask.objects.order_by("id").values_list("prompt__text", flat=True)[:3]) == ["p0", "p1", "p2"]
+
+
+def test_an_images_ground_truth_comes_from_its_first_row_that_has_one(tmp_path):
+    proj = f.project(k=2)
+    rows = [_row(prompt="no truth")] + [_row(prompt=f"filler {i}", image="images/blue.png") for i in range(1500)]
+    rows.append(_row(prompt="with truth", ground_truth={"count": 3}))
+    rows.append(_row(prompt="later truth", ground_truth={"count": 4}))
+    src = _folder(tmp_path, rows, {"images/red.png": f.png_bytes((255, 0, 0)), "images/blue.png": f.png_bytes((0, 0, 255))})
+    import_bundle(project=proj, path=src)
+    red = Prompt.objects.get(text="no truth").image
+    assert red.ground_truth == {"count": 3}
+    assert Prompt.objects.get(text="later truth").ground_truth == {"count": 4}

@@ -375,17 +375,24 @@ def test_the_import_command_takes_format_split_and_limit(tmp_path, capsys):
 
 
 def test_the_api_import_takes_a_format(tmp_path, client):
+    """The import job's body runs here, in the test's transaction (tests/annotation/test_import_jobs.py runs
+    it in a real worker)."""
+    from annotation.services.import_jobs import import_job_run
+
     admin = f.user("imp-admin")
     proj = f.project(k=2, admins=[admin])
     client.force_login(admin)
     bundle = _zip(tmp_path, _coco_folder(tmp_path / "coco"))
     with open(bundle, "rb") as fh:
         response = client.post(f"/api/projects/{proj.slug}/imports/", {"file": fh, "format": "coco", "limit": "1"})
-    assert response.status_code == 201, response.content
-    assert response.json()["format"] == "coco" and response.json()["prompts"] == 1
+    assert response.status_code == 202, response.content
+    assert import_job_run(response.json()["id"]) == "succeeded"
+    report = client.get(response["Location"]).json()["report"]
+    assert report["format"] == "coco" and report["prompts"] == 1
     with open(bundle, "rb") as fh:
         response = client.post(f"/api/projects/{proj.slug}/imports/", {"file": fh, "format": "vqa"})
-    assert response.status_code == 400 and "VQA questions" in json.dumps(response.json())
+    assert import_job_run(response.json()["id"]) == "rejected"
+    assert "VQA questions" in json.dumps(client.get(response["Location"]).json()["report"])
 
 
 def test_source_split_names_map_to_lensloop_splits():
