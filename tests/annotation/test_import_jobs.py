@@ -19,7 +19,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from annotation.models import ImportJob, Prompt, RankingTask
-from annotation.services import import_jobs
+from annotation.services import import_checks, import_jobs
 from lensloop.queue import get_queue
 from tests import factories as f
 from tests.support import child_env, manage, start_worker
@@ -80,7 +80,8 @@ def wait_for(job_id: int, test, timeout: float = 60.0) -> ImportJob:
 
 
 def test_an_upload_answers_202_with_its_url_and_a_worker_imports_it(world):
-    response = upload(world["alice"], bundle(30, images=5), mode="partial")
+    # More images than an import checks by itself: the worker's import starts its pool of checking processes.
+    response = upload(world["alice"], bundle(import_checks.INLINE_IMAGES + 100), mode="partial")
     assert response.status_code == 202, response.json()
     body = response.json()
     assert response["Location"] == body["url"] == f"/api/projects/shapes/imports/{body['id']}/"
@@ -90,9 +91,10 @@ def test_an_upload_answers_202_with_its_url_and_a_worker_imports_it(world):
     run_worker()
     job = client_for(world["alice"]).get(body["url"]).json()
     assert job["state"] == "succeeded", job
-    assert job["report"]["rows_imported"] == 30 and job["report"]["images_new"] == 5
+    n = import_checks.INLINE_IMAGES + 100
+    assert job["report"]["rows_imported"] == n and job["report"]["images_new"] == n
     assert job["progress"]["phase"] == "done" and job["progress"]["fraction"] == 1.0
-    assert RankingTask.objects.filter(project=world["project"]).count() == 30
+    assert RankingTask.objects.filter(project=world["project"]).count() == n
     assert not Path(ImportJob.objects.get().upload).exists()  # the upload is removed once imported
 
 
