@@ -128,11 +128,13 @@ def test_methods_with_a_4bit_layer_train_on_4bit_weights(method, tiny_model_path
     assert changed and all(ADAPTER_WORD[method] in n for n in changed)
 
 
-@pytest.mark.parametrize("method", METHODS[1:])
-def test_ppo_grpo_and_dpo_runs_train_the_method_and_save_it(method, tiny_model_path, demo_dataset, tmp_path):
+@pytest.mark.parametrize(("method", "qlora"), [(m, False) for m in METHODS[1:]] + [("bottleneck_adapter", True)])
+def test_ppo_grpo_and_dpo_runs_train_the_method_and_save_it(method, qlora, tiny_model_path, demo_dataset, tmp_path):
     from rlhf.engine.cli import main
 
-    model = {"path": str(tiny_model_path), "device": "cpu", "peft_method": method}
+    if qlora:
+        pytest.importorskip("bitsandbytes")
+    model = {"path": str(tiny_model_path), "device": "cpu", "peft_method": method, "qlora": qlora}
     ppo = {"model": model, "prompts_file": str(demo_dataset["prompts"]), "reward_model_path": "",
            "verifiable_reward": "demo_reward", "kl_coef": 0.05, "steps": 1, "seed": 3, "batch_size": 4,
            "eval_prompts": 4, "max_new_tokens": 8}
