@@ -72,6 +72,19 @@ def test_an_admin_launches_a_round_and_watches_it_progress(page, live_server, lo
     assert TrainingRun.objects.filter(kind="round").count() == 1
 
 
+def test_an_admin_picks_the_peft_method_among_the_folded_settings(page, live_server, loop_world):
+    login(page, live_server, "alice")
+    page.goto(f"{live_server.url}/projects/shapes/training/")
+    method = page.get_by_label("PEFT method")
+    expect(method).to_be_hidden()  # folded with the other "more" settings
+    page.locator("details.more > summary", has_text="Reward model and sampling").click()
+    expect(method).to_have_value("lora")
+    method.select_option("bottleneck_adapter")
+    page.click("#launch-round")
+    expect(page.locator(".messages")).to_contain_text("queued")
+    assert TrainingRun.objects.get(kind="round").config["peft_method"] == "bottleneck_adapter"
+
+
 def test_a_run_page_shows_curves_steps_and_an_escaped_log(page, live_server, loop_world):
     round_run = fake_round(loop_world["project"], loop_world["alice"])
     ppo = round_run.steps.get(kind="ppo")
