@@ -77,7 +77,7 @@ def test_an_admin_picks_the_peft_method_among_the_folded_settings(page, live_ser
     page.goto(f"{live_server.url}/projects/shapes/training/")
     method = page.get_by_label("PEFT method")
     expect(method).to_be_hidden()  # folded with the other "more" settings
-    page.locator("details.more > summary", has_text="Reward model and sampling").click()
+    page.locator("details.more > summary", has_text="More: adapter, reward model and sampling").click()
     expect(method).to_have_value("lora")
     method.select_option("bottleneck_adapter")
     page.click("#launch-round")
