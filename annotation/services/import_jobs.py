@@ -148,6 +148,11 @@ def import_job_run(job_id: int) -> str:
     job = _claim(job_id)
     if job is None:
         return "skipped"
+    if not Path(job.upload).is_file():
+        _finish(job, S.FAILED, error=(
+            f"the uploaded file is not on this worker's disk ({job.upload}): the web servers and the workers must "
+            "share LENSLOOP_DATA_DIR/imports; nothing was imported. Upload the bundle again."))
+        return S.FAILED
     writer = _ProgressWriter(job.pk)
     writer.start()
     opts = job.options

@@ -198,3 +198,12 @@ def test_the_import_command_draws_a_progress_bar(tmp_path, world):
     assert "imported 3000/3000 rows" in out.getvalue()
     assert "] 100% writing  3,000 rows written" in err.getvalue()
     assert "checking" in err.getvalue() and "images stored" in err.getvalue()
+
+
+def test_an_upload_missing_on_the_workers_disk_fails_the_import_with_why(world):
+    job_url = upload(world["alice"], bundle(2))["Location"]
+    Path(ImportJob.objects.get().upload).unlink()  # a worker on another machine, without the shared folder
+    run_worker()
+    job = client_for(world["alice"]).get(job_url).json()
+    assert job["state"] == "failed" and "not on this worker's disk" in job["error"]
+    assert "LENSLOOP_DATA_DIR/imports" in job["error"] and Prompt.objects.count() == 0
