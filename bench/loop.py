@@ -12,7 +12,10 @@ After each round the active policy's held-out caption accuracy is measured on 20
 
 Arms: `ppo`, `grpo` (against the reward model trained on the rankings), `dpo` (on the ranking pairs), and
 `gt-grpo`, GRPO trained on the ground-truth reward itself, the upper bound a perfect annotator would give
-(its rounds still train a reward model, unused, so its round time is comparable). The promotion gate is off:
+(its rounds still train a reward model, unused, so its round time is comparable). `grpo-banned` and `ppo-banned` compose
+the policy's reward: the reward model + `banned_words` on `--banned` (docs/engine.md, "Composed rewards"); their
+held-out figures add the share of answers that say the word. `--name` keeps their results apart from the loop's
+(docs/benchmarks/<name>.json, docs/<name>_benchmark.png). The promotion gate is off:
 every round's policy becomes active, so the figures are what each method learns, not what the gate lets
 through (docs/loop.md, the promotion gate).
 
