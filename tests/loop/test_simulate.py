@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from annotation.models import Candidate, PreferencePair, Ranking
+from annotation.models import Candidate, PreferencePair, Project, Ranking
 from lensloop.formats import pairs_from_groups
 from rlhf.engine.demo import world
 from rlhf.engine.demo.annotators import noisy_ordering, ranking_to_pairs, simulated_ordering
@@ -55,6 +55,8 @@ def test_the_demo_annotators_import_no_django():
 @pytest.mark.django_db
 def test_the_command_ranks_the_demo_queue_so_every_pair_agrees_with_the_ground_truth():
     call_command("demo", images=12, candidates="world")
+    # Named as the demo names it (a loop over the demo's accounts once renamed it after the last one).
+    assert Project.objects.get(slug="demo-shapes").name == "Demo: shapes captions"
     call_command("simulate_annotators", project="demo-shapes", annotators=3, noise=0.0)
     assert Ranking.objects.count() == 12
     for pair in PreferencePair.objects.select_related("prompt__image", "chosen", "rejected"):

@@ -91,7 +91,7 @@ class Command(BaseCommand):
                             help="images the demo base captions for the first tasks (with --candidates policy)")
 
     def handle(self, *args, images, seed, k, candidates, tasks, task="caption", **options):
-        slug, name, instructions, reward = PROJECTS[task]
+        slug, project_name, instructions, reward = PROJECTS[task]
         if candidates is None:
             candidates = "policy" if task == "caption" else "world"
         logins = demo_logins()
@@ -109,7 +109,7 @@ class Command(BaseCommand):
         project = Project.objects.filter(slug=slug).first()
         if project is None:
             project = project_create(
-                name=name,
+                name=project_name,
                 slug=slug,
                 task_type=task,
                 candidates_per_task=k,
