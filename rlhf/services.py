@@ -138,20 +138,21 @@ def check_reward(project: Project, params: dict) -> None:
 def reward_sample(project: Project) -> dict:
     """One of the project's training prompts and its first candidate, as the reward check's sample (a
     stand-in answer where the prompt has no candidate yet)."""
+    from annotation.images import media_path
     from annotation.models import Candidate, Prompt
+    from rlhf.engine.reward_terms import dry_run_sample
 
     prompt = (Prompt.objects.filter(project=project).select_related("image")
               .order_by(models.Case(models.When(split=Prompt.Split.TRAIN, then=0), default=1), "id").first())
     if prompt is None:
-        return {"prompt": "", "completion": "an answer", "images": [], "ground_truth": None}
+        return dry_run_sample({})
     candidate = Candidate.objects.filter(prompt=prompt).order_by("id").values_list("text", flat=True).first()
     reference = prompt.reference or None
-    sample = {"prompt": prompt.text, "completion": candidate if candidate is not None else (reference or ["an answer"])[0],
-              "images": [str(Path(settings.MEDIA_ROOT) / prompt.image.file)],
-              "ground_truth": prompt.ground_truth if prompt.ground_truth is not None else prompt.image.ground_truth}
-    if reference:
-        sample["reference"] = reference[0] if len(reference) == 1 else reference
-    return sample
+    return dry_run_sample({
+        "prompt": prompt.text, "images": [str(media_path(prompt.image.file))],
+        "ground_truth": prompt.ground_truth if prompt.ground_truth is not None else prompt.image.ground_truth,
+        "reference": reference[0] if reference and len(reference) == 1 else reference,
+    }, candidate)
 
 
 def advanced_params(params: dict | None) -> dict:

@@ -231,6 +231,17 @@ def check_values(values, n: int, what: str) -> list[float]:
     return out
 
 
+def dry_run_sample(record: dict, completion: str | None = None) -> dict:
+    """The dry run's sample from a prompt-set record (``prompt``, ``images``, ``ground_truth``, ``reference``):
+    its answer is ``completion``, else the record's (first) reference, else a stand-in answer."""
+    reference = record.get("reference")
+    references = [reference] if isinstance(reference, str) else list(reference or [])
+    if completion is None:
+        completion = references[0] if references else "an answer"
+    return {"prompt": record.get("prompt", ""), "completion": completion, "images": record.get("images") or [],
+            "ground_truth": record.get("ground_truth"), "reference": reference}
+
+
 def dry_run(terms: list[Term], sample: dict, where: str = "reward") -> dict[str, float]:
     """Call every term but the reward model once on `sample` (``prompt``, ``completion``, ``images``,
     ``ground_truth``, optional ``reference``) and check its answer: one finite number. Returns each term's

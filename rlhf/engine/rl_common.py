@@ -52,8 +52,7 @@ class ComposedReward:
 
     def term_values(self, prompts, completions, images=None, **kwargs) -> dict[str, list[float]]:
         """Each term's value per completion (unweighted), by term label."""
-        if kwargs.get("ground_truth") is not None:
-            kwargs = {**kwargs, "ground_truth": [_json(g) for g in kwargs["ground_truth"]]}
+        kwargs = _decoded(kwargs)
         return {term.label: check_values(fn(prompts, completions, images=images, **kwargs), len(completions),
                                          f"reward term {term.label}")
                 for term, fn in zip(self.terms, self.fns, strict=True)}
@@ -72,17 +71,19 @@ class ComposedReward:
         funcs = []
         for term, fn in zip(self.terms, self.fns, strict=True):
             def one(prompts, completions, _fn=fn, _label=term.label, **kwargs):
-                if kwargs.get("ground_truth") is not None:
-                    kwargs = {**kwargs, "ground_truth": [_json(g) for g in kwargs["ground_truth"]]}
-                return check_values(_fn(prompts, completions, **kwargs), len(completions), f"reward term {_label}")
+                return check_values(_fn(prompts, completions, **_decoded(kwargs)), len(completions),
+                                    f"reward term {_label}")
 
             one.__name__ = term.label
             funcs.append(one)
         return funcs, [term.weight for term in self.terms]
 
 
-def _json(x):
-    return json.loads(x) if isinstance(x, str) else x
+def _decoded(columns: dict) -> dict:
+    """The reward columns with `ground_truth` as dicts (TRL's datasets carry it as JSON strings)."""
+    if columns.get("ground_truth") is None:
+        return columns
+    return {**columns, "ground_truth": [json.loads(g) if isinstance(g, str) else g for g in columns["ground_truth"]]}
 
 
 def split_prompts(cfg) -> Split:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config_base import ModelConfig, check, option
-from .reward_terms import Term, dry_run, legacy_terms, parse_terms, uses_reward_model
+from .reward_terms import Term, dry_run, dry_run_sample, legacy_terms, parse_terms, uses_reward_model
 
 
 @dataclass
@@ -61,7 +61,6 @@ class OnlineConfig:
             check(not self.verifiable_reward, "set either `reward` (a composed reward) or `verifiable_reward`, "
                   "not both: add the verifiable reward to `reward` as a term")
             terms = self.reward_terms()
-            check(bool(terms), "reward is an empty list of terms")
             check(uses_reward_model(terms) == bool(self.reward_model_path),
                   "a reward term 'reward_model' needs reward_model_path (a train-reward checkpoint)"
                   if uses_reward_model(terms) else
@@ -297,9 +296,5 @@ def check_reward_terms(cfg: OnlineConfig) -> None:
 
     rows = read_prompts(cfg.prompts_file)
     row = next((r for r in rows if r.get("split") != "eval"), rows[0] if rows else {})
-    reference = row.get("reference")
-    completion = reference if isinstance(reference, str) else (reference or ["an answer"])[0]
-    dry_run(cfg.reward_terms(), {"prompt": row.get("prompt", ""), "completion": completion,
-                                 "images": row.get("images", []), "ground_truth": row.get("ground_truth"),
-                                 "reference": reference})
+    dry_run(cfg.reward_terms(), dry_run_sample(row))
 

@@ -127,7 +127,6 @@ class RoundConfig:
                   f"verifiable_reward {self.verifiable_reward!r} is not one of {sorted(REWARDS)}")
         if self.reward:
             terms = parse_terms(self.reward)
-            check(bool(terms), "reward is an empty list of terms: leave it out for the reward model alone")
             check(not self.verifiable_reward and self.use_reward_model,
                   "a composed reward replaces verifiable_reward and use_reward_model=false: put the verifiable "
                   "reward in `reward` as a term, and leave out the reward_model term instead")
@@ -213,10 +212,11 @@ class RoundConfig:
         if self.policy_batch_size:
             config["batch_size"] = self.policy_batch_size
         if self.algorithm in ("ppo", "grpo"):
+            terms = self.policy_terms()
             config.update(prompts_file=prompts_file, eval_file=eval_prompts,
-                          reward_model_path=reward_model_path if uses_reward_model(self.policy_terms()) else "")
+                          reward_model_path=reward_model_path if uses_reward_model(terms) else "")
             if self.reward:
-                config["reward"] = [t.to_json() for t in self.policy_terms()]
+                config["reward"] = [t.to_json() for t in terms]
             elif self.verifiable_reward:
                 config.update(verifiable_reward=self.verifiable_reward, verifiable_weight=self.verifiable_weight)
             # The KL coefficient holds either algorithm near the reference (GRPO: TRL's beta). Without it GRPO
