@@ -8,6 +8,7 @@ import math
 import uuid
 from datetime import timedelta
 
+from django.test import Client
 from django.utils import timezone
 
 from annotation.models import Candidate, RankingTask
@@ -17,6 +18,14 @@ from rlhf.services import activate_versions, base_policy, start_round
 from tests import factories as f
 
 SOURCES = ("policy-v1", "base", "base", "reference")
+
+
+def client_for(user=None) -> Client:
+    """A browser-like client, logged in as ``user`` (anonymous without one)."""
+    client = Client()
+    if user is not None:
+        client.force_login(user)
+    return client
 
 
 def rank(project, annotator, n: int, *, sources=SOURCES, prefer=("reference", "policy-v1", "base")) -> None:

@@ -7,12 +7,11 @@ its held-out evaluation is given as the engine's evaluate would have written it.
 from __future__ import annotations
 
 import pytest
-from django.test import Client
 
 from annotation.models import Prompt
 from rlhf.models import LoopSettings, ModelVersion
 from tests import factories as f
-from tests.rlhf.helpers import fake_round, rank
+from tests.rlhf.helpers import client_for, fake_round, rank
 
 pytestmark = pytest.mark.django_db
 
@@ -45,12 +44,6 @@ def world():
     proj = f.project("shapes", k=4, admins=[alice], annotators=[bob])
     rank(proj, bob, 6)
     return {"alice": alice, "bob": bob, "project": proj}
-
-
-def client_for(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def held_back_round(world):

@@ -10,14 +10,13 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from django.test import Client
 from rest_framework.test import APIClient
 
 from rlhf.engine.round import RoundConfig, ground_truth_reward
 from rlhf.models import LoopSettings, TrainingRun
 from rlhf.services import LoopError, loop_settings_set, start_round
 from tests import factories as f
-from tests.rlhf.helpers import rank
+from tests.rlhf.helpers import client_for, rank
 
 pytestmark = pytest.mark.django_db
 
@@ -47,12 +46,6 @@ def world(settings):
     proj = f.project("shapes", k=4, admins=[alice], annotators=[bob])
     rank(proj, bob, 4)
     return {"alice": alice, "bob": bob, "project": proj}
-
-
-def client_for(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def rows(*terms) -> dict:

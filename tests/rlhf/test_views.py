@@ -8,14 +8,13 @@ launched round stays queued (its jobs are enqueued on commit, and these tests ne
 from __future__ import annotations
 
 import pytest
-from django.test import Client
 
 from annotation.models import PreferencePair
 from rlhf import charts
 from rlhf.models import LoopSettings, TrainingRun
 from rlhf.services import ROUND_DEFAULTS, start_round
 from tests import factories as f
-from tests.rlhf.helpers import fake_round, ppo_metrics, rank, reward_metrics
+from tests.rlhf.helpers import client_for, fake_round, ppo_metrics, rank, reward_metrics
 
 pytestmark = pytest.mark.django_db
 
@@ -29,13 +28,6 @@ def world(settings):
     proj = f.project("shapes", k=4, admins=[alice], annotators=[bob])
     rank(proj, bob, 6)
     return {"alice": alice, "bob": bob, "charlie": charlie, "project": proj}
-
-
-def client_for(user=None) -> Client:
-    client = Client()
-    if user is not None:
-        client.force_login(user)
-    return client
 
 
 def launch(client, **fields):
