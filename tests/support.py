@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -69,3 +71,33 @@ def manage(*args: str, env: dict | None = None, timeout: int = 300) -> subproces
         text=True,
         timeout=timeout,
     )
+
+
+@contextmanager
+def writes_held():
+    """PostgreSQL: hold every import at its first batch of rows, inside its transaction: a second connection
+    locks the prompts table against inserts (reads go on) until the block ends. Yields a function that waits
+    until an import waits on the lock. Tests use it to act on an import that is surely mid-write, however
+    fast the machine."""
+    from annotation.models import Prompt
+
+    held = connection.get_new_connection(connection.get_connection_params())
+    try:
+        with held.cursor() as cursor:
+            cursor.execute(f"LOCK TABLE {Prompt._meta.db_table} IN SHARE MODE")  # opens a transaction
+
+        def until_blocked(timeout: float = 60.0) -> None:
+            deadline = time.monotonic() + timeout
+            with held.cursor() as cursor:
+                while True:
+                    cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
+                                   [Prompt._meta.db_table])
+                    if cursor.fetchone()[0]:
+                        return
+                    assert time.monotonic() < deadline, "no import came to wait on the held prompts table"
+                    time.sleep(0.05)
+
+        yield until_blocked
+    finally:
+        held.rollback()
+        held.close()

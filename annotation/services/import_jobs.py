@@ -6,7 +6,8 @@ for the import page to follow.
 * ``import_job_run`` (the rq job) claims a queued job, runs the import with a progress writer beside it, and
   records the outcome: ``succeeded`` (the report), ``rejected`` (all or nothing and something was wrong: the
   report, nothing written), ``failed`` (an error: its message), ``cancelled``.
-* ``import_job_cancel`` cancels a queued job at once, and asks a running one to stop at its next batch.
+* ``import_job_cancel`` cancels a queued job at once, and asks a running one to stop at its next batch
+  (a cancel that arrives before the last batch is written always wins: nothing is committed).
 * ``reap_lost_imports`` marks failed the running jobs whose worker died (killed, out of memory, machine
   lost). Their rows were never committed: an import writes in one transaction, which the database rolls
   back when the connection of a dead process drops.
@@ -124,8 +125,13 @@ class _ProgressWriter(threading.Thread):
             connection.close()
 
     def __call__(self, phase: str, report: ImportReport, fraction: float | None) -> None:
-        """The import's progress callback: keep a snapshot for the next write; stop if cancelled."""
+        """The import's progress callback: keep a snapshot for the next write; stop if cancelled. While
+        writing, each batch also asks the database itself (one indexed read on the import's own connection):
+        a cancel requested before the import's last batch always wins, however quickly the batches go."""
         self.latest = progress_payload(phase, report, fraction)
+        if not self.cancelled.is_set() and phase == "writing" and \
+                ImportJob.objects.filter(pk=self.job_id, cancel_requested=True).exists():
+            self.cancelled.set()
         if self.cancelled.is_set():
             raise ImportCancelled()
 

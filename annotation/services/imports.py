@@ -415,6 +415,7 @@ def _import(bundle: Bundle, project: Project, manifest: str | None, mode: str, o
 
         # Pass 2: write every good row in one transaction.
         spool.seek(0)
+        progress("writing", report, 0.0)
         write_spooled(project, _unspool(spool), origin=origin, report=report, late_gt=late_gt,
                       progress=lambda: progress("writing", report, report.rows_written / good if good else 1.0))
     report.rows_imported = good

@@ -22,7 +22,7 @@ from annotation.models import ImportJob, Prompt, RankingTask
 from annotation.services import import_checks, import_jobs
 from lensloop.queue import get_queue
 from tests import factories as f
-from tests.support import child_env, manage, start_worker
+from tests.support import child_env, manage, start_worker, writes_held
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -150,18 +150,22 @@ def test_a_queued_import_is_cancelled_at_once_and_writes_nothing(world):
     assert ImportJob.objects.get().state == "cancelled" and Prompt.objects.count() == 0
 
 
-def _big_bundle() -> io.BytesIO:
-    """Enough rows that a worker takes some seconds over them (16 images, so writing it stays quick)."""
-    return bundle(40_000, images=16)
+needs_postgres = pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="holding an import in its write pass takes a table lock, which needs PostgreSQL (SQLite's one write "
+           "lock would also hold the cancel request and the heartbeat)")
 
 
-def test_a_running_import_that_is_cancelled_writes_nothing(world):
-    job_url = upload(world["alice"], _big_bundle())["Location"]
+@needs_postgres
+def test_a_cancel_requested_while_the_import_writes_rolls_it_back(world):
+    job_url = upload(world["alice"], bundle(300, images=4))["Location"]
     job_id = int(job_url.rstrip("/").rsplit("/", 1)[1])
     worker = start_worker(import_jobs.QUEUE)
     try:
-        wait_for(job_id, lambda j: j.state == "running" and j.progress.get("rows", 0) > 0)
-        assert client_for(world["alice"]).post(job_url + "cancel/").json()["cancel_requested"]
+        with writes_held() as until_blocked:
+            until_blocked()  # the import is in its write pass, its first batch waiting on the lock
+            cancel = client_for(world["alice"]).post(job_url + "cancel/").json()
+            assert cancel["state"] == "running" and cancel["cancel_requested"], cancel
         job = wait_for(job_id, lambda j: j.state not in ImportJob.ACTIVE_STATES)
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -170,21 +174,35 @@ def test_a_running_import_that_is_cancelled_writes_nothing(world):
     assert Prompt.objects.count() == 0 and RankingTask.objects.count() == 0
 
 
+def test_a_cancel_that_reaches_a_running_import_before_it_commits_wins_and_writes_nothing(world):
+    # The request as the cancel endpoint records it for a running import, made before the worker claims the
+    # job: however fast the import goes, its write pass finds the request and rolls back.
+    job_url = upload(world["alice"], bundle(300, images=4))["Location"]
+    ImportJob.objects.filter(pk=ImportJob.objects.get().pk).update(cancel_requested=True)
+    run_worker()
+    job = client_for(world["alice"]).get(job_url).json()
+    assert job["state"] == "cancelled" and "nothing was imported" in job["error"], job
+    assert Prompt.objects.count() == 0 and RankingTask.objects.count() == 0
+
+
+@needs_postgres
 def test_a_worker_killed_mid_import_leaves_no_rows_and_the_import_is_marked_failed(world):
-    job_url = upload(world["alice"], _big_bundle())["Location"]
+    job_url = upload(world["alice"], bundle(300, images=4))["Location"]
     job_id = int(job_url.rstrip("/").rsplit("/", 1)[1])
     worker = start_worker(import_jobs.QUEUE)
     try:
-        # On PostgreSQL the progress shows the write pass, and the kill lands inside its transaction. (SQLite
-        # cannot record progress while the import holds its write lock: the kill lands while checking.)
-        writing = connection.vendor == "postgresql"
-        wait_for(job_id, lambda j: j.progress.get("phase") == "writing" if writing else j.progress.get("rows", 0) > 0)
+        with writes_held() as until_blocked:
+            until_blocked()  # the kill lands inside the import's transaction, in its write pass
+            wait_for(job_id, lambda j: j.progress.get("phase") == "writing")
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=30)
     finally:
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(timeout=30)
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=30)
     job = client_for(world["alice"]).get(job_url).json()  # reading the import notices the dead worker
     assert job["state"] == "failed", job
-    assert "stopped (killed or lost)" in job["error"] and "nothing was imported" in job["error"]
+    assert "stopped (killed or lost) while writing" in job["error"] and "nothing was imported" in job["error"]
     assert Prompt.objects.count() == 0 and RankingTask.objects.count() == 0
 
 
