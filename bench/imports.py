@@ -194,6 +194,12 @@ def bench(args, n: int) -> dict:
     return result
 
 
+def append_json(path: Path, results: list[dict]) -> None:
+    """Add ``results`` to the list in the JSON file at ``path`` (created if missing)."""
+    old = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps(old + results, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000])

@@ -430,9 +430,12 @@ def _inline_tables(flt: ExportFilter):
 
     schema = _parquet_schema()
     batch: list[dict] = []
+    last: tuple[int | None, bytes] = (None, b"")  # a ranking's pairs come one after another, on one image
     for record, image in preference_records(flt):
+        if image.pk != last[0]:
+            last = (image.pk, media_path(image.file).read_bytes())
         row = trl_row(record)
-        row["images"] = [{"bytes": media_path(image.file).read_bytes(), "path": image_name(image)}]
+        row["images"] = [{"bytes": last[1], "path": image_name(image)}]
         batch.append(row)
         if len(batch) >= PARQUET_ROW_GROUP:
             yield pa.Table.from_pylist(batch, schema=schema)
