@@ -251,10 +251,10 @@ def main() -> None:
             for arm in args.arms.split(",")}
     results = {"start": start, "arms": arms, "rankings_per_round": args.rankings, "noise": args.noise,
                "seeds": args.seeds, "parallel": args.parallel, "threads_per_run": threads,
-               "model": args.model, "load_after": os.getloadavg()}
+               "model": args.model, "load_after": os.getloadavg(), "banned": args.banned,
+               "banned_weight": args.banned_weight}
     report(results)
     (out / "benchmarks").mkdir(parents=True, exist_ok=True)
-    results["banned"] = args.banned
     (out / "benchmarks" / f"{args.name}.json").write_text(json.dumps(results, indent=1))
     plot(results, out / f"{args.name}_benchmark.png")
 
