@@ -192,6 +192,8 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.1, help="chance that an annotator swaps a neighbouring pair")
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--seeds", type=int, default=3, help="seeds per arm (scenes and annotators' choices)")
+    ap.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed … first-seed + seeds − 1 "
+                    "(to add seeds to an earlier run)")
     ap.add_argument("--parallel", type=int, default=1, help="(arm, seed) runs at a time; each gets cores / parallel "
                     "torch threads")
     ap.add_argument("--policy-steps", type=int, default=40, help="PPO iterations / GRPO steps per round (64 answers each)")
@@ -225,7 +227,8 @@ def main() -> None:
     from rlhf.engine.loading import resolve_model_path
 
     args.model = resolve_model_path(args.model)
-    for seed in range(args.seeds):
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    for seed in seeds:
         world.write_demo_manifest(work / f"scenes-{seed}", n=args.scenes, seed=5 + 100 * seed, k=4, eval_fraction=0.1)
     write_demo_preferences(work / "held", 200, seed=11, k=2)
     print(f"work folder {work}; model {args.model}; load average {os.getloadavg()}", flush=True)
@@ -244,13 +247,13 @@ def main() -> None:
         cmd += ["--banned", args.banned, "--banned-weight", str(args.banned_weight)]
         subprocess.run(cmd, cwd=ROOT, check=True, env=env)
 
-    jobs = [(arm, seed) for seed in range(args.seeds) for arm in args.arms.split(",")]
+    jobs = [(arm, seed) for seed in seeds for arm in args.arms.split(",")]
     with ThreadPoolExecutor(args.parallel) as pool:
         list(pool.map(one, jobs))
-    arms = {arm: [json.loads((work / f"{arm}-{seed}.json").read_text()) for seed in range(args.seeds)]
+    arms = {arm: [json.loads((work / f"{arm}-{seed}.json").read_text()) for seed in seeds]
             for arm in args.arms.split(",")}
     results = {"start": start, "arms": arms, "rankings_per_round": args.rankings, "noise": args.noise,
-               "seeds": args.seeds, "parallel": args.parallel, "threads_per_run": threads,
+               "seeds": args.seeds, "first_seed": args.first_seed, "parallel": args.parallel, "threads_per_run": threads,
                "model": args.model, "load_after": os.getloadavg(), "banned": args.banned,
                "banned_weight": args.banned_weight}
     report(results)
