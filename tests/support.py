@@ -90,8 +90,9 @@ def writes_held():
             deadline = time.monotonic() + timeout
             with held.cursor() as cursor:
                 while True:
-                    cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
-                                   [Prompt._meta.db_table])
+                    cursor.execute(
+                        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass AND database = "
+                        "(SELECT oid FROM pg_database WHERE datname = current_database())", [Prompt._meta.db_table])
                     if cursor.fetchone()[0]:
                         return
                     assert time.monotonic() < deadline, "no import came to wait on the held prompts table"
