@@ -76,7 +76,7 @@ def round_params(arm: str, args) -> dict:
         policy = {"policy_steps": args.policy_steps, "policy_batch_size": 64}
     if arm.endswith("-banned"):
         policy["reward"] = [{"reward": "reward_model"}, {"reward": "banned_words", "weight": args.banned_weight,
-                                                         "params": {"words": [args.banned]}}]
+                                                         "params": {"words": args.banned.split(",")}}]
     return {**common, **policy, **ARMS[arm]}
 
 
@@ -95,7 +95,7 @@ def setup_django(work: Path) -> None:
 
 def evaluate(model_path: str, adapter: str, held: Path, banned: str = "") -> dict:
     """Held-out caption accuracy (points) of a policy: greedy and 4 samples per scene at T = 1; with `banned`,
-    also the share of those answers (%) that say the banned word."""
+    also the share of those answers (%) that say the banned word (any of them, for a comma-separated list)."""
     import re
 
     import torch
@@ -113,7 +113,8 @@ def evaluate(model_path: str, adapter: str, held: Path, banned: str = "") -> dic
 
     def reward(prompts, completions, **kwargs):
         if banned:
-            pattern = re.compile(rf"(?<!\w){re.escape(banned)}(?!\w)", re.IGNORECASE)
+            words = "|".join(re.escape(word) for word in banned.split(","))
+            pattern = re.compile(rf"(?<!\w)(?:{words})(?!\w)", re.IGNORECASE)
             said.append(100 * sum(bool(pattern.search(c)) for c in completions) / len(completions))
         return accuracy(prompts, completions, **kwargs)
 
@@ -202,7 +203,7 @@ def main() -> None:
     ap.add_argument("--reward-full", action="store_true", help="train every weight of the reward model's backbone "
                     "(reward_lora: false) instead of a LoRA adapter (r 8 on q/v)")
     ap.add_argument("--scenes", type=int, default=1000, help="scenes in each project")
-    ap.add_argument("--banned", default="small", help="the word the *-banned arms penalise (the demo base says "
+    ap.add_argument("--banned", default="small", help="the word (or comma-separated words) the *-banned arms penalise (the demo base says "
                     "'small' in about 70%% of its captions; size is not part of caption accuracy)")
     ap.add_argument("--banned-weight", type=float, default=1.0, help="weight of the banned_words term")
     ap.add_argument("--name", default="loop", help="results go to <out>/benchmarks/<name>.json and <out>/<name>_benchmark.png")
