@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,13 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from imports import K, PeakMemory, append_json, manage, write_bundle  # noqa: E402  (bench/imports.py)
+from imports import K, append_json, manage, measured, write_bundle  # noqa: E402  (bench/imports.py)
 
 PAIRS_PER_RANKING = K * (K - 1) // 2  # a full ordering of K candidates
 
 
-def build(args, pairs: int, env: dict) -> tuple[str, Path]:
-    """The project with ``pairs`` pairs (rounded up to whole rankings); returns its slug and data folder."""
+def build(args, pairs: int, env: dict) -> str:
+    """The project with ``pairs`` pairs (rounded up to whole rankings), its images in a data folder that
+    ``env`` names from then on; returns its slug."""
     rows = -(-pairs // PAIRS_PER_RANKING)
     slug = f"bench-exports-{pairs}"
     data_dir = Path(args.cache) / f"data-{pairs}"
@@ -44,7 +45,7 @@ def build(args, pairs: int, env: dict) -> tuple[str, Path]:
     have = int(manage(env, "shell", "-v0", "-c", script).stdout.split()[-1])
     if have >= pairs and data_dir.exists():
         print(f"  {slug}: kept from an earlier run ({have:,} pairs)", flush=True)
-        return slug, data_dir
+        return slug
     if have >= 0:
         manage(env, "shell", "-c", f"from annotation.models import Project; Project.objects.filter(slug={slug!r}).delete()")
     bundle = Path(args.cache) / f"distinct-{rows}.zip"
@@ -58,7 +59,7 @@ def build(args, pairs: int, env: dict) -> tuple[str, Path]:
     t0 = time.perf_counter()
     manage(env, "shell", "-c", RANKINGS_SQL.replace("@SLUG@", slug))
     print(f"  ranked every task and wrote its {PAIRS_PER_RANKING} pairs in {time.perf_counter() - t0:.0f} s", flush=True)
-    return slug, data_dir
+    return slug
 
 
 # One annotator orders each task's candidates as they are listed (best first), at times a second apart; the
@@ -89,38 +90,28 @@ with transaction.atomic(), connection.cursor() as c:
 
 def export(args, slug: str, fmt: str, env: dict) -> dict:
     out = Path(args.cache) / f"export-{slug}-{fmt}"
-    subprocess.run(["rm", "-rf", str(out)], check=True)
+    shutil.rmtree(out, ignore_errors=True)
     load = os.getloadavg()[0]
-    cpu0 = os.times()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "export", slug, str(out), "--format", fmt],
-                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = PeakMemory(proc.pid)
-    peak.start()
-    _, stderr = proc.communicate()
-    wall = time.perf_counter() - t0
-    cpu1 = os.times()
-    peak.stop.set()
-    peak.join()
+    proc, wall, cpu, peak_mb = measured(
+        [sys.executable, str(ROOT / "manage.py"), "export", slug, str(out), "--format", fmt], env)
     if proc.returncode:
-        raise SystemExit(f"export failed ({proc.returncode}): {stderr[-3000:]}")
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        raise SystemExit(f"export failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    files = [f for f in out.rglob("*") if f.is_file()]
+    size = sum(f.stat().st_size for f in files)
     rows = _rows(out, fmt)
-    cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
     result = {"format": fmt, "pairs": rows, "command_s": round(wall, 1), "pairs_per_s": round(rows / wall),
-              "peak_pss_mb": round(peak.peak_mb), "cpu_s": round(cpu, 1), "bytes": size,
-              "files": sum(1 for f in out.rglob("*") if f.is_file()),
+              "peak_pss_mb": round(peak_mb), "cpu_s": round(cpu, 1), "bytes": size, "files": len(files),
               "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)}
     print(f"  {fmt}: {rows:,} pairs in {wall:.1f} s = {rows / wall:,.0f} pairs/s (Django's start-up included); "
-          f"peak memory (PSS) {peak.peak_mb:,.0f} MB; {size / 1e9:.2f} GB in {result['files']} files; "
+          f"peak memory (PSS) {peak_mb:,.0f} MB; {size / 1e9:.2f} GB in {len(files)} files; "
           f"CPU {cpu:.0f} s; load {load:.1f} before", flush=True)
     if not args.keep:
-        subprocess.run(["rm", "-rf", str(out)], check=True)
+        shutil.rmtree(out)
     return result
 
 
 def _rows(out: Path, fmt: str) -> int:
-    """The rows the export holds, read back the way training code reads them."""
+    """The rows the export holds, counted from its files (Parquet metadata, Arrow streams, JSONL lines)."""
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -151,7 +142,7 @@ def main() -> None:
     results = []
     for pairs in args.pairs:
         env = {**os.environ, "DATABASE_URL": args.database_url, "LOG_LEVEL": "WARNING"}
-        slug, _ = build(args, pairs, env)
+        slug = build(args, pairs, env)
         results += [{"project_pairs": pairs, **export(args, slug, fmt, env)} for fmt in args.formats]
     if args.json:
         append_json(Path(args.json), results)

@@ -140,6 +140,23 @@ class PeakMemory(threading.Thread):
         return self.peak_kb / 1024
 
 
+def measured(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float, float, float]:
+    """Run ``cmd`` with its output captured; returns (the finished process, wall seconds, CPU seconds of it and
+    its children, peak PSS in MB of it and its children, sampled every 0.1 s)."""
+    cpu0 = os.times()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = PeakMemory(proc.pid)
+    peak.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    cpu1 = os.times()
+    peak.stop.set()
+    peak.join()
+    cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), wall, cpu, peak.peak_mb
+
+
 def manage(env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], env=env, cwd=ROOT, check=True,
                           capture_output=True, text=True)
@@ -165,28 +182,19 @@ def bench(args, n: int) -> dict:
     if args.kind == "coco":
         cmd += ["--format", "coco"]
     load = os.getloadavg()[0]
-    cpu0 = os.times()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = PeakMemory(proc.pid)
-    peak.start()
-    out, err = proc.communicate()
-    wall = time.perf_counter() - t0
-    cpu1 = os.times()
-    cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
-    peak.stop.set()
-    peak.join()
+    proc, wall, cpu, peak_mb = measured(cmd, env)
     if proc.returncode:
-        raise SystemExit(f"import failed ({proc.returncode}): {err[-3000:]}")
+        raise SystemExit(f"import failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    out = proc.stdout
     inner = float(out.strip().rsplit(" in ", 1)[1].split()[0])
     unit = "captions" if args.kind == "coco" else "tasks"
     result = {"kind": args.kind, "rows": n, "command_s": round(wall, 1), "import_s": inner,
               f"{unit}_per_s_with_startup": round(n / wall), f"{unit}_per_s": round(n / inner),
-              "peak_pss_mb": round(peak.peak_mb), "cpu_s": round(cpu, 1), "cpu_ms_per_row": round(1000 * cpu / n, 3),
+              "peak_pss_mb": round(peak_mb), "cpu_s": round(cpu, 1), "cpu_ms_per_row": round(1000 * cpu / n, 3),
               "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2), "output": out.strip()}
     print(f"  {args.kind} N={n:,}: `manage.py import` {wall:.1f} s = {n / wall:,.0f} {unit}/s; the import itself "
           f"{inner:.1f} s = {n / inner:,.0f} {unit}/s; peak memory (PSS, command and its workers) "
-          f"{peak.peak_mb:,.0f} MB; CPU (command and its workers, not PostgreSQL) {cpu:.0f} s = "
+          f"{peak_mb:,.0f} MB; CPU (command and its workers, not PostgreSQL) {cpu:.0f} s = "
           f"{1e6 * cpu / n:,.0f} µs per row; load average {load:.1f} before", flush=True)
     if args.clean:  # minutes at 1M rows (Django deletes what depends on the project first)
         manage(env, "shell", "-c", f"from annotation.models import Project; Project.objects.filter(slug={slug!r}).delete()")

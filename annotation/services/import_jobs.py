@@ -117,7 +117,7 @@ class _ProgressWriter(threading.Thread):
             updates["progress"] = self.latest
         try:
             ImportJob.objects.filter(pk=self.job_id, state=S.RUNNING).update(**updates)
-            if ImportJob.objects.filter(pk=self.job_id, cancel_requested=True).exists():
+            if self.cancel_requested():
                 self.cancelled.set()
         except DatabaseError:
             # SQLite while the import writes (the database is locked), or a database restart: the next
@@ -129,11 +129,14 @@ class _ProgressWriter(threading.Thread):
         writing, each batch also asks the database itself (one indexed read on the import's own connection):
         a cancel requested before the import's last batch always wins, however quickly the batches go."""
         self.latest = progress_payload(phase, report, fraction)
-        if not self.cancelled.is_set() and phase == "writing" and \
-                ImportJob.objects.filter(pk=self.job_id, cancel_requested=True).exists():
+        if not self.cancelled.is_set() and phase == "writing" and self.cancel_requested():
             self.cancelled.set()
         if self.cancelled.is_set():
             raise ImportCancelled()
+
+    def cancel_requested(self) -> bool:
+        """Whether someone asked to cancel (one indexed read, on the calling thread's connection)."""
+        return ImportJob.objects.filter(pk=self.job_id, cancel_requested=True).exists()
 
     def stop(self) -> None:
         self.stopped.set()
