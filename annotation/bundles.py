@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import lzma
 import os
 import stat
 import struct
@@ -78,6 +79,11 @@ class Bundle:
 Located = tuple
 
 
+# What reading a damaged member raises: zipfile's CRC check, and each decompressor's own error (bz2's is an
+# OSError).
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError, OSError, lzma.LZMAError)
+
+
 class _Capped(io.RawIOBase):
     """A stream that raises ``BundleError`` once more than ``limit`` bytes were read from ``inner``: a zip
     member's header can lie about its size (zip bombs), a file can grow."""
@@ -91,8 +97,9 @@ class _Capped(io.RawIOBase):
     def readinto(self, buffer) -> int:
         try:
             data = self.inner.read(min(len(buffer), self.left + 1))
-        except zipfile.BadZipFile as exc:
-            raise BundleError(f"{self.name!r} is damaged in the zip ({exc})") from None
+        except _DAMAGED as exc:
+            where = "in the zip" if isinstance(self.inner, zipfile.ZipExtFile) else "(it could not be read)"
+            raise BundleError(f"{self.name!r} is damaged {where} ({exc})") from None
         if len(data) > self.left:
             raise BundleError(f"{self.name!r} unpacks to more than {self.limit:,} bytes")
         self.left -= len(data)
@@ -293,9 +300,10 @@ def _zip64(extra: bytes, size: int, csize: int, offset: int) -> tuple[int, int, 
     return size, csize, offset
 
 
-def _open_zip_member(fh, located: Located) -> zipfile.ZipExtFile:
-    """The member's decompressing stream (CRC checked at its end) on ``fh``, an open file of its zip."""
-    _, _, name, _, offset, csize, size, method_flags, crc, clean = located
+def _member_data(fh, located: Located) -> int:
+    """Seek ``fh`` (an open file of the zip) to the member's data, after checking its local header; returns
+    the compression method."""
+    _, _, name, _, offset, _, _, method_flags, _, clean = located
     method, flags = method_flags & 0xFFFF, method_flags >> 16
     if flags & 0x1:
         raise BundleError(f"{name!r} is encrypted in the zip; zip it without a password")
@@ -309,12 +317,19 @@ def _open_zip_member(fh, located: Located) -> zipfile.ZipExtFile:
     if _safe_member(local) != clean:
         raise BundleError(f"{name!r} is damaged in the zip (its local header names {local!r})")
     fh.seek(m, os.SEEK_CUR)
-    info = zipfile.ZipInfo(clean)
-    info.compress_type, info.compress_size, info.file_size, info.CRC, info.flag_bits = method, csize, size, crc, flags
+    return method
+
+
+def _open_zip_member(fh, located: Located) -> zipfile.ZipExtFile:
+    """The member's decompressing stream (CRC checked at its end) on ``fh``, an open file of its zip."""
+    method = _member_data(fh, located)
+    info = zipfile.ZipInfo(located[9])
+    info.compress_type, info.compress_size, info.file_size, info.CRC, info.flag_bits = (
+        method, located[5], located[6], located[8], located[7] >> 16)
     try:
         return zipfile.ZipExtFile(fh, "rb", info)
     except NotImplementedError as exc:
-        raise BundleError(f"{name!r}: {exc}; zip it with deflate") from None
+        raise BundleError(f"{located[2]!r}: {exc}; zip it with deflate") from None
 
 
 _zip_files: dict[str, BinaryIO] = {}  # a checking process's open zips, by path (it reads one import at a time)
@@ -344,13 +359,34 @@ def read_located(located: Located, limit: int) -> bytes:
 
 
 def _read_zip(fh, located: Located, limit: int) -> bytes:
+    """A member's bytes, CRC checked. Stored and deflated members (what zip tools write) are read here in
+    one piece, an import's image per row without ``zipfile``'s stream objects; other methods through them."""
+    name, csize, size, crc = located[2], located[5], located[6], located[8]
     try:
-        with _open_zip_member(fh, located) as member:
-            data = member.read(limit + 1)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise BundleError(f"{located[2]!r} is damaged in the zip ({exc})") from None
+        method = _member_data(fh, located)
+        if method == zipfile.ZIP_STORED:
+            data = fh.read(min(csize, limit + 1))
+        elif method == zipfile.ZIP_DEFLATED:
+            inflater = zlib.decompressobj(-15)
+            data = inflater.decompress(fh.read(csize), limit + 1)
+            if len(data) <= limit and not inflater.eof:
+                raise zlib.error("the compressed data ends early")
+        else:
+            with _open_zip_member(fh, located) as member:
+                return _capped(member.read(limit + 1), name, limit)
+    except _DAMAGED as exc:
+        raise BundleError(f"{name!r} is damaged in the zip ({exc})") from None
+    data = _capped(data, name, limit)
+    if len(data) != size:
+        raise BundleError(f"{name!r} is damaged in the zip (it holds {len(data):,} bytes, its directory says {size:,})")
+    if zlib.crc32(data) != crc:
+        raise BundleError(f"{name!r} is damaged in the zip (Bad CRC-32: its bytes do not match the zip's checksum)")
+    return data
+
+
+def _capped(data: bytes, name: str, limit: int) -> bytes:
     if len(data) > limit:
-        raise BundleError(f"{located[2]!r} unpacks to more than {limit:,} bytes")
+        raise BundleError(f"{name!r} unpacks to more than {limit:,} bytes")
     return data
 
 

@@ -408,6 +408,28 @@ def test_a_zip_member_whose_bytes_do_not_match_its_checksum_is_refused(tmp_path)
     assert "Bad CRC-32" in str(err.value.details["report"].problems[0])
 
 
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_compressed_zip_members_are_read_and_a_damaged_one_is_refused(tmp_path, method):
+    proj = f.project(k=2)
+    png = f.png_bytes(size=(24, 24))
+    good, bad = tmp_path / "good.zip", tmp_path / "bad.zip"
+    for path in (good, bad):
+        with zipfile.ZipFile(path, "w", compression=method) as zf:
+            zf.writestr("manifest.jsonl", json.dumps(_row()) + "\n")
+            zf.writestr("images/red.png", png)
+    assert import_bundle(project=proj, path=good).rows_imported == 1
+    raw = bytearray(bad.read_bytes())
+    with zipfile.ZipFile(bad) as zf:
+        info = zf.getinfo("images/red.png")
+    data_at = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    raw[data_at + info.compress_size // 2] ^= 0x55  # inside the compressed bytes
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(ImportRejected) as err:
+        import_bundle(project=f.project(k=2), path=bad)
+    (problem,) = err.value.details["report"].problems
+    assert "images/red.png" in problem.message and "damaged in the zip" in problem.message
+
+
 def test_a_png_whose_chunk_checksum_is_wrong_is_refused(tmp_path):
     proj = f.project(k=2)
     png = bytearray(f.png_bytes(size=(16, 16)))

@@ -1,0 +1,100 @@
+"""Image checks: a plain PNG is checked without Pillow's decoder (``annotation.images._plain_png``), and it
+must accept exactly what Pillow's decoding accepts; every other image goes through Pillow."""
+
+from __future__ import annotations
+
+import io
+import zlib
+
+import pytest
+from PIL import Image as PILImage
+
+from annotation.images import BadImage, _decoded, _plain_png, check_image
+
+LIMIT = 10_000_000
+
+
+def _png(mode: str, size=(13, 7), **save) -> bytes:
+    img = PILImage.new(mode, size)
+    for x in range(size[0]):  # pixels that differ, so the rows use several filters
+        for y in range(size[1]):
+            value = (x * 37 + y * 11) % 256
+            img.putpixel((x, y), value if mode in ("1", "L", "P", "I;16") else tuple([value] * len(mode)))
+    if mode == "P":
+        img.putpalette(list(range(256)) * 3)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", **save)
+    return buf.getvalue()
+
+
+def _chunk(cid: bytes, body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + cid + body + zlib.crc32(cid + body).to_bytes(4, "big")
+
+
+def _with_pixels(png: bytes, raw: bytes, *, compress=zlib.compress) -> bytes:
+    """``png`` with its pixel data replaced by ``compress(raw)`` in one IDAT chunk, every CRC right."""
+    head_end = 8 + 8 + 13 + 4  # signature + IHDR
+    return png[:head_end] + _chunk(b"IDAT", compress(raw)) + _chunk(b"IEND", b"")
+
+
+def _pillow_refuses(data: bytes) -> bool:
+    try:
+        _decoded(data, LIMIT)
+    except (OSError, SyntaxError, ValueError, zlib.error, BadImage):
+        return True
+    return False
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "I;16"])
+def test_a_plain_png_of_every_colour_type_is_checked_without_pillow_and_agrees_with_it(mode):
+    data = _png(mode)
+    assert _plain_png(data, LIMIT) == (13, 7)
+    checked = check_image(data, max_bytes=LIMIT, max_pixels=LIMIT)
+    with PILImage.open(io.BytesIO(data)) as img:
+        assert (checked.format, checked.width, checked.height) == ("PNG", *img.size)
+    assert checked.data == data
+
+
+def _raw_rows(filter_byte: int, width=13, height=7, channels=3) -> bytes:
+    """Rows of varied pixels (so the compressed stream is long enough to cut), each with ``filter_byte``."""
+    return b"".join(bytes([filter_byte]) + bytes((y * 97 + i * i * 31) % 256 for i in range(width * channels))
+                    for y in range(height))
+
+
+@pytest.mark.parametrize(
+    "broken, why",
+    [
+        (lambda png: _with_pixels(png, _raw_rows(0)[:-5]), "truncated"),  # a row short
+        (lambda png: _with_pixels(png, _raw_rows(7)), "unknown row filter"),  # no such filter
+        (lambda png: _with_pixels(png, _raw_rows(0), compress=lambda raw: zlib.compress(raw)[:60]), "truncated"),
+        (lambda png: _with_pixels(png, _raw_rows(0), compress=lambda raw: b"\x78\x9c" + bytes(40)), "broken image"),
+    ],
+    ids=["a-row-short", "unknown-filter", "compressed-data-cut", "not-deflate"],
+)
+def test_a_broken_png_with_right_checksums_is_refused_as_pillow_refuses_it(broken, why):
+    data = broken(_png("RGB"))
+    assert _pillow_refuses(data)
+    with pytest.raises(BadImage, match=why if why != "broken image" else "broken image"):
+        check_image(data, max_bytes=LIMIT, max_pixels=LIMIT)
+
+
+def test_pngs_that_are_not_plain_go_through_pillow():
+    # Pillow writes no interlaced PNG; a 1×1 one's Adam7 data is its one row, so flag the header as interlaced
+    one = _png("RGB", size=(1, 1))
+    header = one[12:29][:-1] + b"\x01"  # b"IHDR" + its 13 bytes, the last one (interlace) set
+    interlaced = one[:8] + _chunk(b"IHDR", header[4:]) + one[33:]
+    assert _plain_png(interlaced, LIMIT) is None
+    assert check_image(interlaced, max_bytes=LIMIT, max_pixels=LIMIT).width == 1
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # shown rotated 90°: only Pillow applies it
+    rotated = check_image(_png("RGB", exif=exif.tobytes()), max_bytes=LIMIT, max_pixels=LIMIT)
+    assert (rotated.width, rotated.height) == (7, 13)
+    png = _png("RGB")
+    with_ztxt = png[:33] + _chunk(b"zTXt", b"k\0\0" + zlib.compress(b"v")) + png[33:]
+    assert _plain_png(with_ztxt, LIMIT) is None
+    assert check_image(with_ztxt, max_bytes=LIMIT, max_pixels=LIMIT).height == 7
+
+
+def test_a_plain_png_over_the_pixel_limit_is_refused_before_its_pixels_are_inflated():
+    with pytest.raises(BadImage, match="over the limit of 50"):
+        check_image(_png("RGB"), max_bytes=LIMIT, max_pixels=50)
