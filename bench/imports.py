@@ -3,8 +3,9 @@
 bundle (one caption per record, each image with five). The bundle is a zip, as the browser and the API
 upload it.
 
-For each N: write the bundle once (cached under --cache, keyed by kind and N), migrate the database, create
-a fresh project, run `manage.py import` as a user would and sample the proportional set size (PSS, so
+For each N: write the bundle once (cached under --cache, keyed by kind and N), create an empty database on
+the server (unless --reuse-database), migrate it, create a project, run `manage.py import` as a user would
+into a fresh data folder and sample the proportional set size (PSS, so
 pages the forked checkers share with the main process count once) of the command and all its children
 every 0.1 s. Prints tasks (or captions) per second with and without Django's start-up, and the peak.
 
@@ -170,10 +171,14 @@ def bench(args, n: int) -> dict:
         t0 = time.perf_counter()
         write_bundle(bundle, n, args.kind)
         print(f"  wrote {bundle} ({bundle.stat().st_size / 1e6:,.0f} MB) in {time.perf_counter() - t0:.0f} s", flush=True)
-    # A fresh data folder: every image is written, none found stored by an earlier run. (The database may
-    # hold an earlier run's image rows; the import then skips inserting them, which costs about the same.)
+    # A fresh data folder: every image is written, none found stored by an earlier run. (With --reuse-database
+    # the database may hold an earlier run's image rows, which the import then does not insert.)
     data_dir = tempfile.mkdtemp(prefix="bench-imports-data-", dir=args.cache)
-    env = {**os.environ, "DATABASE_URL": args.database_url, "LOG_LEVEL": "WARNING", "LENSLOOP_DATA_DIR": data_dir}
+    args.data_dirs.append(data_dir)
+    database_url = args.database_url
+    if args.fresh_database:  # an empty database of its own: no image row of an earlier run to skip
+        database_url = fresh_database(args.database_url, args.databases)
+    env = {**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING", "LENSLOOP_DATA_DIR": data_dir}
     manage(env, "migrate", "-v0")
     slug = f"bench-imports-{uuid.uuid4().hex[:8]}"
     manage(env, "shell", "-c", "from annotation.services.projects import project_create; "
@@ -196,10 +201,33 @@ def bench(args, n: int) -> dict:
           f"{inner:.1f} s = {n / inner:,.0f} {unit}/s; peak memory (PSS, command and its workers) "
           f"{peak_mb:,.0f} MB; CPU (command and its workers, not PostgreSQL) {cpu:.0f} s = "
           f"{1e6 * cpu / n:,.0f} µs per row; load average {load:.1f} before", flush=True)
-    if args.clean:  # minutes at 1M rows (Django deletes what depends on the project first)
+    result["fresh_database"] = args.fresh_database
+    if args.clean and not args.fresh_database:  # minutes at 1M rows (Django deletes what depends on the project first)
         manage(env, "shell", "-c", f"from annotation.models import Project; Project.objects.filter(slug={slug!r}).delete()")
-    shutil.rmtree(data_dir, ignore_errors=True)
     return result
+
+
+def fresh_database(url: str, made: list[str]) -> str:
+    """Create an empty database on the server of ``url``; its URL (its name is added to ``made``)."""
+    import psycopg
+
+    name = f"lensloop_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    made.append(name)
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+def clean_up(args) -> None:
+    """Drop the fresh databases and delete the data folders, after every measurement: deleting a million
+    files keeps the disk busy (discards, journal) and would slow the next run's writes."""
+    import psycopg
+
+    with psycopg.connect(args.database_url, autocommit=True) as conn:
+        for name in args.databases:
+            conn.execute(f"DROP DATABASE IF EXISTS {name}")
+    for folder in args.data_dirs:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def append_json(path: Path, results: list[dict]) -> None:
@@ -219,11 +247,19 @@ def main() -> None:
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/root")
     parser.add_argument("--cache", default="/tmp/lensloop-bench-imports", help="where the bundles are kept between runs")
     parser.add_argument("--clean", action="store_true", help="delete the imported project after (default: keep it)")
+    parser.add_argument("--reuse-database", dest="fresh_database", action="store_false",
+                        help="import into the database of --database-url as it is (default: a new, empty database "
+                             "on its server for each run, dropped at the end)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per size (the figures vary with the disk's state)")
     parser.add_argument("--json", help="append the results to this JSON file")
     parser.add_argument("extra", nargs="*", help="more arguments for manage.py import (after --)")
     args = parser.parse_args()
     print(f"bench/imports.py: {args.kind}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}", flush=True)
-    results = [bench(args, n) for n in args.rows]
+    args.data_dirs, args.databases = [], []
+    try:
+        results = [bench(args, n) for n in args.rows for _ in range(args.repeat)]
+    finally:
+        clean_up(args)
     if args.json:
         path = Path(args.json)
         old = json.loads(path.read_text()) if path.exists() else []

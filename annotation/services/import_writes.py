@@ -1,8 +1,9 @@
-"""The write pass of an import: the checked images and rows, read back from the import's spool in chunks,
-written in one transaction (``annotation.services.imports`` checks everything first).
+"""The writes of an import: the checked images and rows, in chunks, written in one transaction (on
+PostgreSQL as ``annotation.services.imports`` checks them, elsewhere read back from its spool once every row
+is checked).
 
-Spooled images are ``(sha256, format, width, height, size_bytes, ground_truth)``, each image once, written
-before the first row that names it; spooled rows are ``(sha256, prompt, reference, split, ground_truth,
+Chunked images are ``(sha256, format, width, height, size_bytes, ground_truth)``, each image once, written
+before the first row that names it; rows are ``(sha256, prompt, reference, split, ground_truth,
 external_id, priority, candidates, gold)``. A new image's ground truth is that of the first row naming it
 that has one (``late_gt`` holds those that came after the image's first row).
 
@@ -22,7 +23,7 @@ from annotation import bulk
 from annotation.models import Candidate, Image, Prompt, RankingTask
 
 BATCH = 2000
-COPY_BATCH = 25_000  # rows per staged batch (PostgreSQL): the server writes one batch while the next is formatted
+COPY_BATCH = 10_000  # rows per staged batch (PostgreSQL): the server writes one batch while the next is formatted
 
 Chunk = tuple[list[tuple], list[tuple]]  # (images, rows) as spooled
 
@@ -137,7 +138,7 @@ _WRITE_IMAGES = f"""
 INSERT INTO annotation_image (sha256, file, format, width, height, size_bytes, ground_truth, created_at)
 SELECT sha256, file, format, width, height, size_bytes, ground_truth, %(now)s FROM {_STAGE_IMAGES}
 ON CONFLICT (sha256) DO NOTHING
-RETURNING sha256
+RETURNING 1
 """
 # rows: the batch in manifest order, each with its prompt id and its candidates' ids. Tasks are inserted in
 # manifest order, so their ids (the queue's tie-break) follow the manifest.
@@ -226,10 +227,9 @@ def _copy_writes(project, chunks, origin, report, late_gt, progress) -> list[str
                 cursor.execute(f"TRUNCATE {_STAGE_IMAGES}, {_STAGE}")
                 bulk.copy_data(_STAGE_IMAGES, _STAGE_IMAGE_COLUMNS, image_lines)
                 cursor.execute(_WRITE_IMAGES, params)
-                new = [sha for (sha,) in cursor.fetchall()]
-                report.images_new += len(new)
-                report.images_reused += distinct - len(new)
-                new_late += [sha for sha in new if sha in late_gt]
+                new = len(cursor.fetchall())
+                report.images_new += new
+                report.images_reused += distinct - new
                 bulk.copy_data(_STAGE, _STAGE_COLUMNS, row_lines)
                 cursor.execute(_WRITE_STAGED, params)
                 report.prompts += len(rows)
@@ -237,6 +237,10 @@ def _copy_writes(project, chunks, origin, report, late_gt, progress) -> list[str
                 report.tasks += cursor.rowcount
                 report.rows_written += len(rows)
                 progress()
+        if late_gt:  # known only once every row is checked: batches may have been written before
+            cursor.execute("SELECT sha256 FROM annotation_image WHERE sha256 = ANY(%s) AND created_at = %s",
+                           [list(late_gt), params["now"]])  # the images this import inserted
+            new_late = [sha for (sha,) in cursor.fetchall()]
         # Back to Django's defaults for the rest of the transaction. (After an error there is no rest:
         # the import's atomic block rolls back, and with it these settings.)
         cursor.execute("SET CONSTRAINTS ALL DEFERRED; SET LOCAL jit TO DEFAULT; SET LOCAL work_mem TO DEFAULT")

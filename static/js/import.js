@@ -73,7 +73,8 @@ function showProgress(job) {
   figure(counts, "Rows checked", p.rows ?? 0);
   figure(counts, "Images stored", p.images_stored ?? 0);
   figure(counts, "Problems so far", p.problems ?? 0);
-  if (p.phase === "writing") figure(counts, "Rows written", p.rows_written ?? 0);
+  // PostgreSQL writes batches while later rows are checked: rows written show up during checking too.
+  if (p.phase === "writing" || p.rows_written) figure(counts, "Rows written", p.rows_written ?? 0);
   const cancel = $("import-cancel");
   cancel.hidden = job.cancel_requested;
   cancelUrl = job.cancel_url;

@@ -490,3 +490,27 @@ def test_an_images_ground_truth_comes_from_its_first_row_that_has_one(tmp_path):
     red = Prompt.objects.get(text="no truth").image
     assert red.ground_truth == {"count": 3}
     assert Prompt.objects.get(text="later truth").ground_truth == {"count": 4}
+
+
+def test_a_late_ground_truth_reaches_an_image_written_in_an_earlier_batch_but_not_an_older_image(tmp_path, monkeypatch):
+    """On PostgreSQL batches are written while later rows are checked: the image's first row (no truth) is
+    written before the row that has its truth is read. An image stored by an earlier import keeps its own."""
+    from annotation.services import import_writes
+
+    monkeypatch.setattr(import_writes, "COPY_BATCH", 500)
+    monkeypatch.setattr(import_writes, "BATCH", 500)
+    older = f.project(k=2)
+    (tmp_path / "older").mkdir()
+    blue = f.png_bytes((0, 0, 255))
+    import_bundle(project=older, path=_folder(tmp_path / "older", [_row(image="images/blue.png")],
+                                              {"images/blue.png": blue}))
+    proj = f.project(k=2)
+    rows = [_row(prompt="no truth"), _row(prompt="blue", image="images/blue.png")]
+    rows += [_row(prompt=f"filler {i}", image="images/green.png") for i in range(1500)]
+    rows += [_row(prompt="with truth", ground_truth={"count": 3}),
+             _row(prompt="blue truth", image="images/blue.png", ground_truth={"count": 9})]
+    src = _folder(tmp_path, rows, {"images/red.png": f.png_bytes((255, 0, 0)), "images/blue.png": blue,
+                                   "images/green.png": f.png_bytes((0, 255, 0))})
+    assert import_bundle(project=proj, path=src).rows_imported == len(rows)
+    assert Prompt.objects.get(text="no truth").image.ground_truth == {"count": 3}
+    assert Prompt.objects.get(text="blue").image.ground_truth is None

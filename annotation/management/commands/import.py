@@ -97,6 +97,8 @@ class ProgressBar:
             what = f"writing  {report.rows_written:,} rows written"
         else:
             what = f"checking {report.rows:,} rows, {report.images_checked:,} images stored, {report.problems_total:,} problems"
+            if report.rows_written:  # PostgreSQL writes batches while later rows are checked
+                what += f", {report.rows_written:,} rows written"
         if fraction is None:
             bar = "[" + "·" * self.WIDTH + "]"
         else:
