@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import io
 import zlib
+from pathlib import Path
 
 import pytest
 from PIL import Image as PILImage
 
-from annotation.images import BadImage, _decoded, _plain_png, check_image
+from annotation.images import BadImage, _decoded, _plain_png, check_image, store_image
 
 LIMIT = 10_000_000
 
@@ -98,3 +99,14 @@ def test_pngs_that_are_not_plain_go_through_pillow():
 def test_a_plain_png_over_the_pixel_limit_is_refused_before_its_pixels_are_inflated():
     with pytest.raises(BadImage, match="over the limit of 50"):
         check_image(_png("RGB"), max_bytes=LIMIT, max_pixels=50)
+
+
+def test_a_stored_file_left_short_by_a_killed_import_is_written_again(tmp_path):
+    checked = check_image(_png("RGB"), max_bytes=LIMIT, max_pixels=LIMIT)
+    path = store_image(checked, media_root=tmp_path)
+    assert Path(path).read_bytes() == checked.data
+    with open(path, "r+b") as fh:  # as a process killed mid-write leaves it
+        fh.truncate(len(checked.data) // 2)
+    assert store_image(checked, media_root=tmp_path) == path
+    assert Path(path).read_bytes() == checked.data
+    assert sorted(p.name for p in Path(path).parent.iterdir()) == [Path(path).name]  # no temporary file left
