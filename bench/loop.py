@@ -69,7 +69,7 @@ def round_params(arm: str, args) -> dict:
     # --reward-full every weight of the demo base.
     reward = {"reward_lora": False, "reward_lr": 3e-4} if args.reward_full else {"reward_lora": True, "reward_lr": 1e-3}
     common = {"generate_prompts": args.rankings, "reward_epochs": args.reward_epochs, **reward,
-              "temperature": 1.0, **DEMO_POLICY_LORA}
+              "temperature": 1.0, "kl_coef": args.kl, **DEMO_POLICY_LORA}
     if ARMS[arm]["algorithm"] == "dpo":
         policy = {"policy_steps": args.dpo_steps, "policy_batch_size": 16, "lr": 1e-3}
     else:
@@ -206,6 +206,8 @@ def main() -> None:
     ap.add_argument("--banned", default="small", help="the word (or comma-separated words) the *-banned arms penalise (the demo base says "
                     "'small' in about 70%% of its captions; size is not part of caption accuracy)")
     ap.add_argument("--banned-weight", type=float, default=1.0, help="weight of the banned_words term")
+    ap.add_argument("--kl", type=float, default=0.05, help="the rounds' KL coefficient (PPO's kl_coef, GRPO's beta; "
+                                                           "the round's default)")
     ap.add_argument("--name", default="loop", help="results go to <out>/benchmarks/<name>.json and <out>/<name>_benchmark.png")
     ap.add_argument("--out", default=str(ROOT / "docs"))
     ap.add_argument("--plot-only", action="store_true")
@@ -245,7 +247,7 @@ def main() -> None:
         for flag in ("rounds", "rankings", "noise", "policy_steps", "dpo_steps", "reward_epochs"):
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         cmd += ["--reward-full"] if args.reward_full else []
-        cmd += ["--banned", args.banned, "--banned-weight", str(args.banned_weight)]
+        cmd += ["--banned", args.banned, "--banned-weight", str(args.banned_weight), "--kl", str(args.kl)]
         subprocess.run(cmd, cwd=ROOT, check=True, env=env)
 
     jobs = [(arm, seed) for seed in seeds for arm in args.arms.split(",")]
@@ -256,7 +258,7 @@ def main() -> None:
     results = {"start": start, "arms": arms, "rankings_per_round": args.rankings, "noise": args.noise,
                "seeds": args.seeds, "first_seed": args.first_seed, "parallel": args.parallel, "threads_per_run": threads,
                "model": args.model, "load_after": os.getloadavg(), "banned": args.banned,
-               "banned_weight": args.banned_weight}
+               "banned_weight": args.banned_weight, "kl": args.kl}
     report(results)
     (out / "benchmarks").mkdir(parents=True, exist_ok=True)
     (out / "benchmarks" / f"{args.name}.json").write_text(json.dumps(results, indent=1))
