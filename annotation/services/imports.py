@@ -374,6 +374,14 @@ def _import(bundle: Bundle, project: Project, manifest: str | None, mode: str, o
     late_gt: dict[str, dict] = {}
     checked = _checked_chunks(records, bundle, project, mode, converted is not None, report, late_gt, limits,
                               progress, fraction, processes)
+    try:  # closed however the writes end: the checking processes stop then, not when the generator is collected
+        return _written(checked, project, origin, report, late_gt, progress, fraction)
+    finally:
+        checked.close()
+
+
+def _written(checked: Iterator, project: Project, origin: str, report: ImportReport, late_gt: dict,
+             progress: Progress, fraction) -> ImportReport:
     if bulk.fast_path():
         # PostgreSQL: each batch of good rows is written while the checkers go on with the next ones (the
         # server's share of an import is as large as the checks'); all in one transaction, which a problem
@@ -457,6 +465,9 @@ def _checked_chunks(records, bundle: Bundle, project: Project, mode: str, conver
     report.rows_skipped = report.rows - good
     if report.problems_total and mode == "all_or_nothing":
         report.rows_imported, report.rows_skipped, report.prompts_heldout = 0, report.rows, 0
+        # (on PostgreSQL, batches written before the first problem are rolled back with this exception)
+        report.images_new = report.images_reused = report.prompts = report.candidates = report.tasks = 0
+        report.rows_written = 0
         raise ImportRejected(f"import refused: {report.problems_total} problem(s); nothing was imported", report=report)
 
 

@@ -492,6 +492,26 @@ def test_an_images_ground_truth_comes_from_its_first_row_that_has_one(tmp_path):
     assert Prompt.objects.get(text="later truth").ground_truth == {"count": 4}
 
 
+def test_a_problem_after_batches_were_written_rolls_them_back_and_the_report_counts_nothing(tmp_path, monkeypatch):
+    """On PostgreSQL the first batches are written before the bad row is read; all or nothing still holds."""
+    from annotation.services import import_writes
+
+    monkeypatch.setattr(import_writes, "COPY_BATCH", 500)
+    monkeypatch.setattr(import_writes, "BATCH", 500)
+    proj = f.project(k=2)
+    rows = [_row(prompt=f"good {i}", candidates=[f"a{i}", f"b{i}"]) for i in range(2500)]
+    rows.append(_row(image="images/missing.png"))
+    src = _folder(tmp_path, rows)
+    with pytest.raises(ImportRejected) as err:
+        import_bundle(project=proj, path=src)
+    report = err.value.details["report"]
+    assert (report.rows, report.rows_imported, report.rows_skipped, report.problems_total) == (2501, 0, 2501, 1)
+    assert report.prompts == report.candidates == report.tasks == report.rows_written == report.images_new == 0
+    assert not Prompt.objects.filter(project=proj).exists() and not RankingTask.objects.filter(project=proj).exists()
+    partial = import_bundle(project=proj, path=src, mode="partial")
+    assert (partial.rows_imported, partial.prompts, partial.tasks) == (2500, 2500, 2500)
+
+
 def test_a_late_ground_truth_reaches_an_image_written_in_an_earlier_batch_but_not_an_older_image(tmp_path, monkeypatch):
     """On PostgreSQL batches are written while later rows are checked: the image's first row (no truth) is
     written before the row that has its truth is read. An image stored by an earlier import keeps its own."""
