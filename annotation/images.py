@@ -118,12 +118,12 @@ def _png_chunks(data: bytes) -> list[tuple[bytes, int, int]]:
         length, cid = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
         if pos + 12 + length > end:
             raise SyntaxError(f"truncated PNG file (chunk {cid!r})")
+        chunks.append((cid, pos + 8, length))
+        if cid == b"IEND":  # (whose CRC Pillow does not check either)
+            return chunks
         crc = int.from_bytes(data[pos + 8 + length : pos + 12 + length], "big")
         if zlib.crc32(data[pos + 4 : pos + 8 + length]) != crc:
             raise SyntaxError(f"broken PNG file (bad checksum in chunk {cid!r})")
-        chunks.append((cid, pos + 8, length))
-        if cid == b"IEND":
-            return chunks
         pos += 12 + length
 
 
@@ -132,15 +132,14 @@ def _plain_png(data: bytes, max_pixels: int) -> tuple[int, int] | None:
     exactly its rows, each with a known filter (what decoding it checks); ``None`` for a PNG that is not
     plain (interlaced, other chunks, EXIF), which Pillow then decodes. Raises ``SyntaxError`` or
     ``isal_zlib.error`` for a broken one, ``BadImage`` for one over the pixel limit."""
-    chunks = _png_chunks(data)
-    cid, start, length = chunks[0]
-    if cid != b"IHDR" or length != 13:
+    if data[8:16] != b"\x00\x00\x00\rIHDR" or len(data) < 33:
         return None
-    header = data[start : start + 13]
+    header = data[16:29]
     width, height = int.from_bytes(header[0:4], "big"), int.from_bytes(header[4:8], "big")
     depth, colour, compression, filtering, interlace = header[8:13]
-    if width * height > max_pixels:
+    if width * height > max_pixels:  # on the header, before any other work
         raise _too_large(width, height, max_pixels)
+    chunks = _png_chunks(data)
     channels, depths = _PNG_COLOURS.get(colour, (0, ()))
     if not width or not height or depth not in depths or compression or filtering or interlace:
         return None
