@@ -47,15 +47,13 @@ PEFT_METHOD_CHOICES = {
     "ia3": "IA3: learnt scaling vectors, the fewest weights (Liu et al. 2022)",
     "loha": "LoHa: Hadamard product of low-rank pairs (LyCORIS; not with QLoRA)",
     "lokr": "LoKr: Kronecker product (LyCORIS; not with QLoRA)",
+    "adalora": "AdaLoRA: LoRA whose rank moves to the matrices that matter (Zhang et al. 2023)",
     "bottleneck_adapter": "Bottleneck adapters after attention and MLP (Houlsby et al. 2019)",
 }
 BOTTLENECK_PLACEMENTS = ("attention", "mlp", "both")
 
 # Methods PEFT offers that the engine refuses, and why (docs/engine.md, "PEFT methods").
 _PEFT_REFUSED = {
-    "adalora": "AdaLoRA's rank budget schedule needs the run's total_step and a call to update_and_allocate after "
-               "every optimizer step, which the engine's training loops (SFT, reward model, PPO, TRL) do not "
-               "make; without them it is a plain LoRA in SVD form. Use 'lora' (or 'dora')",
     "prompt_tuning": "prompt tuning prepends virtual tokens, so the logits no longer line up with the input ids "
                      "that every loss and log-prob of the engine reads (and there are no per-layer adapters "
                      "for the reward model and the PPO value head to build on). Use 'lora' (or 'ia3' for "
@@ -82,11 +80,12 @@ class ModelConfig:
     lora: bool = option(True, "Train LoRA adapters (Hu et al. 2021) instead of all weights.")
     peft_method: str = option("lora", "Which PEFT adapter `lora: true` trains: 'lora' (Hu et al. 2021), 'dora' "
                               "(LoRA with a learnt magnitude, Liu et al. 2024), 'ia3' (learnt scaling vectors, Liu "
-                              "et al. 2022), 'loha' or 'lokr' (Hadamard / Kronecker products, LyCORIS), on the same "
-                              "`lora_target_modules`; 'bottleneck_adapter' (Houlsby et al. 2019: a small down-project "
+                              "et al. 2022), 'loha' or 'lokr' (Hadamard / Kronecker products, LyCORIS), 'adalora' "
+                              "(Zhang et al. 2023: ranks start at 1.5 × lora_r and are pruned to lora_r on average "
+                              "over the run), on the same `lora_target_modules`; 'bottleneck_adapter' (Houlsby et al. 2019: a small down-project "
                               "→ GELU → up-project block with a residual after attention and/or the MLP of each "
-                              "language-model layer, see `bottleneck_*`); 'adalora' and 'prompt_tuning' are refused "
-                              "with the reason.")
+                              "language-model layer, see `bottleneck_*`); 'prompt_tuning' is refused with the "
+                              "reason.")
     lora_r: int = option(8, "LoRA rank r.")
     lora_alpha: int = option(16, "LoRA scaling alpha (the update is scaled by alpha / r).")
     lora_dropout: float = option(0.0, "Dropout on the LoRA input.")

@@ -219,7 +219,8 @@ IA3_FEEDFORWARD = ("down_proj", "fc2", "w2", "dense_4h_to_h", "wo")
 
 def peft_config(model: torch.nn.Module, cfg: ModelConfig):
     """The PEFT config of `cfg.peft_method` (the one place it is built): LoRA (Hu et al. 2021), DoRA (Liu et al.
-    2024), IA3 (Liu et al. 2022), LoHa and LoKr (LyCORIS) on `cfg.lora_target_modules`; bottleneck adapters
+    2024), IA3 (Liu et al. 2022), LoHa and LoKr (LyCORIS), AdaLoRA (Zhang et al. 2023) on
+    `cfg.lora_target_modules`; bottleneck adapters
     (Houlsby et al. 2019, `bottleneck.py`) after the modules of `cfg.bottleneck_placement`."""
     from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig
 
@@ -248,6 +249,14 @@ def peft_config(model: torch.nn.Module, cfg: ModelConfig):
         cls = LoHaConfig if method == "loha" else LoKrConfig
         return cls(r=cfg.lora_r, alpha=cfg.lora_alpha, module_dropout=cfg.lora_dropout, target_modules=targets,
                    modules_to_save=save)
+    if method == "adalora":
+        # Ranks start at 1.5 × r and are pruned to r on average (the paper's 12 → 8); the schedule's length is
+        # the run's, set by the training loop (rlhf/engine/adalora.py) once it knows its steps.
+        from peft import AdaLoraConfig
+
+        return AdaLoraConfig(init_r=cfg.lora_r + (cfg.lora_r + 1) // 2, target_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                             lora_dropout=cfg.lora_dropout, target_modules=targets, modules_to_save=save, bias="none",
+                             total_step=1)
     raise ModelLoadError(f"model.peft_method={method!r} cannot be applied here (validate the config: it says why "
                          "and what to use instead)")
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from .adalora import Schedule
 from .config import to_dict
 from .data import answer_token_type, load_images
 from .ops import gather_token_logprobs
@@ -153,6 +154,7 @@ class PPOState:
     local_batch: int  # rollouts per process and iteration
     mini_batch: int
     micro_batch: int
+    adalora: Schedule  # AdaLoRA's rank budget, stepped with the optimiser (a no-op for other methods)
     image_cache: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -193,13 +195,17 @@ def setup(cfg: PPOConfig, acc, resume: Path | None) -> tuple[PPOState, int]:
         load_value_head(ac.value_head, resume)
         opt.load_state_dict(torch.load(resume / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
         log.info("resumed from %s at iteration %d", resume, start)
+    steps_per_iteration = cfg.ppo_epochs * -(-local_batch // mini_batch)
+    adalora = Schedule(ac, cfg.steps * steps_per_iteration)
+    adalora.done = start * steps_per_iteration
     ac_ddp, opt = acc.prepare(ac, opt)
     eos_id = policy.generation_config.eos_token_id
     eos_id = eos_id if eos_id is not None else processor.tokenizer.eos_token_id
     eos_ids = torch.tensor(eos_id if isinstance(eos_id, list) else [eos_id], device=device)
     state = PPOState(cfg=cfg, acc=acc, ac=acc.unwrap_model(ac_ddp), ac_ddp=ac_ddp, opt=opt, params=params,
                      processor=processor, reward_fn=reward_fn, kl_ctl=kl_ctl, score_moments=score_moments,
-                     eos_ids=eos_ids, local_batch=local_batch, mini_batch=mini_batch, micro_batch=micro_batch)
+                     eos_ids=eos_ids, local_batch=local_batch, mini_batch=mini_batch, micro_batch=micro_batch,
+                     adalora=adalora)
     return state, start
 
 
@@ -437,7 +443,7 @@ def optimise(state: PPOState, batch: RolloutBatch, gen: torch.Generator) -> dict
                                                               cfg.cliprange_value)
                     # 6d. loss = L_pg + c_v · L_V, its gradient averaged over the minibatch's micro-batches.
                     loss = pg_loss + cfg.vf_coef * vf_loss
-                    acc.backward(loss / len(micro_starts))
+                    acc.backward((loss + state.adalora.penalty()) / len(micro_starts))
                 with torch.no_grad():
                     entropy = masked_mean(entropy_from_logits(logits), mask)
                 for k, v in {"policy/clipfrac": pg_stats["clipfrac"], "policy/approxkl": pg_stats["approxkl"],
@@ -448,5 +454,6 @@ def optimise(state: PPOState, batch: RolloutBatch, gen: torch.Generator) -> dict
             # 6e. Clip the global gradient norm and step.
             acc.clip_grad_norm_(state.params, cfg.max_grad_norm)
             state.opt.step()
+            state.adalora.step()
             state.opt.zero_grad(set_to_none=True)
     return {k: v / max(n, 1) for k, v in totals.items()}

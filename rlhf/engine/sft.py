@@ -31,6 +31,7 @@ import time
 
 import torch
 
+from .adalora import Schedule
 from .config import SFTConfig, to_dict
 from .data import encode_completions, load_images, read_prompts
 from .losses import sft_loss
@@ -71,6 +72,7 @@ def train_sft(cfg: SFTConfig, run_dir: str) -> dict:
         trainable, total_params = count_parameters(model)
         log.info("SFT on %d examples; %d of %d parameters trainable", len(records), trainable, total_params)
         params = [p for p in model.parameters() if p.requires_grad]
+        adalora = Schedule(model, cfg.steps)  # AdaLoRA's rank budget (a no-op for other methods)
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = warmup_cosine_schedule(opt, cfg.warmup_steps, cfg.steps)
         model, opt = acc.prepare(model, opt)
@@ -85,10 +87,11 @@ def train_sft(cfg: SFTConfig, run_dir: str) -> dict:
                                      [rng.choice(r["reference"]) for r in batch]).to(acc.device)
             logits = model(**enc.inputs).logits
             loss = sft_loss(logits, completion_labels(enc.inputs["input_ids"], enc.completion_mask))
-            acc.backward(loss)
+            acc.backward(loss + adalora.penalty())
             acc.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
+            adalora.step()
             opt.zero_grad(set_to_none=True)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 run.log_metrics(step, cfg.steps, loss=acc.reduce(loss.detach(), "mean").item(),

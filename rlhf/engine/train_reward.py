@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from .adalora import Schedule
 from .config import RewardConfig, to_dict
 from .data import DataError, encode_completions, load_images, read_preferences
 from .evaluation import evaluate_pairs
@@ -142,6 +143,7 @@ def _train(cfg: RewardConfig, acc, run: RunDir, set_seed) -> dict:
     rm, processor = init_reward_model(dataclasses.replace(cfg.model), cfg.seed, device=device,
                                       likelihood_term=cfg.likelihood_term, token_head=cfg.token_head)
     opt = make_optimizer(rm, cfg)
+    adalora = Schedule(rm, total)  # AdaLoRA's rank budget (a no-op for other methods)
     params = [p for g in opt.param_groups for p in g["params"]]
     sched = warmup_cosine_schedule(opt, cfg.warmup_steps, total)
     loader = torch.utils.data.DataLoader(train, batch_size=per_device, shuffle=True, collate_fn=list,
@@ -161,10 +163,12 @@ def _train(cfg: RewardConfig, acc, run: RunDir, set_seed) -> dict:
         for batch in loader:
             with acc.accumulate(rm_ddp):
                 loss, bacc, r_c, r_r = pair_loss(rm_ddp, processor, batch, cfg, acc.device, image_cache)
-                acc.backward(loss)
+                acc.backward(loss + adalora.penalty())
                 acc.clip_grad_norm_(params, 1.0)
                 opt.step()
                 sched.step()
+                if acc.sync_gradients:
+                    adalora.step()
                 opt.zero_grad(set_to_none=True)
             step += 1
             pairs_seen += len(batch) * world

@@ -25,6 +25,7 @@ import torch
 
 from lensloop import formats
 
+from . import adalora
 from .config import to_dict
 from .data import encode_completions, load_images, read_preferences
 from .heldout import split_lines, warn_not_heldout
@@ -105,6 +106,17 @@ def _load_policy(cfg):
     if not hasattr(policy, "peft_config"):
         raise ValueError(f"{type(cfg).__name__} needs a LoRA policy (model.lora=true): the reference is the "
                          "adapter disabled")
+    if adalora.adalora_model(policy) is not None:
+        # GRPO and RLOO (beta > 0) add their reference as a second adapter with the policy's config and copy
+        # its weights in; AdaLoRA allows one trainable adapter, so that copy is added frozen (what it is for).
+        add = policy.add_adapter
+
+        def add_frozen(name, config, *args, **kwargs):
+            frozen = copy.copy(config)
+            frozen.inference_mode = True
+            return add(name, frozen, *args, **kwargs)
+
+        policy.add_adapter = add_frozen
     return policy, processor
 
 
@@ -203,7 +215,7 @@ def _train_group(cfg: GRPOConfig, run_dir: str, run: RunDir, method: str, state)
 
     clock = _Clock()
     trainer = Trainer(model=policy, reward_funcs=reward_funcs, args=args, train_dataset=prompt_dataset(train),
-                      processing_class=for_trl(processor), callbacks=[_run_dir_callback(run, clock, evaluate, cfg.eval_every)])
+                      processing_class=for_trl(processor), callbacks=[_run_dir_callback(run, clock, evaluate, cfg.eval_every), adalora.callback()])
     clock.start = time.monotonic()
     out = trainer.train()
     seconds = clock.seconds()
@@ -306,7 +318,7 @@ def _train_dpo(cfg: DPOConfig, run_dir: str, run: RunDir, state) -> dict:
                                         beta=cfg.beta, max_length=None))
     clock = _Clock()
     trainer = DPOTrainer(model=policy, args=args, train_dataset=preference_dataset(train), processing_class=processor,
-                         callbacks=[_run_dir_callback(run, clock)])
+                         callbacks=[_run_dir_callback(run, clock), adalora.callback()])
     clock.start = time.monotonic()
     out = trainer.train()
     seconds = clock.seconds()

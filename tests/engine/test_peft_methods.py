@@ -14,13 +14,13 @@ from rlhf.engine.data import encode_completions
 from rlhf.engine.demo import world
 from rlhf.engine.loading import load_model
 
-METHODS = ["lora", "dora", "ia3", "loha", "lokr", "bottleneck_adapter"]
+METHODS = ["lora", "dora", "ia3", "loha", "lokr", "adalora", "bottleneck_adapter"]
 # What every trainable parameter name of the method's adapter contains.
 ADAPTER_WORD = {"lora": "lora_", "dora": "lora_", "ia3": "ia3_l", "loha": "hada_", "lokr": "lokr_",
-                "bottleneck_adapter": "bottleneck_"}
+                "adalora": "lora_", "bottleneck_adapter": "bottleneck_"}
 PEFT_CONFIG = {"lora": "LoraConfig", "dora": "LoraConfig", "ia3": "IA3Config", "loha": "LoHaConfig",
-               "lokr": "LoKrConfig", "bottleneck_adapter": "BottleneckConfig"}
-PEFT_TYPE = {"lora": "LORA", "dora": "LORA", "ia3": "IA3", "loha": "LOHA", "lokr": "LOKR",
+               "lokr": "LoKrConfig", "adalora": "AdaLoraConfig", "bottleneck_adapter": "BottleneckConfig"}
+PEFT_TYPE = {"lora": "LORA", "dora": "LORA", "ia3": "IA3", "loha": "LOHA", "lokr": "LOKR", "adalora": "ADALORA",
              "bottleneck_adapter": "BOTTLENECK_ADAPTER"}  # as adapter_config.json names it
 
 
@@ -115,7 +115,7 @@ def test_the_reward_model_trains_its_adapter_and_reloads_with_the_same_scores(me
     assert torch.allclose(score(rm2, processor2, *args), before, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["dora", "ia3", "bottleneck_adapter"])
+@pytest.mark.parametrize("method", ["dora", "ia3", "adalora", "bottleneck_adapter"])
 def test_methods_with_a_4bit_layer_train_on_4bit_weights(method, tiny_model_path):
     pytest.importorskip("bitsandbytes")
     cfg = ModelConfig(path=str(tiny_model_path), device="cpu", qlora=True, peft_method=method)
@@ -226,8 +226,6 @@ def test_bottleneck_settings_are_checked():
 def test_unknown_and_unsupported_methods_are_config_errors():
     with pytest.raises(ConfigError, match=r"peft_method='prefix'.*one of lora, dora, ia3"):
         ModelConfig(peft_method="prefix").validate()
-    with pytest.raises(ConfigError, match=r"'adalora'.*update_and_allocate.*Use 'lora'"):
-        ModelConfig(peft_method="adalora").validate()
     with pytest.raises(ConfigError, match=r"'prompt_tuning'.*virtual tokens.*Use 'lora'"):
         ModelConfig(peft_method="prompt_tuning").validate()
     for method in ("loha", "lokr"):
@@ -237,3 +235,26 @@ def test_unknown_and_unsupported_methods_are_config_errors():
         ModelConfig(peft_method="dora", lora=False).validate()
     with pytest.raises(ConfigError, match="peft_method='ia4'"):
         load_config("sft", {"train_file": "x.jsonl", "model": {"peft_method": "ia4"}})
+
+
+def test_adalora_moves_its_rank_budget_over_an_sft_run_and_a_grpo_run(tiny_model_path, demo_dataset, tmp_path):
+    """The engine's loops run AdaLoRA's schedule (PEFT leaves it to the loop): by the end of a run the rank
+    budget is pruned from init_r = 12 to target_r = 8 per matrix on average, and the saved adapter says which
+    ranks it kept; the same in a TRL loop, through its callback."""
+    from rlhf.engine.cli import main
+
+    model = {"path": str(tiny_model_path), "device": "cpu", "peft_method": "adalora", "lora_r": 8}
+    sft = {"model": model, "train_file": str(demo_dataset["prompts"]), "steps": 10, "batch_size": 2, "lr": 1e-2}
+    grpo = {"model": model, "prompts_file": str(demo_dataset["prompts"]), "reward_model_path": "",
+            "verifiable_reward": "demo_reward", "steps": 10, "seed": 3, "batch_size": 2, "num_generations": 2,
+            "eval_prompts": 2, "max_new_tokens": 6, "beta": 0.0}
+    for kind, data in (("sft", sft), ("grpo", grpo)):
+        (tmp_path / f"{kind}.json").write_text(json.dumps(data))
+        assert main([kind, "--config", str(tmp_path / f"{kind}.json"), "--run-dir", str(tmp_path / kind)]) == 0
+        saved = json.loads((tmp_path / kind / "checkpoint" / "adapter_config.json").read_text())
+        assert (saved["init_r"], saved["target_r"], saved["total_step"]) == (12, 8, 10), kind
+        kept = [sum(mask) for mask in saved["rank_pattern"].values()]  # the schedule ran: ranks were pruned
+        assert kept and min(kept) < 12 and sum(kept) <= 8 * len(kept) + 1, (kind, kept)
+        policy, _ = load_model(ModelConfig(path=str(tiny_model_path), device="cpu",
+                                           adapter_path=str(tmp_path / kind / "checkpoint")))
+        assert type(policy.peft_config["default"]).__name__ == "AdaLoraConfig"
