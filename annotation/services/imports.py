@@ -473,7 +473,7 @@ def _checked_chunks(records, bundle: Bundle, project: Project, mode: str, conver
 
 CHUNK = 1000  # rows per batch of image checks (and per spooled chunk)
 IN_FLIGHT = 32  # batches handed to the checkers and not yet collected: bounds what waits in memory, and keeps
-# the checkers busy while a batch of rows is written (PostgreSQL: ~2 s for 25,000 rows)
+# the checkers busy while a batch of rows is written (PostgreSQL: about 1 s for 10,000 rows)
 
 
 def _located_size(located) -> int | None:
