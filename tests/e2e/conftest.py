@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 
 import pytest
+from django.core.signals import request_finished, request_started
 
 from tests import factories as f
 from tests.e2e.helpers import shapes_tasks
@@ -55,12 +58,46 @@ def browser():
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
+class _Requests:
+    """The live server's requests in flight (Django's request signals, sent in its threads)."""
+
+    def __init__(self):
+        self.lock, self.count, self.last = threading.Lock(), 0, time.monotonic()
+
+    def started(self, **_):
+        with self.lock:
+            self.count, self.last = self.count + 1, time.monotonic()
+
+    def finished(self, **_):
+        with self.lock:
+            self.count, self.last = max(0, self.count - 1), time.monotonic()
+
+    def wait_quiet(self, quiet: float = 0.5, timeout: float = 15.0) -> None:
+        """Until no request is in flight and none started for ``quiet`` seconds (or ``timeout``)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self.lock:
+                if self.count == 0 and time.monotonic() - self.last >= quiet:
+                    return
+            time.sleep(0.05)
+
+
+REQUESTS = _Requests()
+request_started.connect(REQUESTS.started, weak=False, dispatch_uid="e2e-requests-started")
+request_finished.connect(REQUESTS.finished, weak=False, dispatch_uid="e2e-requests-finished")
+
+
 @pytest.fixture
 def context(browser):
     ctx = browser.new_context(viewport={"width": 1366, "height": 860}, accept_downloads=True)
     ctx.set_default_timeout(10_000)
     yield ctx
     ctx.close()
+    # Closing a page sends what its pagehide handler sends (the work page gives an untouched task's lease
+    # back with a keepalive request that outlives the page). The test's database is flushed after this
+    # fixture (pytest-django's live-server helper comes first, so it ends last): a request still running
+    # then deadlocked with the flush's TRUNCATE on PostgreSQL. Wait until the server is quiet.
+    REQUESTS.wait_quiet()
 
 
 @pytest.fixture
