@@ -21,7 +21,7 @@ Neither holding the import in memory:
   (SQLite, whose one write lock would also hold the progress that the import page shows) the good rows
   are spooled to a temporary file first and written after the last row is checked.
 
-Image files are stored content-addressed during the first pass; a rejected, cancelled or failed import
+Image files are stored content-addressed as they are checked; a rejected, cancelled or failed import
 can leave unreferenced image files behind, never database rows. Imports from the browser and the API run
 as background jobs (``annotation.services.import_jobs``) that follow the ``progress`` callback.
 """
@@ -382,6 +382,10 @@ def _import(bundle: Bundle, project: Project, manifest: str | None, mode: str, o
 
 def _written(checked: Iterator, project: Project, origin: str, report: ImportReport, late_gt: dict,
              progress: Progress, fraction) -> ImportReport:
+    def writing() -> None:  # every row is checked: the share of the good ones written so far
+        good = report.rows_imported
+        progress("writing", report, report.rows_written / good if good else 1.0)
+
     if bulk.fast_path():
         # PostgreSQL: each batch of good rows is written while the checkers go on with the next ones (the
         # server's share of an import is as large as the checks'); all in one transaction, which a problem
@@ -389,14 +393,15 @@ def _written(checked: Iterator, project: Project, origin: str, report: ImportRep
         checking = [True]
 
         def written() -> None:
-            good = report.rows_imported
-            progress("checking" if checking[0] else "writing", report,
-                     fraction() if checking[0] else report.rows_written / good if good else 1.0)
+            if checking[0]:
+                progress("checking", report, fraction())
+            else:
+                writing()
 
         def chunks() -> Iterator:
             yield from checked
             checking[0] = False
-            progress("writing", report, report.rows_written / report.rows_imported if report.rows_imported else 1.0)
+            writing()
 
         write_spooled(project, chunks(), origin=origin, report=report, late_gt=late_gt, progress=written)
         return report
@@ -407,10 +412,8 @@ def _written(checked: Iterator, project: Project, origin: str, report: ImportRep
         for chunk in checked:
             pickle.dump(chunk, spool, protocol=pickle.HIGHEST_PROTOCOL)
         spool.seek(0)
-        good = report.rows_imported
         progress("writing", report, 0.0)
-        write_spooled(project, _unspool(spool), origin=origin, report=report, late_gt=late_gt,
-                      progress=lambda: progress("writing", report, report.rows_written / good if good else 1.0))
+        write_spooled(project, _unspool(spool), origin=origin, report=report, late_gt=late_gt, progress=writing)
     return report
 
 
