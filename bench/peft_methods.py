@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-METHODS = ["lora", "dora", "ia3", "loha", "lokr", "adalora", "bottleneck_adapter"]
+METHODS = ["lora", "dora", "ia3", "loha", "lokr", "adalora", "bottleneck_adapter", "prompt_tuning"]
 
 
 def peak_rss_mb() -> float:

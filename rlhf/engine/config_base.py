@@ -49,20 +49,14 @@ PEFT_METHOD_CHOICES = {
     "lokr": "LoKr: Kronecker product (LyCORIS; not with QLoRA)",
     "adalora": "AdaLoRA: LoRA whose rank moves to the matrices that matter (Zhang et al. 2023)",
     "bottleneck_adapter": "Bottleneck adapters after attention and MLP (Houlsby et al. 2019)",
+    "prompt_tuning": "Prompt tuning: trainable virtual tokens before the input, nothing else (Lester et al. 2021)",
 }
 BOTTLENECK_PLACEMENTS = ("attention", "mlp", "both")
 
-# Methods PEFT offers that the engine refuses, and why (docs/engine.md, "PEFT methods").
-_PEFT_REFUSED = {
-    "prompt_tuning": "prompt tuning prepends virtual tokens, so the logits no longer line up with the input ids "
-                     "that every loss and log-prob of the engine reads (and there are no per-layer adapters "
-                     "for the reward model and the PPO value head to build on). Use 'lora' (or 'ia3' for "
-                     "the fewest trainable weights)",
-}
 # Methods whose PEFT layers have no bitsandbytes 4-bit version (PEFT 0.21 wraps the packed 4-bit weight as a
 # plain Linear and the first forward pass fails on its shape).
 _PEFT_NO_4BIT = ("loha", "lokr")
-PEFT_METHODS = (*PEFT_METHOD_CHOICES, *_PEFT_REFUSED)
+PEFT_METHODS = tuple(PEFT_METHOD_CHOICES)
 
 
 @dataclass
@@ -84,8 +78,9 @@ class ModelConfig:
                               "(Zhang et al. 2023: ranks start at 1.5 × lora_r and are pruned to lora_r on average "
                               "over the run), on the same `lora_target_modules`; 'bottleneck_adapter' (Houlsby et al. 2019: a small down-project "
                               "→ GELU → up-project block with a residual after attention and/or the MLP of each "
-                              "language-model layer, see `bottleneck_*`); 'prompt_tuning' is refused with the "
-                              "reason.")
+                              "language-model layer, see `bottleneck_*`); 'prompt_tuning' (Lester et al. 2021: "
+                              "`prompt_tuning_tokens` trainable embeddings before every input, started from words "
+                              "of the vocabulary).")
     lora_r: int = option(8, "LoRA rank r.")
     lora_alpha: int = option(16, "LoRA scaling alpha (the update is scaled by alpha / r).")
     lora_dropout: float = option(0.0, "Dropout on the LoRA input.")
@@ -94,6 +89,8 @@ class ModelConfig:
     bottleneck_placement: str = option("both", "peft_method 'bottleneck_adapter': after 'attention' (o_proj), the "
                                        "'mlp' (down_proj) or 'both' (Houlsby et al. 2019) of each language-model "
                                        "layer; `lora_target_modules` is not read.")
+    prompt_tuning_tokens: int = option(8, "peft_method 'prompt_tuning': how many virtual tokens are prepended "
+                                       "(each a trainable embedding of the language model's width).")
     lora_target_modules: list[str] = option(["q_proj", "v_proj"], "Module names (last component) that get LoRA.")
     lora_language_model_only: bool = option(True, "Restrict LoRA targets to the language model: a bare "
                                             "['q_proj','v_proj'] also matches the vision tower's attention.")
@@ -127,8 +124,11 @@ class ModelConfig:
               f"{self.bottleneck_placement!r}: one of {', '.join(BOTTLENECK_PLACEMENTS)}")
         check(self.peft_method in PEFT_METHODS,
               f"model.peft_method={self.peft_method!r}: unknown method; one of {', '.join(PEFT_METHODS)}")
-        check(self.peft_method not in _PEFT_REFUSED,
-              f"model.peft_method={self.peft_method!r} is not supported: {_PEFT_REFUSED.get(self.peft_method)}")
+        check(self.prompt_tuning_tokens >= 1,
+              f"model.prompt_tuning_tokens={self.prompt_tuning_tokens}: at least one virtual token")
+        check(not (self.peft_method == "prompt_tuning" and self.lora_modules_to_save),
+              "model.lora_modules_to_save is not read by peft_method='prompt_tuning' (PEFT saves only the "
+              "virtual tokens): leave it empty, or use 'lora'")
         check(self.lora or self.peft_method == "lora",
               f"model.peft_method={self.peft_method!r} needs model.lora=true (lora=false trains every weight, "
               "with no adapter)")

@@ -220,11 +220,17 @@ IA3_FEEDFORWARD = ("down_proj", "fc2", "w2", "dense_4h_to_h", "wo")
 def peft_config(model: torch.nn.Module, cfg: ModelConfig):
     """The PEFT config of `cfg.peft_method` (the one place it is built): LoRA (Hu et al. 2021), DoRA (Liu et al.
     2024), IA3 (Liu et al. 2022), LoHa and LoKr (LyCORIS), AdaLoRA (Zhang et al. 2023) on
-    `cfg.lora_target_modules`; bottleneck adapters
+    `cfg.lora_target_modules`; prompt tuning (Lester et al. 2021, `prompt_tuning.py`); bottleneck adapters
     (Houlsby et al. 2019, `bottleneck.py`) after the modules of `cfg.bottleneck_placement`."""
     from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig
 
     method = cfg.peft_method
+    if method == "prompt_tuning":
+        from . import prompt_tuning
+
+        if refused := prompt_tuning.refusal(model):
+            raise ModelLoadError(refused)
+        return prompt_tuning.config(cfg.prompt_tuning_tokens)
     save = modules_to_save(model, cfg.lora_modules_to_save) or None
     if method == "bottleneck_adapter":
         from . import bottleneck
@@ -261,11 +267,20 @@ def peft_config(model: torch.nn.Module, cfg: ModelConfig):
                          "and what to use instead)")
 
 
-def apply_lora(model, cfg: ModelConfig):
-    """Wrap `model` in a PEFT adapter of `cfg.peft_method` (LoRA by default) per `cfg`."""
+def apply_lora(model, cfg: ModelConfig, tokenizer=None):
+    """Wrap `model` in a PEFT adapter of `cfg.peft_method` (LoRA by default) per `cfg`; prompt tuning's
+    virtual tokens start as words of `tokenizer`."""
     from peft import get_peft_model
 
-    return get_peft_model(model, peft_config(model, cfg))
+    from . import prompt_tuning
+
+    model = get_peft_model(model, peft_config(model, cfg))
+    if prompt_tuning.is_prompt_tuned(model):
+        if tokenizer is None:
+            raise ModelLoadError("prompt tuning starts its virtual tokens from the vocabulary: pass the tokenizer")
+        prompt_tuning.init_from_vocabulary(model, tokenizer)
+        prompt_tuning.attach(model)
+    return model
 
 
 def modules_to_save(model: torch.nn.Module, names: list[str]) -> list[str]:
@@ -333,13 +348,16 @@ def load_model(cfg: ModelConfig, *, trainable: bool = False):
     if cfg.adapter_path:
         from peft import PeftModel
 
-        from . import bottleneck  # noqa: F401  (registers the method, so that its adapters load like PEFT's own)
+        from . import bottleneck, prompt_tuning  # noqa: F401  (bottleneck registers its method with PEFT)
 
         if not (Path(cfg.adapter_path) / "adapter_config.json").is_file():
             raise ModelLoadError(f"model.adapter_path={cfg.adapter_path} holds no adapter_config.json")
         model = PeftModel.from_pretrained(model, cfg.adapter_path, is_trainable=trainable)
+        if prompt_tuning.is_prompt_tuned(model) and (refused := prompt_tuning.refusal(model.get_base_model())):
+            raise ModelLoadError(refused)
+        prompt_tuning.attach(model)
     elif cfg.lora and trainable:
-        model = apply_lora(model, cfg)
+        model = apply_lora(model, cfg, processor.tokenizer)
     elif trainable:
         model.requires_grad_(True)
     model.train(trainable)

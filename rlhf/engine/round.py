@@ -50,7 +50,8 @@ class RoundConfig:
                          "only where the training workers have CUDA.",
                          label="QLoRA", group=MAIN)
     peft_method: str = option("lora", "The adapter the policy learns, and the reward model when it trains as an "
-                              "adapter (reward_lora): all but bottleneck adapters sit on the LoRA target modules. A "
+                              "adapter (reward_lora): all but bottleneck adapters and prompt tuning sit on the LoRA target "
+                              "modules. A "
                               "policy that continues an earlier version keeps that version's method. Measured side "
                               "by side in docs/benchmarks.md.", label="PEFT method", choices=PEFT_METHOD_CHOICES,
                               group=MORE)

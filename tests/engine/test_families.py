@@ -221,6 +221,41 @@ def test_lora_lands_only_in_the_language_model_by_default(family, families):
     assert not [name for name in adapted if any(word in name for word in VISION_MODULE_WORDS)], adapted
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prompt_tuning_samples_what_its_training_pass_scores_or_is_refused(family, families):
+    """Prompt tuning prepends virtual tokens the processor knows nothing of: on the families it is offered for,
+    sampled answers carry the log-probabilities of the training forward pass (greedy ones are its argmax);
+    the others (their positions or attention come from input ids or token types) are refused at load."""
+    from rlhf.engine.config import ModelConfig
+    from rlhf.engine.generation import sample
+    from rlhf.engine.loading import ModelLoadError, load_model
+    from rlhf.engine.ops import gather_token_logprobs
+    from rlhf.engine.ppo import join_prompt_and_answer
+    from rlhf.engine.prompt_tuning import FAMILIES as PROMPT_TUNING_FAMILIES
+    from rlhf.engine.rl_common import suppress_media_tokens
+
+    cfg = ModelConfig(path=str(families[family]), device="cpu", dtype="float32", peft_method="prompt_tuning")
+    if family not in PROMPT_TUNING_FAMILIES:
+        with pytest.raises(ModelLoadError, match=rf"cannot train a '{family}' model: .*use 'lora'"):
+            load_model(cfg, trainable=True)
+        return
+    model, processor = load_model(cfg, trainable=True)
+    with torch.no_grad():
+        model.prompt_encoder["default"].embedding.weight.mul_(5)  # away from its start, so that it matters
+    model.eval()
+    suppress_media_tokens(model, processor)
+    for do_sample in (False, True):
+        torch.manual_seed(0)
+        ro = sample(model, processor, _images(2), ["Describe the image.", "How many shapes are there?"],
+                    do_sample=do_sample, max_new_tokens=6)
+        inputs = join_prompt_and_answer(ro.prompt_inputs, ro.completion_ids, ro.completion_mask, processor)
+        L = ro.completion_ids.shape[1]
+        with torch.no_grad():
+            logits = model(**inputs).logits[:, -L - 1:-1]
+        logprobs = gather_token_logprobs(logits.float(), ro.completion_ids) * ro.completion_mask
+        torch.testing.assert_close(logprobs, ro.token_logprobs * ro.completion_mask, atol=1e-4, rtol=1e-4)
+
+
 def render_table() -> str:
     """The family × command table of docs/engine.md, from EXPECTED."""
     head = "| family | " + " | ".join(f"`{c}`" if c in COMMANDS else f"`{c.split()[0]}` QLoRA" for c in COLUMNS) + " |"

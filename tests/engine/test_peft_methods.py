@@ -14,14 +14,15 @@ from rlhf.engine.data import encode_completions
 from rlhf.engine.demo import world
 from rlhf.engine.loading import load_model
 
-METHODS = ["lora", "dora", "ia3", "loha", "lokr", "adalora", "bottleneck_adapter"]
+METHODS = ["lora", "dora", "ia3", "loha", "lokr", "adalora", "bottleneck_adapter", "prompt_tuning"]
 # What every trainable parameter name of the method's adapter contains.
 ADAPTER_WORD = {"lora": "lora_", "dora": "lora_", "ia3": "ia3_l", "loha": "hada_", "lokr": "lokr_",
-                "adalora": "lora_", "bottleneck_adapter": "bottleneck_"}
+                "adalora": "lora_", "bottleneck_adapter": "bottleneck_", "prompt_tuning": "prompt_encoder."}
 PEFT_CONFIG = {"lora": "LoraConfig", "dora": "LoraConfig", "ia3": "IA3Config", "loha": "LoHaConfig",
-               "lokr": "LoKrConfig", "adalora": "AdaLoraConfig", "bottleneck_adapter": "BottleneckConfig"}
+               "lokr": "LoKrConfig", "adalora": "AdaLoraConfig", "bottleneck_adapter": "BottleneckConfig",
+               "prompt_tuning": "PromptTuningConfig"}
 PEFT_TYPE = {"lora": "LORA", "dora": "LORA", "ia3": "IA3", "loha": "LOHA", "lokr": "LOKR", "adalora": "ADALORA",
-             "bottleneck_adapter": "BOTTLENECK_ADAPTER"}  # as adapter_config.json names it
+             "bottleneck_adapter": "BOTTLENECK_ADAPTER", "prompt_tuning": "PROMPT_TUNING"}  # as adapter_config.json names it
 
 
 def _batch(processor, n=2, seed=0):
@@ -60,7 +61,7 @@ def test_sft_trains_only_the_adapter_which_switches_off_to_the_base_and_reloads(
     assert model.peft_config["default"].__dict__.get("use_dora", False) == (method == "dora")
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(ADAPTER_WORD[method] in n for n in trainable), sorted(trainable)
-    assert all("language_model" in n for n in trainable)
+    assert method == "prompt_tuning" or all("language_model" in n for n in trainable)
     batch = _batch(processor)
     _sft_steps(model, batch)
     assert _changed(model, trainable)
@@ -115,7 +116,7 @@ def test_the_reward_model_trains_its_adapter_and_reloads_with_the_same_scores(me
     assert torch.allclose(score(rm2, processor2, *args), before, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["dora", "ia3", "adalora", "bottleneck_adapter"])
+@pytest.mark.parametrize("method", ["dora", "ia3", "adalora", "bottleneck_adapter", "prompt_tuning"])
 def test_methods_with_a_4bit_layer_train_on_4bit_weights(method, tiny_model_path):
     pytest.importorskip("bitsandbytes")
     cfg = ModelConfig(path=str(tiny_model_path), device="cpu", qlora=True, peft_method=method)
@@ -226,8 +227,10 @@ def test_bottleneck_settings_are_checked():
 def test_unknown_and_unsupported_methods_are_config_errors():
     with pytest.raises(ConfigError, match=r"peft_method='prefix'.*one of lora, dora, ia3"):
         ModelConfig(peft_method="prefix").validate()
-    with pytest.raises(ConfigError, match=r"'prompt_tuning'.*virtual tokens.*Use 'lora'"):
-        ModelConfig(peft_method="prompt_tuning").validate()
+    with pytest.raises(ConfigError, match=r"prompt_tuning_tokens=0: at least one virtual token"):
+        ModelConfig(peft_method="prompt_tuning", prompt_tuning_tokens=0).validate()
+    with pytest.raises(ConfigError, match=r"lora_modules_to_save is not read by peft_method='prompt_tuning'"):
+        ModelConfig(peft_method="prompt_tuning", lora_modules_to_save=["language_model.norm"]).validate()
     for method in ("loha", "lokr"):
         with pytest.raises(ConfigError, match=rf"'{method}' cannot train on 4-bit.*qlora=false"):
             ModelConfig(peft_method=method, qlora=True).validate()
@@ -258,3 +261,74 @@ def test_adalora_moves_its_rank_budget_over_an_sft_run_and_a_grpo_run(tiny_model
         policy, _ = load_model(ModelConfig(path=str(tiny_model_path), device="cpu",
                                            adapter_path=str(tmp_path / kind / "checkpoint")))
         assert type(policy.peft_config["default"]).__name__ == "AdaLoraConfig"
+
+
+def _prompt_tuned(tiny_model_path, **options):
+    cfg = ModelConfig(path=str(tiny_model_path), device="cpu", peft_method="prompt_tuning", **options)
+    cfg.validate()
+    return load_model(cfg, trainable=True)
+
+
+def _check_samples_match_the_training_pass(model, processor):
+    """Greedy answers are the argmax of the training forward pass over prompt + answer at every answer token,
+    and sampled answers carry the log-probabilities that pass gives (PPO's ratio starts at one), for a batch
+    whose prompts differ in length (left padding)."""
+    from rlhf.engine.generation import sample
+    from rlhf.engine.ops import gather_token_logprobs
+    from rlhf.engine.ppo import join_prompt_and_answer
+
+    rng = random.Random(3)
+    images = [[world.make_scene(rng)[0]] for _ in range(3)]
+    prompts = [world.CAPTION_PROMPT, "How many shapes are there in this image, and which?", world.CAPTION_PROMPT]
+    for do_sample in (False, True):
+        torch.manual_seed(0)
+        ro = sample(model, processor, images, prompts, do_sample=do_sample, max_new_tokens=12)
+        assert int(ro.prompt_inputs["attention_mask"].eq(0).sum()) > 0  # some rows are left-padded
+        inputs = join_prompt_and_answer(ro.prompt_inputs, ro.completion_ids, ro.completion_mask, processor)
+        L = ro.completion_ids.shape[1]
+        with torch.no_grad():
+            logits = model(**inputs).logits[:, -L - 1:-1]
+        mask = ro.completion_mask.bool()
+        if not do_sample:
+            assert torch.equal(logits.argmax(-1)[mask], ro.completion_ids[mask]), ro.texts
+        logprobs = gather_token_logprobs(logits.float(), ro.completion_ids) * ro.completion_mask
+        torch.testing.assert_close(logprobs, ro.token_logprobs * ro.completion_mask, atol=1e-4, rtol=1e-4)
+    return ro.texts
+
+
+def test_prompt_tuning_generates_what_its_training_pass_scores_also_after_reloading(tiny_model_path, tmp_path):
+    """PEFT 0.21 under transformers 5 prepends the virtual tokens again at every cached decoding step (the
+    answers drift from the second token on); the engine's own generation input keeps them once, at the start.
+    The forward pass's outputs are cut to the input ids' positions, which every loss reads."""
+    model, processor = _prompt_tuned(tiny_model_path, prompt_tuning_tokens=6)
+    batch = _batch(processor, n=4, seed=7)
+    _sft_steps(model, batch, steps=5, lr=5e-2)  # moves the virtual tokens well away from their start
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch.inputs, output_hidden_states=True)
+    assert out.logits.shape[1] == batch.inputs["input_ids"].shape[1]
+    assert all(h.shape[1] == batch.inputs["input_ids"].shape[1] for h in out.hidden_states)
+    texts = _check_samples_match_the_training_pass(model, processor)
+    model.save_pretrained(tmp_path / "adapter")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["num_virtual_tokens"] == 6
+    again, processor = load_model(ModelConfig(path=str(tiny_model_path), device="cpu",
+                                              adapter_path=str(tmp_path / "adapter")))
+    assert _check_samples_match_the_training_pass(again, processor) == texts
+
+
+def test_prompt_tuning_starts_from_ordinary_words_and_refuses_families_it_cannot_train(tiny_model_path):
+    model, processor = _prompt_tuned(tiny_model_path, prompt_tuning_tokens=16)
+    words = model.word_embeddings.weight
+    virtual = model.prompt_encoder["default"].embedding.weight
+    assert virtual.shape == (16, words.shape[1]) and virtual.requires_grad
+    ids = [int((words - v).abs().sum(-1).argmin()) for v in virtual]
+    assert all(torch.equal(words[i], v) for i, v in zip(ids, virtual, strict=True))  # each one a word's embedding
+    tok = processor.tokenizer
+    assert not set(ids) & (set(tok.all_special_ids) | set(tok.added_tokens_decoder)), ids  # never <image>, BOS, pad
+    from rlhf.engine.loading import ModelLoadError, peft_config
+
+    base, _ = load_model(ModelConfig(path=str(tiny_model_path), device="cpu"))
+    base.config.model_type = "qwen2_vl"
+    with pytest.raises(ModelLoadError, match=r"cannot train a 'qwen2_vl' model: it computes its 3-D rotary positions"
+                                             r".*use 'lora'"):
+        peft_config(base, ModelConfig(peft_method="prompt_tuning"))

@@ -129,6 +129,7 @@ def test_bad_parameters_show_errors_and_start_nothing(world):
 def test_the_form_offers_the_peft_methods_and_refuses_an_unknown_one(world):
     page = client_for(world["alice"]).get("/projects/shapes/training/")
     assert b'name="peft_method"' in page.content and b'value="bottleneck_adapter"' in page.content
+    assert b'value="prompt_tuning"' in page.content
     response = launch(client_for(world["alice"]), peft_method="prefix_tuning")
     assert response.status_code == 400 and set(response.context["form"].errors) == {"peft_method"}
     assert not rounds().exists()
