@@ -173,7 +173,7 @@ def bench(args, n: int) -> dict:
         print(f"  wrote {bundle} ({bundle.stat().st_size / 1e6:,.0f} MB) in {time.perf_counter() - t0:.0f} s", flush=True)
     # A fresh data folder: every image is written, none found stored by an earlier run. (With --reuse-database
     # the database may hold an earlier run's image rows, which the import then does not insert.)
-    data_dir = tempfile.mkdtemp(prefix="bench-imports-data-", dir=args.cache)
+    data_dir = tempfile.mkdtemp(prefix="bench-imports-data-", dir=args.data_root or args.cache)
     args.data_dirs.append(data_dir)
     database_url = args.database_url
     if args.fresh_database:  # an empty database of its own: no image row of an earlier run to skip
@@ -202,6 +202,7 @@ def bench(args, n: int) -> dict:
           f"{peak_mb:,.0f} MB; CPU (command and its workers, not PostgreSQL) {cpu:.0f} s = "
           f"{1e6 * cpu / n:,.0f} µs per row; load average {load:.1f} before", flush=True)
     result["fresh_database"] = args.fresh_database
+    result["data_root"] = args.data_root or args.cache
     if args.clean and not args.fresh_database:  # minutes at 1M rows (Django deletes what depends on the project first)
         manage(env, "shell", "-c", f"from annotation.models import Project; Project.objects.filter(slug={slug!r}).delete()")
     return result
@@ -246,6 +247,8 @@ def main() -> None:
                              "captions")
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/root")
     parser.add_argument("--cache", default="/tmp/lensloop-bench-imports", help="where the bundles are kept between runs")
+    parser.add_argument("--data-root", default="", help="where the imports' data folders are made (default: --cache); "
+                        "/dev/shm (memory) shows what the disk's file creation costs")
     parser.add_argument("--clean", action="store_true", help="delete the imported project after (default: keep it)")
     parser.add_argument("--reuse-database", dest="fresh_database", action="store_false",
                         help="import into the database of --database-url as it is (default: a new, empty database "
