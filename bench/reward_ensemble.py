@@ -1,0 +1,75 @@
+"""Would an ensemble of reward models be right more often on a round's held-out pairs than one?
+
+Takes the run folder of a round's reward step (its `config.json`: the round's training and held-out
+preference files and settings), trains the same reward model with other seeds (`train-reward`, one process
+each; a seed whose folder under --out already holds a checkpoint is reused: copy the round's own checkpoint
+there to count it without retraining), and prints each model's held-out pair accuracy and that of the
+ensemble of the first 1, 2, … models: the mean of their rewards, each model's divided by its standard
+deviation over the held-out answers first (their scales differ), with a Wilson 95 % interval.
+
+    .venv/bin/python bench/reward_ensemble.py RUNS/round-16/2-reward --out /tmp/ensemble --seeds 16 17 18 19 20
+
+bench/loop.py keeps its work folder (printed at its start); a project's rounds keep theirs under
+`var/data/runs/round-<id>/2-reward`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("reward_run", help="the run folder of a round's reward step (holds config.json)")
+    ap.add_argument("--out", required=True, help="where the seeds' runs go")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--json", help="write the figures here")
+    args = ap.parse_args()
+
+    import torch
+
+    from lensloop.stats import wilson
+    from rlhf.engine.data import read_preferences
+    from rlhf.engine.reward_model import load_reward_model, score
+
+    config = json.loads((Path(args.reward_run) / "config.json").read_text())
+    pairs = read_preferences(config["eval_file"])
+    images, prompts = [p["images"] for p in pairs], [p["prompt"] for p in pairs]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen, rejected, rows, cache = [], [], [], {}
+    for seed in args.seeds:
+        run = out / f"seed{seed}"
+        if not (run / "checkpoint").is_dir():
+            path = out / f"config-{seed}.json"
+            path.write_text(json.dumps({**config, "seed": seed}))
+            subprocess.run([sys.executable, "-m", "rlhf.engine", "train-reward", "--config", str(path),
+                            "--run-dir", str(run)], check=True, cwd=ROOT, capture_output=True)
+        rm, processor = load_reward_model(run / "checkpoint", device="cpu")
+        rm.eval()
+        c = score(rm, processor, images, prompts, [p["chosen"] for p in pairs], image_cache=cache)
+        r = score(rm, processor, images, prompts, [p["rejected"] for p in pairs], image_cache=cache)
+        scale = torch.cat([c, r]).std()
+        chosen.append(c / scale)
+        rejected.append(r / scale)
+        single = (c > r).float().mean().item()
+        right = int((torch.stack(chosen).mean(0) > torch.stack(rejected).mean(0)).sum())
+        low, high = wilson(right, len(pairs))
+        rows.append({"seed": seed, "single": round(single, 4), "ensemble_of": len(chosen),
+                     "ensemble": round(right / len(pairs), 4), "interval": [round(low, 4), round(high, 4)]})
+        print(f"seed {seed}: alone {single:.3f}; the ensemble of {len(chosen)}: {right / len(pairs):.3f} "
+              f"[{low:.3f}, {high:.3f}] on {len(pairs)} held-out pairs", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"reward_run": str(args.reward_run), "pairs": len(pairs),
+                                               "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
