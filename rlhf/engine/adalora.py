@@ -9,7 +9,8 @@ model, PPO), ``callback`` for TRL's (GRPO, RLOO, DPO: after the optimizer step, 
 
 The schedule follows the run: ``total_step`` is the run's optimizer steps, the first tenth trains at the
 initial rank (``tinit``), the budget shrinks until the last fifth (``tfinal``), which trains at the final
-ranks. For any other PEFT method both are no-ops.
+ranks. A run that continues a saved adapter starts from the ranks it kept, at the target already, and
+trains them all without pruning. For any other PEFT method both are no-ops.
 """
 
 from __future__ import annotations
@@ -32,19 +33,29 @@ class Schedule:
     def __init__(self, model: torch.nn.Module, total_steps: int):
         self.inner = adalora_model(model)
         self.done = 0
+        self.allocate = False
         if self.inner is not None:
-            config = self.inner.peft_config[self.inner.trainable_adapter_name]
+            name = self.inner.trainable_adapter_name
+            config = self.inner.peft_config[name]
             total = max(1, int(total_steps))
             config.tinit, config.tfinal = total // 10, total // 5
-            self.inner.rankallocator.set_total_step(total)
+            allocator = self.inner.rankallocator
+            allocator.set_total_step(total)
+            # The starting budget is the ranks the adapter has now. PEFT counts it when the model is built, at
+            # init_r per matrix, before loading a saved adapter resizes each matrix to the ranks it kept: a run
+            # that continues an adapter (a later round's policy) would prune the kept ranks again (to half of
+            # them at the end of the second run). An adapter already at its target budget keeps every rank.
+            allocator.init_bgt = sum(m.lora_E[name].shape[0] for m in self.inner.model.modules()
+                                     if hasattr(m, "lora_E") and name in m.lora_E)
+            self.allocate = allocator.init_bgt > allocator.target_bgt
 
     def __bool__(self) -> bool:
         return self.inner is not None
 
     def step(self) -> None:
-        if self.inner is not None:
+        if self.allocate:
             self.inner.update_and_allocate(self.done)
-            self.done += 1
+        self.done += 1
 
     def penalty(self) -> torch.Tensor | float:
         """The orthogonality penalty of P and Q, weighted by the config's ``orth_reg_weight`` (what PEFT adds

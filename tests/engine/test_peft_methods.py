@@ -263,6 +263,32 @@ def test_adalora_moves_its_rank_budget_over_an_sft_run_and_a_grpo_run(tiny_model
         assert type(policy.peft_config["default"]).__name__ == "AdaLoraConfig"
 
 
+def test_a_run_that_continues_an_adalora_adapter_keeps_its_ranks(tiny_model_path, demo_dataset, tmp_path):
+    """A later round continues the policy's AdaLoRA adapter: loading it resizes each matrix to the ranks kept,
+    but PEFT counts its starting budget before that resize (init_r per matrix), so its schedule would prune
+    the kept ranks again, down to half at the end of the second run. The engine's schedule counts the
+    budget from the loaded ranks: at the target already, it trains them all and prunes none."""
+    from rlhf.engine.cli import main
+
+    model = {"path": str(tiny_model_path), "device": "cpu", "peft_method": "adalora", "lora_r": 8}
+    first = {"model": model, "train_file": str(demo_dataset["prompts"]), "steps": 10, "batch_size": 2, "lr": 1e-2}
+    second = {**first, "model": {**model, "adapter_path": str(tmp_path / "first" / "checkpoint")}}
+    for name, data in (("first", first), ("second", second)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+        assert main(["sft", "--config", str(tmp_path / f"{name}.json"), "--run-dir", str(tmp_path / name)]) == 0
+    saved = {name: json.loads((tmp_path / name / "checkpoint" / "adapter_config.json").read_text())["rank_pattern"]
+             for name in ("first", "second")}
+    kept = sum(sum(mask) for mask in saved["first"].values())
+    assert kept <= 8 * len(saved["first"]) + 1 and saved["second"] == saved["first"]
+    ranks = {}
+    for name in ("first", "second"):
+        policy, _ = load_model(ModelConfig(path=str(tiny_model_path), device="cpu",
+                                           adapter_path=str(tmp_path / name / "checkpoint")))
+        ranks[name] = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_E" in n}
+    assert sum(p.shape[0] for p in ranks["second"].values()) == kept  # every kept rank is still there
+    assert any(not torch.equal(ranks["first"][n], ranks["second"][n]) for n in ranks["first"])  # and trained
+
+
 def _prompt_tuned(tiny_model_path, **options):
     cfg = ModelConfig(path=str(tiny_model_path), device="cpu", peft_method="prompt_tuning", **options)
     cfg.validate()
