@@ -53,6 +53,30 @@ PEFT_METHOD_CHOICES = {
 }
 BOTTLENECK_PLACEMENTS = ("attention", "mlp", "both")
 
+# The model types prompt tuning works on (tests/engine/test_families.py checks that their sampled answers are those
+# the training pass scores); the others are refused when a round starts or a model loads, with the reason where
+# it is known (docs/engine.md, "Prompt tuning").
+PROMPT_TUNING_FAMILIES = ("llava", "llava_next", "llava_onevision", "idefics3", "smolvlm")
+_NO_PROMPT_TUNING = {
+    "qwen2_vl": "it computes its 3-D rotary positions (M-RoPE) from the input ids, which the virtual tokens are not "
+                "among",
+    "paligemma": "its attention over the image and prompt is bidirectional by token_type_ids, which PEFT's prompt "
+                 "tuning drops (the answers it samples would not be those its training pass scores)",
+    "gemma3": "its attention over the image is bidirectional by token_type_ids, which PEFT's prompt tuning drops (the "
+              "answers it samples would not be those its training pass scores)",
+}
+_NO_PROMPT_TUNING["qwen2_5_vl"] = _NO_PROMPT_TUNING["qwen3_vl"] = _NO_PROMPT_TUNING["qwen2_vl"]
+
+
+def prompt_tuning_refusal(model_type: str | None) -> str | None:
+    """Why prompt tuning cannot train a model of `model_type` and what to use instead; None where it can."""
+    if model_type in PROMPT_TUNING_FAMILIES:
+        return None
+    why = _NO_PROMPT_TUNING.get(model_type, "prompt tuning is not tested on it")
+    return (f"model.peft_method='prompt_tuning' cannot train a {model_type!r} model: {why}. It works on "
+            f"{', '.join(PROMPT_TUNING_FAMILIES)}; use 'lora' (or 'ia3' for the fewest trainable weights)")
+
+
 # Methods whose PEFT layers have no bitsandbytes 4-bit version (PEFT 0.21 wraps the packed 4-bit weight as a
 # plain Linear and the first forward pass fails on its shape).
 _PEFT_NO_4BIT = ("loha", "lokr")

@@ -27,20 +27,9 @@ import types
 
 import torch
 
-PROMPT_TUNING = "PROMPT_TUNING"  # PeftType's value, as adapter_config.json names it
+from .config_base import prompt_tuning_refusal
 
-# The model types whose sampled answers tests/engine/test_families.py checks to be those the training pass scores
-# under prompt tuning; the others are refused, with the reason where it is known.
-FAMILIES = ("llava", "llava_next", "llava_onevision", "idefics3", "smolvlm")
-_WHY_NOT = {
-    "qwen2_vl": "it computes its 3-D rotary positions (M-RoPE) from the input ids, which the virtual tokens are not "
-                "among",
-    "paligemma": "its attention over the image and prompt is bidirectional by token_type_ids, which PEFT's prompt "
-                 "tuning drops (the answers it samples would not be those its training pass scores)",
-    "gemma3": "its attention over the image is bidirectional by token_type_ids, which PEFT's prompt tuning drops (the "
-              "answers it samples would not be those its training pass scores)",
-}
-_WHY_NOT["qwen2_5_vl"] = _WHY_NOT["qwen3_vl"] = _WHY_NOT["qwen2_vl"]
+PROMPT_TUNING = "PROMPT_TUNING"  # PeftType's value, as adapter_config.json names it
 
 
 def is_prompt_tuned(model) -> bool:
@@ -55,7 +44,7 @@ def is_prompt_tuned(model) -> bool:
 def config(num_virtual_tokens: int):
     """The PEFT config. PEFT's own initialisations do not fit a VLM (N(0, 1) is far larger than a word
     embedding; its vocabulary sample can draw the image token, which the model then takes for an image
-    position), so the virtual tokens start at zero here and `init_from_vocabulary` sets them."""
+    position), so `init_from_vocabulary` replaces the random start asked for here."""
     from peft import PromptTuningConfig, PromptTuningInit
 
     return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens,
@@ -77,12 +66,7 @@ def init_from_vocabulary(model, tokenizer) -> None:
 
 def refusal(model) -> str | None:
     """Why prompt tuning cannot train `model` (a base model) and what to use instead; None where it can."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type in FAMILIES:
-        return None
-    why = _WHY_NOT.get(model_type, "prompt tuning is not tested on it")
-    return (f"model.peft_method='prompt_tuning' cannot train a {model_type!r} model: {why}. It works on "
-            f"{', '.join(FAMILIES)}; use 'lora' (or 'ia3' for the fewest trainable weights)")
+    return prompt_tuning_refusal(getattr(getattr(model, "config", None), "model_type", None))
 
 
 def attach(model) -> None:

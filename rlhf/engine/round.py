@@ -13,11 +13,13 @@ Stdlib only, like the configs it builds (the Django web tier imports it).
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 
 from .config import build, load_config
-from .config_base import PEFT_METHOD_CHOICES, ConfigError, check, option
+from .config_base import PEFT_METHOD_CHOICES, ConfigError, check, option, prompt_tuning_refusal
 from .reward_terms import Term, legacy_terms, parse_terms, uses_reward_model
 
 ALGORITHMS = {
@@ -153,6 +155,9 @@ class RoundConfig:
             "generate": self.generate_config(model=self.model(base_model), prompts_file=here, model_version="",
                                              k=1, seed=0),
         }
+        model_type = _model_type(base_model) if self.peft_method == "prompt_tuning" else None
+        if model_type is not None and (refused := prompt_tuning_refusal(model_type)):
+            raise ConfigError(f"peft_method: {refused}")
         for kind, data in configs.items():
             try:
                 load_config(kind, data)
@@ -300,3 +305,14 @@ def ground_truth_reward(params: dict | None) -> str:
 def to_params(cfg: RoundConfig) -> dict:
     """Every parameter of ``cfg`` as JSON (what a round run stores)."""
     return dataclasses.asdict(cfg)
+
+
+def _model_type(base_model: str) -> str | None:
+    """The `model_type` of a base model folder's config.json ('demo' is the shipped LLaVA demo); None where it
+    cannot be read here (a hub id: the engine checks it when it loads the model)."""
+    if base_model == "demo":
+        return "llava"
+    try:
+        return json.loads((Path(base_model) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None

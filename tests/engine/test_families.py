@@ -227,11 +227,11 @@ def test_prompt_tuning_samples_what_its_training_pass_scores_or_is_refused(famil
     sampled answers carry the log-probabilities of the training forward pass (greedy ones are its argmax);
     the others (their positions or attention come from input ids or token types) are refused at load."""
     from rlhf.engine.config import ModelConfig
+    from rlhf.engine.config_base import PROMPT_TUNING_FAMILIES
     from rlhf.engine.generation import sample
     from rlhf.engine.loading import ModelLoadError, load_model
     from rlhf.engine.ops import gather_token_logprobs
     from rlhf.engine.ppo import join_prompt_and_answer
-    from rlhf.engine.prompt_tuning import FAMILIES as PROMPT_TUNING_FAMILIES
     from rlhf.engine.rl_common import suppress_media_tokens
 
     cfg = ModelConfig(path=str(families[family]), device="cpu", dtype="float32", peft_method="prompt_tuning")

@@ -89,6 +89,19 @@ def test_an_unknown_peft_method_is_a_400_naming_the_field_and_nothing_is_queued(
     assert get_queue("train").count == 0
 
 
+def test_prompt_tuning_on_a_family_it_cannot_train_is_a_400_before_anything_is_queued(world, tmp_path):
+    _rank_one(world)
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2_vl"}')
+    world["project"].base_model = str(tmp_path)
+    world["project"].save(update_fields=["base_model"])
+    response = _client(world["alice"]).post("/api/projects/loopapi/rounds/", {"peft_method": "prompt_tuning"},
+                                            format="json")
+    assert response.status_code == 400, response.json()
+    assert "cannot train a 'qwen2_vl' model: it computes its 3-D rotary positions" in response.json()["detail"]
+    assert not TrainingRun.objects.filter(project__slug="loopapi").exists()
+    assert get_queue("train").count == 0
+
+
 def test_a_peft_method_4bit_cannot_take_is_a_400_before_anything_is_queued(world):
     _rank_one(world)
     response = _client(world["alice"]).post("/api/projects/loopapi/rounds/", {"peft_method": "loha", "qlora": True},
