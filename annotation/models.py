@@ -126,7 +126,9 @@ class Image(models.Model):
     """An image stored once, content-addressed by the sha256 of its stored bytes."""
 
     sha256 = models.CharField(max_length=64, unique=True)
-    file = models.CharField(max_length=200, help_text="Path under MEDIA_ROOT.")
+    file = models.CharField(
+        max_length=200, help_text="Where under MEDIA_ROOT: a file of its own, or a place in a pack (annotation.images)."
+    )
     format = models.CharField(max_length=16)
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()

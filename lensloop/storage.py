@@ -142,6 +142,23 @@ def download_file(cfg: S3Config, name: str, path: Path | str) -> bool:
             os.unlink(tmp)
 
 
+def read_range(cfg: S3Config, name: str, offset: int, length: int) -> bytes | None:
+    """``length`` bytes of object ``name`` from ``offset`` (a ranged GET: a packed image out of its pack);
+    None when the bucket has no such object."""
+    from botocore.exceptions import ClientError
+
+    try:
+        response = client(cfg).get_object(Bucket=cfg.bucket, Key=cfg.key(name),
+                                          Range=f"bytes={offset}-{offset + length - 1}")
+        return response["Body"].read()
+    except ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey"):
+            return None
+        raise _explain(cfg, f"reading {name}", exc) from None
+    except Exception as exc:
+        raise _explain(cfg, f"reading {name}", exc) from None
+
+
 def presigned_url(cfg: S3Config, name: str, *, filename: str = "", expires: int = 3600) -> str:
     params = {"Bucket": cfg.bucket, "Key": cfg.key(name)}
     if filename:

@@ -8,6 +8,7 @@ naming the bucket, and nothing is written.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -125,3 +126,32 @@ def test_a_server_that_denies_the_credentials_fails_the_import_naming_the_fix(s3
     api.force_authenticate(alice)
     response = api.get("/api/projects/shapes/export/", {"format": "rankings"})
     assert response.status_code == 503 and "denies access" in response.json()["detail"]
+
+
+def test_packed_images_of_an_installation_moved_to_object_storage_are_read_from_the_bucket(s3, settings, tmp_path):
+    """Images imported with local storage are packed; after the media folder is copied to the bucket (as
+    docs/operations.md says) a machine without it serves each image by a ranged read of its pack."""
+    from annotation.images import media_path, pack_name
+
+    alice = f.user("alice")
+    proj = f.project("shapes", k=2, admins=[alice])
+    settings.LENSLOOP_STORAGE = "local"
+    import_bundle(project=proj, path=bundle(tmp_path / "src", n=3))
+    images = list(Image.objects.all())
+    by_sha = {hashlib.sha256(p.read_bytes()).hexdigest(): p.read_bytes() for p in (tmp_path / "src" / "images").iterdir()}
+    sent = {image.pk: by_sha[image.sha256] for image in images}
+    assert all(pack_name(image.file) for image in images) and len(sent) == 3
+    settings.LENSLOOP_STORAGE = "s3"
+    for pack in (Path(settings.MEDIA_ROOT) / "packs").iterdir():  # aws s3 sync var/data/media …/media
+        storage.upload_file(s3, pack, storage.media_key(f"packs/{pack.name}"))
+    shutil.rmtree(settings.MEDIA_ROOT)
+    api = APIClient()
+    api.force_authenticate(alice)
+    for image in images:
+        response = api.get(f"/api/projects/shapes/images/{image.pk}/")
+        assert response.status_code == 200 and b"".join(response.streaming_content) == sent[image.pk]
+    assert not (Path(settings.MEDIA_ROOT) / "packs").exists()  # the image's bytes only, not the pack
+    assert media_path(images[0].file).read_bytes() == sent[images[0].pk]  # a file, where a path is needed
+    missing = images[1].file.replace(pack_name(images[1].file), "gone.pack")
+    with pytest.raises(FileNotFoundError, match=r"gone\.pack .* missing here and in the bucket"):
+        media_path(missing)

@@ -30,7 +30,7 @@ from annotation.api.serializers import (
     parse_submit,
     ranking_payload,
 )
-from annotation.images import media_path
+from annotation.images import open_media
 from annotation.models import Image, Membership, Project
 from annotation.permissions import project_and_role, task_project_and_role
 from annotation.selectors import (
@@ -248,7 +248,7 @@ class ImageView(APIView):
         if not image_in_project(project, image_id):
             raise PermissionDenied("this image is not part of the project")
         image = get_object_or_404(Image, pk=image_id)
-        response = FileResponse(media_path(image.file).open("rb"), content_type=f"image/{image.format.lower()}")
+        response = FileResponse(open_media(image.file), content_type=f"image/{image.format.lower()}")
         response["Cache-Control"] = "private, max-age=86400, immutable"
         return response
 

@@ -53,7 +53,7 @@ from django.conf import settings
 from django.db import NotSupportedError
 from django.db.models import BooleanField, Count, Exists, F, Func, Max, Min, OuterRef
 
-from annotation.images import media_path
+from annotation.images import media_path, open_media, pack_name, read_media
 from annotation.models import Candidate, Image, PreferencePair, Project, Prompt, QualityReport, Ranking
 from lensloop import formats
 
@@ -433,7 +433,7 @@ def _inline_tables(flt: ExportFilter):
     last: tuple[int | None, bytes] = (None, b"")  # a ranking's pairs come one after another, on one image
     for record, image in preference_records(flt):
         if image.pk != last[0]:
-            last = (image.pk, media_path(image.file).read_bytes())
+            last = (image.pk, read_media(image.file))
         row = trl_row(record)
         row["images"] = [{"bytes": last[1], "path": image_name(image)}]
         batch.append(row)
@@ -748,7 +748,7 @@ def write_export(flt: ExportFilter, fmt: str, out_dir: Path, *, card: bool = Tru
         for image in images.values():
             target = out_dir / image_name(image)
             if not target.exists():
-                target.write_bytes(media_path(image.file).read_bytes())
+                target.write_bytes(read_media(image.file))
         summary = {"format": fmt, "rows": rows, "files": [name, "images/"], "images": len(images)}
         splits = {"train": rows}
     if card:
@@ -797,7 +797,7 @@ def stream_zip(flt: ExportFilter, fmt: str) -> Iterator[bytes]:
         for relpath in image_ids.values():
             info = zipfile.ZipInfo("images/" + Path(relpath).name)
             info.compress_type = zipfile.ZIP_STORED  # images are compressed already
-            with zf.open(info, "w", force_zip64=True) as fh, media_path(relpath).open("rb") as src:
+            with zf.open(info, "w", force_zip64=True) as fh, open_media(relpath) as src:
                 while chunk := src.read(1 << 16):
                     fh.write(chunk)
             yield pipe.drain()
@@ -904,14 +904,18 @@ def write_prompt_set(
             if prompt.image_id not in copied:
                 target = out_dir / image_name(prompt.image)
                 if not target.exists():
-                    _link_or_copy(media_path(prompt.image.file), target)
+                    _link_or_copy(prompt.image.file, target)
                 copied.add(prompt.image_id)
             rows += 1
     return {"rows": rows, "images": len(copied), "file": str(out_dir / name)}
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)  # same filesystem: no copy at all
-    except OSError:
-        target.write_bytes(source.read_bytes())
+def _link_or_copy(relpath: str, target: Path) -> None:
+    """A stored image's file linked (same filesystem: no copy at all), else its bytes written, at ``target``."""
+    if pack_name(relpath) is None:
+        try:
+            os.link(media_path(relpath), target)
+            return
+        except OSError:
+            pass
+    target.write_bytes(read_media(relpath))

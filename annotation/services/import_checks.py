@@ -18,11 +18,11 @@ import os
 from dataclasses import dataclass
 
 from annotation.bundles import BundleError, Located, read_located
-from annotation.images import BadImage, check_image, store_image
+from annotation.images import BadImage, PackWriter, check_image, store_image
 
 INLINE_IMAGES = 2000  # images checked in the importing process before a pool starts
 
-Outcome = tuple | str  # (sha256, format, width, height, size_bytes), or why the image was refused
+Outcome = tuple | str  # (sha256, format, width, height, size_bytes, file), or why the image was refused
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,13 @@ class Limits:
     max_pixels: int
     media_root: str
     store: object = None  # lensloop.storage.S3Config with object storage: each new image is uploaded too
+    # New images are appended to packs named after this (``annotation.images.PackWriter``), not stored one
+    # file each; None: one file each (and always with object storage, whose objects are one image each).
+    pack_prefix: str | None = None
 
 
 _limits: Limits | None = None  # a checking process's, set once when it starts
+_pack: PackWriter | None = None  # this process's pack, for the import named by its prefix
 
 
 def _start(limits: Limits) -> None:
@@ -50,12 +54,39 @@ def check_located(batch: list[Located], limits: Limits | None = None) -> list[Ou
         try:
             checked = check_image(read_located(located, limits.max_bytes), max_bytes=limits.max_bytes,
                                   max_pixels=limits.max_pixels)
-            store_image(checked, media_root=limits.media_root, store=limits.store)
+            file = _store(checked, limits)
         except (BundleError, BadImage) as exc:
             out.append(str(exc))
         else:
-            out.append((checked.sha256, checked.format, checked.width, checked.height, checked.size_bytes))
+            out.append((checked.sha256, checked.format, checked.width, checked.height, checked.size_bytes, file))
     return out
+
+
+def _store(checked, limits: Limits) -> str:
+    """Store a checked image and return its ``Image.file``: packed when the import packs (unless a file of
+    its own is there already), else a file at its content address."""
+    global _pack
+    if limits.pack_prefix is None or limits.store is not None:
+        store_image(checked, media_root=limits.media_root, store=limits.store)
+        return checked.relpath
+    try:
+        if os.stat(f"{limits.media_root}/{checked.relpath}").st_size == checked.size_bytes:
+            return checked.relpath
+    except FileNotFoundError:
+        pass
+    if _pack is None or _pack.prefix != limits.pack_prefix or _pack.media_root != limits.media_root:
+        close_pack()
+        _pack = PackWriter(limits.media_root, limits.pack_prefix)
+    return _pack.add(checked)
+
+
+def close_pack() -> None:
+    """Close this process's pack (the importing process, which checked the first images itself, calls it
+    when its import ends)."""
+    global _pack
+    if _pack is not None:
+        _pack.close()
+        _pack = None
 
 
 class _Done:

@@ -2,7 +2,8 @@
 PostgreSQL as ``annotation.services.imports`` checks them, elsewhere read back from its spool once every row
 is checked).
 
-Chunked images are ``(sha256, format, width, height, size_bytes, ground_truth)``, each image once, written
+Chunked images are ``(sha256, format, width, height, size_bytes, file, ground_truth)`` (``file``: where the
+checking process stored it, its ``Image.file``), each image once, written
 before the first row that names it; rows are ``(sha256, prompt, reference, split, ground_truth,
 external_id, priority, candidates, gold)``. A new image's ground truth is that of the first row naming it
 that has one (``late_gt`` holds those that came after the image's first row).
@@ -59,12 +60,6 @@ def _new_images(images: list[tuple]) -> dict[str, tuple]:
     return by_sha
 
 
-def _relpath(sha: str, fmt: str) -> str:
-    from annotation.images import CheckedImage
-
-    return CheckedImage(data=b"", sha256=sha, format=fmt, width=0, height=0, size_bytes=0).relpath
-
-
 # --- the ORM (SQLite and any other database) -----------------------------------------------------------
 
 def _orm_writes(project, chunks, origin, report, late_gt, progress) -> list[str]:
@@ -72,8 +67,8 @@ def _orm_writes(project, chunks, origin, report, late_gt, progress) -> list[str]
     for images, rows in _regroup(chunks, BATCH):
         by_sha = _new_images(images)
         existing = set(Image.objects.filter(sha256__in=list(by_sha)).values_list("sha256", flat=True))
-        new = [Image(sha256=sha, file=_relpath(sha, fmt), format=fmt, width=w, height=h, size_bytes=size, ground_truth=gt)
-               for sha, (_, fmt, w, h, size, gt) in by_sha.items() if sha not in existing]
+        new = [Image(sha256=sha, file=file, format=fmt, width=w, height=h, size_bytes=size, ground_truth=gt)
+               for sha, (_, fmt, w, h, size, file, gt) in by_sha.items() if sha not in existing]
         Image.objects.bulk_create(new, batch_size=BATCH, ignore_conflicts=True)
         report.images_new += len(new)
         report.images_reused += len(existing)
@@ -186,8 +181,8 @@ def _staged_lines(batch: Chunk) -> tuple[bytes, bytes, int]:
     dumps, esc, null, array = json.dumps, bulk.text, bulk.NULL, _text_array
     by_sha = _new_images(images)
     image_lines = "".join(
-        f"{sha}\t{esc(_relpath(sha, fmt))}\t{fmt}\t{w}\t{h}\t{size}\t{null if gt is None else esc(dumps(gt))}\n"
-        for sha, (_, fmt, w, h, size, gt) in by_sha.items()
+        f"{sha}\t{esc(file)}\t{fmt}\t{w}\t{h}\t{size}\t{null if gt is None else esc(dumps(gt))}\n"
+        for sha, (_, fmt, w, h, size, file, gt) in by_sha.items()
     ).encode()
     row_lines = "".join(
         f"{n}\t{sha}\t{esc(text)}\t{esc(dumps(reference))}\t{split}\t"

@@ -21,8 +21,9 @@ Neither holding the import in memory:
   (SQLite, whose one write lock would also hold the progress that the import page shows) the good rows
   are spooled to a temporary file first and written after the last row is checked.
 
-Image files are stored content-addressed as they are checked; a rejected, cancelled or failed import
-can leave unreferenced image files behind, never database rows. Imports from the browser and the API run
+New images are stored as they are checked, appended to packs of the import's own (``annotation.images``;
+with object storage, one file and one object each); a rejected, cancelled or failed import deletes its
+packs, and only an import whose process was killed leaves unreferenced bytes behind, never database rows. Imports from the browser and the API run
 as background jobs (``annotation.services.import_jobs``) that follow the ``progress`` callback.
 """
 
@@ -35,7 +36,9 @@ import json
 import math
 import os
 import pickle
+import secrets
 import tempfile
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -46,8 +49,8 @@ from django.conf import settings
 from annotation import bulk
 from annotation.bundles import Bundle, BundleError, open_bundle
 from annotation.exceptions import ImportRejected
-from annotation.models import Project, Prompt
-from annotation.services.import_checks import BAD, HAS_GT, PENDING, SPOOLED, Checker, ImageTable, Limits
+from annotation.models import Image, Project, Prompt
+from annotation.services.import_checks import BAD, HAS_GT, PENDING, SPOOLED, Checker, ImageTable, Limits, close_pack
 from annotation.services.import_writes import write_spooled
 from annotation.splits import hashed_split, split_key
 from lensloop import storage
@@ -370,14 +373,27 @@ def _import(bundle: Bundle, project: Project, manifest: str | None, mode: str, o
     store = storage.config()
     storage.check(store)  # a bucket that is missing or denies access fails the import before any row is read
     limits = Limits(settings.LENSLOOP_MAX_IMAGE_BYTES, settings.LENSLOOP_MAX_IMAGE_PIXELS, str(settings.MEDIA_ROOT),
-                    store)
+                    store, pack_prefix=f"{time.strftime('%Y%m%d')}-{secrets.token_hex(6)}")
     late_gt: dict[str, dict] = {}
     checked = _checked_chunks(records, bundle, project, mode, converted is not None, report, late_gt, limits,
                               progress, fraction, processes)
+    written = False
     try:  # closed however the writes end: the checking processes stop then, not when the generator is collected
-        return _written(checked, project, origin, report, late_gt, progress, fraction)
+        report = _written(checked, project, origin, report, late_gt, progress, fraction)
+        written = True
+        return report
     finally:
         checked.close()
+        close_pack()
+        _drop_unused_packs(limits, written)
+
+
+def _drop_unused_packs(limits: Limits, written: bool) -> None:
+    """Delete this import's packs that no image names: all of them when nothing was written (rejected,
+    cancelled, failed: the transaction rolled back), else those whose images were all there already."""
+    for pack in Path(limits.media_root, "packs").glob(f"{limits.pack_prefix}-*.pack"):
+        if not written or not Image.objects.filter(file__startswith=f"packs/{pack.name}/").exists():
+            pack.unlink(missing_ok=True)
 
 
 def _written(checked: Iterator, project: Project, origin: str, report: ImportReport, late_gt: dict,

@@ -10,7 +10,19 @@ from pathlib import Path
 import pytest
 from PIL import Image as PILImage
 
-from annotation.images import BadImage, _decoded, _plain_png, check_image, store_image
+from annotation import images
+from annotation.images import (
+    BadImage,
+    PackWriter,
+    _decoded,
+    _plain_png,
+    check_image,
+    media_path,
+    open_media,
+    pack_name,
+    read_media,
+    store_image,
+)
 
 LIMIT = 10_000_000
 
@@ -110,3 +122,36 @@ def test_a_stored_file_left_short_by_a_killed_import_is_written_again(tmp_path):
     assert store_image(checked, media_root=tmp_path) == path
     assert Path(path).read_bytes() == checked.data
     assert sorted(p.name for p in Path(path).parent.iterdir()) == [Path(path).name]  # no temporary file left
+
+
+def test_packed_images_are_read_back_and_copied_out_to_their_content_address_once(tmp_path, settings):
+    settings.MEDIA_ROOT = tmp_path
+    a, b = (check_image(_png(mode), max_bytes=LIMIT, max_pixels=LIMIT) for mode in ("RGB", "L"))
+    writer = PackWriter(str(tmp_path), "imp")
+    file_a, file_b = writer.add(a), writer.add(b)
+    writer.close()
+    assert pack_name(file_a) == pack_name(file_b) and pack_name(a.relpath) is None
+    assert file_b.endswith(f"/{len(a.data)}+{len(b.data)}/{Path(b.relpath).name}")  # after a, b's length
+    assert (tmp_path / "packs" / pack_name(file_a)).stat().st_size == len(a.data) + len(b.data)
+    assert read_media(file_b) == b.data and open_media(file_a).read() == a.data
+    assert not (tmp_path / b.relpath).exists()  # nothing copied out to read it
+    path = media_path(file_b)  # a real file, for what needs a path (a training step's images)
+    assert path == tmp_path / b.relpath and path.read_bytes() == b.data
+    mtime = path.stat().st_mtime_ns
+    assert media_path(file_b) == path and path.stat().st_mtime_ns == mtime  # copied out once
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_a_pack_cut_short_is_an_error_naming_the_pack_and_a_full_pack_starts_another(tmp_path, settings, monkeypatch):
+    settings.MEDIA_ROOT = tmp_path
+    a, b = (check_image(_png(mode), max_bytes=LIMIT, max_pixels=LIMIT) for mode in ("RGB", "L"))
+    monkeypatch.setattr(images, "PACK_LIMIT", len(a.data) + 1)
+    writer = PackWriter(str(tmp_path), "imp")
+    file_a, file_b = writer.add(a), writer.add(b)
+    writer.close()
+    assert pack_name(file_a) != pack_name(file_b) and "/0+" in file_b  # b did not fit: a new pack, from 0
+    with open(tmp_path / "packs" / pack_name(file_b), "r+b") as fh:
+        fh.truncate(len(b.data) - 1)
+    with pytest.raises(OSError, match=rf"pack .*{pack_name(file_b)} holds {len(b.data) - 1} of image"):
+        read_media(file_b)
+    assert read_media(file_a) == a.data

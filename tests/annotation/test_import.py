@@ -1,8 +1,10 @@
 """Import: folders and zips, JSONL and CSV manifests, every bad-input case, both modes."""
 
+import hashlib
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 from django.db import IntegrityError, connection, transaction
@@ -534,3 +536,81 @@ def test_a_late_ground_truth_reaches_an_image_written_in_an_earlier_batch_but_no
     assert import_bundle(project=proj, path=src).rows_imported == len(rows)
     assert Prompt.objects.get(text="no truth").image.ground_truth == {"count": 3}
     assert Prompt.objects.get(text="blue").image.ground_truth is None
+
+
+def _packs(settings) -> list[str]:
+    folder = Path(settings.MEDIA_ROOT) / "packs"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def _distinct_bundle(tmp_path, n: int, broken: int | None = None):
+    members = {f"images/{i}.png": f.png_bytes(color=(i % 256, i // 256, 9), size=(4, 4)) for i in range(n)}
+    if broken is not None:
+        members[f"images/{broken}.png"] = b"not a png"
+    rows = [json.dumps(_row(image=f"images/{i}.png", prompt=f"p{i}", candidates=[f"a{i}", f"b{i}"])) for i in range(n)]
+    return _zip(tmp_path, {"manifest.jsonl": "\n".join(rows) + "\n", **members}), members
+
+
+def test_an_imports_new_images_go_into_packs_and_are_served_and_exported_from_them(tmp_path, settings, monkeypatch):
+    """The importing process checks the first images itself, then a pool of processes: each appends what it
+    stores to a pack of its own, and no image gets a file of its own until something needs a path."""
+    from rest_framework.test import APIClient
+
+    from annotation.images import pack_name
+    from annotation.services import import_checks, imports
+    from annotation.services.exports import write_prompt_set
+
+    monkeypatch.setattr(import_checks, "INLINE_IMAGES", 10)
+    monkeypatch.setattr(imports, "CHUNK", 10)
+    admin = f.user("ada")
+    proj = f.project(k=2, admins=[admin])
+    bundle, members = _distinct_bundle(tmp_path, 40)
+    report = import_bundle(project=proj, path=bundle, processes=2)
+    assert report.images_new == 40
+    by_sha = {hashlib.sha256(data).hexdigest(): data for data in members.values()}
+    images = list(Image.objects.all())
+    packs = {pack_name(image.file) for image in images}
+    assert None not in packs and len(packs) >= 2  # the importing process's and at least one checker's
+    assert _packs(settings) == sorted(packs)
+    assert not (Path(settings.MEDIA_ROOT) / "images").exists()
+    client = APIClient()
+    client.force_authenticate(admin)
+    for image in images:
+        response = client.get(f"/api/projects/{proj.slug}/images/{image.pk}/")
+        assert response.status_code == 200 and response["Content-Length"] == str(image.size_bytes)
+        assert b"".join(response.streaming_content) == by_sha[image.sha256]
+    write_prompt_set(proj, tmp_path / "set")
+    records = [json.loads(line) for line in (tmp_path / "set" / "prompts.jsonl").read_text().splitlines()]
+    assert len(records) == 40
+    for record in records:
+        image = Prompt.objects.get(pk=record["prompt_id"]).image
+        assert (tmp_path / "set" / record["images"][0]).read_bytes() == by_sha[image.sha256]
+
+
+def test_a_rejected_import_and_an_import_of_images_already_there_leave_no_pack(tmp_path, settings, monkeypatch):
+    from annotation.services import import_checks, imports
+
+    monkeypatch.setattr(import_checks, "INLINE_IMAGES", 10)
+    monkeypatch.setattr(imports, "CHUNK", 10)
+    proj = f.project(k=2)
+    (tmp_path / "bad").mkdir()
+    bad, _ = _distinct_bundle(tmp_path / "bad", 30, broken=25)
+    with pytest.raises(ImportRejected):
+        import_bundle(project=proj, path=bad, processes=2)
+    assert _packs(settings) == [] and not Image.objects.exists()  # the good images' packs went with the rows
+    bundle, _ = _distinct_bundle(tmp_path, 30)
+    import_bundle(project=proj, path=bundle, processes=2)
+    kept, files = _packs(settings), dict(Image.objects.values_list("sha256", "file"))
+    assert kept and all(file.startswith("packs/") for file in files.values())
+    again = import_bundle(project=proj, path=bundle, processes=2)
+    assert again.images_reused == 30 and Prompt.objects.count() == 60
+    assert _packs(settings) == kept and dict(Image.objects.values_list("sha256", "file")) == files
+
+
+def test_an_image_that_has_a_file_of_its_own_keeps_it(tmp_path, settings):
+    proj = f.project(k=2)
+    stored = f.image((1, 2, 3))  # stored as a file before packs (or copied out of one since)
+    src = _folder(tmp_path, [_row(image="images/a.png")], {"images/a.png": f.png_bytes((1, 2, 3))})
+    report = import_bundle(project=proj, path=src)
+    assert report.images_reused == 1 and Prompt.objects.get().image == stored
+    assert not stored.file.startswith("packs/") and _packs(settings) == []
