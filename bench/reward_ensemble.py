@@ -9,6 +9,11 @@ deviation over the held-out answers first (their scales differ), with a Wilson 9
 
     .venv/bin/python bench/reward_ensemble.py RUNS/round-16/2-reward --out /tmp/ensemble --seeds 16 17 18 19 20
 
+With `--fraction F` the models train on a share F of the round's rankings (all pairs of a ranking or none,
+chosen by a hash of its id), evaluated on the same held-out pairs: how the accuracy grows with rankings.
+
+    .venv/bin/python bench/reward_ensemble.py RUNS/round-16/2-reward --out /tmp/data --seeds 16 17 --fraction 0.5
+
 bench/loop.py keeps its work folder (printed at its start); a project's rounds keep theirs under
 `var/data/runs/round-<id>/2-reward`.
 """
@@ -16,6 +21,7 @@ bench/loop.py keeps its work folder (printed at its start); a project's rounds k
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -30,8 +36,13 @@ def main() -> None:
     ap.add_argument("reward_run", help="the run folder of a round's reward step (holds config.json)")
     ap.add_argument("--out", required=True, help="where the seeds' runs go")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--fraction", type=float, default=1.0, help="train on this share of the round's rankings")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=JSON",
+                    help="change the round's reward settings, e.g. margin_weight=0.5 (the seeds' folders are named by it)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
+    if not 0 < args.fraction <= 1:
+        raise SystemExit(f"--fraction must lie in (0, 1], not {args.fraction}")
 
     import torch
 
@@ -44,11 +55,25 @@ def main() -> None:
     images, prompts = [p["images"] for p in pairs], [p["prompt"] for p in pairs]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    train = read_preferences(config["train_file"])
+    tag = ""
+    for setting in args.set:
+        key, _, value = setting.partition("=")
+        if key not in config:
+            raise SystemExit(f"--set {setting}: the reward settings have no {key!r}")
+        config[key] = json.loads(value)
+        tag += f"-{key}{value}"
+    if args.fraction < 1:  # absolute image paths: the subset lives in --out, the images stay where they are
+        tag += f"-f{args.fraction:g}"
+        train = [r for r in train if _share(r.get("ranking_id") or r["id"]) < args.fraction]
+        config["train_file"] = str(out / f"train{tag}.jsonl")
+        Path(config["train_file"]).write_text("".join(json.dumps(r) + "\n" for r in train))
+    print(f"{len(train)} training pairs, {len(pairs)} held-out pairs", flush=True)
     chosen, rejected, rows, cache = [], [], [], {}
     for seed in args.seeds:
-        run = out / f"seed{seed}"
+        run = out / f"seed{seed}{tag}"
         if not (run / "checkpoint").is_dir():
-            path = out / f"config-{seed}.json"
+            path = out / f"config-{seed}{tag}.json"
             path.write_text(json.dumps({**config, "seed": seed}))
             subprocess.run([sys.executable, "-m", "rlhf.engine", "train-reward", "--config", str(path),
                             "--run-dir", str(run)], check=True, cwd=ROOT, capture_output=True)
@@ -68,7 +93,13 @@ def main() -> None:
               f"[{low:.3f}, {high:.3f}] on {len(pairs)} held-out pairs", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"reward_run": str(args.reward_run), "pairs": len(pairs),
+                                               "fraction": args.fraction, "set": args.set, "train_pairs": len(train),
                                                "rows": rows}, indent=1) + "\n")
+
+
+def _share(ranking_id: str) -> float:
+    """Where a ranking falls in [0, 1), the same on every run."""
+    return int.from_bytes(hashlib.sha256(str(ranking_id).encode()).digest()[:8], "big") / 2**64
 
 
 if __name__ == "__main__":
