@@ -16,7 +16,7 @@ import pytest
 from django.db import connection
 from playwright.sync_api import expect
 
-from annotation.models import ImportJob, Membership, Project, RankingTask
+from annotation.models import ImportJob, Membership, Project, Prompt, RankingTask
 from annotation.services import import_jobs
 from lensloop.queue import get_queue
 from tests import factories as f
@@ -91,6 +91,16 @@ def test_an_admin_creates_a_project_and_imports_a_zip_with_a_report(page, live_s
     expect(page.locator("#import-progress")).to_have_attribute("value", "100")
     shot(page, "import-report", full_page=True)
     assert RankingTask.objects.filter(project=project).count() == 3
+
+    # The worker packed the new images (no file each); the browser gets each one's bytes as uploaded.
+    with zipfile.ZipFile(tmp_path / "bundle.zip") as zf:
+        uploaded = {p.text: zf.read(f"images/{int(p.text.split()[-1].rstrip('.')):03d}.png")
+                    for p in Prompt.objects.filter(project=project)}
+    for prompt in Prompt.objects.filter(project=project).select_related("image"):
+        assert prompt.image.file.startswith("packs/")
+        response = page.request.get(f"{live_server.url}/api/projects/street-signs/images/{prompt.image_id}/")
+        assert response.ok and response.headers["content-type"] == "image/png"
+        assert response.body() == uploaded[prompt.text]
 
     # A reload shows the import again, and the list of recent imports has both.
     page.reload()
