@@ -37,7 +37,7 @@ class Limits:
 
 
 _limits: Limits | None = None  # a checking process's, set once when it starts
-_pack: PackWriter | None = None  # this process's pack, for the import named by its prefix
+_packs: dict[tuple[str, str], PackWriter] = {}  # this process's packs, by (media folder, import's prefix)
 
 
 def _start(limits: Limits) -> None:
@@ -65,7 +65,6 @@ def check_located(batch: list[Located], limits: Limits | None = None) -> list[Ou
 def _store(checked, limits: Limits) -> str:
     """Store a checked image and return its ``Image.file``: packed when the import packs (unless a file of
     its own is there already), else a file at its content address."""
-    global _pack
     if limits.pack_prefix is None or limits.store is not None:
         store_image(checked, media_root=limits.media_root, store=limits.store)
         return checked.relpath
@@ -74,19 +73,19 @@ def _store(checked, limits: Limits) -> str:
             return checked.relpath
     except FileNotFoundError:
         pass
-    if _pack is None or _pack.prefix != limits.pack_prefix or _pack.media_root != limits.media_root:
-        close_pack()
-        _pack = PackWriter(limits.media_root, limits.pack_prefix)
-    return _pack.add(checked)
+    key = (limits.media_root, limits.pack_prefix)
+    pack = _packs.get(key)
+    if pack is None:
+        pack = _packs[key] = PackWriter(*key)
+    return pack.add(checked)
 
 
-def close_pack() -> None:
-    """Close this process's pack (the importing process, which checked the first images itself, calls it
-    when its import ends)."""
-    global _pack
-    if _pack is not None:
-        _pack.close()
-        _pack = None
+def close_pack(limits: Limits) -> None:
+    """Close this process's pack of the import ``limits`` belong to (the importing process, which checked
+    the first images itself, calls it when its import ends; a checking process ends with its import)."""
+    pack = _packs.pop((limits.media_root, limits.pack_prefix), None)
+    if pack is not None:
+        pack.close()
 
 
 class _Done:

@@ -384,7 +384,7 @@ def _import(bundle: Bundle, project: Project, manifest: str | None, mode: str, o
         return report
     finally:
         checked.close()
-        close_pack()
+        close_pack(limits)
         _drop_unused_packs(limits, written)
 
 
