@@ -23,8 +23,9 @@ Neither holding the import in memory:
 
 New images are stored as they are checked, appended to packs of the import's own (``annotation.images``;
 with object storage, one file and one object each); a rejected, cancelled or failed import deletes its
-packs, and only an import whose process was killed leaves unreferenced bytes behind, never database rows. Imports from the browser and the API run
-as background jobs (``annotation.services.import_jobs``) that follow the ``progress`` callback.
+packs, and only an import whose process was killed leaves unreferenced bytes behind, never database rows.
+Imports from the browser and the API run as background jobs (``annotation.services.import_jobs``) that
+follow the ``progress`` callback.
 """
 
 from __future__ import annotations
