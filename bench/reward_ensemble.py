@@ -38,7 +38,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--fraction", type=float, default=1.0, help="train on this share of the round's rankings")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=JSON",
-                    help="change the round's reward settings, e.g. margin_weight=0.5 (the seeds' folders are named by it)")
+                    help="change the round's reward settings, e.g. margin_weight=0.5 or model.lora=false (the seeds' "
+                         "folders are named by it)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
     if not 0 < args.fraction <= 1:
@@ -57,11 +58,15 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     train = read_preferences(config["train_file"])
     tag = ""
-    for setting in args.set:
+    for setting in args.set:  # KEY=JSON; a dotted KEY reaches into a section (model.lora=false)
         key, _, value = setting.partition("=")
-        if key not in config:
+        *sections, name = key.split(".")
+        target = config
+        for section in sections:
+            target = target.get(section) if isinstance(target, dict) else None
+        if not isinstance(target, dict) or name not in target:
             raise SystemExit(f"--set {setting}: the reward settings have no {key!r}")
-        config[key] = json.loads(value)
+        target[name] = json.loads(value)
         tag += f"-{key}{value}"
     if args.fraction < 1:  # absolute image paths: the subset lives in --out, the images stay where they are
         tag += f"-f{args.fraction:g}"
