@@ -48,7 +48,12 @@ class CheckedImage:
 
     @property
     def relpath(self) -> str:
-        return f"images/{self.sha256[:2]}/{self.sha256}.{FORMATS[self.format]}"
+        return content_address(f"{self.sha256}.{FORMATS[self.format]}")
+
+
+def content_address(name: str) -> str:
+    """Where an image with a file of its own is, under MEDIA_ROOT: ``name`` is ``<sha256>.<ext>``."""
+    return f"images/{name[:2]}/{name}"
 
 
 def check_image(data: bytes, *, max_bytes: int | None = None, max_pixels: int | None = None) -> CheckedImage:
@@ -255,7 +260,7 @@ def media_path(relpath: str) -> Path:
     first time (then that file is the image's)."""
     packed = _PACKED.match(relpath)
     if packed:
-        path = Path(settings.MEDIA_ROOT) / "images" / packed["name"][:2] / packed["name"]
+        path = Path(settings.MEDIA_ROOT) / content_address(packed["name"])
         if not (path.exists() and path.stat().st_size == int(packed["length"])):
             os.replace(_temporary_copy(str(path.parent), read_media(relpath)), path)
         return path

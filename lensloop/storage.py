@@ -120,21 +120,15 @@ def upload_file(cfg: S3Config, path: Path | str, name: str) -> None:
 
 def download_file(cfg: S3Config, name: str, path: Path | str) -> bool:
     """Fetch object `name` to `path` atomically; False when the bucket has no such object."""
-    from botocore.exceptions import ClientError
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
     os.close(fd)
     try:
-        try:
-            client(cfg).download_file(cfg.bucket, cfg.key(name), tmp)
-        except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey"):
-                return False
-            raise _explain(cfg, f"downloading {name}", exc) from None
-        except Exception as exc:
-            raise _explain(cfg, f"downloading {name}", exc) from None
+        fetched = _unless_missing(cfg, f"downloading {name}",
+                                  lambda: client(cfg).download_file(cfg.bucket, cfg.key(name), tmp) or True)
+        if fetched is None:
+            return False
         os.replace(tmp, path)
         return True
     finally:
@@ -145,18 +139,22 @@ def download_file(cfg: S3Config, name: str, path: Path | str) -> bool:
 def read_range(cfg: S3Config, name: str, offset: int, length: int) -> bytes | None:
     """``length`` bytes of object ``name`` from ``offset`` (a ranged GET: a packed image out of its pack);
     None when the bucket has no such object."""
+    return _unless_missing(cfg, f"reading {name}", lambda: client(cfg).get_object(
+        Bucket=cfg.bucket, Key=cfg.key(name), Range=f"bytes={offset}-{offset + length - 1}")["Body"].read())
+
+
+def _unless_missing(cfg: S3Config, action: str, fetch):
+    """``fetch()``, or None when the bucket has no such object; any other failure explained (``_explain``)."""
     from botocore.exceptions import ClientError
 
     try:
-        response = client(cfg).get_object(Bucket=cfg.bucket, Key=cfg.key(name),
-                                          Range=f"bytes={offset}-{offset + length - 1}")
-        return response["Body"].read()
+        return fetch()
     except ClientError as exc:
         if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey"):
             return None
-        raise _explain(cfg, f"reading {name}", exc) from None
+        raise _explain(cfg, action, exc) from None
     except Exception as exc:
-        raise _explain(cfg, f"reading {name}", exc) from None
+        raise _explain(cfg, action, exc) from None
 
 
 def presigned_url(cfg: S3Config, name: str, *, filename: str = "", expires: int = 3600) -> str:
