@@ -64,8 +64,8 @@ def main() -> None:
         target = config
         for section in sections:
             target = target.get(section) if isinstance(target, dict) else None
-        if not isinstance(target, dict) or name not in target:
-            raise SystemExit(f"--set {setting}: the reward settings have no {key!r}")
+        if not isinstance(target, dict):  # a new key is checked by the engine, which names what it does not know
+            raise SystemExit(f"--set {setting}: the reward settings have no section {'.'.join(sections)!r}")
         target[name] = json.loads(value)
         tag += f"-{key}{value}"
     if args.fraction < 1:  # absolute image paths: the subset lives in --out, the images stay where they are
@@ -80,8 +80,10 @@ def main() -> None:
         if not (run / "checkpoint").is_dir():
             path = out / f"config-{seed}{tag}.json"
             path.write_text(json.dumps({**config, "seed": seed}))
-            subprocess.run([sys.executable, "-m", "rlhf.engine", "train-reward", "--config", str(path),
-                            "--run-dir", str(run)], check=True, cwd=ROOT, capture_output=True)
+            done = subprocess.run([sys.executable, "-m", "rlhf.engine", "train-reward", "--config", str(path),
+                                   "--run-dir", str(run)], cwd=ROOT, capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"train-reward failed for seed {seed}:\n{done.stderr[-3000:]}")
         rm, processor = load_reward_model(run / "checkpoint", device="cpu")
         rm.eval()
         c = score(rm, processor, images, prompts, [p["chosen"] for p in pairs], image_cache=cache)

@@ -133,8 +133,11 @@ def init_reward_model(model_cfg: ModelConfig, seed: int = 0, device: str | None 
     backbone, processor = load_model(model_cfg, trainable=True)
     torch.manual_seed(seed)
     out_emb = backbone.get_output_embeddings()
-    if out_emb is not None:  # the LM head is not trained (it only reads the answer's likelihood, if at all)
-        out_emb.requires_grad_(False)
+    # The LM head is not trained (it only reads the answer's likelihood, if at all) unless the model config
+    # names it in `lora_modules_to_save`: then PEFT wraps it and its copy trains with the adapter.
+    if out_emb is not None:
+        if not hasattr(out_emb, "modules_to_save"):
+            out_emb.requires_grad_(False)
     elif likelihood_term:
         raise ValueError("likelihood_term needs a backbone with an LM head (get_output_embeddings() is None); "
                          "set likelihood_term: false")

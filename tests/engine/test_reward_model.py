@@ -126,6 +126,32 @@ def test_the_token_head_scores_each_answer_token_and_survives_save_and_load(tiny
     assert torch.allclose(scored, score(rm2, processor2, ims, prompts, comps), atol=1e-5)
 
 
+def test_the_lm_head_trains_only_when_the_config_names_it(tiny_model_path, tmp_path):
+    """The likelihood term reads the backbone's LM head: frozen by default, trained (and saved with the
+    adapter) when `lora_modules_to_save` names it — not silently left frozen."""
+    frozen, _ = init_reward_model(ModelConfig(path=str(tiny_model_path), device="cpu"), seed=0, likelihood_term=True)
+    assert not any(p.requires_grad for p in frozen.backbone.get_output_embeddings().parameters())
+    cfg = ModelConfig(path=str(tiny_model_path), device="cpu", lora_modules_to_save=["lm_head"])
+    rm, processor = init_reward_model(cfg, seed=0, likelihood_term=True)
+    trainable = [n for n, p in rm.named_parameters() if p.requires_grad and "lm_head" in n]
+    assert trainable and all("modules_to_save" in n for n in trainable), trainable
+    ims, prompts, comps = _examples(4, seed=7)
+    with torch.no_grad():
+        rm.likelihood_weight.fill_(1.0)
+    before = score(rm, processor, ims, prompts, comps)
+    batch = encode_completions(processor, ims, prompts, comps)
+    rm(completion_mask=batch.completion_mask, **batch.inputs).sum().backward()
+    head = rm.backbone.get_output_embeddings().modules_to_save["default"].weight
+    assert head.grad is not None and head.grad.abs().sum() > 0
+    with torch.no_grad():
+        head.add_(torch.randn_like(head) * 0.5)
+    changed = score(rm, processor, ims, prompts, comps)
+    assert not torch.allclose(before, changed, atol=1e-4)
+    save_reward_model(rm, processor, cfg, tmp_path / "rm")
+    rm2, processor2 = load_reward_model(tmp_path / "rm", device="cpu")
+    assert torch.allclose(changed, score(rm2, processor2, ims, prompts, comps), atol=1e-5)
+
+
 def test_the_scorer_is_a_trl_reward_function(fresh_rm):
     rm, processor, _ = fresh_rm
     ims, prompts, comps = _examples(3, seed=2)
