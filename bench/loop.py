@@ -69,7 +69,7 @@ def round_params(arm: str, args) -> dict:
     # --reward-full every weight of the demo base.
     reward = {"reward_lora": False, "reward_lr": 3e-4} if args.reward_full else {"reward_lora": True, "reward_lr": 1e-3}
     common = {"generate_prompts": args.rankings, "reward_epochs": args.reward_epochs, **reward,
-              "temperature": 1.0, "kl_coef": args.kl, **DEMO_POLICY_LORA}
+              "temperature": args.temperature, "kl_coef": args.kl, **DEMO_POLICY_LORA}
     if ARMS[arm]["algorithm"] == "dpo":
         policy = {"policy_steps": args.dpo_steps, "policy_batch_size": 16, "lr": 1e-3}
     else:
@@ -156,6 +156,8 @@ def run_arm(arm: str, seed: int, args, work: Path) -> dict:
 
     t = time.monotonic()
     gen = start_generate(project=project, prompts=args.rankings, enqueue=False)
+    gen.config["temperature"] = args.temperature  # the first tasks' candidates, like every round's
+    gen.save(update_fields=["config"])
     run([gen])
     print(f"{arm} seed {seed}: {RankingTask.objects.filter(project=project, state='open').count()} tasks from the starting "
           f"policy in {time.monotonic() - t:.0f} s", flush=True)
@@ -200,6 +202,8 @@ def main() -> None:
     ap.add_argument("--policy-steps", type=int, default=40, help="PPO iterations / GRPO steps per round (64 answers each)")
     ap.add_argument("--dpo-steps", type=int, default=200, help="DPO steps per round (16 pairs each)")
     ap.add_argument("--reward-epochs", type=float, default=2.0)
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the candidates "
+                    "annotators rank (the round's `temperature`)")
     ap.add_argument("--reward-full", action="store_true", help="train every weight of the reward model's backbone "
                     "(reward_lora: false) instead of a LoRA adapter (r 8 on q/v)")
     ap.add_argument("--scenes", type=int, default=1000, help="scenes in each project")
@@ -244,7 +248,7 @@ def main() -> None:
     def one(job: tuple[str, int]) -> None:
         arm, seed = job
         cmd = [sys.executable, __file__, "--arm", arm, "--seed", str(seed), "--work", str(work), "--model", args.model]
-        for flag in ("rounds", "rankings", "noise", "policy_steps", "dpo_steps", "reward_epochs"):
+        for flag in ("rounds", "rankings", "noise", "policy_steps", "dpo_steps", "reward_epochs", "temperature"):
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
         cmd += ["--reward-full"] if args.reward_full else []
         cmd += ["--banned", args.banned, "--banned-weight", str(args.banned_weight), "--kl", str(args.kl)]

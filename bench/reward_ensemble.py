@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,7 +68,8 @@ def main() -> None:
         if not isinstance(target, dict):  # a new key is checked by the engine, which names what it does not know
             raise SystemExit(f"--set {setting}: the reward settings have no section {'.'.join(sections)!r}")
         target[name] = json.loads(value)
-        tag += f"-{key}{value}"
+        tag += f"-{key}" + (re.sub(r"[^\w.=-]", "", value) if len(value) <= 40  # a folder name, even for a path
+                             else hashlib.sha256(value.encode()).hexdigest()[:10])
     if args.fraction < 1:  # absolute image paths: the subset lives in --out, the images stay where they are
         tag += f"-f{args.fraction:g}"
         train = [r for r in train if _share(r.get("ranking_id") or r["id"]) < args.fraction]
