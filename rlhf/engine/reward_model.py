@@ -138,6 +138,10 @@ def init_reward_model(model_cfg: ModelConfig, seed: int = 0, device: str | None 
     if out_emb is not None:
         if not hasattr(out_emb, "modules_to_save"):
             out_emb.requires_grad_(False)
+        elif not likelihood_term:  # it would train without a gradient (and DDP refuses unused parameters)
+            raise ValueError("the adapter trains the LM head (model.lora_modules_to_save, or the adapter at "
+                             "model.adapter_path), which only the likelihood term reads: set likelihood_term: true, "
+                             "or leave the LM head out")
     elif likelihood_term:
         raise ValueError("likelihood_term needs a backbone with an LM head (get_output_embeddings() is None); "
                          "set likelihood_term: false")

@@ -133,6 +133,8 @@ def test_the_lm_head_trains_only_when_the_config_names_it(tiny_model_path, tmp_p
     assert not any(p.requires_grad for p in frozen.backbone.get_output_embeddings().parameters())
     cfg = ModelConfig(path=str(tiny_model_path), device="cpu", lora_modules_to_save=["lm_head"])
     rm, processor = init_reward_model(cfg, seed=0, likelihood_term=True)
+    with pytest.raises(ValueError, match="only the likelihood term reads: set likelihood_term: true"):
+        init_reward_model(cfg, seed=0, likelihood_term=False)
     trainable = [n for n, p in rm.named_parameters() if p.requires_grad and "lm_head" in n]
     assert trainable and all("modules_to_save" in n for n in trainable), trainable
     ims, prompts, comps = _examples(4, seed=7)
