@@ -4,9 +4,10 @@ verifiable reward) between the two answers, for the last round of a bench/loop.p
     .venv/bin/python bench/pair_difficulty.py /tmp/bench-loop-XXXX --arm ppo --seed 0
 
 With `--reward-model CHECKPOINT` (a reward step's `checkpoint` folder) it also says how often that reward model
-is right on each share, and by what the two answers differ in: the word swapped where they differ by one
-word (e.g. `blue→purple` when the better answer says purple where the worse says blue), else `count`, `more objects`
-(the answers list different numbers of objects) or `several words`.
+is right (scores the annotators' chosen answer higher, as the round's own figure) on each share, and by what the
+truly better answer changes: the word swapped where the two differ by one word (e.g. `blue→purple` when the better
+answer says purple where the worse says blue), else `count`, `more objects` / `fewer objects` (the better answer
+lists more / fewer objects: the worse one left one out / made one up) or `several words`.
 
 bench/loop.py prints its work folder at its start; the pairs are the last round's held-out preference records
 (`runs/round-<id>/1-export/heldout/preferences.jsonl`), their ground truth the scenes' manifest.
