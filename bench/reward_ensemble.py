@@ -68,8 +68,7 @@ def main() -> None:
         if not isinstance(target, dict):  # a new key is checked by the engine, which names what it does not know
             raise SystemExit(f"--set {setting}: the reward settings have no section {'.'.join(sections)!r}")
         target[name] = json.loads(value)
-        tag += f"-{key}" + (re.sub(r"[^\w.=-]", "", value) if len(value) <= 40  # a folder name, even for a path
-                             else hashlib.sha256(value.encode()).hexdigest()[:10])
+        tag += f"-{key}{_folder_safe(value)}"
     if args.fraction < 1:  # absolute image paths: the subset lives in --out, the images stay where they are
         tag += f"-f{args.fraction:g}"
         train = [r for r in train if _share(r.get("ranking_id") or r["id"]) < args.fraction]
@@ -104,6 +103,13 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({"reward_run": str(args.reward_run), "pairs": len(pairs),
                                                "fraction": args.fraction, "set": args.set, "train_pairs": len(train),
                                                "rows": rows}, indent=1) + "\n")
+
+
+def _folder_safe(value: str) -> str:
+    """The value as part of a folder name: as it is when it can be, else what can be kept of it and a hash of the
+    whole, so that two values never share a folder (a seed's folder with a checkpoint is reused)."""
+    kept = re.sub(r"[^\w.=-]", "", value)[:40]
+    return kept if kept == value else f"{kept}-{hashlib.sha256(value.encode()).hexdigest()[:8]}"
 
 
 def _share(ranking_id: str) -> float:
