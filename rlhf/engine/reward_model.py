@@ -133,8 +133,8 @@ def init_reward_model(model_cfg: ModelConfig, seed: int = 0, device: str | None 
     backbone, processor = load_model(model_cfg, trainable=True)
     torch.manual_seed(seed)
     out_emb = backbone.get_output_embeddings()
-    # The LM head is not trained (it only reads the answer's likelihood, if at all) unless the model config
-    # names it in `lora_modules_to_save`: then PEFT wraps it and its copy trains with the adapter.
+    # The LM head is not trained (it only reads the answer's likelihood, if at all) unless the adapter wraps it
+    # (`lora_modules_to_save` names it, or the adapter at `adapter_path` saved it): then its copy trains too.
     if out_emb is not None:
         if not hasattr(out_emb, "modules_to_save"):
             out_emb.requires_grad_(False)
